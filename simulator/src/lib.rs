@@ -1,0 +1,31 @@
+//! The bundled OPC UA simulator of opcua-connector.
+//!
+//! It serves NodeSet2 models (by default our bottling line) with values that a simulation
+//! profile scripts, deterministically, so tests and benchmarks have ground truth.
+//!
+//! - [`model`]: variables, behaviours, groups, methods and produced-value counts; no OPC UA.
+//! - [`profile`]: the TOML profile, checked against the loaded nodesets.
+//! - [`scale`]: `--scale N@INTERVAL` generated load variables.
+//! - [`faults`]: the scheduled fault kinds (restart, close sessions, freeze, status).
+//! - [`server`]: the async-opcua node manager that maps the model onto the address space.
+//! - [`runtime`]: `start`/`run`, ticking, restarts, stats.
+//!
+//! Tests embed it: `start(SimConfig::bottling_line(pki), token).await?` binds `127.0.0.1:0`
+//! and reports the bound endpoint with [`Simulator::endpoint_url`].
+
+pub mod convert;
+pub mod error;
+pub mod faults;
+pub mod model;
+pub mod profile;
+pub mod runtime;
+pub mod scale;
+pub mod server;
+
+pub use error::{Problem, SimError};
+pub use faults::{Fault, FaultKind};
+pub use runtime::{
+    all_security, parse_security, run, start, GroupStats, Limits, NodeStats, SimConfig, Simulator,
+    Source, Stats, BOTTLING_LINE_NAMESPACE, BOTTLING_LINE_NODESET, BOTTLING_LINE_PROFILE,
+};
+pub use scale::ScaleSpec;
