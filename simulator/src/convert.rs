@@ -1,6 +1,6 @@
 //! Conversions between the model's values and OPC UA variants and data types.
 
-use chrono::{DateTime as ChronoTime, Utc};
+use chrono::Utc;
 use opcua::types::{
     ByteString, DataTypeId, DateTime, LocalizedText, NodeId, UAString, Variant, VariantScalarTypeId,
 };
@@ -8,9 +8,10 @@ use opcua::types::{
 use crate::model::{Kind, Refusal, Value, VarType};
 
 /// The code of an OPC UA status name (`Good`, `UncertainLastUsableValue`, `BadNoCommunication`).
-pub fn status_from_name(name: &str) -> Result<u32, ()> {
+pub fn status_from_name(name: &str) -> Option<u32> {
     use std::str::FromStr;
     opcua::types::SubStatusCode::from_str(name)
+        .ok()
         .map(|s| opcua::types::StatusCode::from_category(s).bits())
 }
 
@@ -169,9 +170,7 @@ fn scalar_from(v: &Variant, kind: Kind) -> Result<Value, Refusal> {
         (Variant::Double(x), Kind::Double) => Value::Float(*x),
         (Variant::String(s), Kind::String) => Value::Text(s.as_ref().to_owned()),
         (Variant::LocalizedText(t), Kind::LocalizedText) => Value::Text(t.text.as_ref().to_owned()),
-        (Variant::DateTime(t), Kind::DateTime) => {
-            Value::Time(ChronoTime::<Utc>::from(t.as_chrono()))
-        }
+        (Variant::DateTime(t), Kind::DateTime) => Value::Time(t.as_chrono()),
         (Variant::ByteString(b), Kind::ByteString) => {
             Value::Bytes(b.value.clone().unwrap_or_default())
         }

@@ -47,11 +47,8 @@ impl FromStr for Fault {
                 let duration = dur(parts.next(), "duration")?;
                 let name = parts.next().unwrap_or("BadCommunicationError");
                 let code = crate::convert::status_from_name(name)
-                    .map_err(|_| format!("fault {s:?}: unknown status code {name:?}"))?;
-                FaultKind::Status {
-                    duration,
-                    code: code,
-                }
+                    .ok_or_else(|| format!("fault {s:?}: unknown status code {name:?}"))?;
+                FaultKind::Status { duration, code }
             }
             other => {
                 return Err(format!(

@@ -767,3 +767,43 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod jitter_tests {
+    use super::*;
+
+    #[test]
+    fn source_timestamps_carry_seeded_scan_jitter() {
+        let mut m = Model::new(7, Duration::from_millis(3));
+        let g = m.add_group("g", Duration::from_millis(100));
+        m.add_var(
+            "c",
+            VarType {
+                kind: Kind::UInt32,
+                array: None,
+            },
+            Behaviour::Counter {
+                start: 0,
+                step: 1,
+                max: None,
+            },
+            vec![],
+            g,
+            Value::Int(0),
+        );
+        let t0 = Utc::now();
+        let offsets: Vec<i64> = (0..20)
+            .map(|i| {
+                let at = t0 + chrono::Duration::milliseconds(100 * i);
+                let u = m.tick(g, at, true).pop().unwrap();
+                (u.source_time - at).num_microseconds().unwrap()
+            })
+            .collect();
+        assert!(
+            offsets.iter().all(|&o| (0..3000).contains(&o)),
+            "{offsets:?}"
+        );
+        let distinct: std::collections::HashSet<_> = offsets.iter().collect();
+        assert!(distinct.len() > 10, "{offsets:?}");
+    }
+}

@@ -232,7 +232,9 @@ impl Profile {
         let mut groups = Vec::new();
         for (gi, g) in raw.group.iter().enumerate() {
             let rate = dur(&g.rate, format!("group[{gi}].rate"), &mut problem);
-            if rate.is_zero() || rate < Duration::from_millis(1) {
+            if humantime::parse_duration(g.rate.get_ref()).is_ok()
+                && rate < Duration::from_millis(1)
+            {
                 problem(
                     line_of(text, g.rate.span().start),
                     format!("group[{gi}].rate"),
@@ -261,8 +263,8 @@ impl Profile {
                 let mut status = Vec::new();
                 for (si, s) in n.status.iter().enumerate() {
                     match crate::convert::status_from_name(s.get_ref()) {
-                        Ok(code) => status.push(code),
-                        Err(_) => problem(
+                        Some(code) => status.push(code),
+                        None => problem(
                             line_of(text, s.span().start),
                             format!("{element}.status[{si}]"),
                             format!("unknown OPC UA status code name {:?}", s.get_ref()),
@@ -318,7 +320,7 @@ impl Profile {
                     let name = f.code.as_deref().unwrap_or("BadCommunicationError");
                     crate::convert::status_from_name(name)
                         .map(|c| FaultKind::Status { duration, code: c })
-                        .map_err(|_| format!("unknown OPC UA status code name {name:?}"))
+                        .ok_or_else(|| format!("unknown OPC UA status code name {name:?}"))
                 }),
                 other => Err(format!(
                     "unknown fault kind {other:?} (expected restart, close_sessions, freeze or status)"
@@ -753,7 +755,7 @@ rate = "100ms"
         let p = Profile::parse("p.toml", text).unwrap();
         let mut m = Model::new(1, Duration::ZERO);
         let lookup = |id: &str| {
-            (id == "nsu=urn:x;s=Flag").then(|| NodeInfo {
+            (id == "nsu=urn:x;s=Flag").then_some(NodeInfo {
                 ty: VarType {
                     kind: Kind::Boolean,
                     array: None,

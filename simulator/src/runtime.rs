@@ -74,6 +74,10 @@ pub struct Limits {
     pub max_sessions: usize,
     pub max_nodes_per_read: usize,
     pub max_nodes_per_browse: usize,
+    /// Fastest sampling interval granted. 0 lets a client ask for every change as it
+    /// happens; async-opcua otherwise re-times samples that come faster than the granted
+    /// interval, which would erase the scan jitter of the source timestamps.
+    pub min_sampling_interval_ms: f64,
 }
 
 impl Default for Limits {
@@ -88,6 +92,7 @@ impl Default for Limits {
             max_sessions: 100,
             max_nodes_per_read: 100_000,
             max_nodes_per_browse: 10_000,
+            min_sampling_interval_ms: 0.0,
         }
     }
 }
@@ -457,9 +462,12 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
     let task = tokio::spawn(supervise(
         shared.clone(),
         config,
+        port,
         profile.faults.clone(),
-        handle,
-        server_task,
+        Endpoint {
+            handle,
+            task: server_task,
+        },
         fault_rx,
         shutdown,
     ));
@@ -670,6 +678,7 @@ fn build_server(
     }
     {
         let l = builder.limits_mut();
+        l.subscriptions.min_sampling_interval_ms = config.limits.min_sampling_interval_ms;
         l.subscriptions.max_monitored_items_per_sub = config.limits.max_monitored_items_per_sub;
         l.subscriptions.max_queued_notifications = config.limits.max_queued_notifications;
         l.subscriptions.max_monitored_item_queue_size = config.limits.max_monitored_item_queue_size;
@@ -681,7 +690,12 @@ fn build_server(
             .max_nodes_per_translate_browse_paths_to_node_ids = 10_000;
         l.operational.max_nodes_per_register_nodes = 100_000;
     }
-    let (server, handle) = builder.build().map_err(SimError::Server)?;
+    // async-opcua prints every namespace it imports to stdout; our stdout carries only the
+    // endpoint line, so keep stdout quiet while the nodesets are imported.
+    let quiet = gag::Gag::stdout().ok();
+    let built = builder.build();
+    drop(quiet);
+    let (server, handle) = built.map_err(SimError::Server)?;
     let nm = handle
         .node_managers()
         .get_of_type::<PlcNodeManager>()
@@ -746,15 +760,25 @@ fn go_live(
     tokio::spawn(server.run_with(listener))
 }
 
+/// A running server: its handle and the task serving it.
+struct Endpoint {
+    handle: ServerHandle,
+    task: JoinHandle<Result<(), String>>,
+}
+
 async fn supervise(
     shared: Arc<Shared>,
     config: SimConfig,
+    port: u16,
     mut schedule: Vec<Fault>,
-    mut handle: ServerHandle,
-    mut server_task: JoinHandle<Result<(), String>>,
+    endpoint: Endpoint,
     mut on_demand: mpsc::UnboundedReceiver<FaultKind>,
     shutdown: CancellationToken,
 ) -> Result<(), SimError> {
+    let Endpoint {
+        mut handle,
+        task: mut server_task,
+    } = endpoint;
     schedule.extend(config.faults.iter().cloned());
     schedule.sort_by_key(|f| f.at);
     let start = tokio::time::Instant::now();
@@ -773,7 +797,6 @@ async fn supervise(
             write_stats(&shared, &path);
         })
     });
-    let port = handle.info().port.load(Ordering::Relaxed);
     let mut next = 0;
     let result = loop {
         let due = schedule.get(next).map(|f| start + f.at);

@@ -197,6 +197,16 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
         let type_tree = context.type_tree.read();
         let binding = self.binding.get();
         for write in nodes_to_write.iter_mut() {
+            // A read-only variable is "not writable" for everyone; async-opcua would answer
+            // BadUserAccessDenied, which suggests that another user could write it.
+            if let Some(NodeType::Variable(v)) = address_space.find(&write.value().node_id) {
+                if write.value().attribute_id == AttributeId::Value
+                    && !v.access_level().contains(AccessLevel::CURRENT_WRITE)
+                {
+                    write.set_status(StatusCode::BadNotWritable);
+                    continue;
+                }
+            }
             let node = match address_space.validate_node_write(context, write.value(), &*type_tree)
             {
                 Ok(node) => node,
