@@ -1,1 +1,178 @@
-fn main() {}
+//! `opcua-connector`: the command line. The library does the work.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, Failure};
+use connector::config::{SecurityMode, SecurityPolicy};
+
+/// OPC UA edge connector: PLC subscriptions to crash-safe Parquet.
+#[derive(Debug, Parser)]
+#[command(name = "opcua-connector", version)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run until SIGINT/SIGTERM, then drain: flush open chunks, close sessions.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config offline (every problem, with file:line and key) and print the plan.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Walk a server's address space and print a ready-to-paste [[plc.group]] block.
+    Browse {
+        #[arg(long, value_name = "URL")]
+        endpoint: String,
+        /// Root node (nsu=..., ns=..., i=85); default the Objects folder.
+        #[arg(long, value_name = "NODE")]
+        root: Option<String>,
+        /// How deep to walk below the root.
+        #[arg(long, default_value_t = 10)]
+        depth: usize,
+        #[arg(long, value_enum, default_value_t = Policy::None)]
+        security_policy: Policy,
+        #[arg(long, value_enum, default_value_t = Mode::None)]
+        security_mode: Mode,
+        #[arg(long)]
+        username: Option<String>,
+        /// Environment variable holding the password.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        #[arg(long, default_value = "pki")]
+        pki_dir: PathBuf,
+        /// Trust an unknown server certificate (stored in PKI_DIR/trusted).
+        #[arg(long)]
+        trust_server: bool,
+    },
+    /// The newcomer's first run: bundled simulator + connector writing Parquet.
+    Demo {
+        /// How long to run.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Output directory.
+        #[arg(long, default_value = "data/demo")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Policy {
+    #[value(name = "None")]
+    None,
+    #[value(name = "Basic256Sha256")]
+    Basic256Sha256,
+    #[value(name = "Aes128_Sha256_RsaOaep")]
+    Aes128Sha256RsaOaep,
+    #[value(name = "Aes256_Sha256_RsaPss")]
+    Aes256Sha256RsaPss,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    #[value(name = "None")]
+    None,
+    #[value(name = "Sign")]
+    Sign,
+    #[value(name = "SignAndEncrypt")]
+    SignAndEncrypt,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo shows its own progress; only warnings and errors interleave with it.
+    let quiet = matches!(cli.command, Command::Demo { .. });
+    init_logs(cli.log_format, if quiet { "warn" } else { "info" });
+    let outcome = match cli.command {
+        Command::Check { config } => commands::check::check(&config),
+        other => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(async_command(other)),
+            Err(e) => Err(Failure::Runtime(format!("cannot start the runtime: {e}"))),
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {f}");
+            ExitCode::from(f.exit_code())
+        }
+    }
+}
+
+async fn async_command(command: Command) -> commands::Outcome {
+    match command {
+        Command::Run { config } => commands::run::run(&config).await,
+        Command::Browse {
+            endpoint,
+            root,
+            depth,
+            security_policy,
+            security_mode,
+            username,
+            password_env,
+            pki_dir,
+            trust_server,
+        } => {
+            commands::browse::browse(BrowseArgs {
+                endpoint,
+                root,
+                depth,
+                security_policy: match security_policy {
+                    Policy::None => SecurityPolicy::None,
+                    Policy::Basic256Sha256 => SecurityPolicy::Basic256Sha256,
+                    Policy::Aes128Sha256RsaOaep => SecurityPolicy::Aes128Sha256RsaOaep,
+                    Policy::Aes256Sha256RsaPss => SecurityPolicy::Aes256Sha256RsaPss,
+                },
+                security_mode: match security_mode {
+                    Mode::None => SecurityMode::None,
+                    Mode::Sign => SecurityMode::Sign,
+                    Mode::SignAndEncrypt => SecurityMode::SignAndEncrypt,
+                },
+                username,
+                password_env,
+                pki_dir,
+                trust_server,
+            })
+            .await
+        }
+        Command::Demo { duration, out } => commands::demo::demo(DemoArgs { duration, out }).await,
+        Command::Check { config } => commands::check::check(&config),
+    }
+}
+
+fn init_logs(format: LogFormat, level: &str) {
+    // async-opcua logs routine events (keep-alives, reconnect attempts) as warnings; ours say
+    // what matters with the plc named.
+    let default = format!(
+        "{level},opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error,opcua_types=error,opcua_nodes=error"
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,1 +1,355 @@
+//! End-to-end harness: the simulator on 127.0.0.1:0, the connector in-process or as a
+//! process, a TCP relay that can cut connections, and a Parquet reader for the chunks.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float64Type, Int32Type, Int64Type, TimestampMicrosecondType, UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use simulator::{SimConfig, Simulator};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const LINE_NS: &str = simulator::BOTTLING_LINE_NAMESPACE;
+
+/// The five deterministic counters of the bottling line.
+pub const COUNTERS: [&str; 5] = [
+    "Filler.BottlesFilled",
+    "Filler.BottlesRejected",
+    "Capper.CapsApplied",
+    "Labeler.LabelsApplied",
+    "Conveyor.ItemsTransported",
+];
+
+pub fn counter_id(name: &str) -> String {
+    format!("nsu={LINE_NS};s={name}")
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// An embedded simulator that stops when dropped.
+pub struct Sim {
+    pub sim: Simulator,
+    pub token: CancellationToken,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+pub async fn start_sim(pki: &Path, tweak: impl FnOnce(&mut SimConfig)) -> Sim {
+    init_logs();
+    let mut config = SimConfig::bottling_line(pki.join("simulator"));
+    tweak(&mut config);
+    let token = CancellationToken::new();
+    let sim = simulator::start(config, token.clone())
+        .await
+        .expect("simulator starts");
+    Sim { sim, token }
+}
+
+/// Polls `check` until it returns `Some` or the deadline passes (then panics naming `what`).
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A value as read back from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Null,
+    Double(f64),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+    Str(String),
+    Time(i64),
+    Bytes(Vec<u8>),
+    Json(String),
+}
+
+impl Val {
+    pub fn as_i128(&self) -> Option<i128> {
+        match self {
+            Val::Int(i) => Some((*i).into()),
+            Val::UInt(u) => Some((*u).into()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub time: i64,
+    pub server_time: Option<i64>,
+    pub line: String,
+    pub plc: String,
+    pub group: String,
+    pub node: String,
+    pub name: String,
+    pub type_name: String,
+    pub status: u32,
+    pub value: Val,
+}
+
+/// Every `*.parquet` file below `dir` (temporary files are never named so).
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
+    let a = batch
+        .column_by_name(col)
+        .unwrap_or_else(|| panic!("column {col}"));
+    if let Some(d) = a.as_dictionary_opt::<Int32Type>() {
+        let values = d.values().as_string::<i32>();
+        return d
+            .keys()
+            .iter()
+            .map(|k| k.map(|k| values.value(k as usize).to_owned()))
+            .collect();
+    }
+    let s = a.as_string::<i32>();
+    (0..s.len())
+        .map(|i| s.is_valid(i).then(|| s.value(i).to_owned()))
+        .collect()
+}
+
+/// Reads every row of one chunk file.
+pub fn read_file(path: &Path) -> Vec<Row> {
+    let file = std::fs::File::open(path).expect("open chunk");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap_or_else(|e| panic!("{} is not a readable parquet file: {e}", path.display()))
+        .build()
+        .expect("reader");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let b = batch.expect("batch");
+        let n = b.num_rows();
+        let col = |c: &str| {
+            b.column_by_name(c)
+                .unwrap_or_else(|| panic!("column {c}"))
+                .clone()
+        };
+        let time = col("time");
+        let time = time.as_primitive::<TimestampMicrosecondType>();
+        let server = col("server_time");
+        let server = server.as_primitive::<TimestampMicrosecondType>();
+        let status = col("status");
+        let status = status.as_primitive::<UInt32Type>();
+        let (line, plc, group, node, name, ty) = (
+            strings(&b, "line"),
+            strings(&b, "plc"),
+            strings(&b, "group"),
+            strings(&b, "node"),
+            strings(&b, "name"),
+            strings(&b, "type"),
+        );
+        let vd = col("value_double");
+        let vd = vd.as_primitive::<Float64Type>();
+        let vi = col("value_int");
+        let vi = vi.as_primitive::<Int64Type>();
+        let vu = col("value_uint");
+        let vu = vu.as_primitive::<UInt64Type>();
+        let vb = col("value_bool");
+        let vb = vb.as_boolean();
+        let vs = strings(&b, "value_string");
+        let vt = col("value_time");
+        let vt = vt.as_primitive::<TimestampMicrosecondType>();
+        let vby = col("value_bytes");
+        let vby = vby.as_binary::<i32>();
+        let vj = strings(&b, "value_json");
+        for i in 0..n {
+            let value = if vd.is_valid(i) {
+                Val::Double(vd.value(i))
+            } else if vi.is_valid(i) {
+                Val::Int(vi.value(i))
+            } else if vu.is_valid(i) {
+                Val::UInt(vu.value(i))
+            } else if vb.is_valid(i) {
+                Val::Bool(vb.value(i))
+            } else if let Some(s) = &vs[i] {
+                Val::Str(s.clone())
+            } else if vt.is_valid(i) {
+                Val::Time(vt.value(i))
+            } else if vby.is_valid(i) {
+                Val::Bytes(vby.value(i).to_vec())
+            } else if let Some(j) = &vj[i] {
+                Val::Json(j.clone())
+            } else {
+                Val::Null
+            };
+            rows.push(Row {
+                time: time.value(i),
+                server_time: server.is_valid(i).then(|| server.value(i)),
+                line: line[i].clone().unwrap_or_default(),
+                plc: plc[i].clone().unwrap_or_default(),
+                group: group[i].clone().unwrap_or_default(),
+                node: node[i].clone().unwrap_or_default(),
+                name: name[i].clone().unwrap_or_default(),
+                type_name: ty[i].clone().unwrap_or_default(),
+                status: status.value(i),
+                value,
+            });
+        }
+    }
+    rows
+}
+
+pub fn read_all(dir: &Path) -> Vec<Row> {
+    parquet_files(dir)
+        .iter()
+        .flat_map(|p| read_file(p))
+        .collect()
+}
+
+/// Values of one node in one group, sorted by time.
+pub fn series(rows: &[Row], group: &str, node: &str) -> Vec<Row> {
+    let mut v: Vec<Row> = rows
+        .iter()
+        .filter(|r| r.group == group && r.node == node)
+        .cloned()
+        .collect();
+    v.sort_by_key(|r| r.time);
+    v
+}
+
+/// Gaps and duplicates of an integer counter series (values must step by +1; a reset to
+/// the start value is allowed when `allow_reset`).
+pub fn counter_defects(values: &[i128]) -> (usize, usize) {
+    let (mut gaps, mut dups) = (0, 0);
+    for w in values.windows(2) {
+        match w[1] - w[0] {
+            1 => {}
+            0 => dups += 1,
+            _ => gaps += 1,
+        }
+    }
+    (gaps, dups)
+}
+
+/// Groups rows by node for quick lookups.
+pub fn by_node(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
+    let mut m: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for r in rows {
+        m.entry(r.node.clone()).or_default().push(r.clone());
+    }
+    m
+}
+
+/// A loopback TCP relay in front of a server, whose connections a test can cut: the
+/// network fails, the server and its sessions do not.
+pub struct Relay {
+    pub port: u16,
+    cut: tokio::sync::watch::Sender<u64>,
+    pub connections: Arc<AtomicU64>,
+    active: Arc<Mutex<u64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (cut, cut_rx) = tokio::sync::watch::channel(0u64);
+        let connections = Arc::new(AtomicU64::new(0));
+        let active = Arc::new(Mutex::new(0));
+        let (c2, a2) = (connections.clone(), active.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    break;
+                };
+                c2.fetch_add(1, Ordering::Relaxed);
+                let mut cut_rx = cut_rx.clone();
+                let generation = *cut_rx.borrow_and_update();
+                let a3 = a2.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
+                        return;
+                    };
+                    *a3.lock().unwrap() += 1;
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = async { while *cut_rx.borrow_and_update() == generation { if cut_rx.changed().await.is_err() { std::future::pending::<()>().await } } } => {}
+                    }
+                    *a3.lock().unwrap() -= 1;
+                });
+            }
+        });
+        Relay {
+            port,
+            cut,
+            connections,
+            active,
+            task,
+        }
+    }
+
+    /// Drops every open connection (both directions, at once).
+    pub fn cut(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    pub fn active(&self) -> u64 {
+        *self.active.lock().unwrap()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `opc.tcp://127.0.0.1:PORT/` URL of a port.
+pub fn url(port: u16) -> String {
+    format!("opc.tcp://127.0.0.1:{port}/")
+}

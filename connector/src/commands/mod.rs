@@ -1,0 +1,53 @@
+//! The commands of `opcua-connector`. Each returns an [`Outcome`] that `main` maps to the
+//! exit code: 0 success, 2 bad configuration or usage, 1 runtime failure.
+
+pub mod browse;
+pub mod check;
+pub mod demo;
+pub mod run;
+
+use std::fmt;
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad configuration or usage: exit 2.
+    Usage(String),
+    /// Runtime failure: exit 1.
+    Runtime(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(m) | Failure::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+pub type Outcome = Result<(), Failure>;
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,21 @@
+//! `opcua-connector run --config FILE`: runs until SIGINT/SIGTERM, then drains.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tracing::info;
+
+use super::{Failure, Outcome};
+use crate::config;
+use crate::runner;
+
+pub async fn run(path: &Path) -> Outcome {
+    let config = config::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let running = runner::start(&config).map_err(|e| Failure::Runtime(e.to_string()))?;
+    info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");
+    super::signal().await;
+    info!("stopping: closing sessions, draining sinks");
+    running.stop(Duration::from_secs(10)).await;
+    info!("stopped");
+    Ok(())
+}

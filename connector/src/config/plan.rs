@@ -1,0 +1,293 @@
+//! The resolved plan that `opcua-connector check` prints: what the connector will do with a
+//! valid config, defaults filled in. Never prints a secret, only where it comes from.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::load::format_size;
+use super::types::*;
+
+fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        "0ms".to_owned()
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn auth(auth: &Auth) -> String {
+    match auth {
+        Auth::Anonymous => "anonymous".to_owned(),
+        Auth::UserName {
+            username,
+            password: Secret::Env(var),
+        } => {
+            format!("username {username:?}, password from env {var}")
+        }
+        Auth::UserName {
+            username,
+            password: Secret::File(path),
+        } => {
+            format!(
+                "username {username:?}, password from file {}",
+                path.display()
+            )
+        }
+        Auth::Certificate {
+            cert_file,
+            key_file,
+        } => {
+            format!(
+                "certificate {} (key {})",
+                cert_file.display(),
+                key_file.display()
+            )
+        }
+    }
+}
+
+fn compression(c: Compression) -> String {
+    match c {
+        Compression::Zstd { level } => format!("zstd level {level}"),
+        Compression::Snappy => "snappy".to_owned(),
+        Compression::Gzip => "gzip".to_owned(),
+        Compression::None => "none".to_owned(),
+    }
+}
+
+/// The human-readable plan of a validated config, one line per item, indented by level.
+pub fn plan(config: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_plan(&mut out, config);
+    out
+}
+
+fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
+    let groups: usize = c.plcs.iter().map(|p| p.groups.len()).sum();
+    let nodes: usize = c
+        .plcs
+        .iter()
+        .flat_map(|p| &p.groups)
+        .map(|g| g.nodes.len())
+        .sum();
+    let browses: usize = c
+        .plcs
+        .iter()
+        .flat_map(|p| &p.groups)
+        .map(|g| g.browse.len())
+        .sum();
+    write!(out, "line {}", c.line.id)?;
+    if let Some(site) = &c.line.site {
+        write!(out, " at site {site}")?;
+    }
+    writeln!(out, " ({})", c.source.display())?;
+    writeln!(
+        out,
+        "  {}, {}, {} + {} (resolved at connect)",
+        plural(c.plcs.len(), "plc", "plcs"),
+        plural(groups, "group", "groups"),
+        plural(nodes, "listed node", "listed nodes"),
+        plural(browses, "browse selection", "browse selections"),
+    )?;
+
+    for plc in &c.plcs {
+        writeln!(out, "\nplc {}", plc.id)?;
+        writeln!(out, "  endpoint  {}", plc.endpoint)?;
+        writeln!(
+            out,
+            "  security  {} / {}",
+            plc.security_policy.name(),
+            plc.security_mode.name()
+        )?;
+        writeln!(out, "  auth      {}", auth(&plc.auth))?;
+        if plc.groups.is_empty() {
+            writeln!(out, "  no groups (used for writes and methods only)")?;
+        }
+        for g in &plc.groups {
+            let sampling = if g.sampling_interval.is_zero() {
+                "0ms (server's fastest)".to_owned()
+            } else {
+                duration(g.sampling_interval)
+            };
+            let queue = match g.queue_size {
+                QueueSize::Auto => "auto".to_owned(),
+                QueueSize::Fixed(n) => n.to_string(),
+            };
+            let deadband = match g.deadband {
+                Deadband::None => "none".to_owned(),
+                Deadband::Absolute(x) => format!("absolute {x}"),
+                Deadband::Percent(x) => format!("{x}% of EU range"),
+            };
+            writeln!(out, "  group {}", g.name)?;
+            writeln!(
+                out,
+                "    publishing {}, sampling {sampling}, queue {queue}, deadband {deadband}",
+                duration(g.publishing_interval)
+            )?;
+            if !g.nodes.is_empty() || g.browse.is_empty() {
+                writeln!(out, "    {}", plural(g.nodes.len(), "node", "nodes"))?;
+            }
+            for b in &g.browse {
+                write!(
+                    out,
+                    "    browse {} ({})",
+                    b.root,
+                    if b.recursive {
+                        "recursive"
+                    } else {
+                        "children only"
+                    }
+                )?;
+                if let Some(include) = &b.include {
+                    write!(out, " include {include:?}")?;
+                }
+                if let Some(exclude) = &b.exclude {
+                    write!(out, " exclude {exclude:?}")?;
+                }
+                writeln!(out)?;
+            }
+        }
+    }
+
+    writeln!(
+        out,
+        "\npki {} (unknown servers {})",
+        c.pki.dir.display(),
+        if c.pki.trust_unknown_servers {
+            "trusted"
+        } else {
+            "refused"
+        }
+    )?;
+
+    writeln!(out, "\nsinks")?;
+    match &c.parquet {
+        None => writeln!(out, "  none")?,
+        Some(p) => writeln!(
+            out,
+            "  parquet {} ({}; new file every {} rows, {} or {}; queue {} samples)",
+            p.dir.display(),
+            compression(p.compression),
+            p.roll_rows,
+            format_size(p.roll_bytes),
+            duration(p.roll_interval),
+            p.queue_samples,
+        )?,
+    }
+
+    writeln!(out, "\nwrites ({})", c.writes.len())?;
+    for w in &c.writes {
+        write!(
+            out,
+            "  {} -> {} {} as {}",
+            w.property,
+            w.plc,
+            w.node,
+            w.write_type.name()
+        )?;
+        match (w.min, w.max) {
+            (None, None) => {}
+            (min, max) => {
+                let bound = |b: Option<f64>| b.map_or_else(String::new, |b| b.to_string());
+                write!(out, " in [{}, {}]", bound(min), bound(max))?;
+            }
+        }
+        if w.readback {
+            write!(out, ", read back")?;
+        }
+        if let Some(rate) = w.max_rate {
+            write!(out, ", at most once per {}", duration(rate))?;
+        }
+        writeln!(out)?;
+    }
+
+    writeln!(out, "\nmethods ({})", c.methods.len())?;
+    for m in &c.methods {
+        writeln!(
+            out,
+            "  {} -> {} {} on {} (timeout {})",
+            m.name,
+            m.plc,
+            m.method,
+            m.object,
+            duration(m.timeout)
+        )?;
+    }
+
+    match &c.metrics {
+        None => writeln!(out, "\nmetrics off")?,
+        Some(m) => writeln!(out, "\nmetrics http://{}/metrics", m.listen)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse;
+
+    #[test]
+    fn plan_shows_plcs_groups_sinks_and_mappings_but_no_secret() {
+        let text = r#"
+[line]
+id = "line-a"
+site = "plant-1"
+
+[[plc]]
+id = "filler"
+endpoint = "opc.tcp://192.0.2.10:4840"
+security_policy = "Basic256Sha256"
+security_mode = "SignAndEncrypt"
+auth = { username = "connector", password_env = "FILLER_PW" }
+
+  [[plc.group]]
+  name = "fast"
+  publishing_interval = "100ms"
+  sampling_interval = "0ms"
+  deadband = { percent = 1.5 }
+  nodes = ["nsu=urn:x;s=A", "nsu=urn:x;s=B"]
+  browse = [{ root = "nsu=urn:x;s=Tank", recursive = true, include = "*Temp*" }]
+
+[sink.parquet]
+dir = "data"
+
+[[write]]
+property = "speed"
+plc = "filler"
+node = "nsu=urn:x;s=Speed"
+type = "Double"
+min = 0
+max = 1200
+
+[[method]]
+name = "reset"
+plc = "filler"
+object = "nsu=urn:x;s=Filler"
+method = "nsu=urn:x;s=Filler.Reset"
+"#;
+        let config = parse(Path::new("line-a.toml"), text).unwrap_or_else(|e| panic!("{e}"));
+        let plan = plan(&config);
+        for part in [
+            "line line-a at site plant-1 (line-a.toml)",
+            "1 plc, 1 group, 2 listed nodes + 1 browse selection",
+            "security  Basic256Sha256 / SignAndEncrypt",
+            "password from env FILLER_PW",
+            "publishing 100ms, sampling 0ms (server's fastest), queue auto, deadband 1.5% of EU range",
+            "    2 nodes",
+            "browse nsu=urn:x;s=Tank (recursive) include \"*Temp*\"",
+            "parquet data (zstd level 3; new file every 1000000 rows, 128MiB or 5m; queue 1000000 samples)",
+            "speed -> filler nsu=urn:x;s=Speed as Double in [0, 1200], read back",
+            "reset -> filler nsu=urn:x;s=Filler.Reset on nsu=urn:x;s=Filler (timeout 10s)",
+            "metrics off",
+        ] {
+            assert!(plan.contains(part), "missing {part:?} in\n{plan}");
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! One PLC: connect, subscribe, and keep it that way without a human.
+//!
+//! The session's event loop reconnects by itself (async-opcua, retry limit -1). We watch its
+//! events: after a new session (the server restarted) we re-read the namespace array and
+//! subscribe again from scratch, so namespace indexes that moved cannot point us at the wrong
+//! nodes; after a reactivated session (the connection dropped, the session survived) the
+//! server's subscriptions are still there and we only kick the publish loop. Sequence gaps are
+//! recovered with Republish where the server still has the message.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use opcua::client::{
+    Client, ClientBuilder, IdentityToken, Session, SessionConnectMode, SessionPollResult,
+};
+use opcua::crypto::SecurityPolicy as UaPolicy;
+use opcua::types::{
+    EndpointDescription, MessageSecurityMode, ReadValueId, StatusCode, TimestampsToReturn,
+    VariableId, Variant,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Auth, Pki, Plc, Secret, SecurityMode, SecurityPolicy};
+use crate::opcua::resolve::Namespaces;
+use crate::opcua::subscribe::{self, Created};
+use crate::pipeline::SampleSender;
+use crate::telemetry::PlcMetrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("plc {plc}: cannot configure the OPC UA client: {message}")]
+    Client { plc: String, message: String },
+    #[error("plc {plc}: cannot read the endpoints of {endpoint}: {status}")]
+    Endpoints {
+        plc: String,
+        endpoint: String,
+        status: StatusCode,
+    },
+    #[error(
+        "plc {plc}: {endpoint} offers no endpoint with {policy}/{mode} (it offers: {offered})"
+    )]
+    NoMatchingEndpoint {
+        plc: String,
+        endpoint: String,
+        policy: String,
+        mode: String,
+        offered: String,
+    },
+    #[error("plc {plc}: {message}")]
+    Auth { plc: String, message: String },
+    #[error("plc {plc}: cannot connect: {status}")]
+    Connect { plc: String, status: StatusCode },
+}
+
+pub fn ua_policy(p: SecurityPolicy) -> UaPolicy {
+    match p {
+        SecurityPolicy::None => UaPolicy::None,
+        SecurityPolicy::Basic256Sha256 => UaPolicy::Basic256Sha256,
+        SecurityPolicy::Aes128Sha256RsaOaep => UaPolicy::Aes128Sha256RsaOaep,
+        SecurityPolicy::Aes256Sha256RsaPss => UaPolicy::Aes256Sha256RsaPss,
+    }
+}
+
+pub fn ua_mode(m: SecurityMode) -> MessageSecurityMode {
+    match m {
+        SecurityMode::None => MessageSecurityMode::None,
+        SecurityMode::Sign => MessageSecurityMode::Sign,
+        SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
+    }
+}
+
+/// An OPC UA client with our application identity, PKI and limits.
+pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
+    ClientBuilder::new()
+        .application_name("opcua-connector")
+        .application_uri("urn:opcua-connector")
+        .product_uri("urn:opcua-connector")
+        .create_sample_keypair(true)
+        .pki_dir(&pki.dir)
+        .trust_server_certs(pki.trust_unknown_servers)
+        .session_retry_limit(-1)
+        .session_retry_initial(Duration::from_millis(250))
+        .session_retry_max(Duration::from_secs(1))
+        .keep_alive_interval(Duration::from_secs(2))
+        .recreate_subscriptions(false)
+        .session_timeout(120_000)
+        .max_message_size(64 << 20)
+        .max_chunk_count(4096)
+        .max_array_length(1_000_000)
+        .max_string_length(16 << 20)
+        .max_byte_string_length(16 << 20)
+        .client()
+        .map_err(|e| SessionError::Client {
+            plc: plc.to_owned(),
+            message: e.join("; "),
+        })
+}
+
+fn secret(s: &Secret) -> Result<String, String> {
+    match s {
+        Secret::Env(name) => std::env::var(name)
+            .map_err(|_| format!("environment variable {name} (password_env) is not set")),
+        Secret::File(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| format!("cannot read password_file {}: {e}", path.display())),
+    }
+}
+
+pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
+    let err = |message: String| SessionError::Auth {
+        plc: plc.to_owned(),
+        message,
+    };
+    Ok(match auth {
+        Auth::Anonymous => IdentityToken::Anonymous,
+        Auth::UserName { username, password } => {
+            IdentityToken::new_user_name(username.clone(), secret(password).map_err(err)?)
+        }
+        Auth::Certificate {
+            cert_file,
+            key_file,
+        } => {
+            for f in [cert_file, key_file] {
+                if !Path::new(f).is_file() {
+                    return Err(err(format!(
+                        "certificate file {} does not exist",
+                        f.display()
+                    )));
+                }
+            }
+            IdentityToken::new_x509_path(cert_file, key_file)
+                .map_err(|e| err(format!("cannot load user certificate: {e}")))?
+        }
+    })
+}
+
+/// Picks the server's endpoint for the configured security, and keeps the URL we dialled:
+/// servers advertise their own host name, which is wrong behind NAT, port mappings, tunnels.
+pub async fn endpoint(client: &Client, plc: &Plc) -> Result<EndpointDescription, SessionError> {
+    let endpoints = client
+        .get_server_endpoints_from_url(plc.endpoint.as_str())
+        .await
+        .map_err(|e| SessionError::Endpoints {
+            plc: plc.id.clone(),
+            endpoint: plc.endpoint.clone(),
+            status: e.status(),
+        })?;
+    let policy = ua_policy(plc.security_policy);
+    let mode = ua_mode(plc.security_mode);
+    let found = endpoints
+        .iter()
+        .find(|e| e.security_policy_uri.as_ref() == policy.to_uri() && e.security_mode == mode);
+    match found {
+        Some(e) => {
+            let mut e = e.clone();
+            e.endpoint_url = plc.endpoint.as_str().into();
+            Ok(e)
+        }
+        None => Err(SessionError::NoMatchingEndpoint {
+            plc: plc.id.clone(),
+            endpoint: plc.endpoint.clone(),
+            policy: policy.to_string(),
+            mode: format!("{mode:?}"),
+            offered: endpoints
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}/{:?}",
+                        UaPolicy::from_uri(e.security_policy_uri.as_ref()),
+                        e.security_mode
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+pub async fn read_namespaces(session: &Session) -> Result<Namespaces, StatusCode> {
+    let read = ReadValueId::from(opcua::types::NodeId::from(
+        VariableId::Server_NamespaceArray,
+    ));
+    let v = session
+        .read(&[read], TimestampsToReturn::Neither, 0.0)
+        .await
+        .map_err(|e| e.status())?;
+    match v.into_iter().next().and_then(|d| d.value) {
+        Some(Variant::Array(a)) => Ok(Namespaces(
+            a.values
+                .iter()
+                .map(|v| match v {
+                    Variant::String(s) => s.as_ref().to_owned(),
+                    _ => String::new(),
+                })
+                .collect(),
+        )),
+        _ => Err(StatusCode::BadNoValue),
+    }
+}
+
+enum Event {
+    Lost(StatusCode),
+    Reconnected(bool),
+    ReconnectFailed(StatusCode),
+}
+
+/// Runs one PLC until `shutdown`: connects (retrying forever), subscribes, recovers.
+pub async fn run(
+    plc: Plc,
+    pki: Pki,
+    tx: SampleSender,
+    metrics: Arc<PlcMetrics>,
+    shutdown: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    while !shutdown.is_cancelled() {
+        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                PlcMetrics::add(&metrics.connect_failures, 1);
+                metrics.connected.store(false, Ordering::Relaxed);
+                attempt = attempt.saturating_add(1);
+                let wait = backoff(attempt);
+                error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    info!(plc = %plc.id, "plc stopped");
+}
+
+/// 250 ms doubling to 5 s, with up to 20 % jitter so many connectors do not retry in step.
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1 << attempt.min(5)).min(5_000);
+    let jitter = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0) as u64)
+        % (base / 5 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+async fn connect_and_serve(
+    plc: &Plc,
+    pki: &Pki,
+    tx: &SampleSender,
+    metrics: &Arc<PlcMetrics>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let mut client = client(pki, &plc.id)?;
+    let endpoint = endpoint(&client, plc).await?;
+    let identity = identity(&plc.id, &plc.auth)?;
+    let (session, event_loop) = client
+        .connect_to_endpoint_directly(endpoint, identity)
+        .map_err(|e| SessionError::Connect {
+            plc: plc.id.clone(),
+            status: e.status(),
+        })?;
+
+    // Drive the event loop; forward what we act on.
+    let (ev_tx, mut events) = mpsc::unbounded_channel();
+    let plc_id = plc.id.clone();
+    let driver = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(event_loop.enter());
+        while let Some(e) = stream.next().await {
+            let ev = match e {
+                Ok(SessionPollResult::ConnectionLost(s)) => Event::Lost(s),
+                Ok(SessionPollResult::Reconnected(mode)) => {
+                    Event::Reconnected(matches!(mode, SessionConnectMode::NewSession(_)))
+                }
+                Ok(SessionPollResult::ReconnectFailed(s)) => Event::ReconnectFailed(s),
+                Ok(_) => continue,
+                Err(s) => return s,
+            };
+            if ev_tx.send(ev).is_err() {
+                break;
+            }
+        }
+        warn!(plc = %plc_id, "session event loop ended");
+        StatusCode::BadConnectionClosed
+    });
+
+    // The first connect: the event loop reports Reconnected(NewSession) once connected.
+    let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();
+    let mut subscriptions: Vec<Created> = Vec::new();
+    let mut first = true;
+    let mut warned_trust = false;
+    let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let result = loop {
+        let retry = async {
+            match resubscribe_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            ev = events.recv() => match ev {
+                None => break Err(SessionError::Connect { plc: plc.id.clone(), status: StatusCode::BadConnectionClosed }),
+                Some(Event::Lost(status)) => {
+                    metrics.connected.store(false, Ordering::Relaxed);
+                    warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
+                }
+                Some(Event::ReconnectFailed(status)) => {
+                    if status == StatusCode::BadCertificateUntrusted && !warned_trust {
+                        warned_trust = true;
+                        error!(
+                            plc = %plc.id,
+                            "the server certificate is not trusted; it was copied to {}/rejected/. \
+                             If it is the right server, move that file to {}/trusted/ (or set pki.trust_unknown_servers = true)",
+                            pki.dir.display(), pki.dir.display()
+                        );
+                    }
+                }
+                Some(Event::Reconnected(new_session)) => {
+                    metrics.connected.store(true, Ordering::Relaxed);
+                    if first {
+                        info!(plc = %plc.id, endpoint = %plc.endpoint, "connected");
+                    } else {
+                        PlcMetrics::add(&metrics.reconnects, 1);
+                        info!(plc = %plc.id, new_session, "reconnected");
+                    }
+                    if new_session || first {
+                        // Everything the old session had is gone on the server.
+                        let old: Vec<u32> = subscriptions.drain(..).map(|c| c.id).collect();
+                        if !old.is_empty() {
+                            let _ = session.delete_subscriptions(&old).await;
+                        }
+                        resubscribe_at = Some(tokio::time::Instant::now());
+                    } else {
+                        // Workaround for async-opcua 0.19: the publish loop rebuilt after a
+                        // reconnect waits for a trigger that was already consumed.
+                        session.trigger_publish_now();
+                    }
+                    first = false;
+                }
+            },
+            _ = retry => {
+                resubscribe_at = None;
+                match setup(&session, plc, tx, &gap_tx, metrics).await {
+                    Ok(created) => {
+                        subscriptions = created;
+                        session.trigger_publish_now();
+                    }
+                    Err(status) => {
+                        warn!(plc = %plc.id, status = %status, "subscribing failed, retrying in 1 s");
+                        resubscribe_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                    }
+                }
+            }
+            Some((sub, seq)) = gaps.recv() => {
+                recover(&session, &subscriptions, sub, seq, tx, metrics).await;
+            }
+        }
+    };
+    if result.is_ok() {
+        // Shutting down: delete our subscriptions and close the session politely.
+        let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
+    }
+    driver.abort();
+    metrics.connected.store(false, Ordering::Relaxed);
+    result
+}
+
+async fn setup(
+    session: &Session,
+    plc: &Plc,
+    tx: &SampleSender,
+    gaps: &subscribe::GapSender,
+    metrics: &Arc<PlcMetrics>,
+) -> Result<Vec<Created>, StatusCode> {
+    let ns = read_namespaces(session).await?;
+    let created = subscribe::subscribe_all(session, plc, &ns, tx, gaps, metrics).await?;
+    info!(
+        plc = %plc.id,
+        monitored_items = metrics.monitored_items.load(Ordering::Relaxed),
+        subscribe_ms = metrics.subscribe_us.load(Ordering::Relaxed) / 1000,
+        "subscribed"
+    );
+    Ok(created)
+}
+
+/// Asks the server for a notification message we did not receive.
+async fn recover(
+    session: &Session,
+    subscriptions: &[Created],
+    sub: u32,
+    seq: u32,
+    tx: &SampleSender,
+    metrics: &Arc<PlcMetrics>,
+) {
+    let Some(c) = subscriptions.iter().find(|c| c.id == sub) else {
+        PlcMetrics::add(&metrics.lost_messages, 1);
+        return;
+    };
+    match session.republish(sub, seq).await {
+        Ok(msg) => {
+            PlcMetrics::add(&metrics.republished, 1);
+            let batch = subscribe::samples(&c.items, msg, metrics);
+            tx.send(batch);
+        }
+        Err(e) => {
+            PlcMetrics::add(&metrics.lost_messages, 1);
+            warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), "notification message lost: the server no longer has it");
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Subscriptions of a PLC: resolving a group's nodes, creating subscriptions and monitored
+//! items within the server's limits, and turning notifications into samples.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore, Session};
+use opcua::types::{
+    AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DeadbandType,
+    ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
+    NotificationMessage, ReadValueId, StatusCode, TimestampsToReturn, VariableId, Variant,
+};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use crate::config::{Deadband, Group, QueueSize};
+use crate::opcua::browse;
+use crate::opcua::convert;
+use crate::opcua::resolve::Namespaces;
+use crate::pipeline::SampleSender;
+use crate::sample::Item;
+use crate::telemetry::PlcMetrics;
+
+/// The server's limits that shape how we subscribe (0 = no limit announced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub max_monitored_items_per_call: usize,
+    pub max_monitored_items_per_subscription: usize,
+    pub max_nodes_per_browse: usize,
+    pub max_nodes_per_read: usize,
+}
+
+impl ServerLimits {
+    fn or(n: usize, default: usize) -> usize {
+        if n == 0 {
+            default
+        } else {
+            n
+        }
+    }
+}
+
+/// Reads OperationLimits and ServerCapabilities; a limit the server does not publish is 0.
+pub async fn read_limits(session: &Session) -> ServerLimits {
+    let ids = [
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
+        VariableId::Server_ServerCapabilities_MaxMonitoredItemsPerSubscription,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
+        VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+    ];
+    let reads: Vec<ReadValueId> = ids
+        .iter()
+        .map(|id| ReadValueId::from(NodeId::from(*id)))
+        .collect();
+    let values = session
+        .read(&reads, TimestampsToReturn::Neither, 0.0)
+        .await
+        .unwrap_or_default();
+    let n = |i: usize| -> usize {
+        match values.get(i).and_then(|v| v.value.as_ref()) {
+            Some(Variant::UInt32(x)) => *x as usize,
+            Some(Variant::UInt16(x)) => usize::from(*x),
+            Some(Variant::UInt64(x)) => usize::try_from(*x).unwrap_or(usize::MAX),
+            Some(Variant::Int32(x)) => usize::try_from(*x).unwrap_or(0),
+            _ => 0,
+        }
+    };
+    ServerLimits {
+        max_monitored_items_per_call: n(0),
+        max_monitored_items_per_subscription: n(1),
+        max_nodes_per_browse: n(2),
+        max_nodes_per_read: n(3),
+    }
+}
+
+/// One node to monitor in a group.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub node: NodeId,
+    pub item: Arc<Item>,
+}
+
+/// Resolves a group's explicit nodes and browse selections against this server.
+/// Nodes that cannot be resolved are logged and counted, never fatal.
+pub async fn targets(
+    session: &Session,
+    plc: &str,
+    group: &Group,
+    ns: &Namespaces,
+    limits: &ServerLimits,
+    metrics: &PlcMetrics,
+) -> Vec<Target> {
+    let plc: Arc<str> = plc.into();
+    let gname: Arc<str> = group.name.as_str().into();
+    let mut out: Vec<Target> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut unnamed = Vec::new();
+    for entry in &group.nodes {
+        match ns.resolve(&entry.node) {
+            Ok(id) => {
+                if !seen.insert(id.clone()) {
+                    continue;
+                }
+                let node: Arc<str> = ns.uri_form(&id).into();
+                let name: Arc<str> = entry
+                    .alias
+                    .as_deref()
+                    .map(Into::into)
+                    .unwrap_or_else(|| node.clone());
+                if entry.alias.is_none() {
+                    unnamed.push(out.len());
+                }
+                out.push(Target {
+                    node: id,
+                    item: Arc::new(Item {
+                        plc: plc.clone(),
+                        group: gname.clone(),
+                        node,
+                        name,
+                    }),
+                });
+            }
+            Err(e) => {
+                PlcMetrics::add(&metrics.failed_items, 1);
+                warn!(plc = %plc, group = %group.name, node = ?entry.node, error = %e, "node not resolved, skipped");
+            }
+        }
+    }
+    // Explicit nodes without alias are named by their browse name.
+    for chunk in unnamed.chunks(ServerLimits::or(limits.max_nodes_per_read, 1000)) {
+        let reads: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|&i| ReadValueId {
+                node_id: out[i].node.clone(),
+                attribute_id: AttributeId::BrowseName as u32,
+                ..Default::default()
+            })
+            .collect();
+        if let Ok(values) = session.read(&reads, TimestampsToReturn::Neither, 0.0).await {
+            for (&i, v) in chunk.iter().zip(values) {
+                if let Some(Variant::QualifiedName(q)) = v.value {
+                    let t = &out[i];
+                    let item = Item {
+                        name: q.name.as_ref().into(),
+                        ..(*t.item).clone()
+                    };
+                    out[i].item = Arc::new(item);
+                }
+            }
+        }
+    }
+    for sel in &group.browse {
+        let root = match ns.resolve(&sel.root) {
+            Ok(id) => id,
+            Err(e) => {
+                PlcMetrics::add(&metrics.failed_items, 1);
+                warn!(plc = %plc, group = %group.name, root = ?sel.root, error = %e, "browse root not resolved, skipped");
+                continue;
+            }
+        };
+        let root_name = root_browse_name(session, &root).await;
+        let found = match browse::variables(
+            session,
+            &root,
+            &root_name,
+            sel.recursive,
+            ServerLimits::or(limits.max_nodes_per_browse, 1000),
+            64,
+        )
+        .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                PlcMetrics::add(&metrics.failed_items, 1);
+                warn!(plc = %plc, group = %group.name, error = %e, "browse failed, selection skipped");
+                continue;
+            }
+        };
+        for v in found {
+            if sel
+                .include
+                .as_deref()
+                .is_some_and(|p| !browse::glob(p, &v.path))
+                || sel
+                    .exclude
+                    .as_deref()
+                    .is_some_and(|p| browse::glob(p, &v.path))
+                || !seen.insert(v.node.clone())
+            {
+                continue;
+            }
+            let node: Arc<str> = ns.uri_form(&v.node).into();
+            out.push(Target {
+                node: v.node,
+                item: Arc::new(Item {
+                    plc: plc.clone(),
+                    group: gname.clone(),
+                    node,
+                    name: v.path.into(),
+                }),
+            });
+        }
+    }
+    out
+}
+
+async fn root_browse_name(session: &Session, id: &NodeId) -> String {
+    let read = ReadValueId {
+        node_id: id.clone(),
+        attribute_id: AttributeId::BrowseName as u32,
+        ..Default::default()
+    };
+    match session
+        .read(&[read], TimestampsToReturn::Neither, 0.0)
+        .await
+    {
+        Ok(v) => match v.into_iter().next().and_then(|d| d.value) {
+            Some(Variant::QualifiedName(q)) => q.name.as_ref().to_owned(),
+            _ => id.to_string(),
+        },
+        Err(_) => id.to_string(),
+    }
+}
+
+/// The queue size to ask for: `auto` holds every sample of one publishing interval.
+pub fn queue_size(group: &Group) -> u32 {
+    match group.queue_size {
+        QueueSize::Fixed(n) => u32::try_from(n.get()).unwrap_or(u32::MAX),
+        QueueSize::Auto => {
+            // With sampling "as fast as possible" assume values may change every 50 ms.
+            let sampling = group.sampling_interval.max(Duration::from_millis(50));
+            let per_interval = group.publishing_interval.as_micros() / sampling.as_micros().max(1);
+            u32::try_from(per_interval + 2)
+                .unwrap_or(u32::MAX)
+                .clamp(4, 10_000)
+        }
+    }
+}
+
+fn filter(deadband: Deadband) -> ExtensionObject {
+    let (deadband_type, deadband_value) = match deadband {
+        Deadband::None => return ExtensionObject::null(),
+        Deadband::Absolute(v) => (DeadbandType::Absolute as u32, v),
+        Deadband::Percent(v) => (DeadbandType::Percent as u32, v),
+    };
+    ExtensionObject::from_message(DataChangeFilter {
+        trigger: DataChangeTrigger::StatusValue,
+        deadband_type,
+        deadband_value,
+    })
+}
+
+/// A sequence-number gap to recover: (subscription, missing sequence number).
+pub type GapSender = UnboundedSender<(u32, u32)>;
+
+/// Hands notifications of one subscription to the pipeline; never blocks for long.
+struct Callback {
+    items: Arc<Vec<Arc<Item>>>,
+    tx: SampleSender,
+    metrics: Arc<PlcMetrics>,
+    subscription: Arc<AtomicU32>,
+    last_seq: Option<u32>,
+    gaps: GapSender,
+}
+
+impl OnSubscriptionNotificationCore for Callback {
+    fn on_subscription_notification(
+        &mut self,
+        msg: NotificationMessage,
+        _items: MonitoredItemMap<'_>,
+    ) {
+        let has_data = msg
+            .notification_data
+            .as_ref()
+            .is_some_and(|d| !d.is_empty());
+        if has_data {
+            if let Some(last) = self.last_seq {
+                let seq = msg.sequence_number;
+                if seq > last.wrapping_add(1) && seq.wrapping_sub(last) < 1_000_000 {
+                    let sub = self.subscription.load(Ordering::Relaxed);
+                    for missing in last.wrapping_add(1)..seq {
+                        PlcMetrics::add(&self.metrics.sequence_gaps, 1);
+                        let _ = self.gaps.send((sub, missing));
+                    }
+                }
+            }
+            self.last_seq = Some(msg.sequence_number);
+        }
+        let batch = samples(&self.items, msg, &self.metrics);
+        if !batch.is_empty() {
+            self.tx.send(batch);
+        }
+    }
+}
+
+/// The samples of a notification message (also used for republished messages).
+pub fn samples(
+    items: &[Arc<Item>],
+    msg: NotificationMessage,
+    metrics: &PlcMetrics,
+) -> Vec<crate::sample::Sample> {
+    let Some(data) = msg.notification_data else {
+        return Vec::new();
+    };
+    let received = chrono::Utc::now().timestamp_micros();
+    let mut out = Vec::new();
+    let mut overflows = 0;
+    for obj in data {
+        let Some(change) = obj.into_inner_as::<DataChangeNotification>() else {
+            continue;
+        };
+        for n in change.monitored_items.unwrap_or_default() {
+            let Some(item) = (n.client_handle as usize)
+                .checked_sub(1)
+                .and_then(|i| items.get(i))
+            else {
+                continue;
+            };
+            if n.value.status.is_some_and(|s| s.overflow()) {
+                overflows += 1;
+            }
+            out.push(convert::sample(item, n.value, received));
+        }
+    }
+    if let Some(last) = out.iter().map(|s| s.time_us).max() {
+        metrics.last_sample_us.fetch_max(last, Ordering::Relaxed);
+    }
+    PlcMetrics::add(&metrics.samples_received, out.len() as u64);
+    PlcMetrics::add(&metrics.overflows, overflows);
+    out
+}
+
+/// One created subscription: its id and items (client handle `i + 1` is `items[i]`).
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub id: u32,
+    pub items: Arc<Vec<Arc<Item>>>,
+}
+
+/// Creates the subscriptions of one group: split by the server's per-subscription limit,
+/// monitored items created in chunks of its per-call limit. Items the server refuses are
+/// logged and counted; items refused for lack of room go to a further subscription.
+pub async fn subscribe_group(
+    session: &Session,
+    group: &Group,
+    mut targets: Vec<Target>,
+    limits: &ServerLimits,
+    tx: &SampleSender,
+    gaps: &GapSender,
+    metrics: &Arc<PlcMetrics>,
+) -> Result<Vec<Created>, StatusCode> {
+    let per_sub = ServerLimits::or(limits.max_monitored_items_per_subscription, usize::MAX);
+    let per_call = ServerLimits::or(limits.max_monitored_items_per_call, 10_000);
+    let publishing_ms = group.publishing_interval.as_secs_f64() * 1000.0;
+    let keep_alive = ((5_000.0 / publishing_ms.max(1.0)) as u32).clamp(3, 1000);
+    let lifetime = (keep_alive * 3).max((60_000.0 / publishing_ms.max(1.0)) as u32);
+    let sampling = group.sampling_interval.as_secs_f64() * 1000.0;
+    let queue = queue_size(group);
+    let filter = filter(group.deadband);
+    let mut created = Vec::new();
+    while !targets.is_empty() {
+        let take = targets.len().min(per_sub);
+        let part: Vec<Target> = targets.drain(..take).collect();
+        let items: Arc<Vec<Arc<Item>>> = Arc::new(part.iter().map(|t| t.item.clone()).collect());
+        let sub_id = Arc::new(AtomicU32::new(0));
+        let callback = Callback {
+            items: items.clone(),
+            tx: tx.clone(),
+            metrics: metrics.clone(),
+            subscription: sub_id.clone(),
+            last_seq: None,
+            gaps: gaps.clone(),
+        };
+        let id = session
+            .create_subscription(
+                group.publishing_interval,
+                lifetime,
+                keep_alive,
+                0,
+                0,
+                true,
+                callback,
+            )
+            .await
+            .map_err(|e| e.status())?;
+        sub_id.store(id, Ordering::Relaxed);
+        let mut overflow: Vec<Target> = Vec::new();
+        let mut ok = 0u64;
+        for (chunk_no, chunk) in part.chunks(per_call).enumerate() {
+            let requests: Vec<MonitoredItemCreateRequest> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, t)| MonitoredItemCreateRequest {
+                    item_to_monitor: ReadValueId::from(t.node.clone()),
+                    monitoring_mode: MonitoringMode::Reporting,
+                    requested_parameters: MonitoringParameters {
+                        client_handle: (chunk_no * per_call + i + 1) as u32,
+                        sampling_interval: sampling,
+                        filter: filter.clone(),
+                        queue_size: queue,
+                        discard_oldest: true,
+                    },
+                })
+                .collect();
+            let results = session
+                .create_monitored_items(id, TimestampsToReturn::Both, requests)
+                .await
+                .map_err(|e| e.status())?;
+            for (t, r) in chunk.iter().zip(results) {
+                let status = r.result.status_code;
+                if status.is_good() {
+                    ok += 1;
+                } else if status == StatusCode::BadTooManyMonitoredItems {
+                    overflow.push(t.clone());
+                } else {
+                    PlcMetrics::add(&metrics.failed_items, 1);
+                    warn!(plc = %t.item.plc, group = %group.name, node = %t.item.node, status = %status, "node cannot be monitored, skipped");
+                }
+            }
+        }
+        PlcMetrics::add(&metrics.monitored_items, ok);
+        created.push(Created { id, items });
+        if !overflow.is_empty() {
+            info!(group = %group.name, items = overflow.len(), "server subscription full, opening another one");
+            // Items keep their Arc<Item>; they are placed again at the front of the queue.
+            overflow.extend(targets);
+            targets = overflow;
+        }
+    }
+    Ok(created)
+}
+
+/// Subscribes every group of a PLC. Returns the subscriptions and how long it took.
+pub async fn subscribe_all(
+    session: &Session,
+    plc: &crate::config::Plc,
+    ns: &Namespaces,
+    tx: &SampleSender,
+    gaps: &GapSender,
+    metrics: &Arc<PlcMetrics>,
+) -> Result<Vec<Created>, StatusCode> {
+    let started = Instant::now();
+    let limits = read_limits(session).await;
+    metrics.monitored_items.store(0, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for group in &plc.groups {
+        let t = targets(session, &plc.id, group, ns, &limits, metrics).await;
+        let n = t.len();
+        let created = subscribe_group(session, group, t, &limits, tx, gaps, metrics).await?;
+        info!(plc = %plc.id, group = %group.name, nodes = n, subscriptions = created.len(), "group subscribed");
+        all.extend(created);
+    }
+    metrics
+        .subscribe_us
+        .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    Ok(all)
+}

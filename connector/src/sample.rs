@@ -1,0 +1,109 @@
+//! One sample as it flows from an OPC UA notification to the sinks.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Where a sample comes from; one per monitored item, shared by all of its samples.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Item {
+    pub plc: Arc<str>,
+    pub group: Arc<str>,
+    /// Node id in namespace-URI form: `nsu=urn:...;s=Filler.Speed`.
+    pub node: Arc<str>,
+    /// Tag name: the config alias, else the browse path, else the node id.
+    pub name: Arc<str>,
+}
+
+/// An OPC UA built-in type name, scalar or array (`Double`, `Array<Int32>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeName {
+    /// OPC UA built-in type id (1 Boolean .. 25 DiagnosticInfo); 0 when the value is empty.
+    pub builtin: u8,
+    pub array: bool,
+}
+
+impl TypeName {
+    pub const NULL: TypeName = TypeName {
+        builtin: 0,
+        array: false,
+    };
+
+    pub fn builtin_name(id: u8) -> &'static str {
+        match id {
+            1 => "Boolean",
+            2 => "SByte",
+            3 => "Byte",
+            4 => "Int16",
+            5 => "UInt16",
+            6 => "Int32",
+            7 => "UInt32",
+            8 => "Int64",
+            9 => "UInt64",
+            10 => "Float",
+            11 => "Double",
+            12 => "String",
+            13 => "DateTime",
+            14 => "Guid",
+            15 => "ByteString",
+            16 => "XmlElement",
+            17 => "NodeId",
+            18 => "ExpandedNodeId",
+            19 => "StatusCode",
+            20 => "QualifiedName",
+            21 => "LocalizedText",
+            22 => "ExtensionObject",
+            23 => "DataValue",
+            24 => "Variant",
+            25 => "DiagnosticInfo",
+            _ => "Null",
+        }
+    }
+}
+
+impl fmt::Display for TypeName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.array {
+            write!(f, "Array<{}>", Self::builtin_name(self.builtin))
+        } else {
+            f.write_str(Self::builtin_name(self.builtin))
+        }
+    }
+}
+
+/// The value of a sample, already mapped to the Parquet value column it lands in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleValue {
+    /// No value (e.g. a Bad status without value).
+    Null,
+    /// Float, Double -> `value_double`.
+    Double(f64),
+    /// SByte..Int64, Byte..UInt32 -> `value_int`.
+    Int(i64),
+    /// UInt64 -> `value_uint`.
+    UInt(u64),
+    /// Boolean -> `value_bool`.
+    Bool(bool),
+    /// String, LocalizedText (text), QualifiedName, NodeId, Guid, StatusCode name... -> `value_string`.
+    String(String),
+    /// DateTime, microseconds since the Unix epoch (UTC) -> `value_time`.
+    Time(i64),
+    /// ByteString -> `value_bytes`.
+    Bytes(Vec<u8>),
+    /// Arrays, ExtensionObjects and everything else, as OPC UA JSON -> `value_json`.
+    Json(String),
+}
+
+/// One sample: a value with its status and timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub item: Arc<Item>,
+    /// Source timestamp; the server timestamp if absent; the receive time if both are absent.
+    /// Microseconds since the Unix epoch, UTC.
+    pub time_us: i64,
+    /// Server timestamp, microseconds since the Unix epoch, UTC.
+    pub server_time_us: Option<i64>,
+    /// OPC UA status code, 0 = Good. Bad and Uncertain samples are kept.
+    pub status: u32,
+    pub type_name: TypeName,
+    pub value: SampleValue,
+}

@@ -1,0 +1,3 @@
+//! Sinks: where samples go. Each sink folder has the same files (`config.rs`, `sink.rs`, ...).
+
+pub mod parquet;

@@ -1,0 +1,21 @@
+//! Parquet chunk sink (schema version 1).
+//!
+//! - [`schema`]: the Arrow schema, footer metadata keys, and the column builders.
+//! - [`writer`]: one chunk file (temporary name, fsync, rename) and the tuned writer settings.
+//! - [`sink`]: [`ParquetSink`], one per PLC: rolling, naming, Hive partitions, crash cleanup.
+//! - [`error`]: [`ParquetError`], naming path and operation.
+//!
+//! See `docs/parquet.md` for the file layout and queries.
+
+pub mod error;
+pub mod schema;
+pub mod sink;
+pub mod writer;
+
+pub use error::ParquetError;
+pub use schema::{schema, SCHEMA_VERSION};
+pub use sink::{ParquetSink, ParquetSinkStats, BATCH_ROWS};
+pub use writer::ChunkInfo;
+
+#[cfg(test)]
+mod tests;
