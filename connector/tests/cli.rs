@@ -226,3 +226,125 @@ roll_interval = "1s"
     );
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_open_chunk_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = CancellationToken::new();
+    let sim = simulator::start(
+        SimConfig::bottling_line(dir.path().join("sim-pki")),
+        token.clone(),
+    )
+    .await
+    .expect("simulator");
+    let out = dir.path().join("out");
+    let config = dir.path().join("line.toml");
+    let text = std::fs::read_to_string(configs_dir().join("demo.toml"))
+        .unwrap()
+        .replace("opc.tcp://127.0.0.1:4840/", sim.endpoint_url())
+        .replace(
+            "dir = \"data/demo\"",
+            &format!(
+                "dir = \"{}\"\n\n[pki]\ndir = \"{}\"\ntrust_unknown_servers = true",
+                out.display(),
+                dir.path().join("pki").display()
+            ),
+        );
+    std::fs::write(&config, text).unwrap();
+    let mut child = bin()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn connector");
+    // Wait until the open chunk exists (rows are being written), then stop it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files(&out, &|n| n.ends_with(".tmp")).is_empty() {
+        assert!(Instant::now() < deadline, "an open chunk appears");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the connector exits after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        files(&out, &|n| n.ends_with(".tmp")).is_empty(),
+        "no open chunk is left behind"
+    );
+    let chunks = files(&out, &|n| n.ends_with(".parquet"));
+    let rows: usize = chunks.iter().map(|c| readable(c).unwrap()).sum();
+    assert!(rows > 50, "the drained chunk holds the samples: {rows}");
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_prints_a_group_block_that_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = CancellationToken::new();
+    let sim = simulator::start(
+        SimConfig::bottling_line(dir.path().join("sim-pki")),
+        token.clone(),
+    )
+    .await
+    .expect("simulator");
+    let pki = dir.path().join("pki");
+    let endpoint = sim.endpoint_url().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .args([
+                "browse",
+                "--endpoint",
+                &endpoint,
+                "--root",
+                "nsu=urn:opcua-connector:bottling-line;s=BottlingLine",
+                "--trust-server",
+                "--pki-dir",
+            ])
+            .arg(&pki)
+            .output()
+            .expect("run browse")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[[plc.group]]"), "{stdout}");
+    let nodes = stdout
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .starts_with("{ id = \"nsu=urn:opcua-connector:bottling-line;s=")
+        })
+        .count();
+    assert_eq!(
+        nodes, 72,
+        "every variable of the line, no properties: {stdout}"
+    );
+    assert!(stdout.contains("Filler/Speed\" },  # Double"), "{stdout}");
+    // Pasted under a [[plc]], it is a valid config.
+    let config = format!(
+        "[line]\nid = \"pasted\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{}\"\n\n{stdout}\n[sink.parquet]\ndir = \"data\"\n",
+        sim.endpoint_url()
+    );
+    let (code, err) = check_text(dir.path(), "pasted.toml", &config);
+    assert_eq!(code, 0, "{err}");
+    token.cancel();
+}

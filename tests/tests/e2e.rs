@@ -333,3 +333,48 @@ auth = { username = "connector", password_env = "E2E_FILLER_PW" }"#;
     assert!(!m.plcs[0].connected.load(Ordering::Relaxed));
     running.stop(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_uncertain_samples_are_kept_with_their_status() {
+    let line = Line::new();
+    let sim = start_sim(line.pki(), |_| {}).await;
+    let running =
+        runner::start(&line.config(sim.sim.endpoint_url(), "", "")).expect("runner starts");
+    let m = running.metrics.clone();
+    eventually("first samples", Duration::from_secs(20), || {
+        let m = m.clone();
+        async move { (received(&m).await >= 20).then_some(()) }
+    })
+    .await;
+    let code = opcua::types::StatusCode::BadCommunicationError.bits();
+    sim.sim.inject(FaultKind::Status {
+        duration: Duration::from_millis(1500),
+        code,
+    });
+    let at = received(&m).await;
+    eventually(
+        "samples during and after the status fault",
+        Duration::from_secs(15),
+        || {
+            let m = m.clone();
+            async move { (received(&m).await > at + 150).then_some(()) }
+        },
+    )
+    .await;
+    settle_and_stop(&sim, running).await;
+    let rows = read_all(&line.out());
+    for name in COUNTERS {
+        let s = series(&rows, "fast", &counter_id(name));
+        let bad = s.iter().filter(|r| r.status == code).count();
+        assert!(
+            bad >= 5,
+            "{name}: {bad} samples kept with BadCommunicationError"
+        );
+        let good_after = s
+            .iter()
+            .skip_while(|r| r.status != code)
+            .skip_while(|r| r.status == code)
+            .count();
+        assert!(good_after > 0, "{name}: Good again after the fault");
+    }
+}

@@ -89,6 +89,20 @@ pub async fn demo(args: DemoArgs) -> Outcome {
         }
     }
     eprintln!();
+    // Stop the simulated values and let the last notifications land, so the files end at
+    // the simulator's ground truth; then stop and drain.
+    sim.inject(simulator::FaultKind::Freeze {
+        duration: Duration::from_secs(3600),
+    });
+    let mut last_seen = u64::MAX;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = metrics.total(|p| &p.samples_received);
+        if now == last_seen {
+            break;
+        }
+        last_seen = now;
+    }
     running.stop(Duration::from_secs(10)).await;
 
     // 4. Ground truth for checks (an underscore file: Parquet readers skip it).
@@ -142,7 +156,7 @@ pub async fn demo(args: DemoArgs) -> Outcome {
         "  duckdb -c \"SELECT name, count(*) AS samples, min(time), max(time) FROM read_parquet('{glob}', hive_partitioning=true) GROUP BY name ORDER BY name\""
     );
     println!(
-        "  python3 -c \"import pyarrow.dataset as ds; t = ds.dataset('{}', format='parquet', partitioning='hive').to_table(); print(t.num_rows, t.schema)\"",
+        "  python3 -c \"import pyarrow.parquet as pq; t = pq.read_table('{}'); print(t.num_rows); print(t.schema)\"",
         args.out.display()
     );
     Ok(())

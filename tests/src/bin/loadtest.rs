@@ -214,10 +214,18 @@ dir = "{}"
         .recv_timeout(Duration::from_secs(120))
         .context("connector did not subscribe")?;
     let (cpu0, _) = proc_usage(pid);
+    let (sim_cpu0, _) = proc_usage(sim.id());
     let t0 = Instant::now();
     std::thread::sleep(duration);
     let (cpu1, rss) = proc_usage(pid);
+    let (sim_cpu1, sim_rss) = proc_usage(sim.id());
     let window = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: simulator {:.0} % of one core, peak RSS {:.0} MB",
+        s.id,
+        (sim_cpu1 - sim_cpu0) / window * 100.0,
+        sim_rss as f64 / 1e6
+    );
     terminate(&mut conn);
     terminate(&mut sim);
 

@@ -488,6 +488,11 @@ fn writes_reader_fixture() {
         Some(d) => PathBuf::from(d),
         None => tmp.path().to_owned(),
     };
+    assert!(
+        fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none()),
+        "the fixture directory {} must be empty or absent",
+        dir.display()
+    );
     let samples = fixture_samples();
     let mut sink = ParquetSink::new(config(&dir, 7), line(), PLC).unwrap();
     sink.write(&samples).unwrap();
