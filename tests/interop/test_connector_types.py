@@ -157,8 +157,9 @@ def _cases() -> list[Case]:
         "value_string", equals("Grüße ✓"), "'Grüße ✓'")
     add("Guid.Value", GUID, VT.Guid, "Guid", "value_string", contains(str(GUID)), f"contains {GUID}")
     # Its namespace index is filled in when the server has registered the namespace.
-    add("NodeId.Value", "Target.Node", VT.NodeId, "NodeId", "value_string", contains("Target.Node"),
-        "contains 'Target.Node'")
+    # NodeId values are written in namespace-URI form, like the node column (Node identity).
+    add("NodeId.Value", "Target.Node", VT.NodeId, "NodeId", "value_string",
+        equals(f"nsu={NS_URI};s=Target.Node"), f"nsu={NS_URI};s=Target.Node")
     add("QualifiedName.Value", "Brand.Name", VT.QualifiedName, "QualifiedName", "value_string",
         contains("Brand.Name"), "contains 'Brand.Name'")
     add("Array.Double", DOUBLES, VT.Double, "Array<Double>", "value_json", json_array(DOUBLES), f"JSON {DOUBLES}")

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use opcua::types::{ContextOwned, DataValue, DateTime, Variant};
 
+use crate::opcua::resolve::Namespaces;
 use crate::sample::{Item, Sample, SampleValue, TypeName};
 
 /// Microseconds since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
@@ -13,7 +14,8 @@ pub fn micros(t: &DateTime) -> i64 {
 
 /// Builds a sample from a notification. `received_us` is used when the value carries neither
 /// a source nor a server timestamp.
-pub fn sample(item: &Arc<Item>, dv: DataValue, received_us: i64) -> Sample {
+/// NodeId values are written in namespace-URI form with `ns`, like the `node` column.
+pub fn sample(item: &Arc<Item>, dv: DataValue, received_us: i64, ns: &Namespaces) -> Sample {
     let server_time_us = dv.server_timestamp.as_ref().map(micros);
     let time_us = dv
         .source_timestamp
@@ -23,7 +25,7 @@ pub fn sample(item: &Arc<Item>, dv: DataValue, received_us: i64) -> Sample {
         .unwrap_or(received_us);
     let status = dv.status.map(|s| s.bits()).unwrap_or(0);
     let (type_name, value) = match dv.value {
-        Some(v) => value(v),
+        Some(v) => value(v, ns),
         None => (TypeName::NULL, SampleValue::Null),
     };
     Sample {
@@ -71,7 +73,7 @@ fn scalar_type(v: &Variant) -> u8 {
 }
 
 /// The type name and value column of a variant.
-pub fn value(v: Variant) -> (TypeName, SampleValue) {
+pub fn value(v: Variant, ns: &Namespaces) -> (TypeName, SampleValue) {
     let builtin = scalar_type(&v);
     let scalar = |builtin| TypeName {
         builtin,
@@ -95,7 +97,10 @@ pub fn value(v: Variant) -> (TypeName, SampleValue) {
         Variant::Guid(g) => SampleValue::String(g.to_string()),
         Variant::ByteString(b) => SampleValue::Bytes(b.value.unwrap_or_default()),
         Variant::XmlElement(x) => SampleValue::String(x.to_string()),
-        Variant::NodeId(n) => SampleValue::String(n.to_string()),
+        Variant::NodeId(n) => SampleValue::String(ns.uri_form(&n)),
+        Variant::ExpandedNodeId(n) if n.namespace_uri.is_null() && n.server_index == 0 => {
+            SampleValue::String(ns.uri_form(&n.node_id))
+        }
         Variant::ExpandedNodeId(n) => SampleValue::String(n.to_string()),
         Variant::StatusCode(s) => SampleValue::Int(s.bits().into()),
         Variant::QualifiedName(q) => SampleValue::String(q.name.as_ref().to_owned()),
@@ -180,11 +185,11 @@ mod tests {
             ),
         ];
         for (v, ty, expected) in cases {
-            let (t, got) = value(v);
+            let (t, got) = value(v, &Namespaces::default());
             assert_eq!(t.to_string(), ty);
             assert_eq!(got, expected, "{ty}");
         }
-        let (t, got) = value(Variant::from(vec![1i32, 2, 3]));
+        let (t, got) = value(Variant::from(vec![1i32, 2, 3]), &Namespaces::default());
         assert_eq!(t.to_string(), "Array<Int32>");
         let SampleValue::Json(j) = got else {
             panic!("array is JSON")
@@ -205,6 +210,7 @@ mod tests {
                 ..DataValue::null()
             },
             5,
+            &Namespaces::default(),
         );
         assert_eq!(
             s.time_us, 1_700_000_000_123_456,
@@ -218,6 +224,7 @@ mod tests {
                 ..DataValue::null()
             },
             5,
+            &Namespaces::default(),
         );
         assert_eq!(
             (s.time_us, s.status, s.value),

@@ -404,7 +404,7 @@ async fn recover(
     match session.republish(sub, seq).await {
         Ok(msg) => {
             PlcMetrics::add(&metrics.republished, 1);
-            let batch = subscribe::samples(&c.items, msg, metrics);
+            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns);
             tx.send(batch);
         }
         Err(e) => {

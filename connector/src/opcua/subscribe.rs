@@ -257,6 +257,7 @@ pub type GapSender = UnboundedSender<(u32, u32)>;
 /// Hands notifications of one subscription to the pipeline; never blocks for long.
 struct Callback {
     items: Arc<Vec<Arc<Item>>>,
+    ns: Arc<Namespaces>,
     tx: SampleSender,
     metrics: Arc<PlcMetrics>,
     subscription: Arc<AtomicU32>,
@@ -287,7 +288,7 @@ impl OnSubscriptionNotificationCore for Callback {
             }
             self.last_seq = Some(msg.sequence_number);
         }
-        let batch = samples(&self.items, msg, &self.metrics);
+        let batch = samples(&self.items, msg, &self.metrics, &self.ns);
         if !batch.is_empty() {
             self.tx.send(batch);
         }
@@ -299,6 +300,7 @@ pub fn samples(
     items: &[Arc<Item>],
     msg: NotificationMessage,
     metrics: &PlcMetrics,
+    ns: &Namespaces,
 ) -> Vec<crate::sample::Sample> {
     let Some(data) = msg.notification_data else {
         return Vec::new();
@@ -320,7 +322,7 @@ pub fn samples(
             if n.value.status.is_some_and(|s| s.overflow()) {
                 overflows += 1;
             }
-            out.push(convert::sample(item, n.value, received));
+            out.push(convert::sample(item, n.value, received, ns));
         }
     }
     if let Some(last) = out.iter().map(|s| s.time_us).max() {
@@ -336,6 +338,7 @@ pub fn samples(
 pub struct Created {
     pub id: u32,
     pub items: Arc<Vec<Arc<Item>>>,
+    pub ns: Arc<Namespaces>,
 }
 
 /// Creates the subscriptions of one group: split by the server's per-subscription limit,
@@ -345,7 +348,7 @@ pub async fn subscribe_group(
     session: &Session,
     group: &Group,
     mut targets: Vec<Target>,
-    limits: &ServerLimits,
+    (ns, limits): (&Arc<Namespaces>, &ServerLimits),
     tx: &SampleSender,
     gaps: &GapSender,
     metrics: &Arc<PlcMetrics>,
@@ -366,6 +369,7 @@ pub async fn subscribe_group(
         let sub_id = Arc::new(AtomicU32::new(0));
         let callback = Callback {
             items: items.clone(),
+            ns: ns.clone(),
             tx: tx.clone(),
             metrics: metrics.clone(),
             subscription: sub_id.clone(),
@@ -420,7 +424,11 @@ pub async fn subscribe_group(
             }
         }
         PlcMetrics::add(&metrics.monitored_items, ok);
-        created.push(Created { id, items });
+        created.push(Created {
+            id,
+            items,
+            ns: ns.clone(),
+        });
         if !overflow.is_empty() {
             info!(group = %group.name, items = overflow.len(), "server subscription full, opening another one");
             // Items keep their Arc<Item>; they are placed again at the front of the queue.
@@ -442,12 +450,14 @@ pub async fn subscribe_all(
 ) -> Result<Vec<Created>, StatusCode> {
     let started = Instant::now();
     let limits = read_limits(session).await;
+    let shared_ns = Arc::new(ns.clone());
     metrics.monitored_items.store(0, Ordering::Relaxed);
     let mut all = Vec::new();
     for group in &plc.groups {
         let t = targets(session, &plc.id, group, ns, &limits, metrics).await;
         let n = t.len();
-        let created = subscribe_group(session, group, t, &limits, tx, gaps, metrics).await?;
+        let created =
+            subscribe_group(session, group, t, (&shared_ns, &limits), tx, gaps, metrics).await?;
         info!(plc = %plc.id, group = %group.name, nodes = n, subscriptions = created.len(), "group subscribed");
         all.extend(created);
     }
