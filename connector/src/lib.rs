@@ -1,15 +1,17 @@
-//! opcua-connector: OPC UA PLC subscriptions to Parquet (and, later, MQTT / IoT Hub).
+//! opcua-connector: OPC UA PLC subscriptions to Parquet and MQTT (IoT Hub to follow).
 //!
 //! Data flow, one folder per stage:
 //! - [`config`]: the line's TOML file, validated into typed settings.
 //! - [`opcua`]: sessions, namespace resolution, browse, subscriptions; notifications become
 //!   [`sample::Sample`]s.
 //! - [`pipeline`]: bounded hand-off from the OPC UA callbacks to the sinks, with backpressure.
-//! - [`sinks`]: `parquet` chunk files.
+//! - [`sinks`]: `parquet` chunk files, `mqtt` telemetry, the `hub` (Azure IoT Hub) dialect.
+//! - [`buffer`]: the durable store-and-forward queue in front of the broker and hub senders.
 //! - [`telemetry`]: counters and progress.
 //! - [`runner`]: starts a line (sessions + writers) and drains it on stop.
 //! - [`commands`]: `run`, `check`, `browse`, `demo`.
 
+pub mod buffer;
 pub mod commands;
 pub mod config;
 pub mod opcua;

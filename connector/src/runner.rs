@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::opcua::session;
 use crate::pipeline::{self, Batch};
+use crate::sinks::mqtt::{self, Encoder, MqttMetrics, Outbox};
 use crate::sinks::parquet::ParquetSink;
 use crate::telemetry::{Metrics, PlcMetrics};
 
@@ -23,13 +24,19 @@ use crate::telemetry::{Metrics, PlcMetrics};
 pub enum RunError {
     #[error("{0}")]
     Sink(String),
-    #[error("the configuration has no sink: add [sink.parquet]")]
+    #[error("the configuration has no sink: add [sink.parquet] or [sink.mqtt]")]
     NoSink,
+    #[error("mqtt: {0}")]
+    Mqtt(String),
 }
 
 /// A running line.
 pub struct Running {
     pub metrics: Metrics,
+    /// Counters of the MQTT telemetry, when configured.
+    pub mqtt: Option<Arc<MqttMetrics>>,
+    mqtt_stop: CancellationToken,
+    mqtt_task: Option<JoinHandle<()>>,
     sessions: CancellationToken,
     session_tasks: Vec<JoinHandle<()>>,
     stop_writers: Arc<AtomicBool>,
@@ -39,9 +46,9 @@ pub struct Running {
 /// Starts every PLC of the line. Returns once the sinks are open; connecting and subscribing
 /// go on in the background (a PLC that is down is retried forever).
 pub fn start(config: &Config) -> Result<Running, RunError> {
-    let Some(parquet) = config.parquet.clone() else {
+    if config.parquet.is_none() && config.mqtt.is_none() {
         return Err(RunError::NoSink);
-    };
+    }
     if !config.writes.is_empty() || !config.methods.is_empty() {
         warn!(
             writes = config.writes.len(),
@@ -56,19 +63,62 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     let mut writers = Vec::new();
     // One notification batch is at most one publish response; the queue holds about
     // `queue_samples` samples assuming batches of ~1000.
-    let capacity = (parquet.queue_samples.get() / 1000).max(16);
+    let queue_samples = config
+        .parquet
+        .as_ref()
+        .map_or(1_000_000, |p| p.queue_samples.get());
+    let capacity = (queue_samples / 1000).max(16);
+    // MQTT: one buffer and one sender for the line; every PLC's writer encodes into it.
+    let mqtt_stop = CancellationToken::new();
+    let (outbox, mqtt_task, mqtt_metrics) = match &config.mqtt {
+        None => (None, None, None),
+        Some(mc) if mc.version == crate::config::MqttVersion::V5 => {
+            return Err(RunError::Mqtt(
+                "[sink.mqtt] version = \"5\" is not supported yet by this version; use \"3.1.1\""
+                    .into(),
+            ));
+        }
+        Some(mc) => {
+            let m = Arc::new(MqttMetrics::default());
+            let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
+                .map_err(|e| RunError::Mqtt(e.to_string()))?;
+            let opts = mqtt::sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
+            let task = tokio::spawn(mqtt::sender::run(
+                opts,
+                mc.qos,
+                outbox.clone(),
+                mqtt_stop.clone(),
+                Duration::from_secs(5),
+            ));
+            (Some(outbox), Some(task), Some(m))
+        }
+    };
     for plc in &config.plcs {
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
-        let sink = ParquetSink::new(parquet.clone(), config.line.clone(), &plc.id)
-            .map_err(|e| RunError::Sink(e.to_string()))?;
+        let sink = match &config.parquet {
+            Some(p) => Some(
+                ParquetSink::new(p.clone(), config.line.clone(), &plc.id)
+                    .map_err(|e| RunError::Sink(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let encoder = match (&config.mqtt, &outbox) {
+            (Some(mc), Some(ob)) => Some(Encoder::new(
+                mc.clone(),
+                &config.line.id,
+                config.line.site.as_deref().unwrap_or(""),
+                ob.clone(),
+            )),
+            _ => None,
+        };
         let (tx, rx) = pipeline::channel(capacity, m.clone());
         let stop = stop_writers.clone();
         let wm = m.clone();
         writers.push(
             std::thread::Builder::new()
                 .name(format!("parquet-{}", plc.id))
-                .spawn(move || write_loop(sink, rx, wm, stop))
+                .spawn(move || write_loop(sink, encoder, rx, wm, stop))
                 .map_err(|e| RunError::Sink(format!("cannot start writer thread: {e}")))?,
         );
         session_tasks.push(tokio::spawn(session::run(
@@ -81,6 +131,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     }
     Ok(Running {
         metrics,
+        mqtt: mqtt_metrics,
+        mqtt_stop,
+        mqtt_task,
         sessions,
         session_tasks,
         stop_writers,
@@ -110,52 +163,84 @@ impl Running {
         {
             error!("a parquet writer did not finish within the grace time");
         }
+        // Writers have buffered everything; the sender delivers what it can within the grace
+        // time, the rest stays on disk for the next start.
+        self.mqtt_stop.cancel();
+        if let Some(t) = self.mqtt_task {
+            let _ = tokio::time::timeout(grace, t).await;
+        }
     }
 }
 
-/// The writer thread of one PLC: batches into the sink, rolls on time, drains at the end.
+/// The writer thread of one PLC: batches into the sinks, rolls and flushes on time, drains
+/// at the end.
 fn write_loop(
-    mut sink: ParquetSink,
+    mut sink: Option<ParquetSink>,
+    mut encoder: Option<Encoder>,
     rx: Receiver<Batch>,
     m: Arc<PlcMetrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let write = |sink: &mut ParquetSink, batch: Batch| {
-        if let Err(e) = sink.write(&batch) {
-            PlcMetrics::add(&m.write_errors, 1);
-            error!(plc = %m.plc, error = %e, samples = batch.len(), "parquet write failed");
+    let write = |sink: &mut Option<ParquetSink>, encoder: &mut Option<Encoder>, batch: Batch| {
+        if let Some(sink) = sink.as_mut() {
+            if let Err(e) = sink.write(&batch) {
+                PlcMetrics::add(&m.write_errors, 1);
+                error!(plc = %m.plc, error = %e, samples = batch.len(), "parquet write failed");
+            }
+        }
+        if let Some(enc) = encoder.as_mut() {
+            if let Err(e) = enc.write(&batch) {
+                PlcMetrics::add(&m.write_errors, 1);
+                error!(plc = %m.plc, error = %e, samples = batch.len(), "mqtt buffering failed");
+            }
         }
     };
     loop {
-        match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(batch) => write(&mut sink, batch),
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(batch) => write(&mut sink, &mut encoder, batch),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if let Err(e) = sink.tick(SystemTime::now()) {
-            PlcMetrics::add(&m.write_errors, 1);
-            error!(plc = %m.plc, error = %e, "parquet roll failed");
+        if let Some(s) = sink.as_mut() {
+            if let Err(e) = s.tick(SystemTime::now()) {
+                PlcMetrics::add(&m.write_errors, 1);
+                error!(plc = %m.plc, error = %e, "parquet roll failed");
+            }
+            publish_stats(s, &m);
         }
-        publish_stats(&sink, &m);
+        if let Some(enc) = encoder.as_mut() {
+            if let Err(e) = enc.tick() {
+                PlcMetrics::add(&m.write_errors, 1);
+                error!(plc = %m.plc, error = %e, "mqtt buffering failed");
+            }
+        }
         if stop.load(Ordering::Relaxed) {
             break;
         }
     }
-    // Drain whatever is queued, then close the open chunk.
+    // Drain whatever is queued, then close the open chunk and flush the batches.
     while let Ok(batch) = rx.try_recv() {
-        write(&mut sink, batch);
+        write(&mut sink, &mut encoder, batch);
     }
-    match sink.close() {
-        Ok(Some(c)) => {
-            info!(plc = %m.plc, path = %c.path.display(), rows = c.rows, "last chunk closed")
-        }
-        Ok(None) => {}
-        Err(e) => {
+    if let Some(enc) = encoder.as_mut() {
+        if let Err(e) = enc.flush() {
             PlcMetrics::add(&m.write_errors, 1);
-            error!(plc = %m.plc, error = %e, "closing the last chunk failed");
+            error!(plc = %m.plc, error = %e, "mqtt buffering failed at shutdown");
         }
     }
-    publish_stats(&sink, &m);
+    if let Some(mut s) = sink {
+        match s.close() {
+            Ok(Some(c)) => {
+                info!(plc = %m.plc, path = %c.path.display(), rows = c.rows, "last chunk closed")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                PlcMetrics::add(&m.write_errors, 1);
+                error!(plc = %m.plc, error = %e, "closing the last chunk failed");
+            }
+        }
+        publish_stats(&s, &m);
+    }
 }
 
 fn publish_stats(sink: &ParquetSink, m: &PlcMetrics) {

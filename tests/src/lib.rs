@@ -282,9 +282,11 @@ pub fn by_node(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
 }
 
 /// A loopback TCP relay in front of a server, whose connections a test can cut: the
-/// network fails, the server and its sessions do not.
+/// network fails, the server and its sessions do not. `set_down(true)` also refuses new
+/// connections (a broker or PLC that is away).
 pub struct Relay {
     pub port: u16,
+    down: Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
     pub connections: Arc<AtomicU64>,
     active: Arc<Mutex<u64>>,
@@ -299,11 +301,17 @@ impl Relay {
         let connections = Arc::new(AtomicU64::new(0));
         let active = Arc::new(Mutex::new(0));
         let (c2, a2) = (connections.clone(), active.clone());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let d2 = down.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     break;
                 };
+                if d2.load(Ordering::Relaxed) {
+                    drop(inbound);
+                    continue;
+                }
                 c2.fetch_add(1, Ordering::Relaxed);
                 let mut cut_rx = cut_rx.clone();
                 let generation = *cut_rx.borrow_and_update();
@@ -326,10 +334,19 @@ impl Relay {
         });
         Relay {
             port,
+            down,
             cut,
             connections,
             active,
             task,
+        }
+    }
+
+    /// Takes the far side away (cuts open connections, refuses new ones) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::Relaxed);
+        if down {
+            self.cut();
         }
     }
 
@@ -352,4 +369,103 @@ impl Drop for Relay {
 /// The `opc.tcp://127.0.0.1:PORT/` URL of a port.
 pub fn url(port: u16) -> String {
     format!("opc.tcp://127.0.0.1:{port}/")
+}
+
+/// An embedded MQTT broker (rumqttd) on a free loopback port. rumqttd has no shutdown: its
+/// threads live until the test process ends.
+pub fn start_broker() -> u16 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let text = format!(
+        r#"
+id = 0
+[router]
+id = 0
+max_connections = 100
+max_outgoing_packet_count = 2000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+  [v4.1.connections]
+  connection_timeout_ms = 60000
+  max_payload_size = 1048576
+  max_inflight_count = 500
+  dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config = toml::from_str(&text).expect("broker config");
+    let mut broker = rumqttd::Broker::new(config);
+    std::thread::spawn(move || {
+        let _ = broker.start();
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    port
+}
+
+/// Messages received: (topic, payload).
+pub type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A subscriber that collects every message on `filter` with QoS 1.
+pub struct Subscriber {
+    pub messages: Received,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn start(port: u16, filter: &str) -> Subscriber {
+        let mut o = rumqttc::MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
+        o.set_max_packet_size(2 << 20, 2 << 20);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+        let messages: Received = Arc::default();
+        let (m2, f2) = (messages.clone(), filter.to_owned());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = client
+                            .subscribe(f2.clone(), rumqttc::QoS::AtLeastOnce)
+                            .await;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        m2.lock()
+                            .unwrap()
+                            .push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        Subscriber { messages, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

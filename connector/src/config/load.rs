@@ -17,10 +17,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{
-    self, Quantity, RawAuth, RawBrowse, RawConfig, RawDuration, RawGroup, RawMethod, RawNode,
-    RawParquet, RawPlc, RawSize, RawWrite,
+    self, Quantity, RawAuth, RawBrowse, RawBuffer, RawConfig, RawDuration, RawGroup, RawHub,
+    RawMethod, RawMqtt, RawNode, RawParquet, RawPlc, RawSize, RawTls, RawWrite, RawX509,
 };
 use super::types::*;
+use crate::sinks::hub::is_valid_id;
 
 /// Default `[pki] dir`.
 pub const DEFAULT_PKI_DIR: &str = "pki";
@@ -32,6 +33,28 @@ pub const DEFAULT_ROLL_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_QUEUE_SAMPLES: usize = 1_000_000;
 pub const DEFAULT_METHOD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[sink.mqtt]` defaults.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+pub const DEFAULT_MQTTS_PORT: u16 = 8883;
+pub const DEFAULT_MQTT_TOPIC: &str = "opcua/{site}/{line}/{plc}/{group}";
+/// The default topic when `line.site` is not set.
+pub const DEFAULT_MQTT_TOPIC_NO_SITE: &str = "opcua/{line}/{plc}/{group}";
+pub const DEFAULT_MQTT_QOS: u8 = 1;
+pub const DEFAULT_MQTT_BATCH_MAX_SAMPLES: usize = 1000;
+pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The smallest `max_message_bytes`: one message must hold at least one sample.
+pub const MIN_MAX_MESSAGE_BYTES: u64 = 1024;
+/// The MQTT limit on a packet's remaining length.
+pub const MAX_MQTT_PACKET_BYTES: u64 = 268_435_455;
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// `[hub]` defaults.
+pub const DEFAULT_SAS_TTL: Duration = Duration::from_secs(3600);
+/// Short enough for tests of token renewal; real deployments keep the default.
+pub const MIN_SAS_TTL: Duration = Duration::from_secs(2);
+pub const DEFAULT_HUB_BATCH_MAX_SAMPLES: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -189,6 +212,153 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 hosts in brackets), split up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MqttUrl {
+    /// As written.
+    text: String,
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+/// Never echoes a url that may carry credentials.
+fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(if url.contains('@') {
+            "the url must start with mqtt:// or mqtts://".to_owned()
+        } else {
+            format!("url {url:?} must start with mqtt:// or mqtts://")
+        });
+    };
+    if rest.contains('@') {
+        return Err(
+            "credentials in the url are not allowed: use username and password_env or password_file"
+                .to_owned(),
+        );
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!(
+            "url {url:?} must be mqtt://host[:port] or mqtts://host[:port], without a path"
+        ));
+    }
+    let default_port = if tls {
+        DEFAULT_MQTTS_PORT
+    } else {
+        DEFAULT_MQTT_PORT
+    };
+    let (host, port) =
+        split_host_port(authority).map_err(|reason| format!("url {url:?}: {reason}"))?;
+    Ok(MqttUrl {
+        text: url.to_owned(),
+        tls,
+        host: host.to_owned(),
+        port: port.unwrap_or(default_port),
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the host without brackets.
+fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "unclosed [ in an IPv6 host".to_owned())?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("unexpected {p:?} after the IPv6 host"))?,
+            ),
+        };
+        (host, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    let port = port
+        .map(|p| match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("port {p:?} must be 1..=65535")),
+        })
+        .transpose()?;
+    Ok((host, port))
+}
+
+/// `host:port` with a port (for `hub.insecure_endpoint`).
+fn parse_host_port(text: &str) -> Result<(&str, u16), String> {
+    if text.contains("://") {
+        return Err(format!(
+            "{text:?} must be host:port, without a scheme, e.g. \"127.0.0.1:1883\""
+        ));
+    }
+    match split_host_port(text) {
+        Ok((host, Some(port))) => Ok((host, port)),
+        Ok((_, None)) => Err(format!(
+            "{text:?} has no port: write host:port, e.g. \"127.0.0.1:1883\""
+        )),
+        Err(reason) => Err(format!("{text:?} is not host:port: {reason}")),
+    }
+}
+
+/// The placeholders a topic template may use.
+pub const TOPIC_PLACEHOLDERS: [&str; 4] = ["site", "line", "plc", "group"];
+
+/// A topic to publish to, with `{site}`, `{line}`, `{plc}` and `{group}` placeholders.
+fn check_topic_template(template: &str, has_site: bool) -> Result<(), String> {
+    if template.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if template.contains(['+', '#']) {
+        return Err(format!(
+            "topic {template:?} contains a wildcard (+ or #), which a published topic cannot have"
+        ));
+    }
+    if template.starts_with('$') {
+        return Err(format!(
+            "topic {template:?} starts with $, which brokers reserve for themselves"
+        ));
+    }
+    if template.contains('\0') {
+        return Err("topic must not contain a NUL character".to_owned());
+    }
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        if rest[i..].starts_with('}') {
+            return Err(format!("topic {template:?} has a '}}' without '{{'"));
+        }
+        let after = &rest[i + 1..];
+        let end = after
+            .find(['{', '}'])
+            .filter(|&j| after[j..].starts_with('}'))
+            .ok_or_else(|| format!("topic {template:?} has a '{{' without '}}'"))?;
+        let name = &after[..end];
+        if !TOPIC_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}} in topic {template:?}: use {{site}}, {{line}}, {{plc}} or {{group}}"
+            ));
+        }
+        if name == "site" && !has_site {
+            return Err(format!(
+                "topic {template:?} uses {{site}} but line.site is not set"
+            ));
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(())
+}
+
+const MQTTS_NEEDS_CA: &str = "missing: give tls.ca_file, the PEM file of the CA that signed the broker's certificate (an mqtts:// url needs it; the system's roots are not used)";
+
 /// Names safe in file paths and MQTT topics.
 fn is_safe_name(s: &str) -> bool {
     !s.is_empty()
@@ -249,17 +419,11 @@ impl Check<'_> {
             .as_ref()
             .and_then(|s| raw::key_path_at(self.text, s.start))
             .unwrap_or_default();
-        let mut message = e
+        let message = e
             .message()
             .trim()
             .replace('\n', "; ")
             .replace("unknown field", "unknown key");
-        if let Some(table) = ["sink.mqtt", "hub", "buffer"]
-            .into_iter()
-            .find(|t| key == *t)
-        {
-            message.push_str(&format!(" ([{table}] is not supported yet)"));
-        }
         self.problem(span, &key, message);
     }
 
@@ -388,6 +552,15 @@ impl Check<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        // The broker sink needs the line's id and whether it has a site, even when [line]
+        // itself has problems (reported once, by `line`).
+        let line_id = raw
+            .line
+            .as_ref()
+            .and_then(|l| l.id.as_ref())
+            .map(|id| id.get_ref().clone())
+            .unwrap_or_default();
+        let has_site = raw.line.as_ref().is_some_and(|l| l.site.is_some());
         let line = self.line(raw.line);
         if raw.plc.is_empty() {
             self.problem(
@@ -413,7 +586,14 @@ impl Check<'_> {
         }
         let plc_names: Vec<String> = plc_ids.into_iter().map(|(id, _)| id).collect();
         let pki = self.pki(raw.pki);
-        let parquet = raw.sink.and_then(|s| s.parquet).map(|p| self.parquet(p));
+        let (parquet, mqtt) = match raw.sink {
+            Some(sink) => (sink.parquet, sink.mqtt),
+            None => (None, None),
+        };
+        let parquet = parquet.map(|p| self.parquet(p));
+        let mqtt = mqtt.map(|m| self.mqtt(&m, &line_id, has_site));
+        let hub = raw.hub.map(|h| self.hub(&h));
+        let buffer = self.buffer(raw.buffer.as_ref());
         let writes: Vec<_> = self.writes(&raw.write, &plc_names);
         let methods: Vec<_> = self.methods(&raw.method, &plc_names);
         let metrics = raw.metrics.map(|m| {
@@ -436,6 +616,9 @@ impl Check<'_> {
             plcs: plcs.into_iter().collect::<Option<_>>()?,
             pki: pki?,
             parquet: optional(parquet)?,
+            mqtt: optional(mqtt)?,
+            hub: optional(hub)?,
+            buffer: buffer?,
             writes: writes.into_iter().collect::<Option<_>>()?,
             methods: methods.into_iter().collect::<Option<_>>()?,
             metrics: optional(metrics)?,
@@ -948,6 +1131,496 @@ impl Check<'_> {
         })
     }
 
+    /// `{name}_env` / `{name}_file` (`prefix` is the key path of `{name}`): at most one of
+    /// them; `Some(None)` when neither is given.
+    fn secret_ref(
+        &mut self,
+        env: &Option<Spanned<String>>,
+        file: &Option<Spanned<String>>,
+        prefix: &str,
+    ) -> Option<Option<Secret>> {
+        match (env, file) {
+            (None, None) => Some(None),
+            (Some(env), None) => {
+                if is_env_name(env.get_ref()) {
+                    Some(Some(Secret::Env(env.get_ref().clone())))
+                } else {
+                    self.at(
+                        env,
+                        &format!("{prefix}_env"),
+                        format!("{:?} is not an environment variable name", env.get_ref()),
+                    );
+                    None
+                }
+            }
+            (None, Some(f)) => self
+                .non_empty(f, &format!("{prefix}_file"))
+                .map(|f| Some(Secret::File(PathBuf::from(f)))),
+            (Some(_), Some(f)) => {
+                let name = prefix.rsplit('.').next().unwrap_or(prefix);
+                self.at(
+                    f,
+                    &format!("{prefix}_file"),
+                    format!("give {name}_env or {name}_file, not both"),
+                );
+                None
+            }
+        }
+    }
+
+    fn positive_size(&mut self, value: &Spanned<RawSize>, key: &str) -> Option<u64> {
+        let n = self.size(value, key)?;
+        if n == 0 {
+            self.at(value, key, "must be greater than 0");
+            return None;
+        }
+        Some(n)
+    }
+
+    fn payload(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<Payload> {
+        let Some(p) = value else {
+            return Some(Payload::Json);
+        };
+        match p.get_ref().as_str() {
+            "json" => Some(Payload::Json),
+            "json+gzip" => Some(Payload::JsonGzip),
+            other => {
+                self.at(
+                    p,
+                    key,
+                    format!("unknown payload {other:?}: use json or json+gzip"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A `{name}` that is optional and must not be empty when given.
+    fn optional_non_empty(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+    ) -> Option<Option<String>> {
+        optional(value.as_ref().map(|v| self.non_empty(v, key)))
+    }
+
+    fn mqtt(&mut self, raw: &RawMqtt, line_id: &str, has_site: bool) -> Option<MqttSinkConfig> {
+        let k = |name: &str| format!("sink.mqtt.{name}");
+        let header = self.header("sink.mqtt");
+        let url = self.required(&raw.url, header, &k("url")).and_then(|u| {
+            match parse_mqtt_url(u.get_ref()) {
+                Ok(parsed) => Some((u, parsed)),
+                Err(message) => {
+                    self.at(u, &k("url"), message);
+                    None
+                }
+            }
+        });
+        let version = match &raw.version {
+            None => Some(MqttVersion::V311),
+            Some(v) => {
+                let parsed = match &v.get_ref().0 {
+                    Quantity::Text(t) if t == "3.1.1" => Some(MqttVersion::V311),
+                    Quantity::Text(t) if t == "5" || t == "5.0" => Some(MqttVersion::V5),
+                    Quantity::Integer(5) => Some(MqttVersion::V5),
+                    _ => None,
+                };
+                if parsed.is_none() {
+                    let written = match &v.get_ref().0 {
+                        Quantity::Text(t) => format!("{t:?}"),
+                        Quantity::Integer(n) => n.to_string(),
+                        Quantity::Float(x) => x.to_string(),
+                    };
+                    let message = format!("unknown MQTT version {written}: use \"3.1.1\" or \"5\"");
+                    self.at(v, &k("version"), message);
+                }
+                parsed
+            }
+        };
+        let client_id = match &raw.client_id {
+            None => Some(format!("opcua-connector-{line_id}")),
+            Some(c) => self.non_empty(c, &k("client_id")),
+        };
+        let username = self.optional_non_empty(&raw.username, &k("username"));
+        if let Some(p) = &raw.password {
+            self.at(p, &k("password"), "inline passwords are not allowed: use password_env (an environment variable name) or password_file");
+        }
+        let mut password = self.secret_ref(&raw.password_env, &raw.password_file, &k("password"));
+        if raw.username.is_none() {
+            for (given, name) in [
+                (&raw.password_env, "password_env"),
+                (&raw.password_file, "password_file"),
+            ] {
+                if let Some(given) = given {
+                    self.at(given, &k(name), "a password needs a username");
+                    password = None;
+                    break;
+                }
+            }
+        }
+        let topic = match &raw.topic {
+            None if has_site => Some(DEFAULT_MQTT_TOPIC.to_owned()),
+            None => Some(DEFAULT_MQTT_TOPIC_NO_SITE.to_owned()),
+            Some(t) => match check_topic_template(t.get_ref(), has_site) {
+                Ok(()) => Some(t.get_ref().clone()),
+                Err(message) => {
+                    self.at(t, &k("topic"), message);
+                    None
+                }
+            },
+        };
+        let qos = match &raw.qos {
+            None => Some(DEFAULT_MQTT_QOS),
+            Some(q) => match *q.get_ref() {
+                0 => Some(0),
+                1 => Some(1),
+                2 => {
+                    self.at(q, &k("qos"), "qos 2 is not supported: use 1 (at least once); every message carries a seq number per group, so consumers can drop duplicates without the extra round trips of qos 2");
+                    None
+                }
+                n => {
+                    self.at(q, &k("qos"), format!("qos {n} must be 0 or 1"));
+                    None
+                }
+            },
+        };
+        let batch_max_samples = match &raw.batch_max_samples {
+            None => NonZeroUsize::new(DEFAULT_MQTT_BATCH_MAX_SAMPLES),
+            Some(n) => self.count(n, &k("batch_max_samples")),
+        };
+        let batch_max_delay = match &raw.batch_max_delay {
+            None => Some(DEFAULT_BATCH_MAX_DELAY),
+            Some(d) => self.positive_duration(d, &k("batch_max_delay")),
+        };
+        let max_message_bytes = match &raw.max_message_bytes {
+            None => Some(DEFAULT_MAX_MESSAGE_BYTES),
+            Some(b) => self.size(b, &k("max_message_bytes")).and_then(|n| {
+                let message = if n < MIN_MAX_MESSAGE_BYTES {
+                    format!("{} is too small: at least 1KiB, so that one message holds at least one sample", format_size(n))
+                } else if n > MAX_MQTT_PACKET_BYTES {
+                    format!("{} is above the MQTT packet limit of {MAX_MQTT_PACKET_BYTES} bytes", format_size(n))
+                } else {
+                    return usize::try_from(n).ok();
+                };
+                self.at(b, &k("max_message_bytes"), message);
+                None
+            }),
+        };
+        let payload = self.payload(&raw.payload, &k("payload"));
+        let keep_alive = match &raw.keep_alive {
+            None => Some(DEFAULT_KEEP_ALIVE),
+            Some(d) => self.duration(d, &k("keep_alive")).and_then(|ka| {
+                let whole = ka.subsec_nanos() == 0;
+                if whole && (1..=u64::from(u16::MAX)).contains(&ka.as_secs()) {
+                    return Some(ka);
+                }
+                self.at(
+                    d,
+                    &k("keep_alive"),
+                    "must be whole seconds from 1s to 65535s (MQTT sends it in seconds, 16 bits)",
+                );
+                None
+            }),
+        };
+        let tls = raw.tls.as_ref().map(|t| self.tls(t));
+        let tls = match (&url, tls) {
+            // The url is already reported.
+            (None, _) => None,
+            (Some((_, u)), None) if !u.tls => Some(None),
+            (Some((span, _)), None) => {
+                self.at(span, &k("tls.ca_file"), MQTTS_NEEDS_CA);
+                None
+            }
+            (Some((span, u)), Some(_)) if !u.tls => {
+                let at = raw
+                    .tls
+                    .as_ref()
+                    .and_then(|t| {
+                        [&t.ca_file, &t.cert_file, &t.key_file]
+                            .into_iter()
+                            .flatten()
+                            .next()
+                    })
+                    .map_or_else(|| span.span(), |s| s.span());
+                self.problem(
+                    Some(at),
+                    &k("tls"),
+                    "tls needs an mqtts:// url (this one is plain mqtt://)",
+                );
+                None
+            }
+            (Some((span, _)), Some(Some(t))) if t.ca_file.is_none() => {
+                self.at(span, &k("tls.ca_file"), MQTTS_NEEDS_CA);
+                None
+            }
+            (Some(_), Some(t)) => t.map(Some),
+        };
+        let (_, url) = url?;
+        Some(MqttSinkConfig {
+            url: url.text,
+            host: url.host,
+            port: url.port,
+            tls: tls?,
+            version: version?,
+            client_id: client_id?,
+            username: username?,
+            password: password?,
+            topic: topic?,
+            qos: qos?,
+            batch_max_samples: batch_max_samples?,
+            batch_max_delay: batch_max_delay?,
+            max_message_bytes: max_message_bytes?,
+            payload: payload?,
+            keep_alive: keep_alive?,
+        })
+    }
+
+    fn tls(&mut self, raw: &RawTls) -> Option<TlsConfig> {
+        let k = |name: &str| format!("sink.mqtt.tls.{name}");
+        let ca_file = self.optional_non_empty(&raw.ca_file, &k("ca_file"));
+        let pair = match (&raw.cert_file, &raw.key_file) {
+            (None, None) => Some((None, None)),
+            (Some(c), Some(key)) => {
+                let c = self.non_empty(c, &k("cert_file"));
+                let key = self.non_empty(key, &k("key_file"));
+                c.zip(key).map(|(c, key)| (Some(c), Some(key)))
+            }
+            (Some(c), None) => {
+                self.at(
+                    c,
+                    &k("key_file"),
+                    "missing: a client certificate needs cert_file and key_file",
+                );
+                None
+            }
+            (None, Some(key)) => {
+                self.at(
+                    key,
+                    &k("cert_file"),
+                    "missing: a client certificate needs cert_file and key_file",
+                );
+                None
+            }
+        };
+        let (cert_file, key_file) = pair?;
+        Some(TlsConfig {
+            ca_file: ca_file?.map(PathBuf::from),
+            cert_file: cert_file.map(PathBuf::from),
+            key_file: key_file.map(PathBuf::from),
+        })
+    }
+
+    fn hub(&mut self, raw: &RawHub) -> Option<HubConfig> {
+        let k = |name: &str| format!("hub.{name}");
+        let header = self.header("hub");
+        if let Some(inline) = &raw.connection_string {
+            self.at(inline, &k("connection_string"), "inline connection strings are not allowed (they hold the device key): use connection_string_env (an environment variable name) or connection_string_file");
+        }
+        let auth = match (
+            &raw.connection_string_env,
+            &raw.connection_string_file,
+            &raw.x509,
+        ) {
+            (None, None, None) => {
+                if raw.connection_string.is_none() {
+                    self.problem(header.clone(), "hub", "missing identity: give connection_string_env, connection_string_file or x509 = { host, device_id, cert_file, key_file }");
+                }
+                None
+            }
+            (env, file, None) => self
+                .secret_ref(env, file, &k("connection_string"))
+                .and_then(|s| s.map(HubAuth::ConnectionString)),
+            (None, None, Some(x)) => self.x509(x, header.clone()),
+            (env, file, Some(_)) => {
+                let given = env
+                    .as_ref()
+                    .map(|e| (e, "connection_string_env"))
+                    .or(file.as_ref().map(|f| (f, "connection_string_file")));
+                if let Some((given, name)) = given {
+                    self.at(
+                        given,
+                        &k(name),
+                        "give a connection string or x509, not both",
+                    );
+                }
+                None
+            }
+        };
+        let sas_ttl = match &raw.sas_ttl {
+            None => Some(DEFAULT_SAS_TTL),
+            Some(t) if raw.x509.is_some() => {
+                self.at(
+                    t,
+                    &k("sas_ttl"),
+                    "x509 authentication uses no SAS token: remove sas_ttl",
+                );
+                None
+            }
+            Some(t) => self.duration(t, &k("sas_ttl")).and_then(|d| {
+                if d < MIN_SAS_TTL {
+                    self.at(t, &k("sas_ttl"), "must be at least 2s (default 1h)");
+                    return None;
+                }
+                Some(d)
+            }),
+        };
+        let insecure_endpoint =
+            raw.insecure_endpoint
+                .as_ref()
+                .map(|e| match parse_host_port(e.get_ref()) {
+                    Ok(_) => Some(e.get_ref().clone()),
+                    Err(message) => {
+                        self.at(e, &k("insecure_endpoint"), message);
+                        None
+                    }
+                });
+        let ca_file = match (&raw.ca_file, &raw.insecure_endpoint) {
+            (Some(ca), Some(_)) => {
+                self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one");
+                None
+            }
+            (Some(ca), None) => self
+                .non_empty(ca, &k("ca_file"))
+                .map(|c| Some(PathBuf::from(c))),
+            (None, Some(_)) => Some(None),
+            (None, None) => {
+                self.problem(header, &k("ca_file"), "missing: give ca_file, the PEM file of the hub's root CA (DigiCert Global Root G2 for Azure IoT Hub); the system's roots are not used");
+                None
+            }
+        };
+        let batch_max_samples = match &raw.batch_max_samples {
+            None => NonZeroUsize::new(DEFAULT_HUB_BATCH_MAX_SAMPLES),
+            Some(n) => self.count(n, &k("batch_max_samples")),
+        };
+        let batch_max_delay = match &raw.batch_max_delay {
+            None => Some(DEFAULT_BATCH_MAX_DELAY),
+            Some(d) => self.positive_duration(d, &k("batch_max_delay")),
+        };
+        let payload = self.payload(&raw.payload, &k("payload"));
+        if raw.connection_string.is_some() {
+            return None;
+        }
+        Some(HubConfig {
+            auth: auth?,
+            sas_ttl: sas_ttl?,
+            insecure_endpoint: optional(insecure_endpoint)?,
+            ca_file: ca_file?,
+            batch_max_samples: batch_max_samples?,
+            batch_max_delay: batch_max_delay?,
+            payload: payload?,
+        })
+    }
+
+    fn x509(&mut self, raw: &RawX509, header: Span) -> Option<HubAuth> {
+        let k = |name: &str| format!("hub.x509.{name}");
+        // The inline table has no span of its own: point at its first key.
+        let parent = [
+            &raw.host,
+            &raw.device_id,
+            &raw.module_id,
+            &raw.cert_file,
+            &raw.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(Spanned::span)
+        .or(header);
+        let host = self.required(&raw.host, parent.clone(), &k("host")).and_then(|h| {
+            let v = h.get_ref();
+            let ok = !v.is_empty()
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+            if !ok {
+                self.at(h, &k("host"), format!("{v:?} is not a host name: write the hub's host name, e.g. \"myhub.azure-devices.net\""));
+            }
+            ok.then(|| v.clone())
+        });
+        let mut id = |value: &Spanned<String>, name: &str| {
+            let v = value.get_ref();
+            if is_valid_id(v) {
+                Some(v.clone())
+            } else {
+                self.at(value, &k(name), format!("{v:?} is not an IoT Hub id: 1 to 128 of A-Z a-z 0-9 - : . + % _ # * ? ! ( ) , = @ ; $ '"));
+                None
+            }
+        };
+        let device_id = raw.device_id.as_ref().map(|d| id(d, "device_id"));
+        let module_id = raw.module_id.as_ref().map(|m| id(m, "module_id"));
+        if raw.device_id.is_none() {
+            self.problem(parent.clone(), &k("device_id"), "missing");
+        }
+        let cert_file = self
+            .required(&raw.cert_file, parent.clone(), &k("cert_file"))
+            .and_then(|c| self.non_empty(c, &k("cert_file")));
+        let key_file = self
+            .required(&raw.key_file, parent, &k("key_file"))
+            .and_then(|c| self.non_empty(c, &k("key_file")));
+        Some(HubAuth::X509 {
+            host: host?,
+            device_id: device_id??,
+            module_id: optional(module_id)?,
+            cert_file: cert_file.map(PathBuf::from)?,
+            key_file: key_file.map(PathBuf::from)?,
+        })
+    }
+
+    fn buffer(&mut self, raw: Option<&RawBuffer>) -> Option<BufferConfig> {
+        let defaults = BufferConfig::default();
+        let Some(raw) = raw else {
+            return Some(defaults);
+        };
+        let k = |name: &str| format!("buffer.{name}");
+        let dir = match &raw.dir {
+            None => Some(defaults.dir),
+            Some(d) => self.non_empty(d, &k("dir")).map(PathBuf::from),
+        };
+        let max_bytes = match &raw.max_bytes {
+            None => Some(defaults.max_bytes),
+            Some(b) => self.positive_size(b, &k("max_bytes")),
+        };
+        let when_full = match &raw.when_full {
+            None => Some(defaults.when_full),
+            Some(w) => match w.get_ref().as_str() {
+                "drop_oldest" => Some(WhenFull::DropOldest),
+                "pause" => Some(WhenFull::Pause),
+                other => {
+                    self.at(
+                        w,
+                        &k("when_full"),
+                        format!("unknown policy {other:?}: use drop_oldest or pause"),
+                    );
+                    None
+                }
+            },
+        };
+        let segment_bytes = match &raw.segment_bytes {
+            None => Some(defaults.segment_bytes),
+            Some(b) => self.positive_size(b, &k("segment_bytes")),
+        };
+        if let (Some(seg), Some(max)) = (segment_bytes, max_bytes) {
+            if seg > max {
+                let message = format!(
+                    "segment_bytes {} is larger than max_bytes {}",
+                    format_size(seg),
+                    format_size(max)
+                );
+                let span = raw
+                    .segment_bytes
+                    .as_ref()
+                    .or(raw.max_bytes.as_ref())
+                    .map(Spanned::span);
+                self.problem(span, &k("segment_bytes"), message);
+                return None;
+            }
+        }
+        Some(BufferConfig {
+            dir: dir?,
+            max_bytes: max_bytes?,
+            when_full: when_full?,
+            segment_bytes: segment_bytes?,
+        })
+    }
+
     /// `plc = "..."` of a write or method: must name a configured plc.
     fn plc_ref(&mut self, value: &Spanned<String>, key: &str, plcs: &[String]) -> Option<String> {
         if plcs.iter().any(|p| p == value.get_ref()) {
@@ -1227,6 +1900,35 @@ roll_bytes = "64MiB"
 roll_interval = "1m"
 queue_samples = 200_000
 
+[sink.mqtt]
+url = "mqtts://broker.example:8884"
+version = "5"
+client_id = "line-a-connector"
+username = "connector"
+password_env = "MQTT_PASSWORD"
+topic = "plants/{site}/{line}/{plc}/{group}/samples"
+qos = 0
+batch_max_samples = 2000
+batch_max_delay = "500ms"
+max_message_bytes = "128KiB"
+payload = "json+gzip"
+keep_alive = "1m"
+tls = { ca_file = "certs/ca.pem", cert_file = "certs/client.pem", key_file = "certs/client.key" }
+
+[hub]
+connection_string_file = "/run/secrets/iothub"
+sas_ttl = "30m"
+ca_file = "certs/digicert-global-root-g2.pem"
+batch_max_samples = 250
+batch_max_delay = "1s"
+payload = "json+gzip"
+
+[buffer]
+dir = "/var/lib/opcua-connector/buffer"
+max_bytes = "10GiB"
+when_full = "pause"
+segment_bytes = "64MiB"
+
 [[write]]
 property = "fillerSpeedSetpoint"
 plc = "filler"
@@ -1382,6 +2084,42 @@ listen = "127.0.0.1:9464"
             metrics: Some(MetricsConfig {
                 listen: "127.0.0.1:9464".parse().unwrap(),
             }),
+            mqtt: Some(MqttSinkConfig {
+                url: "mqtts://broker.example:8884".into(),
+                host: "broker.example".into(),
+                port: 8884,
+                tls: Some(TlsConfig {
+                    ca_file: Some("certs/ca.pem".into()),
+                    cert_file: Some("certs/client.pem".into()),
+                    key_file: Some("certs/client.key".into()),
+                }),
+                version: MqttVersion::V5,
+                client_id: "line-a-connector".into(),
+                username: Some("connector".into()),
+                password: Some(Secret::Env("MQTT_PASSWORD".into())),
+                topic: "plants/{site}/{line}/{plc}/{group}/samples".into(),
+                qos: 0,
+                batch_max_samples: NonZeroUsize::new(2000).unwrap(),
+                batch_max_delay: ms(500),
+                max_message_bytes: 128 << 10,
+                payload: Payload::JsonGzip,
+                keep_alive: Duration::from_secs(60),
+            }),
+            hub: Some(HubConfig {
+                auth: HubAuth::ConnectionString(Secret::File("/run/secrets/iothub".into())),
+                sas_ttl: Duration::from_secs(30 * 60),
+                insecure_endpoint: None,
+                ca_file: Some("certs/digicert-global-root-g2.pem".into()),
+                batch_max_samples: NonZeroUsize::new(250).unwrap(),
+                batch_max_delay: Duration::from_secs(1),
+                payload: Payload::JsonGzip,
+            }),
+            buffer: BufferConfig {
+                dir: "/var/lib/opcua-connector/buffer".into(),
+                max_bytes: 10 << 30,
+                when_full: WhenFull::Pause,
+                segment_bytes: 64 << 20,
+            },
         };
         assert_eq!(config, expected);
     }
@@ -1435,12 +2173,598 @@ listen = "127.0.0.1:9464"
         );
     }
 
+    /// MINIMAL plus a table; its first key is on line 15 (the header on 14).
+    fn with_table(table: &str, body: &str) -> String {
+        format!("{MINIMAL}\n[{table}]\n{body}\n")
+    }
+
+    fn parse_ok(text: &str) -> Config {
+        parse(Path::new(FILE), text).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn mqtt_of(body: &str) -> MqttSinkConfig {
+        parse_ok(&with_table("sink.mqtt", body)).mqtt.unwrap()
+    }
+
+    const HUB_CS: &str = "connection_string_env = \"IOTHUB_CS\"\nca_file = \"ca.pem\"";
+
+    fn hub_of(body: &str) -> HubConfig {
+        parse_ok(&with_table("hub", body)).hub.unwrap()
+    }
+
     #[test]
-    fn unsupported_sections_are_unknown_keys() {
-        let text = format!("{MINIMAL}\n[sink.mqtt]\nurl = \"mqtt://x\"\n");
-        assert_problem(&text, 14, "sink.mqtt", "not supported yet");
-        let text = format!("{MINIMAL}\n[hub]\nconnection_string_env = \"X\"\n");
-        assert_problem(&text, 14, "hub", "unknown key `hub`");
+    fn unknown_keys_in_broker_hub_and_buffer_are_reported() {
+        let text = with_table("sink.mqtt", "url = \"mqtt://x\"\nretain = true");
+        assert_problem(&text, 16, "sink.mqtt.retain", "unknown key `retain`");
+        let text = with_table("hub", &format!("{HUB_CS}\nmodel_id = \"dtmi:x;1\""));
+        assert_problem(&text, 17, "hub.model_id", "unknown key `model_id`");
+        let text = with_table("buffer", "max_size = \"1GiB\"");
+        assert_problem(&text, 15, "buffer.max_size", "unknown key `max_size`");
+        let text = with_table("hub", "x509 = { host = \"h\", device = \"d\" }");
+        assert_problem(&text, 15, "hub.x509.device", "unknown key `device`");
+    }
+
+    #[test]
+    fn mqtt_defaults_fill_in_everything_but_the_url() {
+        let m = mqtt_of("url = \"mqtt://broker.local\"");
+        assert_eq!(
+            m,
+            MqttSinkConfig {
+                url: "mqtt://broker.local".into(),
+                host: "broker.local".into(),
+                port: 1883,
+                tls: None,
+                version: MqttVersion::V311,
+                client_id: "opcua-connector-line-a".into(),
+                username: None,
+                password: None,
+                // MINIMAL has no line.site.
+                topic: "opcua/{line}/{plc}/{group}".into(),
+                qos: 1,
+                batch_max_samples: NonZeroUsize::new(1000).unwrap(),
+                batch_max_delay: Duration::from_millis(200),
+                max_message_bytes: 256 << 10,
+                payload: Payload::Json,
+                keep_alive: Duration::from_secs(30),
+            }
+        );
+        let with_site = with_table("sink.mqtt", "url = \"mqtt://b\"")
+            .replace("id = \"line-a\"", "id = \"line-a\"\nsite = \"plant-1\"");
+        assert_eq!(
+            parse_ok(&with_site).mqtt.unwrap().topic,
+            "opcua/{site}/{line}/{plc}/{group}"
+        );
+    }
+
+    #[test]
+    fn mqtt_url_gives_host_and_port_with_scheme_defaults() {
+        let tls = "\ntls = { ca_file = \"ca.pem\" }";
+        let cases = [
+            ("mqtt://b.example", "", "b.example", 1883),
+            ("mqtt://b.example:1884/", "", "b.example", 1884),
+            ("mqtts://b.example", tls, "b.example", 8883),
+            ("mqtts://10.0.0.5:9883", tls, "10.0.0.5", 9883),
+            ("mqtt://[::1]:1885", "", "::1", 1885),
+            ("mqtt://[fd00::7]", "", "fd00::7", 1883),
+        ];
+        for (url, extra, host, port) in cases {
+            let m = mqtt_of(&format!("url = \"{url}\"{extra}"));
+            assert_eq!((m.url.as_str(), m.host.as_str(), m.port), (url, host, port));
+        }
+    }
+
+    #[test]
+    fn mqtt_url_problems_name_the_url_key() {
+        for (url, part) in [
+            ("tcp://b:1883", "must start with mqtt:// or mqtts://"),
+            ("mqtt://", "no host"),
+            ("mqtt://:1883", "no host"),
+            ("mqtt://b:0", "port \"0\" must be 1..=65535"),
+            ("mqtt://b:99999", "must be 1..=65535"),
+            ("mqtt://b/topic", "without a path"),
+            ("mqtt://[::1", "unclosed ["),
+        ] {
+            let text = with_table("sink.mqtt", &format!("url = \"{url}\""));
+            assert_problem(&text, 15, "sink.mqtt.url", part);
+        }
+        let text = with_table("sink.mqtt", "qos = 1");
+        assert_problem(&text, 14, "sink.mqtt.url", "missing");
+    }
+
+    #[test]
+    fn credentials_in_the_mqtt_url_are_refused_without_echoing_them() {
+        let text = with_table("sink.mqtt", "url = \"mqtt://user:hunter2@b\"");
+        assert_problem(&text, 15, "sink.mqtt.url", "credentials in the url");
+        assert!(!problems(&text).concat().contains("hunter2"));
+    }
+
+    #[test]
+    fn mqtt_version_is_3_1_1_or_5() {
+        assert_eq!(
+            mqtt_of("url = \"mqtt://b\"\nversion = \"5\"").version,
+            MqttVersion::V5
+        );
+        assert_eq!(
+            mqtt_of("url = \"mqtt://b\"\nversion = 5").version,
+            MqttVersion::V5
+        );
+        assert_eq!(
+            mqtt_of("url = \"mqtt://b\"\nversion = \"3.1.1\"").version,
+            MqttVersion::V311
+        );
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nversion = \"3.1\"");
+        assert_problem(&text, 16, "sink.mqtt.version", "use \"3.1.1\" or \"5\"");
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nversion = 4");
+        assert_problem(&text, 16, "sink.mqtt.version", "unknown MQTT version 4");
+    }
+
+    #[test]
+    fn mqtt_password_comes_from_env_or_file_with_a_username() {
+        let m = mqtt_of("url = \"mqtt://b\"\nusername = \"u\"\npassword_file = \"/run/pw\"");
+        assert_eq!(
+            (m.username.as_deref(), m.password),
+            (Some("u"), Some(Secret::File("/run/pw".into())))
+        );
+        let base = "url = \"mqtt://b\"\nusername = \"u\"\n";
+        let text = with_table("sink.mqtt", &format!("{base}password = \"hunter2\""));
+        assert_problem(
+            &text,
+            17,
+            "sink.mqtt.password",
+            "inline passwords are not allowed",
+        );
+        assert!(!problems(&text).concat().contains("hunter2"));
+        let text = with_table(
+            "sink.mqtt",
+            &format!("{base}password_env = \"PW\"\npassword_file = \"pw\""),
+        );
+        assert_problem(
+            &text,
+            18,
+            "sink.mqtt.password_file",
+            "give password_env or password_file, not both",
+        );
+        let text = with_table("sink.mqtt", &format!("{base}password_env = \"MY-PW\""));
+        assert_problem(
+            &text,
+            17,
+            "sink.mqtt.password_env",
+            "is not an environment variable name",
+        );
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\npassword_env = \"PW\"");
+        assert_problem(
+            &text,
+            16,
+            "sink.mqtt.password_env",
+            "a password needs a username",
+        );
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nusername = \"\"");
+        assert_problem(&text, 16, "sink.mqtt.username", "must not be empty");
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nclient_id = \" \"");
+        assert_problem(&text, 16, "sink.mqtt.client_id", "must not be empty");
+    }
+
+    #[test]
+    fn mqtt_topic_allows_only_known_placeholders_and_no_wildcards() {
+        assert_eq!(
+            mqtt_of("url = \"mqtt://b\"\ntopic = \"x/{line}/{plc}-{group}\"").topic,
+            "x/{line}/{plc}-{group}"
+        );
+        for (topic, part) in [
+            ("opcua/{machine}", "unknown placeholder {machine}"),
+            (
+                "opcua/{site}/{line}",
+                "uses {site} but line.site is not set",
+            ),
+            ("opcua/+/x", "wildcard"),
+            ("opcua/#", "wildcard"),
+            ("$SYS/x", "starts with $"),
+            ("opcua/{line", "'{' without '}'"),
+            ("opcua/{li{ne}", "'{' without '}'"),
+            ("opcua/line}", "'}' without '{'"),
+            ("", "must not be empty"),
+        ] {
+            let text = with_table(
+                "sink.mqtt",
+                &format!("url = \"mqtt://b\"\ntopic = \"{topic}\""),
+            );
+            assert_problem(&text, 16, "sink.mqtt.topic", part);
+        }
+    }
+
+    #[test]
+    fn mqtt_qos_2_is_refused_with_the_reason() {
+        assert_eq!(mqtt_of("url = \"mqtt://b\"\nqos = 0").qos, 0);
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nqos = 2");
+        assert_problem(&text, 16, "sink.mqtt.qos", "qos 2 is not supported: use 1");
+        assert_problem(&text, 16, "sink.mqtt.qos", "drop duplicates");
+        let text = with_table("sink.mqtt", "url = \"mqtt://b\"\nqos = -1");
+        assert_problem(&text, 16, "sink.mqtt.qos", "must be 0 or 1");
+    }
+
+    #[test]
+    fn mqtt_batching_sizes_and_keep_alive_are_checked() {
+        let m = mqtt_of(
+            "url = \"mqtt://b\"\nbatch_max_samples = 1\nbatch_max_delay = \"1s\"\n\
+             max_message_bytes = \"1KiB\"\nkeep_alive = \"20m\"\npayload = \"json+gzip\"",
+        );
+        assert_eq!(
+            (
+                m.batch_max_samples.get(),
+                m.batch_max_delay,
+                m.max_message_bytes
+            ),
+            (1, Duration::from_secs(1), 1024)
+        );
+        assert_eq!(
+            (m.keep_alive, m.payload),
+            (Duration::from_secs(1200), Payload::JsonGzip)
+        );
+        for (body, key, part) in [
+            (
+                "batch_max_samples = 0",
+                "batch_max_samples",
+                "positive integer",
+            ),
+            ("batch_max_delay = 200", "batch_max_delay", "add a unit"),
+            (
+                "batch_max_delay = \"0ms\"",
+                "batch_max_delay",
+                "greater than 0",
+            ),
+            (
+                "max_message_bytes = \"512B\"",
+                "max_message_bytes",
+                "too small",
+            ),
+            (
+                "max_message_bytes = \"1GiB\"",
+                "max_message_bytes",
+                "MQTT packet limit",
+            ),
+            (
+                "max_message_bytes = \"256 parsecs\"",
+                "max_message_bytes",
+                "unknown size unit",
+            ),
+            ("payload = \"xml\"", "payload", "use json or json+gzip"),
+            (
+                "keep_alive = \"500ms\"",
+                "keep_alive",
+                "whole seconds from 1s to 65535s",
+            ),
+            (
+                "keep_alive = \"0s\"",
+                "keep_alive",
+                "whole seconds from 1s to 65535s",
+            ),
+            (
+                "keep_alive = \"1d\"",
+                "keep_alive",
+                "whole seconds from 1s to 65535s",
+            ),
+        ] {
+            let text = with_table("sink.mqtt", &format!("url = \"mqtt://b\"\n{body}"));
+            assert_problem(&text, 16, &format!("sink.mqtt.{key}"), part);
+        }
+    }
+
+    #[test]
+    fn mqtt_tls_goes_with_mqtts_and_needs_a_ca() {
+        let m = mqtt_of("url = \"mqtts://b\"\ntls = { ca_file = \"ca.pem\" }");
+        assert_eq!(
+            m.tls,
+            Some(TlsConfig {
+                ca_file: Some("ca.pem".into()),
+                cert_file: None,
+                key_file: None
+            })
+        );
+        let text = with_table("sink.mqtt", "url = \"mqtts://b\"");
+        assert_problem(
+            &text,
+            15,
+            "sink.mqtt.tls.ca_file",
+            "missing: give tls.ca_file",
+        );
+        let text = with_table(
+            "sink.mqtt",
+            "url = \"mqtts://b\"\ntls = { cert_file = \"c.pem\", key_file = \"c.key\" }",
+        );
+        assert_problem(&text, 15, "sink.mqtt.tls.ca_file", "give");
+        let text = with_table(
+            "sink.mqtt",
+            "url = \"mqtt://b\"\ntls = { ca_file = \"ca.pem\" }",
+        );
+        assert_problem(&text, 16, "sink.mqtt.tls", "tls needs an mqtts:// url");
+        let text = with_table(
+            "sink.mqtt",
+            "url = \"mqtts://b\"\ntls = { ca_file = \"ca.pem\", cert_file = \"c.pem\" }",
+        );
+        assert_problem(
+            &text,
+            16,
+            "sink.mqtt.tls.key_file",
+            "needs cert_file and key_file",
+        );
+        let text = with_table(
+            "sink.mqtt",
+            "url = \"mqtts://b\"\n[sink.mqtt.tls]\nca_file = \"ca.pem\"\nkey_file = \"c.key\"",
+        );
+        assert_problem(
+            &text,
+            18,
+            "sink.mqtt.tls.cert_file",
+            "needs cert_file and key_file",
+        );
+    }
+
+    #[test]
+    fn hub_defaults_and_connection_string_sources() {
+        let h = hub_of(HUB_CS);
+        assert_eq!(
+            h,
+            HubConfig {
+                auth: HubAuth::ConnectionString(Secret::Env("IOTHUB_CS".into())),
+                sas_ttl: Duration::from_secs(3600),
+                insecure_endpoint: None,
+                ca_file: Some("ca.pem".into()),
+                batch_max_samples: NonZeroUsize::new(500).unwrap(),
+                batch_max_delay: Duration::from_millis(200),
+                payload: Payload::Json,
+            }
+        );
+        // The variable is not read while loading: IOTHUB_CS does not exist here.
+        assert!(std::env::var_os("IOTHUB_CS").is_none());
+        let h = hub_of("connection_string_file = \"/run/secrets/cs\"\ninsecure_endpoint = \"127.0.0.1:1883\"\nsas_ttl = \"2s\"");
+        assert_eq!(
+            h.auth,
+            HubAuth::ConnectionString(Secret::File("/run/secrets/cs".into()))
+        );
+        assert_eq!(
+            (h.insecure_endpoint.as_deref(), h.ca_file, h.sas_ttl),
+            (Some("127.0.0.1:1883"), None, Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn hub_x509_identity_round_trips() {
+        let h = hub_of(
+            "ca_file = \"ca.pem\"\n[hub.x509]\nhost = \"myhub.azure-devices.net\"\ndevice_id = \"line-a-edge\"\n\
+             module_id = \"opcua-connector\"\ncert_file = \"d.pem\"\nkey_file = \"d.key\"",
+        );
+        assert_eq!(
+            h.auth,
+            HubAuth::X509 {
+                host: "myhub.azure-devices.net".into(),
+                device_id: "line-a-edge".into(),
+                module_id: Some("opcua-connector".into()),
+                cert_file: "d.pem".into(),
+                key_file: "d.key".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn hub_needs_exactly_one_identity() {
+        let text = with_table("hub", "ca_file = \"ca.pem\"");
+        assert_problem(
+            &text,
+            14,
+            "hub",
+            "missing identity: give connection_string_env, connection_string_file or x509",
+        );
+        let text = with_table(
+            "hub",
+            "ca_file = \"ca.pem\"\nconnection_string_env = \"A\"\nconnection_string_file = \"f\"",
+        );
+        assert_problem(
+            &text,
+            17,
+            "hub.connection_string_file",
+            "give connection_string_env or connection_string_file, not both",
+        );
+        let text = with_table(
+            "hub",
+            "ca_file = \"ca.pem\"\nconnection_string_env = \"A\"\nx509 = { host = \"h\", device_id = \"d\", cert_file = \"c\", key_file = \"k\" }",
+        );
+        assert_problem(
+            &text,
+            16,
+            "hub.connection_string_env",
+            "give a connection string or x509, not both",
+        );
+        let text = with_table(
+            "hub",
+            "ca_file = \"ca.pem\"\nconnection_string_env = \"1X\"",
+        );
+        assert_problem(
+            &text,
+            16,
+            "hub.connection_string_env",
+            "not an environment variable name",
+        );
+    }
+
+    #[test]
+    fn inline_connection_string_is_refused_without_echoing_it() {
+        let text = with_table(
+            "hub",
+            "ca_file = \"ca.pem\"\nconnection_string = \"HostName=h;DeviceId=d;SharedAccessKey=c2VjcmV0\"",
+        );
+        assert_problem(
+            &text,
+            16,
+            "hub.connection_string",
+            "use connection_string_env",
+        );
+        let all = problems(&text);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        assert!(!all.concat().contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn hub_x509_fields_are_checked() {
+        let x509 = |fields: &str| {
+            with_table(
+                "hub",
+                &format!("ca_file = \"ca.pem\"\nx509 = {{ {fields} }}"),
+            )
+        };
+        let text = x509("host = \"h.example\", device_id = \"d\", cert_file = \"c.pem\"");
+        assert_problem(&text, 16, "hub.x509.key_file", "missing");
+        let text = x509("device_id = \"d\", cert_file = \"c.pem\", key_file = \"k\"");
+        assert_problem(&text, 16, "hub.x509.host", "missing");
+        let text = x509("host = \"h.example\", cert_file = \"c.pem\", key_file = \"k\"");
+        assert_problem(&text, 16, "hub.x509.device_id", "missing");
+        let text =
+            x509("host = \"https://h\", device_id = \"d\", cert_file = \"c\", key_file = \"k\"");
+        assert_problem(&text, 16, "hub.x509.host", "is not a host name");
+        let text = x509("host = \"h\", device_id = \"a/b\", cert_file = \"c\", key_file = \"k\"");
+        assert_problem(&text, 16, "hub.x509.device_id", "is not an IoT Hub id");
+        let text = x509("host = \"h\", device_id = \"d\", module_id = \"\", cert_file = \"c\", key_file = \"k\"");
+        assert_problem(&text, 16, "hub.x509.module_id", "is not an IoT Hub id");
+        let text = with_table(
+            "hub",
+            "ca_file = \"ca.pem\"\nsas_ttl = \"1h\"\nx509 = { host = \"h\", device_id = \"d\", cert_file = \"c\", key_file = \"k\" }",
+        );
+        assert_problem(
+            &text,
+            16,
+            "hub.sas_ttl",
+            "x509 authentication uses no SAS token",
+        );
+    }
+
+    #[test]
+    fn hub_ttl_endpoint_ca_and_batching_are_checked() {
+        for (body, line, key, part) in [
+            ("sas_ttl = \"1s\"", 17, "hub.sas_ttl", "must be at least 2s"),
+            ("sas_ttl = 3600", 17, "hub.sas_ttl", "add a unit"),
+            (
+                "batch_max_samples = 0",
+                17,
+                "hub.batch_max_samples",
+                "positive integer",
+            ),
+            (
+                "batch_max_delay = \"0s\"",
+                17,
+                "hub.batch_max_delay",
+                "greater than 0",
+            ),
+            (
+                "payload = \"avro\"",
+                17,
+                "hub.payload",
+                "use json or json+gzip",
+            ),
+            (
+                "insecure_endpoint = \"127.0.0.1:1883\"",
+                16,
+                "hub.ca_file",
+                "not used with insecure_endpoint",
+            ),
+        ] {
+            let text = with_table("hub", &format!("{HUB_CS}\n{body}"));
+            assert_problem(&text, line, key, part);
+        }
+        for (endpoint, part) in [
+            ("127.0.0.1", "has no port"),
+            ("mqtt://127.0.0.1:1883", "without a scheme"),
+            (":1883", "no host"),
+            ("h:x", "must be 1..=65535"),
+        ] {
+            let text = with_table(
+                "hub",
+                &format!("connection_string_env = \"CS\"\ninsecure_endpoint = \"{endpoint}\""),
+            );
+            assert_problem(&text, 16, "hub.insecure_endpoint", part);
+        }
+        let text = with_table("hub", "connection_string_env = \"CS\"");
+        assert_problem(&text, 14, "hub.ca_file", "missing: give ca_file");
+    }
+
+    #[test]
+    fn buffer_defaults_and_checks() {
+        assert_eq!(parse_ok(MINIMAL).buffer, BufferConfig::default());
+        assert_eq!(
+            parse_ok(&with_table("buffer", "")).buffer,
+            BufferConfig {
+                dir: "data/buffer".into(),
+                max_bytes: 2 << 30,
+                when_full: WhenFull::DropOldest,
+                segment_bytes: 16 << 20,
+            }
+        );
+        for (body, line, key, part) in [
+            (
+                "when_full = \"block\"",
+                15,
+                "buffer.when_full",
+                "use drop_oldest or pause",
+            ),
+            ("dir = \"\"", 15, "buffer.dir", "must not be empty"),
+            (
+                "max_bytes = \"0B\"",
+                15,
+                "buffer.max_bytes",
+                "greater than 0",
+            ),
+            (
+                "max_bytes = 1.5",
+                15,
+                "buffer.max_bytes",
+                "not a whole number",
+            ),
+            (
+                "segment_bytes = \"0MiB\"",
+                15,
+                "buffer.segment_bytes",
+                "greater than 0",
+            ),
+            (
+                "max_bytes = \"1MiB\"\nsegment_bytes = \"16MiB\"",
+                16,
+                "buffer.segment_bytes",
+                "segment_bytes 16MiB is larger than max_bytes 1MiB",
+            ),
+            (
+                "max_bytes = \"8MiB\"",
+                15,
+                "buffer.segment_bytes",
+                "larger than max_bytes 8MiB",
+            ),
+        ] {
+            assert_problem(&with_table("buffer", body), line, key, part);
+        }
+    }
+
+    #[test]
+    fn every_problem_in_broker_hub_and_buffer_is_reported() {
+        let text = format!(
+            "{MINIMAL}\n[sink.mqtt]\nurl = \"mqtts://b\"\nqos = 2\ntopic = \"a/{{site}}\"\n\
+             keep_alive = \"1ms\"\n\n[hub]\nconnection_string_env = \"A\"\nconnection_string_file = \"b\"\n\
+             sas_ttl = \"1s\"\n\n[buffer]\nwhen_full = \"wait\"\n"
+        );
+        let all = problems(&text);
+        let expect = [
+            ":15: sink.mqtt.tls.ca_file: ",
+            ":16: sink.mqtt.qos: ",
+            ":17: sink.mqtt.topic: ",
+            ":18: sink.mqtt.keep_alive: ",
+            ":22: hub.connection_string_file: ",
+            ":23: hub.sas_ttl: ",
+            ":20: hub.ca_file: ",
+            ":26: buffer.when_full: ",
+        ];
+        for e in expect {
+            assert!(
+                all.iter().any(|p| p.contains(e)),
+                "missing {e:?} in {all:#?}"
+            );
+        }
+        assert_eq!(all.len(), expect.len(), "{all:#?}");
     }
 
     #[test]
@@ -1709,6 +3033,28 @@ listen = "localhost:9464"
         let text = format!("{MINIMAL}\n[sink.parquet]\nroll_bytes = 1048576\n");
         let c = parse(Path::new(FILE), &text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.parquet.map(|p| p.roll_bytes), Some(1 << 20));
+    }
+
+    #[test]
+    fn section_examples_in_configuration_md_are_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let base = MINIMAL.replace("id = \"line-a\"", "id = \"line-a\"\nsite = \"plant-1\"");
+        let mut seen = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap_or_default();
+            let sections = ["[sink.", "[hub]", "[buffer]", "[pki]", "[metrics]"];
+            if sections.iter().any(|s| block.starts_with(s)) {
+                parse(Path::new("example.toml"), &format!("{base}\n{block}"))
+                    .unwrap_or_else(|e| panic!("{e}\nin example:\n{block}"));
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 8,
+            "only {seen} examples found in {}",
+            path.display()
+        );
     }
 
     #[test]

@@ -50,6 +50,115 @@ fn auth(auth: &Auth) -> String {
     }
 }
 
+fn secret(s: &Secret) -> String {
+    match s {
+        Secret::Env(var) => format!("env {var}"),
+        Secret::File(path) => format!("file {}", path.display()),
+    }
+}
+
+fn payload(p: Payload) -> &'static str {
+    match p {
+        Payload::Json => "json",
+        Payload::JsonGzip => "json+gzip",
+    }
+}
+
+fn mqtt(out: &mut String, m: &MqttSinkConfig, line: &Line) -> std::fmt::Result {
+    let version = match m.version {
+        MqttVersion::V311 => "3.1.1",
+        MqttVersion::V5 => "5",
+    };
+    writeln!(
+        out,
+        "  mqtt {} (host {}, port {}, MQTT {version}, client id {:?}, keep-alive {})",
+        m.url,
+        m.host,
+        m.port,
+        m.client_id,
+        duration(m.keep_alive)
+    )?;
+    match (&m.username, &m.password) {
+        (None, _) => writeln!(out, "    no username")?,
+        (Some(u), None) => writeln!(out, "    username {u:?}, no password")?,
+        (Some(u), Some(p)) => writeln!(out, "    username {u:?}, password from {}", secret(p))?,
+    }
+    if let Some(tls) = &m.tls {
+        let path = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
+        };
+        write!(out, "    tls ca {}", path(&tls.ca_file))?;
+        if tls.cert_file.is_some() {
+            write!(
+                out,
+                ", client certificate {} (key {})",
+                path(&tls.cert_file),
+                path(&tls.key_file)
+            )?;
+        }
+        writeln!(out)?;
+    }
+    let mut example = m.topic.replace("{line}", &line.id);
+    if let Some(site) = &line.site {
+        example = example.replace("{site}", site);
+    }
+    writeln!(out, "    topic {} -> {example}", m.topic)?;
+    writeln!(
+        out,
+        "    qos {}, {}, batches of up to {} samples, {} or {}",
+        m.qos,
+        payload(m.payload),
+        m.batch_max_samples,
+        format_size(m.max_message_bytes as u64),
+        duration(m.batch_max_delay)
+    )
+}
+
+fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
+    match &h.auth {
+        HubAuth::ConnectionString(s) => writeln!(
+            out,
+            "  iot hub: device from the connection string in {} (SAS tokens valid {}, renewed before expiry)",
+            secret(s),
+            duration(h.sas_ttl)
+        )?,
+        HubAuth::X509 {
+            host,
+            device_id,
+            module_id,
+            cert_file,
+            key_file,
+        } => {
+            write!(out, "  iot hub {host}: device {device_id}")?;
+            if let Some(module) = module_id {
+                write!(out, " module {module}")?;
+            }
+            writeln!(
+                out,
+                ", x509 certificate {} (key {})",
+                cert_file.display(),
+                key_file.display()
+            )?;
+        }
+    }
+    match (&h.insecure_endpoint, &h.ca_file) {
+        (Some(endpoint), _) => writeln!(
+            out,
+            "    INSECURE: plain MQTT to {endpoint} instead of the hub (for tests only)"
+        )?,
+        (None, Some(ca)) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883, ca {}", ca.display())?,
+        (None, None) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883")?,
+    }
+    writeln!(
+        out,
+        "    qos 1, {}, batches of up to {} samples, 256KB or {}",
+        payload(h.payload),
+        h.batch_max_samples,
+        duration(h.batch_max_delay)
+    )
+}
+
 fn compression(c: Compression) -> String {
     match c {
         Compression::Zstd { level } => format!("zstd level {level}"),
@@ -166,8 +275,11 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
     )?;
 
     writeln!(out, "\nsinks")?;
+    if c.parquet.is_none() && c.mqtt.is_none() && c.hub.is_none() {
+        writeln!(out, "  none")?;
+    }
     match &c.parquet {
-        None => writeln!(out, "  none")?,
+        None => {}
         Some(p) => writeln!(
             out,
             "  parquet {} ({}; new file every {} rows, {} or {}; queue {} samples)",
@@ -178,6 +290,26 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
             duration(p.roll_interval),
             p.queue_samples,
         )?,
+    }
+    if let Some(m) = &c.mqtt {
+        mqtt(out, m, &c.line)?;
+    }
+    if let Some(h) = &c.hub {
+        hub(out, h)?;
+    }
+    if c.mqtt.is_some() || c.hub.is_some() {
+        let b = &c.buffer;
+        writeln!(
+            out,
+            "\nbuffer {} (up to {} in {} segments; when full: {})",
+            b.dir.display(),
+            format_size(b.max_bytes),
+            format_size(b.segment_bytes),
+            match b.when_full {
+                WhenFull::DropOldest => "drop the oldest messages",
+                WhenFull::Pause => "pause (backpressure to the PLCs)",
+            }
+        )?;
     }
 
     writeln!(out, "\nwrites ({})", c.writes.len())?;
@@ -232,6 +364,64 @@ mod tests {
 
     use super::*;
     use crate::config::parse;
+
+    const BROKER_AND_HUB: &str = r#"
+[line]
+id = "line-a"
+site = "plant-1"
+
+[[plc]]
+id = "filler"
+endpoint = "opc.tcp://192.0.2.10:4840"
+
+[sink.mqtt]
+url = "mqtts://broker.example"
+username = "connector"
+password_file = "/run/secrets/mqtt"
+payload = "json+gzip"
+tls = { ca_file = "certs/ca.pem", cert_file = "certs/c.pem", key_file = "certs/c.key" }
+
+[hub]
+connection_string_env = "IOTHUB_DEVICE_CONNECTION_STRING"
+ca_file = "certs/digicert-g2.pem"
+
+[buffer]
+when_full = "pause"
+"#;
+
+    #[test]
+    fn plan_shows_broker_hub_and_buffer_but_no_secret() {
+        let config =
+            parse(Path::new("line-a.toml"), BROKER_AND_HUB).unwrap_or_else(|e| panic!("{e}"));
+        let text = plan(&config);
+        for part in [
+            "  mqtt mqtts://broker.example (host broker.example, port 8883, MQTT 3.1.1, client id \"opcua-connector-line-a\", keep-alive 30s)",
+            "    username \"connector\", password from file /run/secrets/mqtt",
+            "    tls ca certs/ca.pem, client certificate certs/c.pem (key certs/c.key)",
+            "    topic opcua/{site}/{line}/{plc}/{group} -> opcua/plant-1/line-a/{plc}/{group}",
+            "    qos 1, json+gzip, batches of up to 1000 samples, 256KiB or 200ms",
+            "  iot hub: device from the connection string in env IOTHUB_DEVICE_CONNECTION_STRING (SAS tokens valid 1h, renewed before expiry)",
+            "    MQTT 3.1.1 over TLS on 8883, ca certs/digicert-g2.pem",
+            "    qos 1, json, batches of up to 500 samples, 256KB or 200ms",
+            "buffer data/buffer (up to 2GiB in 16MiB segments; when full: pause (backpressure to the PLCs))",
+        ] {
+            assert!(text.contains(part), "missing {part:?} in\n{text}");
+        }
+
+        let x509 = BROKER_AND_HUB
+            .replace(
+                "connection_string_env = \"IOTHUB_DEVICE_CONNECTION_STRING\"\nca_file = \"certs/digicert-g2.pem\"",
+                "x509 = { host = \"myhub.azure-devices.net\", device_id = \"line-a-edge\", module_id = \"opcua\", cert_file = \"d.pem\", key_file = \"d.key\" }\ninsecure_endpoint = \"127.0.0.1:1883\"",
+            );
+        let config = parse(Path::new("line-a.toml"), &x509).unwrap_or_else(|e| panic!("{e}"));
+        let text = plan(&config);
+        for part in [
+            "  iot hub myhub.azure-devices.net: device line-a-edge module opcua, x509 certificate d.pem (key d.key)",
+            "    INSECURE: plain MQTT to 127.0.0.1:1883 instead of the hub (for tests only)",
+        ] {
+            assert!(text.contains(part), "missing {part:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn plan_shows_plcs_groups_sinks_and_mappings_but_no_secret() {

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub plc: Vec<Spanned<RawPlc>>,
     pub pki: Option<RawPki>,
     pub sink: Option<RawSinks>,
+    pub hub: Option<RawHub>,
+    pub buffer: Option<RawBuffer>,
     #[serde(default)]
     pub write: Vec<Spanned<RawWrite>>,
     #[serde(default)]
@@ -117,11 +119,12 @@ pub struct RawPki {
     pub trust_unknown_servers: Option<Spanned<bool>>,
 }
 
-/// `[sink.*]`: only Parquet so far; `[sink.mqtt]` is an unknown key until it exists.
+/// `[sink.*]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSinks {
     pub parquet: Option<RawParquet>,
+    pub mqtt: Option<RawMqtt>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +136,75 @@ pub struct RawParquet {
     pub roll_bytes: Option<Spanned<RawSize>>,
     pub roll_interval: Option<Spanned<RawDuration>>,
     pub queue_samples: Option<Spanned<i64>>,
+}
+
+/// `[sink.mqtt]`: a generic MQTT 3.1.1 / 5 broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqtt {
+    pub url: Option<Spanned<String>>,
+    pub version: Option<Spanned<RawVersion>>,
+    pub client_id: Option<Spanned<String>>,
+    pub username: Option<Spanned<String>>,
+    pub password_env: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    /// Known only to be refused with a helpful message; the value is never kept.
+    pub password: Option<Spanned<de::IgnoredAny>>,
+    pub topic: Option<Spanned<String>>,
+    pub qos: Option<Spanned<i64>>,
+    pub batch_max_samples: Option<Spanned<i64>>,
+    pub batch_max_delay: Option<Spanned<RawDuration>>,
+    pub max_message_bytes: Option<Spanned<RawSize>>,
+    pub payload: Option<Spanned<String>>,
+    pub keep_alive: Option<Spanned<RawDuration>>,
+    pub tls: Option<RawTls>,
+}
+
+/// `tls = { ca_file, cert_file, key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+}
+
+/// `[hub]`: an Azure IoT Hub device or IoT Edge module identity.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHub {
+    pub connection_string_env: Option<Spanned<String>>,
+    pub connection_string_file: Option<Spanned<String>>,
+    /// Known only to be refused with a helpful message; the value is never kept.
+    pub connection_string: Option<Spanned<de::IgnoredAny>>,
+    pub x509: Option<RawX509>,
+    pub sas_ttl: Option<Spanned<RawDuration>>,
+    pub insecure_endpoint: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub batch_max_samples: Option<Spanned<i64>>,
+    pub batch_max_delay: Option<Spanned<RawDuration>>,
+    pub payload: Option<Spanned<String>>,
+}
+
+/// `x509 = { host, device_id, module_id, cert_file, key_file }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawX509 {
+    pub host: Option<Spanned<String>>,
+    pub device_id: Option<Spanned<String>>,
+    pub module_id: Option<Spanned<String>>,
+    pub cert_file: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+}
+
+/// `[buffer]`: store-and-forward for the broker and hub sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    pub dir: Option<Spanned<String>>,
+    pub max_bytes: Option<Spanned<RawSize>>,
+    pub when_full: Option<Spanned<String>>,
+    pub segment_bytes: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +254,10 @@ pub struct RawDuration(pub Quantity);
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawSize(pub Quantity);
 
+/// An MQTT protocol version as written: `"3.1.1"`, `"5"`, or the number `5`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawVersion(pub Quantity);
+
 struct QuantityVisitor(&'static str);
 
 impl Visitor<'_> for QuantityVisitor {
@@ -225,6 +301,13 @@ impl<'de> Deserialize<'de> for RawSize {
             "a size with a unit such as \"64MiB\" or a number of bytes",
         ))
         .map(RawSize)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(QuantityVisitor("an MQTT version: \"3.1.1\" or \"5\""))
+            .map(RawVersion)
     }
 }
 

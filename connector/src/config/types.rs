@@ -13,6 +13,13 @@ pub struct Config {
     pub plcs: Vec<Plc>,
     pub pki: Pki,
     pub parquet: Option<ParquetSinkConfig>,
+    /// `[sink.mqtt]`: any MQTT 3.1.1 / 5 broker.
+    pub mqtt: Option<MqttSinkConfig>,
+    /// `[hub]`: Azure IoT Hub device or IoT Edge module identity.
+    pub hub: Option<HubConfig>,
+    /// `[buffer]`: store-and-forward for everything sent to a broker or hub. Defaults apply
+    /// when a broker or hub sink is configured without it.
+    pub buffer: BufferConfig,
     pub writes: Vec<WriteMapping>,
     pub methods: Vec<MethodMapping>,
     pub metrics: Option<MetricsConfig>,
@@ -453,6 +460,104 @@ impl std::fmt::Display for NodeRef {
                 namespace,
                 identifier,
             } => write!(f, "ns={namespace};{identifier}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttVersion {
+    V311,
+    V5,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    Json,
+    JsonGzip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM CA bundle; the platform roots are not used, so it is required for mqtts://.
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSinkConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<TlsConfig>,
+    pub version: MqttVersion,
+    /// Client id; default `opcua-connector-{line}`.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// Template with `{site}`, `{line}`, `{plc}`, `{group}`.
+    pub topic: String,
+    /// 0 or 1 (never 2).
+    pub qos: u8,
+    pub batch_max_samples: NonZeroUsize,
+    pub batch_max_delay: Duration,
+    pub max_message_bytes: usize,
+    pub payload: Payload,
+    pub keep_alive: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubAuth {
+    /// A device or module connection string from an environment variable or a file.
+    ConnectionString(Secret),
+    X509 {
+        host: String,
+        device_id: String,
+        module_id: Option<String>,
+        cert_file: PathBuf,
+        key_file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubConfig {
+    pub auth: HubAuth,
+    /// SAS token lifetime; renewed (reconnect with a fresh token) before it expires.
+    pub sas_ttl: Duration,
+    /// Tests only: connect to this `host:port` with plain MQTT instead of the hub's 8883/TLS.
+    pub insecure_endpoint: Option<String>,
+    /// PEM CA bundle for the hub's TLS (default: none given = must be set for real hubs).
+    pub ca_file: Option<PathBuf>,
+    pub batch_max_samples: NonZeroUsize,
+    pub batch_max_delay: Duration,
+    pub payload: Payload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Evict the oldest buffered messages (counted) to make room.
+    DropOldest,
+    /// Stop taking new samples: backpressure up to the OPC UA side.
+    Pause,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferConfig {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    /// Size of one segment file.
+    pub segment_bytes: u64,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            dir: PathBuf::from("data/buffer"),
+            max_bytes: 2 << 30,
+            when_full: WhenFull::DropOldest,
+            segment_bytes: 16 << 20,
         }
     }
 }

@@ -1,0 +1,267 @@
+//! Telemetry payload, schema version 1:
+//! `{"schema":1,"line":..,"plc":..,"group":..,"seq":N,"samples":[{"node":..,"name":..,"t":..,"v":..,"type":..,"st":..}]}`
+//!
+//! Values follow OPC UA JSON where JSON itself falls short: Int64 / UInt64 as strings (a JSON
+//! number loses precision above 2^53), NaN and infinities as "NaN" / "Infinity" /
+//! "-Infinity", ByteStrings as base64, DateTimes as RFC 3339 UTC with microseconds; arrays and
+//! structures embed their OPC UA JSON. `st` (the status code) is omitted when Good.
+
+use std::fmt::Write as _;
+
+use crate::sample::{Sample, SampleValue};
+
+/// Appends `s` as a JSON string literal.
+pub fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// RFC 3339 UTC with microseconds.
+pub fn rfc3339(us: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => us.to_string(),
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Appends one sample object.
+pub fn sample(out: &mut String, s: &Sample) {
+    out.push_str("{\"node\":");
+    json_str(out, &s.item.node);
+    out.push_str(",\"name\":");
+    json_str(out, &s.item.name);
+    out.push_str(",\"t\":\"");
+    out.push_str(&rfc3339(s.time_us));
+    out.push_str("\",\"v\":");
+    let wide = matches!(s.type_name.builtin, 8 | 9) && !s.type_name.array;
+    match &s.value {
+        SampleValue::Null => out.push_str("null"),
+        SampleValue::Double(x) if x.is_nan() => out.push_str("\"NaN\""),
+        SampleValue::Double(x) if x.is_infinite() => out.push_str(if *x > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        }),
+        SampleValue::Double(x) => {
+            let _ = write!(out, "{x}");
+        }
+        SampleValue::Int(i) if wide => {
+            let _ = write!(out, "\"{i}\"");
+        }
+        SampleValue::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        SampleValue::UInt(u) => {
+            let _ = write!(out, "\"{u}\"");
+        }
+        SampleValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        SampleValue::String(t) => json_str(out, t),
+        SampleValue::Time(us) => {
+            out.push('"');
+            out.push_str(&rfc3339(*us));
+            out.push('"');
+        }
+        SampleValue::Bytes(b) => {
+            out.push('"');
+            out.push_str(&base64(b));
+            out.push('"');
+        }
+        SampleValue::Json(j) => out.push_str(j),
+    }
+    out.push_str(",\"type\":");
+    json_str(out, &s.type_name.to_string());
+    if s.status != 0 {
+        let _ = write!(out, ",\"st\":{}", s.status);
+    }
+    out.push('}');
+}
+
+/// The message header up to the samples array.
+pub fn header(line: &str, plc: &str, group: &str, seq: u64) -> String {
+    let mut out = String::with_capacity(128);
+    out.push_str("{\"schema\":1,\"line\":");
+    json_str(&mut out, line);
+    out.push_str(",\"plc\":");
+    json_str(&mut out, plc);
+    out.push_str(",\"group\":");
+    json_str(&mut out, group);
+    let _ = write!(out, ",\"seq\":{seq},\"samples\":[");
+    out
+}
+
+/// Encodes samples into messages of at most `max_bytes` (a single sample larger than that
+/// still goes alone: it is never dropped). `next_seq` hands out the sequence numbers.
+pub fn encode(
+    line: &str,
+    plc: &str,
+    group: &str,
+    samples: &[Sample],
+    max_samples: usize,
+    max_bytes: usize,
+    mut next_seq: impl FnMut() -> u64,
+) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut body = String::new();
+    let mut current = String::new();
+    let mut count = 0;
+    for s in samples {
+        body.clear();
+        sample(&mut body, s);
+        // 2 = the closing "]}" (and a comma when not first).
+        let would = current.len() + body.len() + 3;
+        if count > 0 && (count >= max_samples || would > max_bytes) {
+            current.push_str("]}");
+            messages.push(std::mem::take(&mut current));
+            count = 0;
+        }
+        if count == 0 {
+            current = header(line, plc, group, next_seq());
+        } else {
+            current.push(',');
+        }
+        current.push_str(&body);
+        count += 1;
+    }
+    if count > 0 {
+        current.push_str("]}");
+        messages.push(current);
+    }
+    messages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::{Item, TypeName};
+    use std::sync::Arc;
+
+    fn s(value: SampleValue, builtin: u8, status: u32) -> Sample {
+        Sample {
+            item: Arc::new(Item {
+                plc: "p".into(),
+                group: "g".into(),
+                node: "nsu=urn:x;s=A\"q".into(),
+                name: "A".into(),
+            }),
+            time_us: 1_700_000_000_123_456,
+            server_time_us: None,
+            status,
+            type_name: TypeName {
+                builtin,
+                array: false,
+            },
+            value,
+        }
+    }
+
+    #[test]
+    fn encodes_valid_json_with_exact_values() {
+        let samples = vec![
+            s(SampleValue::Double(1.5), 11, 0),
+            s(SampleValue::Double(f64::NAN), 11, 0),
+            s(SampleValue::Int(-(1 << 40)), 8, 0),
+            s(SampleValue::UInt(u64::MAX), 9, 0),
+            s(SampleValue::Int(7), 6, 0x8000_0000),
+            s(SampleValue::Bytes(vec![0, 255, 1]), 15, 0),
+            s(SampleValue::Json("{\"a\":[1,2]}".into()), 22, 0),
+            s(SampleValue::Null, 0, 0x8031_0000),
+        ];
+        let mut seq = 41;
+        let msgs = encode("l", "p", "g", &samples, 100, 1 << 20, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!(msgs.len(), 1);
+        let v: serde_json::Value = serde_json::from_str(&msgs[0]).expect("valid JSON");
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["seq"], 42);
+        let x = &v["samples"];
+        assert_eq!(x[0]["v"], 1.5);
+        assert_eq!(x[0]["t"], "2023-11-14T22:13:20.123456Z");
+        assert!(x[0].get("st").is_none(), "st omitted when Good");
+        assert_eq!(x[1]["v"], "NaN");
+        assert_eq!(x[2]["v"], (-(1i64 << 40)).to_string());
+        assert_eq!(x[3]["v"], u64::MAX.to_string());
+        assert_eq!(x[4]["v"], 7);
+        assert_eq!(x[4]["st"], 0x8000_0000u32);
+        assert_eq!(x[5]["v"], "AP8B");
+        assert_eq!(x[6]["v"]["a"][1], 2);
+        assert_eq!(x[7]["v"], serde_json::Value::Null);
+        assert_eq!(x[0]["node"], "nsu=urn:x;s=A\"q");
+    }
+
+    #[test]
+    fn splits_by_samples_and_bytes_with_consecutive_seq() {
+        let samples: Vec<Sample> = (0..10).map(|i| s(SampleValue::Int(i), 6, 0)).collect();
+        let mut seq = 0;
+        let msgs = encode("l", "p", "g", &samples, 4, 1 << 20, || {
+            seq += 1;
+            seq
+        });
+        assert_eq!(msgs.len(), 3);
+        let seqs: Vec<u64> = msgs
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let msgs = encode("l", "p", "g", &samples, 1000, 400, || 0);
+        assert!(
+            msgs.len() > 1 && msgs.iter().all(|m| m.len() <= 400),
+            "{:?}",
+            msgs.iter().map(String::len).collect::<Vec<_>>()
+        );
+        let total: usize = msgs
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<serde_json::Value>(m).unwrap()["samples"]
+                    .as_array()
+                    .unwrap()
+                    .len()
+            })
+            .sum();
+        assert_eq!(total, 10, "nothing lost by splitting");
+    }
+}

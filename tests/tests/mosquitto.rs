@@ -1,0 +1,279 @@
+//! The connector against mosquitto, a broker nobody here wrote: plain MQTT and mutual TLS
+//! with a CA, server and client certificate generated for the test. `.ci/run` installs
+//! mosquitto and openssl; without them this test fails and says so.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use connector::config;
+use connector::runner;
+use simulator::FaultKind;
+use tests::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CA, server certificate for 127.0.0.1 and a client certificate `connector-1`.
+fn certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=connector-1",
+        ],
+    );
+    // X.509 v3 (an extension section): rustls refuses v1 certificates.
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+}
+
+struct Mosquitto(Child);
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &Path, plain: u16, tls: u16) -> Mosquitto {
+    let conf = format!(
+        "user root\nper_listener_settings false\nallow_anonymous true\n\
+         listener {plain} 127.0.0.1\n\
+         listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         require_certificate true\nuse_identity_as_username true\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+    // Debian installs it in /usr/sbin, which is not on every PATH.
+    let bin = if Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    };
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [plain, tls] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto listens on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Mosquitto(child)
+}
+
+fn config(dir: &Path, opc: &str, url: &str, tls: &str) -> config::Config {
+    let nodes: Vec<String> = COUNTERS
+        .iter()
+        .map(|c| format!("\"{}\"", counter_id(c)))
+        .collect();
+    let text = format!(
+        r#"
+[line]
+id = "line-m"
+site = "plant"
+
+[[plc]]
+id = "sim"
+endpoint = "{opc}"
+
+  [[plc.group]]
+  name = "fast"
+  publishing_interval = "100ms"
+  sampling_interval = "0ms"
+  nodes = [{nodes}]
+
+[pki]
+dir = "{pki}"
+trust_unknown_servers = true
+
+[sink.mqtt]
+url = "{url}"
+qos = 1
+batch_max_samples = 50
+batch_max_delay = "100ms"
+{tls}
+
+[buffer]
+dir = "{buffer}"
+"#,
+        nodes = nodes.join(", "),
+        pki = dir.join("pki").display(),
+        buffer = dir.join("buffer").display(),
+    );
+    config::parse(Path::new("mosquitto-test.toml"), &text)
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+async fn run_once(dir: &Path, sim: &Sim, url: &str, tls: &str, sub_port: u16) {
+    let sub = Subscriber::start(sub_port, "opcua/#").await;
+    let running = runner::start(&config(dir, sim.sim.endpoint_url(), url, tls)).expect("runner");
+    eventually(
+        &format!("messages via {url}"),
+        Duration::from_secs(20),
+        || async { (sub.count() >= 20).then_some(()) },
+    )
+    .await;
+    let before = sub.count();
+    running.stop(Duration::from_secs(10)).await;
+    let msgs = sub.messages.lock().unwrap().clone();
+    assert!(msgs.len() >= before);
+    let mut last: std::collections::BTreeMap<String, i128> = Default::default();
+    let mut seqs = Vec::new();
+    for (_, body) in &msgs {
+        let v: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+        seqs.push(v["seq"].as_u64().unwrap());
+        for s in v["samples"].as_array().unwrap() {
+            let node = s["node"].as_str().unwrap().to_owned();
+            let x: i128 = match &s["v"] {
+                serde_json::Value::Number(n) => n.as_i64().unwrap().into(),
+                serde_json::Value::String(t) => t.parse().unwrap(),
+                other => panic!("{other}"),
+            };
+            if let Some(prev) = last.insert(node.clone(), x) {
+                assert_eq!(x, prev + 1, "{url}: {node} went from {prev} to {x}");
+            }
+        }
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "{url}: seq in order: {seqs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_mutual_tls_to_mosquitto_deliver_every_sample_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let (plain, tls) = (free_port(), free_port());
+    let _broker = mosquitto(dir.path(), plain, tls);
+    let sim = start_sim(dir.path(), |_| {}).await;
+
+    run_once(
+        &dir.path().join("plain"),
+        &sim,
+        &format!("mqtt://127.0.0.1:{plain}"),
+        "",
+        plain,
+    )
+    .await;
+    let d = dir.path().display();
+    let tls_table = format!("tls = {{ ca_file = \"{d}/ca.pem\", cert_file = \"{d}/client.pem\", key_file = \"{d}/client.key\" }}");
+    run_once(
+        &dir.path().join("tls"),
+        &sim,
+        &format!("mqtts://127.0.0.1:{tls}"),
+        &tls_table,
+        plain,
+    )
+    .await;
+    sim.sim.inject(FaultKind::Freeze {
+        duration: Duration::from_secs(1),
+    });
+}
