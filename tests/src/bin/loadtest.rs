@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,7 +17,7 @@ use tests::{read_all, Val};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios: S1 (10k @ 1 s), S2 (100k @ 1 s), S3p (10k @ 100 ms, Parquet only), S5 (subscribe 100k).
+    /// Scenarios: S1 (10k @ 1 s), S2 (100k @ 1 s), S3p (10k @ 100 ms, Parquet only), S3 / S3g (S3p plus MQTT QoS 1, json / json+gzip, to an embedded broker), S5 (subscribe 100k).
     scenarios: Vec<String>,
     /// How long each scenario runs once subscribed.
     #[arg(long, default_value = "30s", value_parser = humantime_parse)]
@@ -47,35 +49,28 @@ struct Scenario {
     tags: usize,
     interval: &'static str,
     publishing: &'static str,
+    /// MQTT payload ("json" or "json+gzip") to an embedded broker, besides Parquet.
+    mqtt: Option<&'static str>,
 }
 
 fn scenario(id: &str) -> Option<Scenario> {
-    Some(match id {
-        "S1" => Scenario {
-            id: "S1",
-            tags: 10_000,
-            interval: "1s",
-            publishing: "1s",
-        },
-        "S2" => Scenario {
-            id: "S2",
-            tags: 100_000,
-            interval: "1s",
-            publishing: "1s",
-        },
-        "S3p" => Scenario {
-            id: "S3p",
-            tags: 10_000,
-            interval: "100ms",
-            publishing: "100ms",
-        },
-        "S5" => Scenario {
-            id: "S5",
-            tags: 100_000,
-            interval: "1s",
-            publishing: "1s",
-        },
+    let (tags, interval, mqtt) = match id {
+        "S1" => (10_000, "1s", None),
+        "S2" | "S5" => (100_000, "1s", None),
+        "S3p" => (10_000, "100ms", None),
+        "S3" => (10_000, "100ms", Some("json")),
+        "S3g" => (10_000, "100ms", Some("json+gzip")),
         _ => return None,
+    };
+    let id = ["S1", "S2", "S3p", "S3", "S3g", "S5"]
+        .into_iter()
+        .find(|s| *s == id)?;
+    Some(Scenario {
+        id,
+        tags,
+        interval,
+        publishing: interval,
+        mqtt,
     })
 }
 
@@ -129,6 +124,7 @@ struct Row {
     cpu_us: f64,
     rss_mb: f64,
     bytes_per_sample: f64,
+    mqtt_bytes_per_sample: Option<f64>,
     subscribe_s: f64,
 }
 
@@ -159,6 +155,50 @@ fn run(s: &Scenario, duration: Duration, keep: bool) -> Result<Row> {
         .to_owned();
     let out = dir.join("out");
     let config = dir.join("line.toml");
+    // MQTT: an embedded broker and a subscriber in this process, counting bytes and samples.
+    let mqtt_counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let mut mqtt_section = String::new();
+    let _rt = match s.mqtt {
+        None => None,
+        Some(payload) => {
+            let port = tests::start_broker();
+            mqtt_section = format!(
+                "\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nqos = 1\npayload = \"{payload}\"\n\n[buffer]\ndir = \"{}\"\n",
+                dir.join("buffer").display()
+            );
+            let rt = tokio::runtime::Runtime::new()?;
+            let counts = mqtt_counts.clone();
+            let gzip = payload == "json+gzip";
+            rt.spawn(async move {
+                let sub = tests::Subscriber::start(port, "opcua/#").await;
+                let mut seen = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let msgs = sub.messages.lock().unwrap().split_off(0);
+                    for (_, body) in msgs {
+                        counts.0.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        let json = if gzip {
+                            let mut out = Vec::new();
+                            let _ = std::io::Read::read_to_end(
+                                &mut flate2::read::GzDecoder::new(&body[..]),
+                                &mut out,
+                            );
+                            out
+                        } else {
+                            body
+                        };
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
+                            let n = v["samples"].as_array().map_or(0, Vec::len) as u64;
+                            counts.1.fetch_add(n, Ordering::Relaxed);
+                        }
+                        seen += 1;
+                    }
+                    let _ = seen;
+                }
+            });
+            Some(rt)
+        }
+    };
     std::fs::write(
         &config,
         format!(
@@ -181,10 +221,11 @@ trust_unknown_servers = true
 
 [sink.parquet]
 dir = "{}"
-"#,
+{}"#,
             s.publishing,
             dir.join("pki").display(),
-            out.display()
+            out.display(),
+            mqtt_section
         ),
     )?;
     let mut conn = Command::new(bins.join("opcua-connector"))
@@ -279,6 +320,13 @@ dir = "{}"
         cpu_us: (cpu1 - cpu0) * 1e6 / (offered * window),
         rss_mb: rss as f64 / 1e6,
         bytes_per_sample: bytes as f64 / rows.len() as f64,
+        mqtt_bytes_per_sample: {
+            let (b, n) = (
+                mqtt_counts.0.load(Ordering::Relaxed),
+                mqtt_counts.1.load(Ordering::Relaxed),
+            );
+            (n > 0).then(|| b as f64 / n as f64)
+        },
         subscribe_s,
     })
 }
@@ -293,12 +341,12 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for id in ids {
         let Some(s) = scenario(&id) else {
-            eprintln!("unknown scenario {id} (S1, S2, S3p, S5)");
+            eprintln!("unknown scenario {id} (S1, S2, S3p, S3, S3g, S5)");
             std::process::exit(2);
         };
         match run(&s, args.duration, args.keep) {
             Ok(r) => println!(
-                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | - | {:.2} | - |",
+                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | - |",
                 s.id,
                 r.offered,
                 r.written,
@@ -307,6 +355,8 @@ fn main() -> Result<()> {
                 r.cpu_us,
                 r.rss_mb,
                 r.bytes_per_sample,
+                r.mqtt_bytes_per_sample
+                    .map_or("-".to_owned(), |b| format!("{b:.1}")),
                 r.subscribe_s
             ),
             Err(e) => println!("| {} | failed: {e:#} |", s.id),
