@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::opcua::session;
 use crate::pipeline::{self, Batch};
-use crate::sinks::mqtt::{self, Encoder, MqttMetrics, Outbox};
+use crate::sinks::mqtt::{self, Encoder, EncoderSettings, MqttMetrics, Outbox};
 use crate::sinks::parquet::ParquetSink;
 use crate::telemetry::{Metrics, PlcMetrics};
 
@@ -24,10 +24,12 @@ use crate::telemetry::{Metrics, PlcMetrics};
 pub enum RunError {
     #[error("{0}")]
     Sink(String),
-    #[error("the configuration has no sink: add [sink.parquet] or [sink.mqtt]")]
+    #[error("the configuration has no sink: add [sink.parquet], [sink.mqtt] or [hub]")]
     NoSink,
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("hub: {0}")]
+    Hub(String),
 }
 
 /// A running line.
@@ -35,8 +37,12 @@ pub struct Running {
     pub metrics: Metrics,
     /// Counters of the MQTT telemetry, when configured.
     pub mqtt: Option<Arc<MqttMetrics>>,
+    /// Counters of the IoT Hub telemetry, when configured.
+    pub hub: Option<Arc<MqttMetrics>>,
+    /// The telemetry buffers (broker first, then hub), for their stats.
+    pub outboxes: Vec<Arc<Outbox>>,
     mqtt_stop: CancellationToken,
-    mqtt_task: Option<JoinHandle<()>>,
+    mqtt_tasks: Vec<JoinHandle<()>>,
     sessions: CancellationToken,
     session_tasks: Vec<JoinHandle<()>>,
     stop_writers: Arc<AtomicBool>,
@@ -46,7 +52,7 @@ pub struct Running {
 /// Starts every PLC of the line. Returns once the sinks are open; connecting and subscribing
 /// go on in the background (a PLC that is down is retried forever).
 pub fn start(config: &Config) -> Result<Running, RunError> {
-    if config.parquet.is_none() && config.mqtt.is_none() {
+    if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
         return Err(RunError::NoSink);
     }
     if !config.writes.is_empty() || !config.methods.is_empty() {
@@ -68,31 +74,76 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         .as_ref()
         .map_or(1_000_000, |p| p.queue_samples.get());
     let capacity = (queue_samples / 1000).max(16);
-    // MQTT: one buffer and one sender for the line; every PLC's writer encodes into it.
+    // Telemetry: per destination (broker, hub) one buffer and one sender for the line;
+    // every PLC's writer encodes into each.
     let mqtt_stop = CancellationToken::new();
-    let (outbox, mqtt_task, mqtt_metrics) = match &config.mqtt {
-        None => (None, None, None),
-        Some(mc) if mc.version == crate::config::MqttVersion::V5 => {
-            return Err(RunError::Mqtt(
-                "[sink.mqtt] version = \"5\" is not supported yet by this version; use \"3.1.1\""
-                    .into(),
-            ));
+    let mut outputs: Vec<(EncoderSettings, Arc<Outbox>)> = Vec::new();
+    let mut mqtt_tasks = Vec::new();
+    let mut mqtt_metrics = None;
+    let mut hub_metrics = None;
+    // One message must fit in one buffer segment (a segment is at most half of max_bytes).
+    let segment = config.buffer.segment_bytes.min(config.buffer.max_bytes / 2);
+    let largest = [
+        config.mqtt.as_ref().map(|m| m.max_message_bytes as u64),
+        config
+            .hub
+            .as_ref()
+            .map(|_| crate::sinks::hub::sender::MAX_MESSAGE_BYTES as u64),
+    ];
+    if let Some(msg) = largest.into_iter().flatten().max() {
+        if segment < msg + 1024 {
+            return Err(RunError::Mqtt(format!(
+                "[buffer] segments of {segment} bytes (segment_bytes, at most max_bytes / 2) cannot hold a message of {msg} bytes: raise segment_bytes and max_bytes or lower max_message_bytes"
+            )));
         }
-        Some(mc) => {
-            let m = Arc::new(MqttMetrics::default());
-            let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
-                .map_err(|e| RunError::Mqtt(e.to_string()))?;
-            let opts = mqtt::sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            let task = tokio::spawn(mqtt::sender::run(
+    }
+    if let Some(mc) = &config.mqtt {
+        let m = Arc::new(MqttMetrics::default());
+        let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
+            .map_err(|e| RunError::Mqtt(e.to_string()))?;
+        if mc.version == crate::config::MqttVersion::V5 {
+            let opts = mqtt::sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
+            mqtt_tasks.push(tokio::spawn(mqtt::sender_v5::run(
                 opts,
                 mc.qos,
                 outbox.clone(),
                 mqtt_stop.clone(),
                 Duration::from_secs(5),
-            ));
-            (Some(outbox), Some(task), Some(m))
+                None,
+            )));
+        } else {
+            let opts = mqtt::sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
+            mqtt_tasks.push(tokio::spawn(mqtt::sender::run(
+                opts,
+                mc.qos,
+                outbox.clone(),
+                mqtt_stop.clone(),
+                Duration::from_secs(5),
+                None,
+            )));
         }
-    };
+        let site = config.line.site.as_deref().unwrap_or("");
+        outputs.push((EncoderSettings::broker(mc, &config.line.id, site), outbox));
+        mqtt_metrics = Some(m);
+    }
+    if let Some(hc) = &config.hub {
+        let hub =
+            crate::sinks::hub::sender::Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
+        let m = Arc::new(MqttMetrics::default());
+        let outbox = Outbox::open(&config.buffer, "hub", m.clone())
+            .map_err(|e| RunError::Hub(e.to_string()))?;
+        let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
+        mqtt_tasks.push(tokio::spawn(mqtt::sender::run(
+            opts,
+            1,
+            outbox.clone(),
+            mqtt_stop.clone(),
+            Duration::from_secs(5),
+            hub.renewer(),
+        )));
+        outputs.push((hub.encoder_settings(), outbox));
+        hub_metrics = Some(m);
+    }
     for plc in &config.plcs {
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
@@ -103,22 +154,19 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             ),
             None => None,
         };
-        let encoder = match (&config.mqtt, &outbox) {
-            (Some(mc), Some(ob)) => Some(Encoder::new(
-                mc.clone(),
-                &config.line.id,
-                config.line.site.as_deref().unwrap_or(""),
-                ob.clone(),
-            )),
-            _ => None,
-        };
+        let encoders: Vec<Encoder> = outputs
+            .iter()
+            .map(|(settings, outbox)| {
+                Encoder::new(settings.clone(), &config.line.id, outbox.clone())
+            })
+            .collect();
         let (tx, rx) = pipeline::channel(capacity, m.clone());
         let stop = stop_writers.clone();
         let wm = m.clone();
         writers.push(
             std::thread::Builder::new()
                 .name(format!("parquet-{}", plc.id))
-                .spawn(move || write_loop(sink, encoder, rx, wm, stop))
+                .spawn(move || write_loop(sink, encoders, rx, wm, stop))
                 .map_err(|e| RunError::Sink(format!("cannot start writer thread: {e}")))?,
         );
         session_tasks.push(tokio::spawn(session::run(
@@ -132,8 +180,10 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     Ok(Running {
         metrics,
         mqtt: mqtt_metrics,
+        hub: hub_metrics,
+        outboxes: outputs.iter().map(|(_, o)| o.clone()).collect(),
         mqtt_stop,
-        mqtt_task,
+        mqtt_tasks,
         sessions,
         session_tasks,
         stop_writers,
@@ -166,7 +216,7 @@ impl Running {
         // Writers have buffered everything; the sender delivers what it can within the grace
         // time, the rest stays on disk for the next start.
         self.mqtt_stop.cancel();
-        if let Some(t) = self.mqtt_task {
+        for t in self.mqtt_tasks {
             let _ = tokio::time::timeout(grace, t).await;
         }
     }
@@ -176,19 +226,19 @@ impl Running {
 /// at the end.
 fn write_loop(
     mut sink: Option<ParquetSink>,
-    mut encoder: Option<Encoder>,
+    mut encoders: Vec<Encoder>,
     rx: Receiver<Batch>,
     m: Arc<PlcMetrics>,
     stop: Arc<AtomicBool>,
 ) {
-    let write = |sink: &mut Option<ParquetSink>, encoder: &mut Option<Encoder>, batch: Batch| {
+    let write = |sink: &mut Option<ParquetSink>, encoders: &mut Vec<Encoder>, batch: Batch| {
         if let Some(sink) = sink.as_mut() {
             if let Err(e) = sink.write(&batch) {
                 PlcMetrics::add(&m.write_errors, 1);
                 error!(plc = %m.plc, error = %e, samples = batch.len(), "parquet write failed");
             }
         }
-        if let Some(enc) = encoder.as_mut() {
+        for enc in encoders.iter_mut() {
             if let Err(e) = enc.write(&batch) {
                 PlcMetrics::add(&m.write_errors, 1);
                 error!(plc = %m.plc, error = %e, samples = batch.len(), "mqtt buffering failed");
@@ -197,7 +247,7 @@ fn write_loop(
     };
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(batch) => write(&mut sink, &mut encoder, batch),
+            Ok(batch) => write(&mut sink, &mut encoders, batch),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -208,7 +258,7 @@ fn write_loop(
             }
             publish_stats(s, &m);
         }
-        if let Some(enc) = encoder.as_mut() {
+        for enc in encoders.iter_mut() {
             if let Err(e) = enc.tick() {
                 PlcMetrics::add(&m.write_errors, 1);
                 error!(plc = %m.plc, error = %e, "mqtt buffering failed");
@@ -220,9 +270,9 @@ fn write_loop(
     }
     // Drain whatever is queued, then close the open chunk and flush the batches.
     while let Ok(batch) = rx.try_recv() {
-        write(&mut sink, &mut encoder, batch);
+        write(&mut sink, &mut encoders, batch);
     }
-    if let Some(enc) = encoder.as_mut() {
+    for enc in encoders.iter_mut() {
         if let Err(e) = enc.flush() {
             PlcMetrics::add(&m.write_errors, 1);
             error!(plc = %m.plc, error = %e, "mqtt buffering failed at shutdown");

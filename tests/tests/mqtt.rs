@@ -351,3 +351,231 @@ async fn kill_9_while_the_broker_is_down_then_restart_delivers_the_backlog() {
         before.len()
     );
 }
+
+fn scale_config(dir: &Path, opc: &str, broker_port: u16, buffer: &str) -> config::Config {
+    let text = format!(
+        r#"
+[line]
+id = "line-s"
+
+[[plc]]
+id = "sim"
+endpoint = "{opc}"
+
+  [[plc.group]]
+  name = "scale"
+  publishing_interval = "100ms"
+  sampling_interval = "0ms"
+  browse = [{{ root = "nsu=urn:opcua-connector:simulator:scale;s=Scale" }}]
+
+[pki]
+dir = "{pki}"
+trust_unknown_servers = true
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+qos = 1
+batch_max_samples = 1000
+batch_max_delay = "200ms"
+
+[buffer]
+dir = "{bdir}"
+{buffer}
+"#,
+        pki = dir.join("pki").display(),
+        bdir = dir.join("buffer").display(),
+    );
+    config::parse(Path::new("scale-test.toml"), &text)
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// Per scaled counter node, the values received (repeats by (topic, seq) dropped).
+fn scaled_counters(messages: &[(String, Vec<u8>)]) -> (BTreeMap<String, Vec<i128>>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut repeats = 0;
+    let mut by_seq: Vec<(u64, serde_json::Value)> = Vec::new();
+    for (t, b) in messages {
+        let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        if seen.insert((t.clone(), seq)) {
+            by_seq.push((seq, v));
+        } else {
+            repeats += 1;
+        }
+    }
+    by_seq.sort_by_key(|(s, _)| *s);
+    let mut out: BTreeMap<String, Vec<i128>> = BTreeMap::new();
+    for (_, v) in by_seq {
+        for s in v["samples"].as_array().unwrap() {
+            if s["type"] == "Boolean" || s["type"] == "Double" {
+                continue;
+            }
+            let x: i128 = match &s["v"] {
+                serde_json::Value::Number(n) => n.as_i64().unwrap().into(),
+                serde_json::Value::String(t) => t.parse().unwrap(),
+                other => panic!("{other}"),
+            };
+            out.entry(s["node"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(x);
+        }
+    }
+    (out, repeats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30s_broker_outage_at_10k_samples_per_second_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |c| {
+        c.scale = Some("1000@100ms".parse().unwrap())
+    })
+    .await;
+    let broker = start_broker();
+    let relay = Relay::start(broker).await;
+    let sub = Subscriber::start(broker, "opcua/#").await;
+    let running = runner::start(&scale_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        relay.port,
+        "",
+    ))
+    .expect("runner");
+    let m = running.metrics.clone();
+    eventually("samples flow", Duration::from_secs(30), || async {
+        (sub.count() >= 20).then_some(())
+    })
+    .await;
+    relay.set_down(true);
+    let received_at_down = m.total(|p| &p.samples_received);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = m.total(|p| &p.samples_received) - received_at_down;
+    let backlog = running.outboxes[0].buffer.lock().unwrap().stats();
+    relay.set_down(false);
+    let back = std::time::Instant::now();
+    // The backlog is drained when the buffer has nothing pending any more.
+    let drained = eventually("the backlog drains", Duration::from_secs(120), || {
+        let pending = running.outboxes[0].buffer.lock().unwrap().stats().pending;
+        async move { (pending <= 5).then_some(back.elapsed()) }
+    })
+    .await;
+    eprintln!(
+        "30 s outage at {:.0} samples/s: {} messages / {:.1} MB buffered; drained in {:.2} s ({:.0} samples/s)",
+        during as f64 / 30.0,
+        backlog.pending,
+        backlog.bytes_on_disk as f64 / 1e6,
+        drained.as_secs_f64(),
+        during as f64 / drained.as_secs_f64()
+    );
+    assert!(
+        during as f64 / 30.0 >= 9_000.0,
+        "about 10,000 samples/s during the outage"
+    );
+    sim.sim.inject(FaultKind::Freeze {
+        duration: Duration::from_secs(120),
+    });
+    let mut last = usize::MAX;
+    eventually("messages settle", Duration::from_secs(30), || {
+        let now = sub.count();
+        let settled = now == last;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            settled.then_some(())
+        }
+    })
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+    let (counters, repeats) = scaled_counters(&sub.messages.lock().unwrap());
+    assert_eq!(counters.len(), 600, "every scaled counter arrived");
+    for (node, v) in &counters {
+        assert_eq!(counter_defects(v), (0, 0), "{node}: zero loss, order kept");
+        let truth = sim.sim.node_stats(node).unwrap().last;
+        let t = match truth {
+            simulator::model::Value::Int(i) => i128::from(i),
+            simulator::model::Value::UInt(u) => i128::from(u),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(*v.last().unwrap(), t, "{node} ends at the ground truth");
+    }
+    eprintln!("repeats dropped by seq: {repeats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_running() {
+    // drop_oldest: the oldest buffered messages go (counted); the newest reach the broker.
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |c| c.scale = Some("500@100ms".parse().unwrap())).await;
+    let broker = start_broker();
+    let relay = Relay::start(broker).await;
+    relay.set_down(true);
+    let cfg = scale_config(
+        &dir.path().join("drop"),
+        sim.sim.endpoint_url(),
+        relay.port,
+        "max_bytes = \"2MiB\"\nsegment_bytes = \"512KiB\"\nwhen_full = \"drop_oldest\"",
+    );
+    let running = runner::start(&cfg).expect("runner");
+    let m = running.metrics.clone();
+    let ob = running.outboxes[0].clone();
+    eventually(
+        "the buffer drops its oldest",
+        Duration::from_secs(60),
+        || {
+            let s = ob.buffer.lock().unwrap().stats();
+            async move { (s.dropped > 0).then_some(()) }
+        },
+    )
+    .await;
+    let s = ob.buffer.lock().unwrap().stats();
+    assert!(s.bytes_on_disk <= 2 << 20, "bounded by max_bytes: {s:?}");
+    let before = m.total(|p| &p.samples_received);
+    eventually("samples keep flowing", Duration::from_secs(10), || {
+        let m = m.clone();
+        async move { (m.total(|p| &p.samples_received) > before + 5000).then_some(()) }
+    })
+    .await;
+    let sub = Subscriber::start(broker, "opcua/#").await;
+    relay.set_down(false);
+    eventually(
+        "the newest messages arrive",
+        Duration::from_secs(30),
+        || async { (sub.count() >= 5).then_some(()) },
+    )
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+    eprintln!(
+        "drop_oldest: {} messages dropped, {} bytes kept",
+        s.dropped, s.bytes_on_disk
+    );
+
+    // pause: the writer waits (counted), the OPC UA side backs up, nothing is dropped.
+    let cfg = scale_config(
+        &dir.path().join("pause"),
+        sim.sim.endpoint_url(),
+        relay.port,
+        "max_bytes = \"2MiB\"\nsegment_bytes = \"512KiB\"\nwhen_full = \"pause\"",
+    );
+    relay.set_down(true);
+    let running = runner::start(&cfg).expect("runner");
+    let mqtt = running.mqtt.clone().unwrap();
+    let ob = running.outboxes[0].clone();
+    eventually("the writer pauses", Duration::from_secs(60), || {
+        let waits = mqtt.pause_waits.load(std::sync::atomic::Ordering::Relaxed);
+        async move { (waits > 0).then_some(()) }
+    })
+    .await;
+    let s = ob.buffer.lock().unwrap().stats();
+    assert_eq!(s.dropped, 0, "pause never drops");
+    assert!(s.bytes_on_disk <= 2 << 20, "bounded by max_bytes: {s:?}");
+    relay.set_down(false);
+    eventually(
+        "the buffer empties after the broker returns",
+        Duration::from_secs(60),
+        || {
+            let s = ob.buffer.lock().unwrap().stats();
+            async move { (s.pending <= 5).then_some(()) }
+        },
+    )
+    .await;
+    running.stop(Duration::from_secs(10)).await;
+}

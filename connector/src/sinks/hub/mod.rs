@@ -4,6 +4,7 @@
 
 pub mod connection;
 pub mod sas;
+pub mod sender;
 pub mod topics;
 
 pub use connection::{is_valid_id, ConnectionString, ConnectionStringError, Identity, SecretKey};

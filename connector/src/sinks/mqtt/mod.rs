@@ -4,6 +4,7 @@
 
 pub mod payload;
 pub mod sender;
+pub mod sender_v5;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -30,6 +31,8 @@ pub struct MqttMetrics {
     pub bytes_acked: AtomicU64,
     pub buffer_errors: AtomicU64,
     pub pause_waits: AtomicU64,
+    /// Reconnects made to renew credentials (IoT Hub SAS tokens).
+    pub renewals: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,21 +178,46 @@ pub fn topic(template: &str, site: &str, line: &str, plc: &str, group: &str) -> 
         .replace("{group}", group)
 }
 
+/// The topic of a (plc, group) stream.
+pub type TopicFn = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
+/// How an encoder batches and where its messages go.
+#[derive(Clone)]
+pub struct EncoderSettings {
+    pub batch_max_samples: std::num::NonZeroUsize,
+    pub batch_max_delay: Duration,
+    pub max_message_bytes: usize,
+    pub payload: Payload,
+    pub topic: TopicFn,
+}
+
+impl EncoderSettings {
+    /// A generic broker: the topic template of `[sink.mqtt]`.
+    pub fn broker(cfg: &MqttSinkConfig, line: &str, site: &str) -> Self {
+        let (template, line, site) = (cfg.topic.clone(), line.to_owned(), site.to_owned());
+        EncoderSettings {
+            batch_max_samples: cfg.batch_max_samples,
+            batch_max_delay: cfg.batch_max_delay,
+            max_message_bytes: cfg.max_message_bytes,
+            payload: cfg.payload,
+            topic: Arc::new(move |plc, group| topic(&template, &site, &line, plc, group)),
+        }
+    }
+}
+
 /// Batches the samples of one PLC per group and buffers them as messages.
 pub struct Encoder {
-    cfg: MqttSinkConfig,
+    cfg: EncoderSettings,
     line: String,
-    site: String,
     outbox: Arc<Outbox>,
     pending: HashMap<Arc<str>, (Instant, Vec<Sample>)>,
 }
 
 impl Encoder {
-    pub fn new(cfg: MqttSinkConfig, line: &str, site: &str, outbox: Arc<Outbox>) -> Self {
+    pub fn new(cfg: EncoderSettings, line: &str, outbox: Arc<Outbox>) -> Self {
         Encoder {
             cfg,
             line: line.to_owned(),
-            site: site.to_owned(),
             outbox,
             pending: HashMap::new(),
         }
@@ -282,7 +310,7 @@ impl Encoder {
                 s
             },
         );
-        let topic = topic(&self.cfg.topic, &self.site, &self.line, &plc, group);
+        let topic = (self.cfg.topic)(&plc, group);
         for m in messages {
             let body = if gzip {
                 gzip_bytes(m.as_bytes())

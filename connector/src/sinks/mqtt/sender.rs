@@ -105,14 +105,36 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
     Ok(o)
 }
 
+/// Fresh credentials: (username, password, when to renew them). IoT Hub SAS tokens expire;
+/// the sender reconnects with a fresh one before they do (MQTT 3.1.1 has no re-auth).
+pub type Renewer =
+    Arc<dyn Fn() -> Result<(String, String, std::time::SystemTime), String> + Send + Sync>;
+
 /// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered.
 pub async fn run(
-    opts: MqttOptions,
+    mut opts: MqttOptions,
     qos: u8,
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
     grace: Duration,
+    renew: Option<Renewer>,
 ) {
+    let renew_deadline = |at: std::time::SystemTime| {
+        let wait = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::Instant::now() + wait
+    };
+    let mut renew_at = None;
+    if let Some(r) = &renew {
+        match r() {
+            Ok((user, pass, at)) => {
+                opts.set_credentials(user, pass);
+                renew_at = Some(renew_deadline(at));
+            }
+            Err(e) => warn!(error = %e, "mqtt: cannot make credentials"),
+        }
+    }
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -126,7 +148,12 @@ pub async fn run(
     let mut ever_connected = false;
     let mut failures: u32 = 0;
     let mut draining_until: Option<tokio::time::Instant> = None;
+    let mut last_report = tokio::time::Instant::now();
     loop {
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = tokio::time::Instant::now();
+            report(&outbox);
+        }
         if draining_until.is_none() && shutdown.is_cancelled() {
             draining_until = Some(tokio::time::Instant::now() + grace);
         }
@@ -175,8 +202,38 @@ pub async fn run(
                 }
             }
         }
+        let renewal = async {
+            match renew_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             e = eventloop.poll() => e,
+            _ = renewal => {
+                // Reconnect with a fresh token: what was in flight goes out again after the
+                // ConnAck (the buffer rewinds).
+                renew_at = None;
+                if let Some(r) = &renew {
+                    match r() {
+                        Ok((user, pass, at)) => {
+                            eventloop.mqtt_options.set_credentials(user, pass);
+                            renew_at = Some(renew_deadline(at));
+                            m.renewals.fetch_add(1, Ordering::Relaxed);
+                            info!("mqtt: credentials renewed, reconnecting");
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "mqtt: cannot renew credentials, retrying in 5 s");
+                            renew_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
+                        }
+                    }
+                }
+                eventloop.clean();
+                connected = false;
+                sent.clear();
+                inflight.clear();
+                continue;
+            }
             _ = outbox.wake.notified(), if connected => continue,
             _ = tokio::time::sleep(Duration::from_millis(100)), if draining_until.is_some() => continue,
             _ = shutdown.cancelled(), if draining_until.is_none() => continue,
@@ -243,6 +300,30 @@ pub async fn run(
     }
     let _ = client.try_disconnect();
     m.connected.store(false, Ordering::Relaxed);
+}
+
+/// How often the sender logs its counters (there is no metrics endpoint yet).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs buffer bytes, pending messages and the oldest one's age, sent, acked, dropped, reconnects.
+fn report(outbox: &Outbox) {
+    let s = outbox
+        .buffer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats();
+    let m = &outbox.metrics;
+    info!(
+        connected = m.connected.load(Ordering::Relaxed),
+        buffer_bytes = s.bytes_on_disk,
+        pending = s.pending,
+        oldest_pending_s = s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()),
+        sent = m.messages_sent.load(Ordering::Relaxed),
+        acked = m.messages_acked.load(Ordering::Relaxed),
+        dropped = s.dropped,
+        reconnects = m.reconnects.load(Ordering::Relaxed),
+        "telemetry"
+    );
 }
 
 fn ack(outbox: &Outbox, id: u64) {

@@ -1,0 +1,175 @@
+//! Telemetry to Azure IoT Hub: the MQTT sender of `sinks::mqtt` with the hub's client id,
+//! username, SAS password (renewed by reconnecting before it expires) or X.509 certificate,
+//! and the hub's telemetry topic with its property bag. QoS 1, 256 KB per message.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+
+use super::connection::{ConnectionString, Identity, SecretKey};
+use super::sas;
+use crate::config::{HubAuth, HubConfig, Secret};
+use crate::sinks::mqtt::sender::{rustls_config, Renewer};
+use crate::sinks::mqtt::EncoderSettings;
+
+/// IoT Hub's limit for one device-to-cloud message (body and properties).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{0}")]
+    Secret(String),
+    #[error("connection string: {0}")]
+    ConnectionString(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("insecure_endpoint {0:?} is not host:port")]
+    Endpoint(String),
+}
+
+/// A configured hub identity, ready to connect.
+pub struct Hub {
+    cfg: HubConfig,
+    identity: Identity,
+    /// Where the TCP connection goes (the gateway for IoT Edge, else the hub).
+    connect_host: String,
+    key: Option<SecretKey>,
+    client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn secret(s: &Secret) -> Result<String, HubError> {
+    match s {
+        Secret::Env(n) => std::env::var(n).map_err(|_| {
+            HubError::Secret(format!(
+                "environment variable {n} (connection_string_env) is not set"
+            ))
+        }),
+        Secret::File(p) => std::fs::read_to_string(p)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| {
+                HubError::Secret(format!(
+                    "cannot read connection_string_file {}: {e}",
+                    p.display()
+                ))
+            }),
+    }
+}
+
+impl Hub {
+    /// Reads the connection string (never logged) or the X.509 identity.
+    pub fn new(cfg: &HubConfig) -> Result<Hub, HubError> {
+        match &cfg.auth {
+            HubAuth::ConnectionString(s) => {
+                let cs: ConnectionString =
+                    secret(s)?
+                        .parse()
+                        .map_err(|e: super::ConnectionStringError| {
+                            HubError::ConnectionString(e.to_string())
+                        })?;
+                if cs.x509 {
+                    return Err(HubError::ConnectionString(
+                        "x509=true needs the certificate files: use [hub] x509 = { host, device_id, cert_file, key_file }".into(),
+                    ));
+                }
+                Ok(Hub {
+                    cfg: cfg.clone(),
+                    identity: cs.identity(),
+                    connect_host: cs.connect_host().to_owned(),
+                    key: cs.shared_access_key.clone(),
+                    client_cert: None,
+                })
+            }
+            HubAuth::X509 {
+                host,
+                device_id,
+                module_id,
+                cert_file,
+                key_file,
+            } => Ok(Hub {
+                cfg: cfg.clone(),
+                identity: Identity {
+                    host: host.clone(),
+                    device_id: device_id.clone(),
+                    module_id: module_id.clone(),
+                },
+                connect_host: host.clone(),
+                key: None,
+                client_cert: Some((cert_file.clone(), key_file.clone())),
+            }),
+        }
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// MQTT 3.1.1 options: client id, keep-alive, TLS on 8883 (or the test-only plain
+    /// endpoint), the X.509 client certificate when configured.
+    pub fn options(&self) -> Result<MqttOptions, HubError> {
+        let (host, port, tls) = match &self.cfg.insecure_endpoint {
+            Some(ep) => {
+                let (h, p) = ep
+                    .rsplit_once(':')
+                    .ok_or_else(|| HubError::Endpoint(ep.clone()))?;
+                (
+                    h.to_owned(),
+                    p.parse().map_err(|_| HubError::Endpoint(ep.clone()))?,
+                    false,
+                )
+            }
+            None => (self.connect_host.clone(), 8883, true),
+        };
+        let mut o = MqttOptions::new(self.identity.client_id(), host, port);
+        o.set_keep_alive(std::time::Duration::from_secs(60));
+        o.set_clean_session(true);
+        o.set_inflight(100);
+        o.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        if self.key.is_none() {
+            // X.509: the username without a password.
+            o.set_credentials(self.identity.username(), "");
+        }
+        if tls {
+            let client = self
+                .client_cert
+                .as_ref()
+                .map(|(c, k)| (c.as_path(), k.as_path()));
+            let rc = rustls_config(self.cfg.ca_file.as_deref(), client)
+                .map_err(|e| HubError::Tls(e.to_string()))?;
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(rc),
+            )));
+        }
+        Ok(o)
+    }
+
+    /// Makes a fresh SAS token each time it is called (None for X.509).
+    pub fn renewer(&self) -> Option<Renewer> {
+        let key = self.key.clone()?;
+        let (resource, username, ttl) = (
+            self.identity.resource_uri(),
+            self.identity.username(),
+            self.cfg.sas_ttl,
+        );
+        Some(Arc::new(move || {
+            let issued = SystemTime::now();
+            let expiry = sas::expiry_unix_s(issued, ttl);
+            let token = sas::sas_token(&resource, key.expose_base64(), expiry, None)
+                .map_err(|e| e.to_string())?;
+            Ok((username.clone(), token, sas::renew_at(issued, ttl)))
+        }))
+    }
+
+    /// Batching and topics of the hub's telemetry.
+    pub fn encoder_settings(&self) -> EncoderSettings {
+        let identity = self.identity.clone();
+        let payload = self.cfg.payload;
+        EncoderSettings {
+            batch_max_samples: self.cfg.batch_max_samples,
+            batch_max_delay: self.cfg.batch_max_delay,
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            payload,
+            topic: Arc::new(move |plc, group| identity.telemetry_topic(payload, plc, group)),
+        }
+    }
+}
