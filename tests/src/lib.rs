@@ -469,3 +469,67 @@ impl Drop for Subscriber {
         self.task.abort();
     }
 }
+
+/// A line `line-m` (site `plant`) with one plc `sim` at `opc` whose group `fast` monitors the
+/// five counters at 100 ms, the connector's PKI in `dir`, plus `sinks` (TOML sections such as
+/// `[sink.mqtt]`, `[hub]`, `[buffer]`).
+pub fn counters_config(dir: &Path, opc: &str, sinks: &str) -> connector::config::Config {
+    let nodes: Vec<String> = COUNTERS
+        .iter()
+        .map(|c| format!("\"{}\"", counter_id(c)))
+        .collect();
+    let text = format!(
+        "[line]\nid = \"line-m\"\nsite = \"plant\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{opc}\"\n\n  \
+         [[plc.group]]\n  name = \"fast\"\n  publishing_interval = \"100ms\"\n  sampling_interval = \"0ms\"\n  \
+         nodes = [{}]\n\n[pki]\ndir = \"{}\"\ntrust_unknown_servers = true\n\n{sinks}\n",
+        nodes.join(", "),
+        dir.join("pki").display(),
+    );
+    connector::config::parse(Path::new("test-line.toml"), &text)
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// The simulator's last value of an integer node (ground truth).
+pub fn truth_last(sim: &Sim, node: &str) -> i128 {
+    match sim
+        .sim
+        .node_stats(node)
+        .unwrap_or_else(|| panic!("no ground truth for {node}"))
+        .last
+    {
+        simulator::model::Value::Int(i) => i.into(),
+        simulator::model::Value::UInt(u) => u.into(),
+        other => panic!("{node}: not an integer: {other:?}"),
+    }
+}
+
+/// Freezes the simulated values and waits until `count` stops growing (the last
+/// notifications or messages have arrived).
+pub async fn freeze_and_settle(sim: &Sim, count: impl Fn() -> usize) {
+    sim.sim.inject(simulator::FaultKind::Freeze {
+        duration: Duration::from_secs(300),
+    });
+    let mut last = usize::MAX;
+    eventually("values settle", Duration::from_secs(30), || {
+        let now = count();
+        let settled = now == last;
+        last = now;
+        async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            settled.then_some(())
+        }
+    })
+    .await;
+}
+
+/// An integer sample value of a telemetry payload (a JSON number, or a string for 64-bit).
+pub fn json_int(v: &serde_json::Value) -> i128 {
+    match v {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map(i128::from)
+            .unwrap_or_else(|| panic!("not an integer: {n}")),
+        serde_json::Value::String(t) => t.parse().unwrap_or_else(|_| panic!("not an integer: {t}")),
+        other => panic!("not an integer: {other}"),
+    }
+}

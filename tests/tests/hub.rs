@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use connector::config;
 use connector::runner;
 use connector::sinks::hub::{resource_uri, sas_token};
-use simulator::FaultKind;
 use tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -148,43 +147,14 @@ async fn hub_double(broker: u16) -> (u16, Arc<Mutex<Vec<Connect>>>) {
 }
 
 fn hub_config(dir: &Path, opc: &str, hub_port: u16, env: &str) -> config::Config {
-    let nodes: Vec<String> = COUNTERS
-        .iter()
-        .map(|c| format!("\"{}\"", counter_id(c)))
-        .collect();
-    let text = format!(
-        r#"
-[line]
-id = "line-h"
-
-[[plc]]
-id = "sim"
-endpoint = "{opc}"
-
-  [[plc.group]]
-  name = "fast"
-  publishing_interval = "100ms"
-  sampling_interval = "0ms"
-  nodes = [{nodes}]
-
-[pki]
-dir = "{pki}"
-trust_unknown_servers = true
-
-[hub]
-connection_string_env = "{env}"
-insecure_endpoint = "127.0.0.1:{hub_port}"
-sas_ttl = "3s"
-batch_max_delay = "100ms"
-
-[buffer]
-dir = "{buffer}"
-"#,
-        nodes = nodes.join(", "),
-        pki = dir.join("pki").display(),
-        buffer = dir.join("buffer").display(),
-    );
-    config::parse(Path::new("hub-test.toml"), &text).unwrap_or_else(|e| panic!("test config: {e}"))
+    counters_config(
+        dir,
+        opc,
+        &format!(
+            "[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\nsas_ttl = \"3s\"\nbatch_max_delay = \"100ms\"\n\n[buffer]\ndir = \"{}\"\n",
+            dir.join("buffer").display()
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,20 +188,7 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
         || async { (sub.count() >= 30).then_some(()) },
     )
     .await;
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(60),
-    });
-    let mut last = usize::MAX;
-    eventually("messages settle", Duration::from_secs(20), || {
-        let now = sub.count();
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(&sim, || sub.count()).await;
     running.stop(Duration::from_secs(10)).await;
 
     let connects = seen.lock().unwrap().clone();
@@ -276,11 +233,7 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
             continue; // a repeat after a reconnect: dropped by seq, as a consumer does
         }
         for s in v["samples"].as_array().unwrap() {
-            let x: i128 = match &s["v"] {
-                serde_json::Value::Number(n) => n.as_i64().unwrap().into(),
-                serde_json::Value::String(t) => t.parse().unwrap(),
-                other => panic!("{other}"),
-            };
+            let x: i128 = json_int(&s["v"]);
             values
                 .entry(s["node"].as_str().unwrap().to_owned())
                 .or_default()
@@ -296,12 +249,7 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
             (0, 0),
             "{name}: nothing lost across renewals: {v:?}"
         );
-        let truth = match sim.sim.node_stats(&counter_id(name)).unwrap().last {
-            simulator::model::Value::Int(i) => i128::from(i),
-            simulator::model::Value::UInt(u) => i128::from(u),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(*v.last().unwrap(), truth);
+        assert_eq!(*v.last().unwrap(), truth_last(&sim, &counter_id(name)));
     }
 }
 

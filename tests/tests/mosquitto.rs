@@ -169,46 +169,14 @@ fn mosquitto(dir: &Path, plain: u16, tls: u16) -> Mosquitto {
 }
 
 fn config(dir: &Path, opc: &str, url: &str, tls: &str) -> config::Config {
-    let nodes: Vec<String> = COUNTERS
-        .iter()
-        .map(|c| format!("\"{}\"", counter_id(c)))
-        .collect();
-    let text = format!(
-        r#"
-[line]
-id = "line-m"
-site = "plant"
-
-[[plc]]
-id = "sim"
-endpoint = "{opc}"
-
-  [[plc.group]]
-  name = "fast"
-  publishing_interval = "100ms"
-  sampling_interval = "0ms"
-  nodes = [{nodes}]
-
-[pki]
-dir = "{pki}"
-trust_unknown_servers = true
-
-[sink.mqtt]
-url = "{url}"
-qos = 1
-batch_max_samples = 50
-batch_max_delay = "100ms"
-{tls}
-
-[buffer]
-dir = "{buffer}"
-"#,
-        nodes = nodes.join(", "),
-        pki = dir.join("pki").display(),
-        buffer = dir.join("buffer").display(),
-    );
-    config::parse(Path::new("mosquitto-test.toml"), &text)
-        .unwrap_or_else(|e| panic!("test config: {e}"))
+    counters_config(
+        dir,
+        opc,
+        &format!(
+            "[sink.mqtt]\nurl = \"{url}\"\nqos = 1\nbatch_max_samples = 50\nbatch_max_delay = \"100ms\"\n{tls}\n\n[buffer]\ndir = \"{}\"\n",
+            dir.join("buffer").display()
+        ),
+    )
 }
 
 async fn run_once(dir: &Path, sim: &Sim, url: &str, tls: &str, sub_port: u16) {
@@ -231,11 +199,7 @@ async fn run_once(dir: &Path, sim: &Sim, url: &str, tls: &str, sub_port: u16) {
         seqs.push(v["seq"].as_u64().unwrap());
         for s in v["samples"].as_array().unwrap() {
             let node = s["node"].as_str().unwrap().to_owned();
-            let x: i128 = match &s["v"] {
-                serde_json::Value::Number(n) => n.as_i64().unwrap().into(),
-                serde_json::Value::String(t) => t.parse().unwrap(),
-                other => panic!("{other}"),
-            };
+            let x: i128 = json_int(&s["v"]);
             if let Some(prev) = last.insert(node.clone(), x) {
                 assert_eq!(x, prev + 1, "{url}: {node} went from {prev} to {x}");
             }

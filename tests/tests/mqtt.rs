@@ -6,49 +6,17 @@ use std::time::{Duration, Instant};
 
 use connector::config;
 use connector::runner;
-use simulator::FaultKind;
 use tests::*;
 
 fn line_config(dir: &Path, opc_endpoint: &str, broker_port: u16, extra: &str) -> config::Config {
-    let nodes: Vec<String> = COUNTERS
-        .iter()
-        .map(|c| format!("\"{}\"", counter_id(c)))
-        .collect();
-    let text = format!(
-        r#"
-[line]
-id = "line-m"
-site = "plant"
-
-[[plc]]
-id = "sim"
-endpoint = "{opc_endpoint}"
-
-  [[plc.group]]
-  name = "fast"
-  publishing_interval = "100ms"
-  sampling_interval = "0ms"
-  nodes = [{nodes}]
-
-[pki]
-dir = "{pki}"
-trust_unknown_servers = true
-
-[sink.mqtt]
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-batch_max_samples = 50
-batch_max_delay = "100ms"
-{extra}
-
-[buffer]
-dir = "{buffer}"
-"#,
-        nodes = nodes.join(", "),
-        pki = dir.join("pki").display(),
-        buffer = dir.join("buffer").display(),
-    );
-    config::parse(Path::new("mqtt-test.toml"), &text).unwrap_or_else(|e| panic!("test config: {e}"))
+    counters_config(
+        dir,
+        opc_endpoint,
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nqos = 1\nbatch_max_samples = 50\nbatch_max_delay = \"100ms\"\n{extra}\n\n[buffer]\ndir = \"{}\"\n",
+            dir.join("buffer").display()
+        ),
+    )
 }
 
 /// Messages decoded: (seq, samples) per stream, and the counter values per node.
@@ -76,11 +44,7 @@ fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
         d.seqs.entry(stream).or_default().push(seq);
         for s in v["samples"].as_array().expect("samples") {
             let node = s["node"].as_str().unwrap().to_owned();
-            let x: i128 = match &s["v"] {
-                serde_json::Value::Number(n) => n.as_i64().map(i128::from).expect("integer"),
-                serde_json::Value::String(t) => t.parse().expect("integer string"),
-                other => panic!("{node}: {other}"),
-            };
+            let x: i128 = json_int(&s["v"]);
             d.values.entry(node).or_default().push((seq, x));
         }
     }
@@ -88,28 +52,11 @@ fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
 }
 
 async fn settle(sim: &Sim, sub: &Subscriber) {
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(120),
-    });
-    let mut last = usize::MAX;
-    eventually("messages settle", Duration::from_secs(20), || {
-        let now = sub.count();
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(sim, || sub.count()).await;
 }
 
 fn truth(sim: &Sim, name: &str) -> i128 {
-    match sim.sim.node_stats(&counter_id(name)).expect("truth").last {
-        simulator::model::Value::Int(i) => i.into(),
-        simulator::model::Value::UInt(u) => u.into(),
-        other => panic!("{other:?}"),
-    }
+    truth_last(sim, &counter_id(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,11 +357,7 @@ fn scaled_counters(messages: &[(String, Vec<u8>)]) -> (BTreeMap<String, Vec<i128
             if s["type"] == "Boolean" || s["type"] == "Double" {
                 continue;
             }
-            let x: i128 = match &s["v"] {
-                serde_json::Value::Number(n) => n.as_i64().unwrap().into(),
-                serde_json::Value::String(t) => t.parse().unwrap(),
-                other => panic!("{other}"),
-            };
+            let x: i128 = json_int(&s["v"]);
             out.entry(s["node"].as_str().unwrap().to_owned())
                 .or_default()
                 .push(x);
@@ -470,32 +413,17 @@ async fn a_30s_broker_outage_at_10k_samples_per_second_loses_nothing() {
         during as f64 / 30.0 >= 9_000.0,
         "about 10,000 samples/s during the outage"
     );
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(120),
-    });
-    let mut last = usize::MAX;
-    eventually("messages settle", Duration::from_secs(30), || {
-        let now = sub.count();
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(&sim, || sub.count()).await;
     running.stop(Duration::from_secs(10)).await;
     let (counters, repeats) = scaled_counters(&sub.messages.lock().unwrap());
     assert_eq!(counters.len(), 600, "every scaled counter arrived");
     for (node, v) in &counters {
         assert_eq!(counter_defects(v), (0, 0), "{node}: zero loss, order kept");
-        let truth = sim.sim.node_stats(node).unwrap().last;
-        let t = match truth {
-            simulator::model::Value::Int(i) => i128::from(i),
-            simulator::model::Value::UInt(u) => i128::from(u),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(*v.last().unwrap(), t, "{node} ends at the ground truth");
+        assert_eq!(
+            *v.last().unwrap(),
+            truth_last(&sim, node),
+            "{node} ends at the ground truth"
+        );
     }
     eprintln!("repeats dropped by seq: {repeats}");
 }

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use connector::config;
 use connector::runner;
-use simulator::FaultKind;
 use tests::*;
 
 fn free_port() -> u16 {
@@ -77,47 +76,14 @@ next_connection_delay_ms = 1
 }
 
 fn line_config(dir: &Path, opc_endpoint: &str, broker_port: u16, extra: &str) -> config::Config {
-    let nodes: Vec<String> = COUNTERS
-        .iter()
-        .map(|c| format!("\"{}\"", counter_id(c)))
-        .collect();
-    let text = format!(
-        r#"
-[line]
-id = "line-m"
-site = "plant"
-
-[[plc]]
-id = "sim"
-endpoint = "{opc_endpoint}"
-
-  [[plc.group]]
-  name = "fast"
-  publishing_interval = "100ms"
-  sampling_interval = "0ms"
-  nodes = [{nodes}]
-
-[pki]
-dir = "{pki}"
-trust_unknown_servers = true
-
-[sink.mqtt]
-url = "mqtt://127.0.0.1:{broker_port}"
-version = "5"
-qos = 1
-batch_max_samples = 50
-batch_max_delay = "100ms"
-{extra}
-
-[buffer]
-dir = "{buffer}"
-"#,
-        nodes = nodes.join(", "),
-        pki = dir.join("pki").display(),
-        buffer = dir.join("buffer").display(),
-    );
-    config::parse(Path::new("mqtt5-test.toml"), &text)
-        .unwrap_or_else(|e| panic!("test config: {e}"))
+    counters_config(
+        dir,
+        opc_endpoint,
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nversion = \"5\"\nqos = 1\nbatch_max_samples = 50\nbatch_max_delay = \"100ms\"\n{extra}\n\n[buffer]\ndir = \"{}\"\n",
+            dir.join("buffer").display()
+        ),
+    )
 }
 
 /// What an MQTT 5 subscriber saw of a message's properties: (content type, user properties).
@@ -260,11 +226,7 @@ fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
         d.seqs.entry(stream).or_default().push(seq);
         for s in v["samples"].as_array().expect("samples") {
             let node = s["node"].as_str().unwrap().to_owned();
-            let x: i128 = match &s["v"] {
-                serde_json::Value::Number(n) => n.as_i64().map(i128::from).expect("integer"),
-                serde_json::Value::String(t) => t.parse().expect("integer string"),
-                other => panic!("{node}: {other}"),
-            };
+            let x: i128 = json_int(&s["v"]);
             d.values.entry(node).or_default().push((seq, x));
         }
     }
@@ -272,11 +234,7 @@ fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
 }
 
 fn truth(sim: &Sim, name: &str) -> i128 {
-    match sim.sim.node_stats(&counter_id(name)).expect("truth").last {
-        simulator::model::Value::Int(i) => i.into(),
-        simulator::model::Value::UInt(u) => u.into(),
-        other => panic!("{other:?}"),
-    }
+    truth_last(sim, &counter_id(name))
 }
 
 /// Runs the line against `broker_port` until 30 messages arrived in `received`, freezes the
@@ -296,20 +254,7 @@ async fn run_and_check(dir: &Path, sim: &Sim, broker_port: u16, extra: &str, rec
         (count() >= 30).then_some(())
     })
     .await;
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(120),
-    });
-    let mut last = usize::MAX;
-    eventually("messages settle", Duration::from_secs(20), || {
-        let now = count();
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(sim, &count).await;
     let mqtt = running.mqtt.clone().expect("mqtt metrics");
     running.stop(Duration::from_secs(10)).await;
     let d = decode(&received.lock().unwrap());
@@ -437,20 +382,7 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
         (sub.count() as u64 >= buffered + 10).then_some(())
     })
     .await;
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(120),
-    });
-    let mut last = usize::MAX;
-    eventually("messages settle", Duration::from_secs(20), || {
-        let now = sub.count();
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(&sim, || sub.count()).await;
     running.stop(Duration::from_secs(10)).await;
     // Drop repeats by (stream, seq), as a consumer does (a message accepted behind a rejected
     // one is sent again after the reconnect); then nothing is missing.

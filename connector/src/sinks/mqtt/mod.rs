@@ -2,6 +2,7 @@
 //! durable buffer, and sent from there by one event-loop task; a message leaves the buffer
 //! only when the broker acknowledged it (QoS 1; QoS 0 when it was written to the socket).
 
+pub mod flow;
 pub mod payload;
 pub mod sender;
 pub mod sender_v5;
@@ -33,6 +34,8 @@ pub struct MqttMetrics {
     pub pause_waits: AtomicU64,
     /// Reconnects made to renew credentials (IoT Hub SAS tokens).
     pub renewals: AtomicU64,
+    /// Messages a broker refused in its PUBACK (MQTT 5 reason code >= 0x80); sent again.
+    pub rejected: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]

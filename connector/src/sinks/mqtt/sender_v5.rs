@@ -13,8 +13,6 @@
 //! Messages carry the content type `application/json`; gzip-compressed ones also the user
 //! property `content-encoding: gzip`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,15 +21,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::sender::Renewer;
-use super::{unframe, MqttError, Outbox};
+use super::flow::{Flow, Renewer, WINDOW};
+use super::{MqttError, Outbox};
 use crate::config::MqttSinkConfig;
-
-/// Messages in flight at once (also the client's request channel size), as in the 3.1.1
-/// sender. The broker's Receive Maximum can lower what rumqttc keeps unacknowledged.
-const WINDOW: usize = 100;
 
 /// Back-off after a rejected message before the reconnect that re-sends it.
 const REJECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -87,24 +81,9 @@ pub fn properties(gzip: bool) -> PublishProperties {
 /// Which buffer id a packet id stands for: ids handed to the client wait in `sent` until
 /// rumqttc writes them (`Outgoing::Publish(pkid)`, in request order), then in `inflight`
 /// until their PUBACK.
-#[derive(Default)]
-struct Window {
-    sent: VecDeque<u64>,
-    inflight: HashMap<u16, u64>,
-}
-
-impl Window {
-    fn room(&self) -> usize {
-        WINDOW.saturating_sub(self.sent.len() + self.inflight.len())
-    }
-
-    fn clear(&mut self) {
-        self.sent.clear();
-        self.inflight.clear();
-    }
-}
-
-/// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered.
+/// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. A PUBACK
+/// with a failure reason code does not ack: the connection is dropped after a back-off and
+/// the buffer re-sends from that message on, keeping the order.
 pub async fn run(
     mut opts: MqttOptions,
     qos: u8,
@@ -113,198 +92,81 @@ pub async fn run(
     grace: Duration,
     renew: Option<Renewer>,
 ) {
-    let renew_deadline = |at: std::time::SystemTime| {
-        let wait = at
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        tokio::time::Instant::now() + wait
-    };
-    let mut renew_at = None;
-    if let Some(r) = &renew {
-        match r() {
-            Ok((user, pass, at)) => {
-                opts.set_credentials(user, pass);
-                renew_at = Some(renew_deadline(at));
-            }
-            Err(e) => warn!(error = %e, "mqtt5: cannot make credentials"),
-        }
-    }
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
     };
+    let mut flow = Flow::new(outbox.clone(), qos == QoS::AtMostOnce, "mqtt5", renew);
+    if let Some((user, pass)) = flow.credentials() {
+        opts.set_credentials(user, pass);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
-    let m = outbox.metrics.clone();
-    let mut w = Window::default();
-    let mut connected = false;
-    let mut ever_connected = false;
-    let mut failures: u32 = 0;
-    // Rejected PUBACKs since the last accepted one (drives the back-off).
     let mut rejections: u32 = 0;
-    let mut draining_until: Option<tokio::time::Instant> = None;
-    loop {
-        if draining_until.is_none() && shutdown.is_cancelled() {
-            draining_until = Some(tokio::time::Instant::now() + grace);
-        }
-        if let Some(t) = draining_until {
-            let empty = outbox
-                .buffer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .stats()
-                .pending
-                == 0;
-            if empty || tokio::time::Instant::now() >= t {
-                if !empty {
-                    warn!("mqtt5: stopping with messages still buffered; they go out after the next start");
-                }
-                break;
-            }
-        }
-        // Hand buffered messages to the client while the window has room.
-        if connected && w.room() > 0 {
-            let next = outbox
-                .buffer
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .next_unsent(w.room());
-            match next {
-                Ok(batch) => {
-                    for (id, f) in batch {
-                        let Some((topic, gzip, body)) = unframe(&f) else {
-                            warn!(id, "mqtt5: unreadable buffered message skipped");
-                            let _ = outbox
-                                .buffer
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .ack(id);
-                            continue;
-                        };
-                        let sent = client.try_publish_with_properties(
-                            topic,
-                            qos,
-                            false,
-                            body.to_vec(),
-                            properties(gzip),
-                        );
-                        if sent.is_ok() {
-                            w.sent.push_back(id);
-                        }
-                    }
-                }
-                Err(e) => warn!(error = %e, "mqtt5: cannot read the buffer"),
-            }
-        }
-        let renewal = async {
-            match renew_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+    while flow.keep_going(&shutdown, grace) {
+        flow.fill(|topic, gzip, body| {
+            client
+                .try_publish_with_properties(topic, qos, false, body.to_vec(), properties(gzip))
+                .is_ok()
+        });
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            _ = renewal => {
-                // Reconnect with a fresh token: what was in flight goes out again after the
-                // ConnAck (the buffer rewinds).
-                renew_at = None;
-                if let Some(r) = &renew {
-                    match r() {
-                        Ok((user, pass, at)) => {
-                            eventloop.options.set_credentials(user, pass);
-                            renew_at = Some(renew_deadline(at));
-                            m.renewals.fetch_add(1, Ordering::Relaxed);
-                            info!("mqtt5: credentials renewed, reconnecting");
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "mqtt5: cannot renew credentials, retrying in 5 s");
-                            renew_at = Some(tokio::time::Instant::now() + Duration::from_secs(5));
-                        }
-                    }
+            _ = flow.renewal_due() => {
+                if let Some((user, pass)) = flow.credentials() {
+                    eventloop.options.set_credentials(user, pass);
+                    flow.renewed();
                 }
                 eventloop.clean();
-                connected = false;
-                w.clear();
+                flow.disconnected();
                 continue;
             }
-            _ = outbox.wake.notified(), if connected => continue,
-            _ = tokio::time::sleep(Duration::from_millis(100)), if draining_until.is_some() => continue,
-            _ = shutdown.cancelled(), if draining_until.is_none() => continue,
+            _ = outbox.wake.notified(), if flow.connected => continue,
+            _ = tokio::time::sleep(Duration::from_millis(100)), if flow.draining() => continue,
+            _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected = true;
-                failures = 0;
-                m.connected.store(true, Ordering::Relaxed);
-                if ever_connected {
-                    m.reconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                ever_connected = true;
-                w.clear();
-                outbox
-                    .buffer
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .rewind();
-                info!("mqtt5: connected");
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Some(id) = w.sent.pop_front() {
-                    m.messages_sent.fetch_add(1, Ordering::Relaxed);
-                    if qos == QoS::AtMostOnce {
-                        ack(&outbox, id);
-                    } else {
-                        w.inflight.insert(pkid, id);
-                    }
-                }
-            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => flow.connack(),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
-                let Some(id) = w.inflight.remove(&p.pkid) else {
+                let Some(id) = flow.puback(p.pkid) else {
                     continue;
                 };
                 if reason_code(p.reason) < 0x80 {
                     rejections = 0;
-                    ack(&outbox, id);
+                    flow.ack(id);
                     continue;
                 }
                 rejections = rejections.saturating_add(1);
                 let wait = REJECT_BACKOFF_MAX.min(Duration::from_secs(1u64 << rejections.min(5)));
                 warn_rejected(&p, id, wait);
+                outbox
+                    .metrics
+                    .rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Keep the order: drop the connection so the buffer rewinds after the next
                 // ConnAck and re-sends from the rejected message on.
                 eventloop.clean();
-                connected = false;
-                m.connected.store(false, Ordering::Relaxed);
-                w.clear();
+                flow.disconnected();
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled(), if draining_until.is_none() => {}
+                    _ = shutdown.cancelled(), if !flow.draining() => {}
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                if connected || failures == 0 {
-                    warn!(error = %e, "mqtt5: connection lost; buffering until the broker is back");
-                }
-                connected = false;
-                m.connected.store(false, Ordering::Relaxed);
-                w.clear();
-                failures = failures.saturating_add(1);
-                let wait = Duration::from_millis((100u64 << failures.min(4)).min(1_000));
+                let wait = flow.failed(&e);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled(), if draining_until.is_none() => {}
+                    _ = shutdown.cancelled(), if !flow.draining() => {}
                 }
-                if draining_until.is_some() && !connected && failures > 3 {
-                    // No broker during the drain: what is buffered stays for the next start.
-                    warn!("mqtt5: broker unreachable at shutdown; messages stay buffered on disk");
+                if flow.give_up() {
                     break;
                 }
             }
         }
     }
     let _ = client.try_disconnect();
-    m.connected.store(false, Ordering::Relaxed);
+    flow.shut();
 }
 
 fn warn_rejected(p: &PubAck, id: u64, wait: Duration) {
@@ -322,18 +184,6 @@ fn warn_rejected(p: &PubAck, id: u64, wait: Duration) {
         retry_in = ?wait,
         "mqtt5: broker rejected a message; it stays buffered and is sent again after a reconnect"
     );
-}
-
-fn ack(outbox: &Outbox, id: u64) {
-    let mut b = outbox.buffer.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = b.ack(id) {
-        warn!(error = %e, id, "mqtt5: cannot record the ack");
-        return;
-    }
-    outbox
-        .metrics
-        .messages_acked
-        .fetch_add(1, Ordering::Relaxed);
 }
 
 #[cfg(test)]

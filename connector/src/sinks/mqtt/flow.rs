@@ -1,0 +1,265 @@
+//! What the MQTT 3.1.1 and 5 senders share: the in-flight window, the pairing of buffer ids
+//! with packet ids, the connection state and its counters, back-off, credential renewal,
+//! the drain at shutdown and the periodic report. The senders only speak their version's
+//! packets.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Display;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{unframe, Outbox};
+
+/// Messages in flight at once (also the client's request channel size, plus a margin).
+pub const WINDOW: usize = 100;
+
+/// How often a sender logs its counters (there is no metrics endpoint yet).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// Fresh credentials: (username, password, when to renew them). IoT Hub SAS tokens expire;
+/// the sender reconnects with a fresh one before they do (MQTT 3.1.1 has no re-auth).
+pub type Renewer = Arc<dyn Fn() -> Result<(String, String, SystemTime), String> + Send + Sync>;
+
+pub struct Flow {
+    outbox: Arc<Outbox>,
+    /// QoS 0: a message is done once written; QoS 1: once acknowledged.
+    qos0: bool,
+    tag: &'static str,
+    sent: VecDeque<u64>,
+    inflight: HashMap<u16, u64>,
+    pub connected: bool,
+    ever_connected: bool,
+    failures: u32,
+    draining_until: Option<Instant>,
+    last_report: Instant,
+    renew: Option<Renewer>,
+    pub renew_at: Option<Instant>,
+}
+
+impl Flow {
+    pub fn new(outbox: Arc<Outbox>, qos0: bool, tag: &'static str, renew: Option<Renewer>) -> Self {
+        Flow {
+            outbox,
+            qos0,
+            tag,
+            sent: VecDeque::new(),
+            inflight: HashMap::new(),
+            connected: false,
+            ever_connected: false,
+            failures: 0,
+            draining_until: None,
+            last_report: Instant::now(),
+            renew,
+            renew_at: None,
+        }
+    }
+
+    /// New credentials if a renewer is set (None otherwise, or on failure: retried in 5 s).
+    pub fn credentials(&mut self) -> Option<(String, String)> {
+        let r = self.renew.as_ref()?;
+        match r() {
+            Ok((user, pass, at)) => {
+                let wait = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                self.renew_at = Some(Instant::now() + wait);
+                Some((user, pass))
+            }
+            Err(e) => {
+                warn!(error = %e, "{}: cannot make credentials, retrying in 5 s", self.tag);
+                self.renew_at = Some(Instant::now() + Duration::from_secs(5));
+                None
+            }
+        }
+    }
+
+    /// Sleeps until the credentials must be renewed (forever without a renewer).
+    pub async fn renewal_due(&self) {
+        match self.renew_at {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Called before each poll: reports, and decides whether to stop (shutdown requested and
+    /// the buffer drained, or the grace time over).
+    pub fn keep_going(&mut self, shutdown: &CancellationToken, grace: Duration) -> bool {
+        if self.last_report.elapsed() >= REPORT_EVERY {
+            self.last_report = Instant::now();
+            self.report();
+        }
+        if self.draining_until.is_none() && shutdown.is_cancelled() {
+            self.draining_until = Some(Instant::now() + grace);
+        }
+        let Some(t) = self.draining_until else {
+            return true;
+        };
+        let empty = self.lock().stats().pending == 0;
+        if empty || Instant::now() >= t {
+            if !empty {
+                warn!(
+                    "{}: stopping with messages still buffered; they go out after the next start",
+                    self.tag
+                );
+            }
+            return false;
+        }
+        true
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining_until.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, crate::buffer::Buffer> {
+        self.outbox.buffer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands buffered messages to `publish(topic, gzip, body)` while the window has room.
+    pub fn fill(&mut self, mut publish: impl FnMut(&str, bool, &[u8]) -> bool) {
+        if !self.connected {
+            return;
+        }
+        let room = WINDOW.saturating_sub(self.sent.len() + self.inflight.len());
+        if room == 0 {
+            return;
+        }
+        let batch = match self.lock().next_unsent(room) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "{}: cannot read the buffer", self.tag);
+                return;
+            }
+        };
+        for (id, f) in batch {
+            let Some((topic, gzip, body)) = unframe(&f) else {
+                warn!(id, "{}: unreadable buffered message skipped", self.tag);
+                self.ack(id);
+                continue;
+            };
+            if publish(topic, gzip, body) {
+                self.sent.push_back(id);
+            }
+        }
+    }
+
+    /// ConnAck: the broker forgot what was in flight (clean session); send it all again.
+    pub fn connack(&mut self) {
+        let m = &self.outbox.metrics;
+        self.connected = true;
+        self.failures = 0;
+        m.connected.store(true, Ordering::Relaxed);
+        if self.ever_connected {
+            m.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        self.ever_connected = true;
+        self.reset();
+        self.lock().rewind();
+        info!("{}: connected", self.tag);
+    }
+
+    /// A publish went out with packet id `pkid`: pair it with the oldest sent buffer id.
+    pub fn outgoing_publish(&mut self, pkid: u16) {
+        if let Some(id) = self.sent.pop_front() {
+            self.outbox
+                .metrics
+                .messages_sent
+                .fetch_add(1, Ordering::Relaxed);
+            if self.qos0 {
+                self.ack(id);
+            } else {
+                self.inflight.insert(pkid, id);
+            }
+        }
+    }
+
+    /// The buffer id a PUBACK answers, if it is one of ours.
+    pub fn puback(&mut self, pkid: u16) -> Option<u64> {
+        self.inflight.remove(&pkid)
+    }
+
+    /// Forgets what is in flight (a reconnect follows; the buffer rewinds at its ConnAck).
+    pub fn reset(&mut self) {
+        self.sent.clear();
+        self.inflight.clear();
+    }
+
+    /// Drops the connection on purpose (renewal, rejected message).
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+        self.outbox
+            .metrics
+            .connected
+            .store(false, Ordering::Relaxed);
+        self.reset();
+    }
+
+    /// The connection failed: logs once per outage, returns how long to wait.
+    pub fn failed(&mut self, error: &dyn Display) -> Duration {
+        if self.connected || self.failures == 0 {
+            warn!(error = %error, "{}: connection lost; buffering until the broker is back", self.tag);
+        }
+        self.disconnected();
+        self.failures = self.failures.saturating_add(1);
+        Duration::from_millis((100u64 << self.failures.min(4)).min(1_000))
+    }
+
+    /// During the drain, a broker that stays away ends the sender: the rest stays on disk.
+    pub fn give_up(&self) -> bool {
+        let stop = self.draining() && !self.connected && self.failures > 3;
+        if stop {
+            warn!(
+                "{}: broker unreachable at shutdown; messages stay buffered on disk",
+                self.tag
+            );
+        }
+        stop
+    }
+
+    pub fn renewed(&self) {
+        self.outbox.metrics.renewals.fetch_add(1, Ordering::Relaxed);
+        info!("{}: credentials renewed, reconnecting", self.tag);
+    }
+
+    pub fn ack(&self, id: u64) {
+        if let Err(e) = self.lock().ack(id) {
+            warn!(error = %e, id, "{}: cannot record the ack", self.tag);
+            return;
+        }
+        self.outbox
+            .metrics
+            .messages_acked
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logs buffer bytes, pending messages and the oldest one's age, sent, acked, dropped,
+    /// reconnects.
+    pub fn report(&self) {
+        let s = self.lock().stats();
+        let m = &self.outbox.metrics;
+        info!(
+            connected = m.connected.load(Ordering::Relaxed),
+            buffer_bytes = s.bytes_on_disk,
+            pending = s.pending,
+            oldest_pending_s = s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()),
+            sent = m.messages_sent.load(Ordering::Relaxed),
+            acked = m.messages_acked.load(Ordering::Relaxed),
+            dropped = s.dropped,
+            reconnects = m.reconnects.load(Ordering::Relaxed),
+            "{}: telemetry",
+            self.tag
+        );
+    }
+
+    pub fn shut(&self) {
+        self.outbox
+            .metrics
+            .connected
+            .store(false, Ordering::Relaxed);
+    }
+}
