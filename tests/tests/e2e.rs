@@ -72,35 +72,14 @@ async fn received(m: &Metrics) -> u64 {
 
 /// Freezes the simulator, waits until the connector has received everything, stops it.
 async fn settle_and_stop(sim: &Sim, running: Running) {
-    sim.sim.inject(FaultKind::Freeze {
-        duration: Duration::from_secs(120),
-    });
     let m = running.metrics.clone();
-    let mut last = u64::MAX;
-    eventually("notifications settle", Duration::from_secs(15), || {
-        let now = m.total(|p| &p.samples_received);
-        let settled = now == last;
-        last = now;
-        async move {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            settled.then_some(())
-        }
-    })
-    .await;
+    freeze_and_settle(sim, || m.total(|p| &p.samples_received) as usize).await;
     running.stop(Duration::from_secs(10)).await;
 }
 
-fn truth_last(sim: &Sim, name: &str) -> i128 {
-    match sim
-        .sim
-        .node_stats(&counter_id(name))
-        .expect("ground truth")
-        .last
-    {
-        simulator::model::Value::Int(i) => i.into(),
-        simulator::model::Value::UInt(u) => u.into(),
-        other => panic!("{name}: not a counter: {other:?}"),
-    }
+/// Ground truth of one of the bottling line's counters.
+fn truth(sim: &Sim, name: &str) -> i128 {
+    truth_last(sim, &counter_id(name))
 }
 
 fn counter_values(rows: &[Row], name: &str) -> Vec<i128> {
@@ -145,7 +124,7 @@ async fn counters_land_in_parquet_without_gap_or_duplicate_against_ground_truth(
         );
         assert_eq!(
             *v.last().unwrap(),
-            truth_last(&sim, name),
+            truth(&sim, name),
             "{name}: last value is the simulator's last"
         );
     }
@@ -201,7 +180,7 @@ async fn data_resumes_within_2s_after_the_plc_restarts() {
             gaps <= 1 && dups == 0,
             "{name}: {gaps} gaps {dups} duplicates"
         );
-        assert_eq!(*v.last().unwrap(), truth_last(&sim, name));
+        assert_eq!(*v.last().unwrap(), truth(&sim, name));
     }
 }
 
@@ -237,7 +216,7 @@ async fn a_cut_connection_keeps_the_session_and_loses_nothing() {
             (0, 0),
             "{name}: nothing lost or repeated across the cut: {v:?}"
         );
-        assert_eq!(*v.last().unwrap(), truth_last(&sim, name));
+        assert_eq!(*v.last().unwrap(), truth(&sim, name));
     }
     eprintln!(
         "cut: reconnects {}, gaps {}, republished {}, lost {}",
