@@ -30,6 +30,8 @@ pub enum RunError {
     Mqtt(String),
     #[error("hub: {0}")]
     Hub(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// A running line.
@@ -41,6 +43,9 @@ pub struct Running {
     pub hub: Option<Arc<MqttMetrics>>,
     /// The telemetry buffers (broker first, then hub), for their stats.
     pub outboxes: Vec<Arc<Outbox>>,
+    /// Where `/metrics` and `/healthz` are served, when `[metrics]` is configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    http_stop: CancellationToken,
     mqtt_stop: CancellationToken,
     mqtt_tasks: Vec<JoinHandle<()>>,
     sessions: CancellationToken,
@@ -177,7 +182,41 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             sessions.clone(),
         )));
     }
+    // /metrics and /healthz.
+    let http_stop = CancellationToken::new();
+    let mut metrics_addr = None;
+    if let Some(mc) = &config.metrics {
+        let std_listener = std::net::TcpListener::bind(mc.listen)
+            .map_err(|e| RunError::Metrics(format!("cannot listen on {}: {e}", mc.listen)))?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| RunError::Metrics(e.to_string()))?;
+        metrics_addr = std_listener.local_addr().ok();
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| RunError::Metrics(e.to_string()))?;
+        let mut sinks = Vec::new();
+        for (i, (_, ob)) in outputs.iter().enumerate() {
+            let name = if config.mqtt.is_some() && i == 0 {
+                "mqtt"
+            } else {
+                "hub"
+            };
+            sinks.push((name, ob.clone()));
+        }
+        let state = Arc::new(crate::telemetry::http::State {
+            line: config.line.id.clone(),
+            metrics: metrics.clone(),
+            sinks,
+        });
+        tokio::spawn(crate::telemetry::http::serve(
+            listener,
+            state,
+            http_stop.clone(),
+        ));
+    }
     Ok(Running {
+        metrics_addr,
+        http_stop,
         metrics,
         mqtt: mqtt_metrics,
         hub: hub_metrics,
@@ -216,6 +255,7 @@ impl Running {
         // Writers have buffered everything; the sender delivers what it can within the grace
         // time, the rest stays on disk for the next start.
         self.mqtt_stop.cancel();
+        self.http_stop.cancel();
         for t in self.mqtt_tasks {
             let _ = tokio::time::timeout(grace, t).await;
         }

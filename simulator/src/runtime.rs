@@ -779,6 +779,7 @@ async fn supervise(
         mut handle,
         task: mut server_task,
     } = endpoint;
+    let mut server_done = false;
     schedule.extend(config.faults.iter().cloned());
     schedule.sort_by_key(|f| f.at);
     let start = tokio::time::Instant::now();
@@ -807,7 +808,8 @@ async fn supervise(
                 schedule[next - 1].kind.clone()
             }
             Some(f) = on_demand.recv() => f,
-            r = &mut server_task => {
+            r = &mut server_task, if !server_done => {
+                server_done = true;
                 break Err(SimError::Server(match r {
                     Ok(Ok(())) => "server stopped unexpectedly".into(),
                     Ok(Err(e)) => e,
@@ -826,6 +828,7 @@ async fn supervise(
                 *shared.live.write().unwrap_or_else(|e| e.into_inner()) = None;
                 handle.cancel();
                 let _ = (&mut server_task).await;
+                server_done = true;
                 tokio::select! {
                     _ = shutdown.cancelled() => break Ok(()),
                     _ = tokio::time::sleep(down) => {}
@@ -834,6 +837,7 @@ async fn supervise(
                     Ok((h, t)) => {
                         handle = h;
                         server_task = t;
+                        server_done = false;
                         shared.restarts.fetch_add(1, Ordering::Relaxed);
                         info!(endpoint = %shared.endpoint, "endpoint back");
                     }
@@ -863,7 +867,10 @@ async fn supervise(
     shutdown.cancel();
     shared.online.store(false, Ordering::Relaxed);
     handle.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
+    // A finished JoinHandle must not be polled again.
+    if !server_done {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
+    }
     for t in ticks {
         let _ = t.await;
     }

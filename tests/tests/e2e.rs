@@ -357,3 +357,76 @@ async fn bad_and_uncertain_samples_are_kept_with_their_status() {
         assert!(good_after > 0, "{name}: Good again after the fault");
     }
 }
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_reports_counters_and_health() {
+    let line = Line::new();
+    let sim = start_sim(line.pki(), |_| {}).await;
+    let config = line.config(
+        sim.sim.endpoint_url(),
+        "",
+        "\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let running = runner::start(&config).expect("runner starts");
+    let addr = running.metrics_addr.expect("metrics served");
+    let m = running.metrics.clone();
+    eventually("50 samples", Duration::from_secs(20), || {
+        let m = m.clone();
+        async move { (received(&m).await >= 50).then_some(()) }
+    })
+    .await;
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        let prefix = format!("opcua_connector_{name}{{line=\"line-t\",plc=\"sim\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("samples_received_total") >= 50.0);
+    assert_eq!(value("plc_connected"), 1.0);
+    assert_eq!(value("monitored_items"), 5.0);
+    assert!(body.contains("# TYPE opcua_connector_samples_received_total counter"));
+    assert!(!body.contains("nsu="), "labels never carry node ids");
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/nope").await.0, 404);
+
+    sim.sim.inject(FaultKind::Restart {
+        down: Duration::from_secs(5),
+    });
+    let why = eventually(
+        "/healthz turns 503 while the PLC is away",
+        Duration::from_secs(10),
+        || async {
+            let (status, body) = http_get(addr, "/healthz").await;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(why.contains("plc sim not connected"), "{why}");
+    running.stop(Duration::from_secs(10)).await;
+}

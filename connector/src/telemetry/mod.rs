@@ -1,5 +1,7 @@
 //! Counters of everything the connector does, per PLC, readable by the progress display,
-//! summaries, logs and tests. (The Prometheus endpoint of the spec is built on these.)
+//! summaries, logs, tests and the Prometheus endpoint ([`http`]).
+
+pub mod http;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,353 @@
+//! `[metrics] listen`: Prometheus text exposition at `/metrics` and `/healthz` (200 only when
+//! every PLC session and every telemetry sink is connected). A deliberately small HTTP/1.1
+//! responder: two GET routes, one request per connection, nothing else to serve.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::{Metrics, PlcMetrics};
+use crate::sinks::mqtt::Outbox;
+
+/// What the endpoint reports.
+pub struct State {
+    pub line: String,
+    pub metrics: Metrics,
+    /// Telemetry sinks by name (`mqtt`, `hub`).
+    pub sinks: Vec<(&'static str, Arc<Outbox>)>,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP opcua_connector_{name} {help}");
+    let _ = writeln!(out, "# TYPE opcua_connector_{name} {kind}");
+}
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text of every counter. Labels: line, plc, sink; never node ids.
+pub fn render(state: &State) -> String {
+    let mut out = String::with_capacity(4096);
+    let line = esc(&state.line);
+    type Get = fn(&PlcMetrics) -> &AtomicU64;
+    let per_plc: [(&str, &str, &str, Get); 15] = [
+        (
+            "samples_received_total",
+            "Samples received from the PLC.",
+            "counter",
+            |p| &p.samples_received,
+        ),
+        (
+            "samples_written_total",
+            "Samples in completed Parquet chunks.",
+            "counter",
+            |p| &p.samples_written,
+        ),
+        (
+            "parquet_chunks_total",
+            "Completed Parquet chunks.",
+            "counter",
+            |p| &p.chunks_written,
+        ),
+        (
+            "parquet_bytes_total",
+            "Bytes of completed Parquet chunks.",
+            "counter",
+            |p| &p.bytes_written,
+        ),
+        (
+            "write_errors_total",
+            "Failed sink writes (each logged).",
+            "counter",
+            |p| &p.write_errors,
+        ),
+        (
+            "reconnects_total",
+            "PLC sessions re-established.",
+            "counter",
+            |p| &p.reconnects,
+        ),
+        (
+            "connect_failures_total",
+            "Failed PLC connection attempts.",
+            "counter",
+            |p| &p.connect_failures,
+        ),
+        (
+            "monitored_items",
+            "Monitored items created.",
+            "gauge",
+            |p| &p.monitored_items,
+        ),
+        (
+            "failed_items",
+            "Configured nodes that could not be resolved or monitored.",
+            "gauge",
+            |p| &p.failed_items,
+        ),
+        (
+            "sequence_gaps_total",
+            "Notification messages missing in the sequence.",
+            "counter",
+            |p| &p.sequence_gaps,
+        ),
+        (
+            "republished_total",
+            "Missing notification messages recovered by Republish.",
+            "counter",
+            |p| &p.republished,
+        ),
+        (
+            "lost_messages_total",
+            "Missing notification messages the server no longer had.",
+            "counter",
+            |p| &p.lost_messages,
+        ),
+        (
+            "server_overflows_total",
+            "Samples with the Overflow bit (the server's queue dropped values).",
+            "counter",
+            |p| &p.overflows,
+        ),
+        (
+            "backpressure_waits_total",
+            "Waits of the OPC UA side for a full sink queue.",
+            "counter",
+            |p| &p.backpressure_waits,
+        ),
+        (
+            "subscribe_seconds",
+            "Time of the last (re)subscription, in microseconds / 1e6.",
+            "gauge",
+            |p| &p.subscribe_us,
+        ),
+    ];
+    for (name, help, kind, get) in per_plc {
+        counter(&mut out, name, help, kind);
+        for p in &state.metrics.plcs {
+            let v = get(p).load(Ordering::Relaxed);
+            let v = if name == "subscribe_seconds" {
+                v as f64 / 1e6
+            } else {
+                v as f64
+            };
+            let _ = writeln!(
+                out,
+                "opcua_connector_{name}{{line=\"{line}\",plc=\"{}\"}} {v}",
+                esc(&p.plc)
+            );
+        }
+    }
+    counter(
+        &mut out,
+        "plc_connected",
+        "1 when the PLC session is up.",
+        "gauge",
+    );
+    for p in &state.metrics.plcs {
+        let _ = writeln!(
+            out,
+            "opcua_connector_plc_connected{{line=\"{line}\",plc=\"{}\"}} {}",
+            esc(&p.plc),
+            u8::from(p.connected.load(Ordering::Relaxed))
+        );
+    }
+    counter(
+        &mut out,
+        "last_sample_age_seconds",
+        "Age of the newest sample's source time.",
+        "gauge",
+    );
+    let now = chrono::Utc::now().timestamp_micros();
+    for p in &state.metrics.plcs {
+        let last = p.last_sample_us.load(Ordering::Relaxed);
+        if last > 0 {
+            let _ = writeln!(
+                out,
+                "opcua_connector_last_sample_age_seconds{{line=\"{line}\",plc=\"{}\"}} {}",
+                esc(&p.plc),
+                (now - last) as f64 / 1e6
+            );
+        }
+    }
+    type Sink = fn(&crate::sinks::mqtt::MqttMetrics) -> &AtomicU64;
+    let per_sink: [(&str, &str, Sink); 6] = [
+        (
+            "telemetry_messages_sent_total",
+            "Messages handed to the broker.",
+            |m| &m.messages_sent,
+        ),
+        (
+            "telemetry_messages_acked_total",
+            "Messages the broker acknowledged (then removed from the buffer).",
+            |m| &m.messages_acked,
+        ),
+        (
+            "telemetry_samples_buffered_total",
+            "Samples encoded into buffered messages.",
+            |m| &m.samples_buffered,
+        ),
+        (
+            "telemetry_reconnects_total",
+            "Broker or hub reconnects.",
+            |m| &m.reconnects,
+        ),
+        (
+            "telemetry_renewals_total",
+            "Reconnects to renew credentials (SAS tokens).",
+            |m| &m.renewals,
+        ),
+        (
+            "telemetry_rejected_total",
+            "Messages the broker refused (MQTT 5), sent again.",
+            |m| &m.rejected,
+        ),
+    ];
+    for (name, help, get) in per_sink {
+        counter(&mut out, name, help, "counter");
+        for (sink, ob) in &state.sinks {
+            let _ = writeln!(
+                out,
+                "opcua_connector_{name}{{line=\"{line}\",sink=\"{sink}\"}} {}",
+                get(&ob.metrics).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let stats: Vec<_> = state
+        .sinks
+        .iter()
+        .map(|(s, ob)| {
+            (
+                *s,
+                ob.buffer.lock().unwrap_or_else(|e| e.into_inner()).stats(),
+                ob.metrics.connected.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let gauges: [(&str, &str); 5] = [
+        (
+            "telemetry_connected",
+            "1 when connected to the broker or hub.",
+        ),
+        ("buffer_bytes", "Bytes in the store-and-forward buffer."),
+        (
+            "buffer_pending_messages",
+            "Messages not yet acknowledged by the broker.",
+        ),
+        (
+            "buffer_oldest_age_seconds",
+            "Age of the oldest unacknowledged message.",
+        ),
+        (
+            "buffer_dropped_total",
+            "Messages evicted by when_full = \"drop_oldest\".",
+        ),
+    ];
+    for (i, (name, help)) in gauges.iter().enumerate() {
+        counter(
+            &mut out,
+            name,
+            help,
+            if i == 4 { "counter" } else { "gauge" },
+        );
+        for (sink, s, connected) in &stats {
+            let v = match i {
+                0 => f64::from(u8::from(*connected)),
+                1 => s.bytes_on_disk as f64,
+                2 => s.pending as f64,
+                3 => s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()),
+                _ => s.dropped as f64,
+            };
+            let _ = writeln!(
+                out,
+                "opcua_connector_{name}{{line=\"{line}\",sink=\"{sink}\"}} {v}"
+            );
+        }
+    }
+    out
+}
+
+/// Healthy when every PLC session and every telemetry sink is connected; else the reasons.
+pub fn health(state: &State) -> Result<(), Vec<String>> {
+    let mut bad = Vec::new();
+    for p in &state.metrics.plcs {
+        if !p.connected.load(Ordering::Relaxed) {
+            bad.push(format!("plc {} not connected", p.plc));
+        }
+    }
+    for (sink, ob) in &state.sinks {
+        if !ob.metrics.connected.load(Ordering::Relaxed) {
+            bad.push(format!("{sink} not connected"));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken) {
+    loop {
+        let (mut conn, _) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let get = req.starts_with("GET ");
+            let (status, ctype, body) = match (get, path) {
+                (true, "/metrics") => ("200 OK", "text/plain; version=0.0.4", render(&state)),
+                (true, "/healthz") => match health(&state) {
+                    Ok(()) => ("200 OK", "text/plain", "ok\n".to_owned()),
+                    Err(bad) => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        bad.join("\n") + "\n",
+                    ),
+                },
+                (true, _) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics or /healthz\n".to_owned(),
+                ),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_owned(),
+                ),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
