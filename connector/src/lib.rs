@@ -10,6 +10,7 @@
 //! - [`telemetry`]: counters and progress.
 //! - [`runner`]: starts a line (sessions + writers) and drains it on stop.
 //! - [`commands`]: `run`, `check`, `browse`, `demo`.
+//! - [`writes`]: the pure core of cloud-to-PLC writes (coercion, requests, acks); not wired yet.
 
 pub mod buffer;
 pub mod commands;
@@ -20,3 +21,4 @@ pub mod runner;
 pub mod sample;
 pub mod sinks;
 pub mod telemetry;
+pub mod writes;

@@ -1,0 +1,83 @@
+//! Cloud-to-PLC writes, the pure core: no network and no OPC UA session.
+//!
+//! - [`coerce`]: a JSON value to the OPC UA [`Variant`](opcua::types::Variant) of a
+//!   `[[write]]` mapping, with its `min`/`max` checks.
+//! - [`requests`]: plain-MQTT write requests, de-duplication by id, expiry, and IoT Hub
+//!   desired-property patches.
+//! - [`ack`]: IoT Plug and Play acknowledgements and MQTT write responses.
+
+pub mod ack;
+pub mod coerce;
+pub mod requests;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+/// Why a write was refused before reaching the PLC; every refusal answers 400.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not mapped: {property}")]
+    NotMapped { property: String },
+    #[error("wrong type: expected {expected}, got {got}")]
+    WrongType {
+        expected: &'static str,
+        got: &'static str,
+    },
+    #[error("out of range: {value} not in [{min}, {max}]")]
+    OutOfRange { value: String, min: f64, max: f64 },
+    #[error("node not writable")]
+    NotWritable,
+    #[error("expired")]
+    Expired,
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+impl Refusal {
+    /// The status code of the acknowledgement or response (400 for every refusal).
+    pub fn code(&self) -> u16 {
+        match self {
+            Refusal::NotMapped { .. }
+            | Refusal::WrongType { .. }
+            | Refusal::OutOfRange { .. }
+            | Refusal::NotWritable
+            | Refusal::Expired
+            | Refusal::Malformed(_) => 400,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_codes_and_reasons() {
+        let all = [
+            Refusal::NotMapped {
+                property: "a.b".into(),
+            },
+            Refusal::WrongType {
+                expected: "Int32",
+                got: "string",
+            },
+            Refusal::OutOfRange {
+                value: "5".into(),
+                min: 0.0,
+                max: 1.0,
+            },
+            Refusal::NotWritable,
+            Refusal::Expired,
+            Refusal::Malformed("x".into()),
+        ];
+        for r in &all {
+            assert_eq!(r.code(), 400);
+            let text = r.to_string();
+            assert!(!text.is_empty());
+            assert_eq!(text, text.to_lowercase().replace("int32", "Int32"));
+        }
+        assert_eq!(all[0].to_string(), "not mapped: a.b");
+        assert_eq!(all[1].to_string(), "wrong type: expected Int32, got string");
+        assert_eq!(all[2].to_string(), "out of range: 5 not in [0, 1]");
+    }
+}
