@@ -281,38 +281,26 @@ impl Encoder {
         let gzip = self.cfg.payload == Payload::JsonGzip;
         // Room for the frame header and gzip overhead in the message limit.
         let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
-        // Encode once to count the messages, reserve their seqs (written ahead), encode again
-        // with the reserved numbers.
-        let count = payload::encode(
+        // Encode the samples once, reserve one seq per message (written ahead), then add the
+        // headers.
+        let bodies = payload::split(
             &self.line,
             &plc,
             group,
             &samples,
             self.cfg.batch_max_samples.get(),
             budget,
-            || 0,
-        )
-        .len();
+        );
         let first = self
             .outbox
             .seq
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .reserve(&stream, count as u64)?;
-        let mut next = first;
-        let messages = payload::encode(
-            &self.line,
-            &plc,
-            group,
-            &samples,
-            self.cfg.batch_max_samples.get(),
-            budget,
-            || {
-                let s = next;
-                next += 1;
-                s
-            },
-        );
+            .reserve(&stream, bodies.len() as u64)?;
+        let messages = bodies
+            .iter()
+            .zip(first..)
+            .map(|(body, seq)| payload::assemble(&self.line, &plc, group, seq, body));
         let topic = (self.cfg.topic)(&plc, group);
         for m in messages {
             let body = if gzip {

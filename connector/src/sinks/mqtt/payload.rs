@@ -128,8 +128,53 @@ pub fn header(line: &str, plc: &str, group: &str, seq: u64) -> String {
     out
 }
 
-/// Encodes samples into messages of at most `max_bytes` (a single sample larger than that
-/// still goes alone: it is never dropped). `next_seq` hands out the sequence numbers.
+/// Splits samples into the bodies (the inside of the `samples` array) of messages of at most
+/// `max_samples` samples and `max_bytes` bytes once the header (sized for the largest seq) is
+/// added. A single sample larger than that still goes alone: it is never dropped. Each sample
+/// is encoded once; the seqs are known only afterwards (see [`assemble`]).
+pub fn split(
+    line: &str,
+    plc: &str,
+    group: &str,
+    samples: &[Sample],
+    max_samples: usize,
+    max_bytes: usize,
+) -> Vec<String> {
+    // 2 = the closing "]}".
+    let room = max_bytes.saturating_sub(header(line, plc, group, u64::MAX).len() + 2);
+    let mut bodies = Vec::new();
+    let mut current = String::new();
+    let mut count = 0;
+    let mut one = String::new();
+    for s in samples {
+        one.clear();
+        sample(&mut one, s);
+        if count > 0 && (count >= max_samples || current.len() + 1 + one.len() > room) {
+            bodies.push(std::mem::take(&mut current));
+            count = 0;
+        }
+        if count > 0 {
+            current.push(',');
+        }
+        current.push_str(&one);
+        count += 1;
+    }
+    if count > 0 {
+        bodies.push(current);
+    }
+    bodies
+}
+
+/// One whole message from a body made by [`split`].
+pub fn assemble(line: &str, plc: &str, group: &str, seq: u64, body: &str) -> String {
+    let mut m = header(line, plc, group, seq);
+    m.reserve(body.len() + 2);
+    m.push_str(body);
+    m.push_str("]}");
+    m
+}
+
+/// [`split`] then [`assemble`], numbering the messages with `next_seq`.
 pub fn encode(
     line: &str,
     plc: &str,
@@ -139,33 +184,10 @@ pub fn encode(
     max_bytes: usize,
     mut next_seq: impl FnMut() -> u64,
 ) -> Vec<String> {
-    let mut messages = Vec::new();
-    let mut body = String::new();
-    let mut current = String::new();
-    let mut count = 0;
-    for s in samples {
-        body.clear();
-        sample(&mut body, s);
-        // 2 = the closing "]}" (and a comma when not first).
-        let would = current.len() + body.len() + 3;
-        if count > 0 && (count >= max_samples || would > max_bytes) {
-            current.push_str("]}");
-            messages.push(std::mem::take(&mut current));
-            count = 0;
-        }
-        if count == 0 {
-            current = header(line, plc, group, next_seq());
-        } else {
-            current.push(',');
-        }
-        current.push_str(&body);
-        count += 1;
-    }
-    if count > 0 {
-        current.push_str("]}");
-        messages.push(current);
-    }
-    messages
+    split(line, plc, group, samples, max_samples, max_bytes)
+        .iter()
+        .map(|b| assemble(line, plc, group, next_seq(), b))
+        .collect()
 }
 
 #[cfg(test)]
