@@ -533,3 +533,39 @@ pub fn json_int(v: &serde_json::Value) -> i128 {
         other => panic!("not an integer: {other}"),
     }
 }
+
+/// Telemetry of the `counters_config` line decoded: seqs per `plc/group` stream and
+/// `(seq, value)` per node, in arrival order.
+pub struct Decoded {
+    pub seqs: BTreeMap<String, Vec<u64>>,
+    pub values: BTreeMap<String, Vec<(u64, i128)>>,
+}
+
+/// Decodes JSON v1 messages published on `opcua/plant/line-m/{plc}/{group}` (asserted).
+pub fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
+    let mut d = Decoded {
+        seqs: BTreeMap::new(),
+        values: BTreeMap::new(),
+    };
+    for (topic, body) in messages {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).unwrap_or_else(|e| panic!("{topic}: not JSON: {e}"));
+        assert_eq!(v["schema"], 1);
+        let stream = format!(
+            "{}/{}",
+            v["plc"].as_str().unwrap(),
+            v["group"].as_str().unwrap()
+        );
+        assert_eq!(topic, &format!("opcua/plant/line-m/{stream}"));
+        let seq = v["seq"].as_u64().expect("seq");
+        d.seqs.entry(stream).or_default().push(seq);
+        for s in v["samples"].as_array().expect("samples") {
+            let node = s["node"].as_str().unwrap().to_owned();
+            d.values
+                .entry(node)
+                .or_default()
+                .push((seq, json_int(&s["v"])));
+        }
+    }
+    d
+}

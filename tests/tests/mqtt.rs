@@ -19,38 +19,6 @@ fn line_config(dir: &Path, opc_endpoint: &str, broker_port: u16, extra: &str) ->
     )
 }
 
-/// Messages decoded: (seq, samples) per stream, and the counter values per node.
-struct Decoded {
-    seqs: BTreeMap<String, Vec<u64>>,
-    values: BTreeMap<String, Vec<(u64, i128)>>,
-}
-
-fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
-    let mut d = Decoded {
-        seqs: BTreeMap::new(),
-        values: BTreeMap::new(),
-    };
-    for (topic, body) in messages {
-        let v: serde_json::Value =
-            serde_json::from_slice(body).unwrap_or_else(|e| panic!("{topic}: not JSON: {e}"));
-        assert_eq!(v["schema"], 1);
-        let stream = format!(
-            "{}/{}",
-            v["plc"].as_str().unwrap(),
-            v["group"].as_str().unwrap()
-        );
-        assert_eq!(topic, &format!("opcua/plant/line-m/{stream}"));
-        let seq = v["seq"].as_u64().expect("seq");
-        d.seqs.entry(stream).or_default().push(seq);
-        for s in v["samples"].as_array().expect("samples") {
-            let node = s["node"].as_str().unwrap().to_owned();
-            let x: i128 = json_int(&s["v"]);
-            d.values.entry(node).or_default().push((seq, x));
-        }
-    }
-    d
-}
-
 async fn settle(sim: &Sim, sub: &Subscriber) {
     freeze_and_settle(sim, || sub.count()).await;
 }

@@ -6,7 +6,6 @@
 //! (`unreachable!` in `protocol/v4/mod.rs`, "packets with Properties ... not possible in v4")
 //! and every later v4 connection fails. So the 3.1.1-subscriber leg runs on mosquitto.
 
-use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -199,38 +198,6 @@ fn mosquitto(dir: &Path) -> (Mosquitto, u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (m, port)
-}
-
-/// Messages decoded: seqs per stream, and the counter values per node.
-struct Decoded {
-    seqs: BTreeMap<String, Vec<u64>>,
-    values: BTreeMap<String, Vec<(u64, i128)>>,
-}
-
-fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
-    let mut d = Decoded {
-        seqs: BTreeMap::new(),
-        values: BTreeMap::new(),
-    };
-    for (topic, body) in messages {
-        let v: serde_json::Value =
-            serde_json::from_slice(body).unwrap_or_else(|e| panic!("{topic}: not JSON: {e}"));
-        assert_eq!(v["schema"], 1);
-        let stream = format!(
-            "{}/{}",
-            v["plc"].as_str().unwrap(),
-            v["group"].as_str().unwrap()
-        );
-        assert_eq!(topic, &format!("opcua/plant/line-m/{stream}"));
-        let seq = v["seq"].as_u64().expect("seq");
-        d.seqs.entry(stream).or_default().push(seq);
-        for s in v["samples"].as_array().expect("samples") {
-            let node = s["node"].as_str().unwrap().to_owned();
-            let x: i128 = json_int(&s["v"]);
-            d.values.entry(node).or_default().push((seq, x));
-        }
-    }
-    d
 }
 
 fn truth(sim: &Sim, name: &str) -> i128 {

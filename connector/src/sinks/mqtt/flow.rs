@@ -209,8 +209,19 @@ impl Flow {
         Duration::from_millis((100u64 << self.failures.min(4)).min(1_000))
     }
 
+    /// After a connection error: waits the back-off (cut short by a shutdown request) and
+    /// says whether the sender should stop.
+    pub async fn after_failure(&mut self, error: String, shutdown: &CancellationToken) -> bool {
+        let wait = self.failed(&error);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled(), if !self.draining() => {}
+        }
+        self.give_up()
+    }
+
     /// During the drain, a broker that stays away ends the sender: the rest stays on disk.
-    pub fn give_up(&self) -> bool {
+    fn give_up(&self) -> bool {
         let stop = self.draining() && !self.connected && self.failures > 3;
         if stop {
             warn!(

@@ -154,12 +154,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
-                let wait = flow.failed(&e);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.cancelled(), if !flow.draining() => {}
-                }
-                if flow.give_up() {
+                if flow.after_failure(e.to_string(), &shutdown).await {
                     break;
                 }
             }
