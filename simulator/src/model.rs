@@ -384,10 +384,11 @@ impl Model {
         }
         g.ticks += 1;
         let rate = g.rate;
-        let vars = g.vars.clone();
+        let n = g.vars.len();
         let elapsed = (scheduled - self.started).to_std().unwrap_or_default();
-        let mut out = Vec::with_capacity(vars.len());
-        for idx in vars {
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            let idx = self.groups[group].vars[k];
             if !self.vars[idx].behaviour.is_generated() && self.vars[idx].status_cycle.is_empty() {
                 continue;
             }

@@ -234,6 +234,8 @@ struct Shared {
     status_override: AtomicU32,
     restarts: AtomicU64,
     late: Vec<AtomicU64>,
+    /// Each variable's type; fixed once the model is built.
+    tys: Vec<crate::model::VarType>,
     started: Instant,
     endpoint: String,
 }
@@ -331,10 +333,7 @@ impl Shared {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(live) = live else { return };
         let ids = self.ids.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let tys: Vec<_> = {
-            let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-            model.vars.iter().map(|v| v.ty).collect()
-        };
+        let tys = &self.tys;
         let overridden = self.status_override.load(Ordering::Relaxed);
         let now = DateTime::now();
         let values: Vec<(&NodeId, DataValue)> = updates
@@ -439,9 +438,10 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
             |id| resolve(id, &ns).is_some_and(|n| is_method(&asp, &n)),
         )?;
     }
-    let late = {
+    let (late, tys) = {
         let m = model.lock().unwrap_or_else(|e| e.into_inner());
-        (0..m.groups.len()).map(|_| AtomicU64::new(0)).collect()
+        let late = (0..m.groups.len()).map(|_| AtomicU64::new(0)).collect();
+        (late, m.vars.iter().map(|v| v.ty).collect())
     };
     let shared = Arc::new(Shared {
         model,
@@ -452,6 +452,7 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         status_override: AtomicU32::new(0),
         restarts: AtomicU64::new(0),
         late,
+        tys,
         started: Instant::now(),
         endpoint: endpoint.clone(),
     });
