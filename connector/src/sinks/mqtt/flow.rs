@@ -89,6 +89,10 @@ impl Flow {
     /// Called before each poll: reports, and decides whether to stop (shutdown requested and
     /// the buffer drained, or the grace time over).
     pub fn keep_going(&mut self, shutdown: &CancellationToken, grace: Duration) -> bool {
+        // The last acks of a burst are saved even when no further ack comes.
+        if let Err(e) = self.lock().save_cursor_if_due() {
+            warn!(error = %e, "{}: cannot save the buffer cursor", self.tag);
+        }
         if self.last_report.elapsed() >= REPORT_EVERY {
             self.last_report = Instant::now();
             self.report();

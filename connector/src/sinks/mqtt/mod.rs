@@ -9,7 +9,7 @@ pub mod sender_v5;
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ impl Outbox {
         metrics: Arc<MqttMetrics>,
     ) -> Result<Arc<Outbox>, MqttError> {
         let b = Buffer::open(buffer, name)?;
-        let dir = buffer.dir.join(name);
+        let dir = buffer_dir(buffer, name);
         std::fs::create_dir_all(&dir).map_err(|source| MqttError::State {
             path: dir.clone(),
             source,
@@ -332,7 +332,7 @@ pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {
 
 /// The directory a sink's buffer lives in.
 pub fn buffer_dir(cfg: &BufferConfig, name: &str) -> PathBuf {
-    Path::new(&cfg.dir).join(name)
+    cfg.dir.join(name)
 }
 
 #[cfg(test)]
