@@ -186,3 +186,18 @@ async def write_status(node: Node, variant: ua.Variant) -> ua.StatusCode:
     )
     assert len(results) == 1, f"write returned {len(results)} results for one node"
     return results[0]
+
+
+# Parquet schema v1: the typed value columns (exactly one is set per row) and the
+# dictionary-encoded string columns.
+VALUE_COLUMNS = (
+    "value_double",
+    "value_int",
+    "value_uint",
+    "value_bool",
+    "value_string",
+    "value_time",
+    "value_bytes",
+    "value_json",
+)
+DICTIONARY_COLUMNS = ("line", "plc", "group", "node", "name", "type")

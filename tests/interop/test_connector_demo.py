@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from interop_helpers import REPO_ROOT
+from interop_helpers import REPO_ROOT, VALUE_COLUMNS, DICTIONARY_COLUMNS
 
 DEMO_DURATION_S = 30
 # The demo runs DEMO_DURATION_S, then drains (the connector's stop is bounded at 10 s) and
@@ -47,17 +47,6 @@ COUNTERS = [
 # the simulator's `last` for every counter; anything less is a sample lost at shutdown.
 MAX_BEHIND_TRUTH = 0
 
-VALUE_COLUMNS = [
-    "value_double",
-    "value_int",
-    "value_uint",
-    "value_bool",
-    "value_string",
-    "value_time",
-    "value_bytes",
-    "value_json",
-]
-DICTIONARY_COLUMNS = ["line", "plc", "group", "node", "name", "type"]
 TS_UTC_US = "timestamp[us, UTC]"
 # Spec "Parquet chunks (schema version 1)", in column order.
 EXPECTED_COLUMNS: list[tuple[str, str]] = [

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 import pytest
 from asyncua import Server, ua
 
-from interop_helpers import REPO_ROOT
+from interop_helpers import REPO_ROOT, VALUE_COLUMNS
 
 NS_URI = "urn:interop:types"
 VT = ua.VariantType
@@ -44,16 +44,6 @@ EXIT_DEADLINE_S = 30.0
 SERVER_START_ATTEMPTS = 5
 POLL_S = 0.1
 
-VALUE_COLUMNS = [
-    "value_double",
-    "value_int",
-    "value_uint",
-    "value_bool",
-    "value_string",
-    "value_time",
-    "value_bytes",
-    "value_json",
-]
 
 GUID = uuid.UUID("72962b91-fa75-4ae6-8d28-b404dc7daf63")
 DATETIME = datetime(2026, 11, 26, 3, 12, 0, 123456, tzinfo=UTC)

@@ -23,23 +23,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from interop_helpers import REPO_ROOT
+from interop_helpers import REPO_ROOT, VALUE_COLUMNS, DICTIONARY_COLUMNS
 
 FIXTURE_TEST = "sinks::parquet::tests::writes_reader_fixture"
 CARGO_TIMEOUT_S = 1800  # a cold debug build of the workspace takes minutes on 2 cores
 
 NODE_PREFIX = "nsu=urn:opcua-connector:test;s=Filler."
-VALUE_COLUMNS = (
-    "value_double",
-    "value_int",
-    "value_uint",
-    "value_bool",
-    "value_string",
-    "value_time",
-    "value_bytes",
-    "value_json",
-)
-DICTIONARY_COLUMNS = ("line", "plc", "group", "node", "name", "type")
 UTC_US = pa.timestamp("us", tz="UTC")
 DICT_STRING = pa.dictionary(pa.int32(), pa.string())
 EXPECTED_SCHEMA = pa.schema(
