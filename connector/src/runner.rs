@@ -16,9 +16,10 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::opcua::session;
 use crate::pipeline::{self, Batch};
-use crate::sinks::mqtt::{self, Encoder, EncoderSettings, MqttMetrics, Outbox};
+use crate::sinks::mqtt::{self, control, Encoder, EncoderSettings, MqttMetrics, Outbox};
 use crate::sinks::parquet::ParquetSink;
 use crate::telemetry::{Metrics, PlcMetrics};
+use crate::writes::service::{self, CommandTopics, Setup, WriteMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -45,6 +46,10 @@ pub struct Running {
     pub outboxes: Vec<Arc<Outbox>>,
     /// Where `/metrics` and `/healthz` are served, when `[metrics]` is configured.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Counters of cloud-to-PLC writes and method calls.
+    pub writes: Arc<WriteMetrics>,
+    service_stop: CancellationToken,
+    service_task: Option<JoinHandle<()>>,
     http_stop: CancellationToken,
     mqtt_stop: CancellationToken,
     mqtt_tasks: Vec<JoinHandle<()>>,
@@ -60,12 +65,43 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
         return Err(RunError::NoSink);
     }
-    if !config.writes.is_empty() || !config.methods.is_empty() {
-        warn!(
-            writes = config.writes.len(),
-            methods = config.methods.len(),
-            "cloud-to-PLC writes and methods are validated but not served yet by this version"
-        );
+    // Cloud-to-PLC: served when the file maps writes or methods, over the hub's twin and
+    // methods and the broker's command topics.
+    let commands = !config.writes.is_empty() || !config.methods.is_empty();
+    let write_metrics = Arc::new(WriteMetrics::default());
+    let mut hub_control = None;
+    let mut mqtt_control = None;
+    let mut service_ends = (None, None);
+    if commands {
+        if config.hub.is_some() {
+            let subs = crate::sinks::hub::topics::SUBSCRIPTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let (c, ends) = control::channel(subs, write_metrics.dropped.clone());
+            hub_control = Some(c);
+            service_ends.0 = Some(ends);
+        }
+        if let Some(mc) = &config.mqtt {
+            let base = mqtt::topic(
+                &mc.command_topic,
+                config.line.site.as_deref().unwrap_or(""),
+                &config.line.id,
+                "",
+                "",
+            );
+            let topics = CommandTopics::new(&base);
+            let (c, ends) = control::channel(topics.subscriptions(), write_metrics.dropped.clone());
+            mqtt_control = Some(c);
+            service_ends.1 = Some((ends, topics));
+        }
+        if config.hub.is_none() && config.mqtt.is_none() {
+            warn!(
+                writes = config.writes.len(),
+                methods = config.methods.len(),
+                "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
+            );
+        }
     }
     let sessions = CancellationToken::new();
     let stop_writers = Arc::new(AtomicBool::new(false));
@@ -115,6 +151,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
                 mqtt_stop.clone(),
                 Duration::from_secs(5),
                 None,
+                mqtt_control.take(),
             )));
         } else {
             let opts = mqtt::sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
@@ -125,6 +162,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
                 mqtt_stop.clone(),
                 Duration::from_secs(5),
                 None,
+                mqtt_control.take(),
             )));
         }
         let site = config.line.site.as_deref().unwrap_or("");
@@ -145,11 +183,15 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             mqtt_stop.clone(),
             Duration::from_secs(5),
             hub.renewer(),
+            hub_control.take(),
         )));
         outputs.push((hub.encoder_settings(), outbox));
         hub_metrics = Some(m);
     }
+    let mut links = Vec::new();
     for plc in &config.plcs {
+        let (link_tx, link_rx) = tokio::sync::watch::channel(None);
+        links.push((plc.id.clone(), link_rx));
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
         let sink = match &config.parquet {
@@ -179,9 +221,26 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             config.pki.clone(),
             tx,
             m,
+            link_tx,
             sessions.clone(),
         )));
     }
+    let service_stop = CancellationToken::new();
+    let service_task = if commands {
+        let (hub, mqtt) = service_ends;
+        let setup = Setup {
+            writes: config.writes.clone(),
+            methods: config.methods.clone(),
+            links,
+            hub,
+            mqtt,
+            state_file: config.buffer.dir.join("writes").join("state.json"),
+            metrics: write_metrics.clone(),
+        };
+        Some(tokio::spawn(service::run(setup, service_stop.clone())))
+    } else {
+        None
+    };
     // /metrics and /healthz.
     let http_stop = CancellationToken::new();
     let mut metrics_addr = None;
@@ -207,6 +266,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             line: config.line.id.clone(),
             metrics: metrics.clone(),
             sinks,
+            writes: commands.then(|| write_metrics.clone()),
         });
         tokio::spawn(crate::telemetry::http::serve(
             listener,
@@ -215,6 +275,9 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         ));
     }
     Ok(Running {
+        writes: write_metrics,
+        service_stop,
+        service_task,
         metrics_addr,
         http_stop,
         metrics,
@@ -233,6 +296,11 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
 impl Running {
     /// Stops the sessions, then drains and closes every sink.
     pub async fn stop(self, grace: Duration) {
+        // No new writes; a write in flight ends with its session.
+        self.service_stop.cancel();
+        if let Some(t) = self.service_task {
+            let _ = tokio::time::timeout(grace, t).await;
+        }
         self.sessions.cancel();
         for t in self.session_tasks {
             if tokio::time::timeout(grace, t).await.is_err() {

@@ -233,6 +233,10 @@ pub struct Var {
     pub produced: u64,
     /// Of those, how many while the endpoint was down (no client could see them).
     pub produced_offline: u64,
+    /// Client writes that reached the model, accepted or refused.
+    pub write_attempts: u64,
+    /// Client writes accepted.
+    pub writes: u64,
 }
 
 /// A set of variables updated together at one rate.
@@ -356,6 +360,8 @@ impl Model {
             updates: 0,
             produced: 0,
             produced_offline: 0,
+            write_attempts: 0,
+            writes: 0,
         });
         self.groups[group].vars.push(idx);
         self.by_id.insert(id, idx);
@@ -513,6 +519,7 @@ impl Model {
     /// A client writes `value` (already of the variable's type) to variable `idx`.
     pub fn write(&mut self, idx: usize, value: Value, online: bool) -> Result<(), Refusal> {
         let v = self.vars.get_mut(idx).ok_or(Refusal::NotWritable)?;
+        v.write_attempts += 1;
         if !v.behaviour.accepts_writes() {
             return Err(Refusal::NotWritable);
         }
@@ -530,6 +537,7 @@ impl Model {
             }
         }
         v.value = value;
+        v.writes += 1;
         Ok(())
     }
 

@@ -216,6 +216,9 @@ pub struct GroupStats {
 pub struct NodeStats {
     pub produced: u64,
     pub produced_offline: u64,
+    /// Client writes that reached the model (accepted or refused), and those accepted.
+    pub write_attempts: u64,
+    pub writes: u64,
     pub last: Value,
     pub status: u32,
 }
@@ -270,9 +273,17 @@ impl Simulator {
         Some(NodeStats {
             produced: v.produced,
             produced_offline: v.produced_offline,
+            write_attempts: v.write_attempts,
+            writes: v.writes,
             last: v.value.clone(),
             status: v.status,
         })
+    }
+
+    /// How many times method `id` (`nsu=...` form) ran.
+    pub fn method_calls(&self, id: &str) -> Option<u64> {
+        let model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
+        Some(model.methods[model.method_index(id)?].calls)
     }
 
     pub fn stats(&self) -> Stats {
@@ -319,6 +330,8 @@ impl Shared {
                         NodeStats {
                             produced: v.produced,
                             produced_offline: v.produced_offline,
+                            write_attempts: v.write_attempts,
+                            writes: v.writes,
                             last: v.value.clone(),
                             status: v.status,
                         },

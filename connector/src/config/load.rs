@@ -40,6 +40,10 @@ pub const DEFAULT_MQTTS_PORT: u16 = 8883;
 pub const DEFAULT_MQTT_TOPIC: &str = "opcua/{site}/{line}/{plc}/{group}";
 /// The default topic when `line.site` is not set.
 pub const DEFAULT_MQTT_TOPIC_NO_SITE: &str = "opcua/{line}/{plc}/{group}";
+/// The default base of the cloud-to-PLC topics.
+pub const DEFAULT_COMMAND_TOPIC: &str = "opcua/{site}/{line}/cmd";
+/// The default base of the cloud-to-PLC topics when `line.site` is not set.
+pub const DEFAULT_COMMAND_TOPIC_NO_SITE: &str = "opcua/{line}/cmd";
 pub const DEFAULT_MQTT_QOS: u8 = 1;
 pub const DEFAULT_MQTT_BATCH_MAX_SAMPLES: usize = 1000;
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(200);
@@ -1269,6 +1273,27 @@ impl Check<'_> {
                 }
             },
         };
+        let command_topic = match &raw.command_topic {
+            None if has_site => Some(DEFAULT_COMMAND_TOPIC.to_owned()),
+            None => Some(DEFAULT_COMMAND_TOPIC_NO_SITE.to_owned()),
+            Some(t) => {
+                let text = t.get_ref();
+                let checked = check_topic_template(text, has_site).and_then(|()| {
+                    if text.contains("{plc}") || text.contains("{group}") {
+                        Err(format!("command topic {text:?} is per line: only {{site}} and {{line}} can be used"))
+                    } else {
+                        Ok(())
+                    }
+                });
+                match checked {
+                    Ok(()) => Some(text.trim_end_matches('/').to_owned()),
+                    Err(message) => {
+                        self.at(t, &k("command_topic"), message);
+                        None
+                    }
+                }
+            }
+        };
         let qos = match &raw.qos {
             None => Some(DEFAULT_MQTT_QOS),
             Some(q) => match *q.get_ref() {
@@ -1366,6 +1391,7 @@ impl Check<'_> {
             username: username?,
             password: password?,
             topic: topic?,
+            command_topic: command_topic?,
             qos: qos?,
             batch_max_samples: batch_max_samples?,
             batch_max_delay: batch_max_delay?,
@@ -2098,6 +2124,7 @@ listen = "127.0.0.1:9464"
                 username: Some("connector".into()),
                 password: Some(Secret::Env("MQTT_PASSWORD".into())),
                 topic: "plants/{site}/{line}/{plc}/{group}/samples".into(),
+                command_topic: "opcua/{site}/{line}/cmd".into(),
                 qos: 0,
                 batch_max_samples: NonZeroUsize::new(2000).unwrap(),
                 batch_max_delay: ms(500),
@@ -2220,6 +2247,7 @@ listen = "127.0.0.1:9464"
                 password: None,
                 // MINIMAL has no line.site.
                 topic: "opcua/{line}/{plc}/{group}".into(),
+                command_topic: "opcua/{line}/cmd".into(),
                 qos: 1,
                 batch_max_samples: NonZeroUsize::new(1000).unwrap(),
                 batch_max_delay: Duration::from_millis(200),

@@ -151,6 +151,7 @@ pub struct RawMqtt {
     /// Known only to be refused with a helpful message; the value is never kept.
     pub password: Option<Spanned<de::IgnoredAny>>,
     pub topic: Option<Spanned<String>>,
+    pub command_topic: Option<Spanned<String>>,
     pub qos: Option<Spanned<i64>>,
     pub batch_max_samples: Option<Spanned<i64>>,
     pub batch_max_delay: Option<Spanned<RawDuration>>,

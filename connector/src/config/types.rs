@@ -498,6 +498,10 @@ pub struct MqttSinkConfig {
     pub password: Option<Secret>,
     /// Template with `{site}`, `{line}`, `{plc}`, `{group}`.
     pub topic: String,
+    /// Base of the cloud-to-PLC topics (template with `{site}`, `{line}`): write requests on
+    /// `{base}/write`, answers on `{base}/write/response`; method calls on
+    /// `{base}/method/{name}`, answers on `{base}/method/response`.
+    pub command_topic: String,
     /// 0 or 1 (never 2).
     pub qos: u8,
     pub batch_max_samples: NonZeroUsize,

@@ -30,6 +30,20 @@ use crate::opcua::resolve::Namespaces;
 use crate::opcua::subscribe::{self, Created};
 use crate::pipeline::SampleSender;
 use crate::telemetry::PlcMetrics;
+use crate::writes::plc::Link;
+
+/// Where a PLC's session is published for cloud-to-PLC writes (`None` while disconnected).
+pub type LinkSender = tokio::sync::watch::Sender<Option<Link>>;
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn publish_link(link: &LinkSender, session: &Arc<Session>, ns: &Namespaces) {
+    link.send_replace(Some(Link {
+        session: session.clone(),
+        ns: ns.clone(),
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+    }));
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -215,11 +229,14 @@ pub async fn run(
     pki: Pki,
     tx: SampleSender,
     metrics: Arc<PlcMetrics>,
+    link: LinkSender,
     shutdown: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
     while !shutdown.is_cancelled() {
-        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown).await {
+        let served = connect_and_serve(&plc, &pki, &tx, &metrics, &link, &shutdown).await;
+        link.send_replace(None);
+        match served {
             Ok(()) => break,
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
@@ -253,6 +270,7 @@ async fn connect_and_serve(
     pki: &Pki,
     tx: &SampleSender,
     metrics: &Arc<PlcMetrics>,
+    link: &LinkSender,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let mut client = client(pki, &plc.id)?;
@@ -294,6 +312,7 @@ async fn connect_and_serve(
     let mut first = true;
     let mut warned_trust = false;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    let mut namespaces: Option<Namespaces> = None;
     let result = loop {
         let retry = async {
             match resubscribe_at {
@@ -307,6 +326,7 @@ async fn connect_and_serve(
                 None => break Err(SessionError::Connect { plc: plc.id.clone(), status: StatusCode::BadConnectionClosed }),
                 Some(Event::Lost(status)) => {
                     metrics.connected.store(false, Ordering::Relaxed);
+                    link.send_replace(None);
                     warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
                 }
                 Some(Event::ReconnectFailed(status)) => {
@@ -329,6 +349,9 @@ async fn connect_and_serve(
                         info!(plc = %plc.id, new_session, "reconnected");
                     }
                     if new_session || first {
+                        // Namespaces are read again before writes are allowed.
+                        namespaces = None;
+                        link.send_replace(None);
                         // Everything the old session had is gone on the server.
                         let old: Vec<u32> = subscriptions.drain(..).map(|c| c.id).collect();
                         if !old.is_empty() {
@@ -339,13 +362,16 @@ async fn connect_and_serve(
                         // Workaround for async-opcua 0.19: the publish loop rebuilt after a
                         // reconnect waits for a trigger that was already consumed.
                         session.trigger_publish_now();
+                        if let Some(ns) = &namespaces {
+                            publish_link(link, &session, ns);
+                        }
                     }
                     first = false;
                 }
             },
             _ = retry => {
                 resubscribe_at = None;
-                match setup(&session, plc, tx, &gap_tx, metrics).await {
+                match setup(&session, plc, tx, &gap_tx, metrics, link, &mut namespaces).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
@@ -371,13 +397,18 @@ async fn connect_and_serve(
 }
 
 async fn setup(
-    session: &Session,
+    session: &Arc<Session>,
     plc: &Plc,
     tx: &SampleSender,
     gaps: &subscribe::GapSender,
     metrics: &Arc<PlcMetrics>,
+    link: &LinkSender,
+    namespaces: &mut Option<Namespaces>,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
+    // Writes and method calls need only the namespaces, not the subscriptions.
+    publish_link(link, session, &ns);
+    *namespaces = Some(ns.clone());
     let created = subscribe::subscribe_all(session, plc, &ns, tx, gaps, metrics).await?;
     info!(
         plc = %plc.id,

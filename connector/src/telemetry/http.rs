@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::{Metrics, PlcMetrics};
 use crate::sinks::mqtt::Outbox;
+use crate::writes::service::WriteMetrics;
 
 /// What the endpoint reports.
 pub struct State {
@@ -21,6 +22,8 @@ pub struct State {
     pub metrics: Metrics,
     /// Telemetry sinks by name (`mqtt`, `hub`).
     pub sinks: Vec<(&'static str, Arc<Outbox>)>,
+    /// Cloud-to-PLC counters, when writes or methods are mapped.
+    pub writes: Option<Arc<WriteMetrics>>,
 }
 
 fn counter(out: &mut String, name: &str, help: &str, kind: &str) {
@@ -273,7 +276,71 @@ pub fn render(state: &State) -> String {
             );
         }
     }
+    if let Some(w) = &state.writes {
+        writes(&mut out, &line, w);
+    }
     out
+}
+
+fn writes(out: &mut String, line: &str, w: &WriteMetrics) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    counter(
+        out,
+        "writes_total",
+        "Cloud-to-PLC writes by result: ok (200), refused (400), plc_error and unreachable (500).",
+        "counter",
+    );
+    for (result, c) in [
+        ("ok", &w.writes_ok),
+        ("refused", &w.writes_refused),
+        ("plc_error", &w.writes_failed),
+        ("unreachable", &w.writes_unreachable),
+    ] {
+        let _ = writeln!(
+            out,
+            "opcua_connector_writes_total{{line=\"{line}\",result=\"{result}\"}} {}",
+            get(c)
+        );
+    }
+    counter(
+        out,
+        "method_calls_total",
+        "Direct method and MQTT method calls by result.",
+        "counter",
+    );
+    for (result, c) in [
+        ("ok", &w.calls_ok),
+        ("bad_arguments", &w.calls_bad_arguments),
+        ("unknown_method", &w.calls_unknown),
+        ("timeout", &w.calls_timeout),
+        ("plc_error", &w.calls_failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "opcua_connector_method_calls_total{{line=\"{line}\",result=\"{result}\"}} {}",
+            get(c)
+        );
+    }
+    for (name, help, c) in [
+        (
+            "commands_malformed_total",
+            "Cloud requests that could not be understood (nothing written).",
+            &w.malformed,
+        ),
+        (
+            "commands_duplicate_total",
+            "Requests repeated by id, answered again and not applied.",
+            &w.duplicates,
+        ),
+        (
+            "commands_dropped_total",
+            "Cloud requests dropped because too many were waiting.",
+            &*w.dropped,
+        ),
+    ] {
+        counter(out, name, help, "counter");
+        let _ = writeln!(out, "opcua_connector_{name}{{line=\"{line}\"}} {}", get(c));
+    }
 }
 
 /// Healthy when every PLC session and every telemetry sink is connected; else the reasons.

@@ -25,7 +25,16 @@ pub fn json_kind(value: &Value) -> &'static str {
 /// range, or numbers with a zero fraction; Float/Double take numbers (finite only, and within
 /// `f32` range for Float); String takes strings. Nothing is parsed out of strings.
 pub fn coerce(value: &Value, mapping: &WriteMapping) -> Result<Variant, Refusal> {
-    let ty = mapping.write_type;
+    coerce_within(value, mapping.write_type, bounds(mapping))
+}
+
+/// Converts `value` to `ty` with the type's own range as the only limit (method arguments).
+pub fn coerce_type(value: &Value, ty: WriteType) -> Result<Variant, Refusal> {
+    let range = ty.numeric_range().unwrap_or((f64::MIN, f64::MAX));
+    coerce_within(value, ty, range)
+}
+
+fn coerce_within(value: &Value, ty: WriteType, (lo, hi): (f64, f64)) -> Result<Variant, Refusal> {
     let wrong = || Refusal::WrongType {
         expected: ty.name(),
         got: json_kind(value),
@@ -47,7 +56,6 @@ pub fn coerce(value: &Value, mapping: &WriteMapping) -> Result<Variant, Refusal>
             if !f.is_finite() {
                 return Err(wrong());
             }
-            let (lo, hi) = bounds(mapping);
             let out_of_range = || Refusal::OutOfRange {
                 value: n.to_string(),
                 min: lo,
@@ -75,7 +83,6 @@ pub fn coerce(value: &Value, mapping: &WriteMapping) -> Result<Variant, Refusal>
             let Value::Number(n) = value else {
                 return Err(wrong());
             };
-            let (lo, hi) = bounds(mapping);
             let out_of_range = || Refusal::OutOfRange {
                 value: n.to_string(),
                 min: lo,

@@ -1,5 +1,8 @@
-//! Cloud-to-PLC writes, the pure core: no network and no OPC UA session.
+//! Cloud-to-PLC writes and method calls.
 //!
+//! - [`service`]: the task that serves the twin, MQTT write requests and methods.
+//! - [`plc`]: the OPC UA side (node checks at connect, write with readback, method calls).
+//! - [`state`]: what survives a restart (last handled desired versions, request ids).
 //! - [`coerce`]: a JSON value to the OPC UA [`Variant`](opcua::types::Variant) of a
 //!   `[[write]]` mapping, with its `min`/`max` checks.
 //! - [`requests`]: plain-MQTT write requests, de-duplication by id, expiry, and IoT Hub
@@ -8,7 +11,10 @@
 
 pub mod ack;
 pub mod coerce;
+pub mod plc;
 pub mod requests;
+pub mod service;
+pub mod state;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -30,7 +30,9 @@ pub struct Flow {
     /// QoS 0: a message is done once written; QoS 1: once acknowledged.
     qos0: bool,
     tag: &'static str,
-    sent: VecDeque<u64>,
+    /// Publishes handed to the client, in order: a buffer id, or `None` for a control message
+    /// (twin acknowledgement, write or method response), which the buffer does not track.
+    sent: VecDeque<Option<u64>>,
     inflight: HashMap<u16, u64>,
     pub connected: bool,
     ever_connected: bool,
@@ -147,7 +149,7 @@ impl Flow {
                 continue;
             };
             if publish(topic, gzip, body) {
-                self.sent.push_back(id);
+                self.sent.push_back(Some(id));
             }
         }
     }
@@ -169,7 +171,7 @@ impl Flow {
 
     /// A publish went out with packet id `pkid`: pair it with the oldest sent buffer id.
     pub fn outgoing_publish(&mut self, pkid: u16) {
-        if let Some(id) = self.sent.pop_front() {
+        if let Some(Some(id)) = self.sent.pop_front() {
             self.outbox
                 .metrics
                 .messages_sent
@@ -180,6 +182,17 @@ impl Flow {
                 self.inflight.insert(pkid, id);
             }
         }
+    }
+
+    /// A control message was handed to the client: its `Outgoing::Publish` pairs with no
+    /// buffer id (and its PUBACK is ignored).
+    pub fn control_sent(&mut self) {
+        self.sent.push_back(None);
+    }
+
+    /// Whether the in-flight window has room for a control message.
+    pub fn has_room(&self) -> bool {
+        self.connected && self.sent.len() + self.inflight.len() < WINDOW
     }
 
     /// The buffer id a PUBACK answers, if it is one of ours.

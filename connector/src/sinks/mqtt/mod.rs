@@ -2,6 +2,7 @@
 //! durable buffer, and sent from there by one event-loop task; a message leaves the buffer
 //! only when the broker acknowledged it (QoS 1; QoS 0 when it was written to the socket).
 
+pub mod control;
 pub mod flow;
 pub mod payload;
 pub mod sender;

@@ -15,7 +15,9 @@ use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
+use super::control::{Control, Message};
 use super::flow::{Flow, WINDOW};
 use super::{MqttError, Outbox};
 use crate::config::{MqttSinkConfig, Secret};
@@ -102,7 +104,9 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
 
 pub use super::flow::Renewer;
 
-/// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered.
+/// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. With
+/// `control`, also subscribes to its topics after every ConnAck, hands what arrives on them
+/// to the write service and publishes its answers.
 pub async fn run(
     mut opts: MqttOptions,
     qos: u8,
@@ -110,6 +114,7 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
     renew: Option<Renewer>,
+    mut control: Option<Control>,
 ) {
     let qos = if qos == 0 {
         QoS::AtMostOnce
@@ -122,11 +127,30 @@ pub async fn run(
     }
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     while flow.keep_going(&shutdown, grace) {
+        if let Some(c) = control.as_mut() {
+            c.flush(|out| {
+                let ok = flow.has_room()
+                    && client
+                        .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
+                        .is_ok();
+                if ok {
+                    flow.control_sent();
+                }
+                ok
+            });
+        }
         flow.fill(|topic, _gzip, body| {
             client.try_publish(topic, qos, false, body.to_vec()).is_ok()
         });
+        let answers = async {
+            match control.as_mut() {
+                Some(c) => c.ready().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             e = eventloop.poll() => e,
+            _ = answers => continue,
             _ = flow.renewal_due() => {
                 // Reconnect with a fresh token: what was in flight goes out again after the
                 // ConnAck (the buffer rewinds).
@@ -143,7 +167,27 @@ pub async fn run(
             _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => flow.connack(),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                flow.connack();
+                if let Some(c) = &control {
+                    for topic in c.subscriptions() {
+                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                            warn!(topic = %topic, error = %e, "mqtt: cannot subscribe");
+                        }
+                    }
+                    c.connected();
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(c) = &control {
+                    c.deliver(Message {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        response_topic: None,
+                        correlation: None,
+                    });
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
                 if let Some(id) = flow.puback(p.pkid) {

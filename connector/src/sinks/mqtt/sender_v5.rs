@@ -23,6 +23,7 @@ use rumqttc::Outgoing;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::control::{Control, Message};
 use super::flow::{Flow, Renewer, WINDOW};
 use super::{MqttError, Outbox};
 use crate::config::MqttSinkConfig;
@@ -91,6 +92,7 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
     renew: Option<Renewer>,
+    mut control: Option<Control>,
 ) {
     let qos = if qos == 0 {
         QoS::AtMostOnce
@@ -104,13 +106,43 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections: u32 = 0;
     while flow.keep_going(&shutdown, grace) {
+        if let Some(c) = control.as_mut() {
+            c.flush(|out| {
+                let props = PublishProperties {
+                    content_type: Some("application/json".to_owned()),
+                    correlation_data: out.correlation.clone().map(Into::into),
+                    ..Default::default()
+                };
+                let ok = flow.has_room()
+                    && client
+                        .try_publish_with_properties(
+                            out.topic.as_str(),
+                            QoS::AtLeastOnce,
+                            false,
+                            out.payload.clone(),
+                            props,
+                        )
+                        .is_ok();
+                if ok {
+                    flow.control_sent();
+                }
+                ok
+            });
+        }
         flow.fill(|topic, gzip, body| {
             client
                 .try_publish_with_properties(topic, qos, false, body.to_vec(), properties(gzip))
                 .is_ok()
         });
+        let answers = async {
+            match control.as_mut() {
+                Some(c) => c.ready().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = tokio::select! {
             e = eventloop.poll() => e,
+            _ = answers => continue,
             _ = flow.renewal_due() => {
                 if let Some((user, pass)) = flow.credentials() {
                     eventloop.options.set_credentials(user, pass);
@@ -125,7 +157,31 @@ pub async fn run(
             _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => flow.connack(),
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                flow.connack();
+                if let Some(c) = &control {
+                    for topic in c.subscriptions() {
+                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                            warn!(topic = %topic, error = %e, "mqtt5: cannot subscribe");
+                        }
+                    }
+                    c.connected();
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(c) = &control {
+                    let (response_topic, correlation) = match p.properties {
+                        Some(pr) => (pr.response_topic, pr.correlation_data.map(|b| b.to_vec())),
+                        None => (None, None),
+                    };
+                    c.deliver(Message {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload.to_vec(),
+                        response_topic,
+                        correlation,
+                    });
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
                 let Some(id) = flow.puback(p.pkid) else {
