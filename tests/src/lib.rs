@@ -18,6 +18,9 @@ use simulator::{SimConfig, Simulator};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod hub_double;
+pub use hub_double::{free_port, mosquitto, plain_mosquitto, HubDouble, Mosquitto};
+
 pub const LINE_NS: &str = simulator::BOTTLING_LINE_NAMESPACE;
 
 /// The five deterministic counters of the bottling line.

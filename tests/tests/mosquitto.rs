@@ -3,21 +3,13 @@
 //! mosquitto and openssl; without them this test fails and says so.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use connector::config;
 use connector::runner;
 use simulator::FaultKind;
 use tests::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -127,16 +119,7 @@ fn certificates(dir: &Path) {
     );
 }
 
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mosquitto(dir: &Path, plain: u16, tls: u16) -> Mosquitto {
+fn start_mosquitto(dir: &Path, plain: u16, tls: u16) -> Mosquitto {
     let conf = format!(
         "user root\nper_listener_settings false\nallow_anonymous true\n\
          listener {plain} 127.0.0.1\n\
@@ -144,28 +127,7 @@ fn mosquitto(dir: &Path, plain: u16, tls: u16) -> Mosquitto {
          require_certificate true\nuse_identity_as_username true\n",
         d = dir.display()
     );
-    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    // Debian installs it in /usr/sbin, which is not on every PATH.
-    let bin = if Path::new("/usr/sbin/mosquitto").exists() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
-    };
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [plain, tls] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto listens on {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Mosquitto(child)
+    mosquitto(dir, &conf, &[plain, tls])
 }
 
 fn config(dir: &Path, opc: &str, url: &str, tls: &str) -> config::Config {
@@ -216,7 +178,7 @@ async fn plain_and_mutual_tls_to_mosquitto_deliver_every_sample_in_order() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
     let (plain, tls) = (free_port(), free_port());
-    let _broker = mosquitto(dir.path(), plain, tls);
+    let _broker = start_mosquitto(dir.path(), plain, tls);
     let sim = start_sim(dir.path(), |_| {}).await;
 
     run_once(

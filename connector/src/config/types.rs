@@ -500,7 +500,7 @@ pub struct MqttSinkConfig {
     pub topic: String,
     /// Base of the cloud-to-PLC topics (template with `{site}`, `{line}`): write requests on
     /// `{base}/write`, answers on `{base}/write/response`; method calls on
-    /// `{base}/method/{name}`, answers on `{base}/method/response`.
+    /// `{base}/method/{name}`, answers on `{base}/method/{name}/response`.
     pub command_topic: String,
     /// 0 or 1 (never 2).
     pub qos: u8,

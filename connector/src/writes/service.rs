@@ -8,8 +8,9 @@
 //!   answered 500 and kept; it is written when the PLC session is back, if no newer desired
 //!   value replaced it.
 //! - Plain MQTT: write requests on `{command_topic}/write` and method calls on
-//!   `{command_topic}/method/{name}`, answered on `.../response` (or the MQTT 5 response
-//!   topic, with the correlation data). A request id seen before is not applied again: its
+//!   `{command_topic}/method/{name}`, answered on `{command_topic}/write/response` and
+//!   `{command_topic}/method/{name}/response` (or the MQTT 5 response topic, with the
+//!   correlation data). A request id seen before is not applied again: its
 //!   first answer is repeated.
 //! - Direct methods (`$iothub/methods/POST/{name}/`) and MQTT method calls run the
 //!   `[[method]]`'s OPC UA method.
@@ -82,9 +83,9 @@ fn add(c: &AtomicU64) {
 pub struct CommandTopics {
     pub write: String,
     pub write_response: String,
-    /// `{base}/method/`: a method name follows.
+    /// `{base}/method/`: a method name follows (answers on `{base}/method/{name}/response`,
+    /// outside the `{base}/method/+` subscription).
     pub method_prefix: String,
-    pub method_response: String,
 }
 
 impl CommandTopics {
@@ -94,8 +95,12 @@ impl CommandTopics {
             write: format!("{base}/write"),
             write_response: format!("{base}/write/response"),
             method_prefix: format!("{base}/method/"),
-            method_response: format!("{base}/method/response"),
         }
+    }
+
+    /// Where the answer to a call of method `name` goes.
+    pub fn method_response(&self, name: &str) -> String {
+        format!("{}{name}/response", self.method_prefix)
     }
 
     /// What the sender subscribes to.
@@ -157,6 +162,8 @@ struct PlcState {
     /// Fitness of each write mapping of this PLC (by property), for `link`'s generation.
     fitness: HashMap<String, Fitness>,
     checked: bool,
+    /// Connected at least once since the start.
+    ever_linked: bool,
     signatures: HashMap<String, Signature>,
 }
 
@@ -202,6 +209,8 @@ struct Service {
     rid: u64,
     twin_get: Option<(String, Instant)>,
     started: Instant,
+    /// Requests that arrived before the PLCs were connected at start, replayed after.
+    held: Vec<(bool, Inbound)>,
 }
 
 /// At start the hub is often connected before the PLCs: twin writes wait this long for their
@@ -230,6 +239,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
                 link: None,
                 fitness: HashMap::new(),
                 checked: false,
+                ever_linked: false,
                 signatures: HashMap::new(),
             },
         );
@@ -268,6 +278,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
         rid: 0,
         twin_get: None,
         started: Instant::now(),
+        held: Vec::new(),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,7 +286,13 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(m) = recv(&mut hub_in) => svc.hub(m),
-            Some(m) = recv(&mut mqtt_in) => svc.mqtt(m),
+            Some(m) = recv(&mut mqtt_in) => {
+                if svc.starting() {
+                    svc.held.push((false, m));
+                } else {
+                    svc.mqtt(m);
+                }
+            }
             Some((plc, link)) = link_rx.recv() => svc.link(&plc, link),
             Some(d) = done_rx.recv() => svc.done(d),
             _ = tick.tick() => svc.tick(),
@@ -344,6 +361,12 @@ impl Service {
         warn!(target: "audit", what, error = %error, result = 400, "malformed request ignored: nothing written");
     }
 
+    /// Just started and some PLC not connected (and checked) yet: requests wait a little
+    /// rather than fail.
+    fn starting(&self) -> bool {
+        self.started.elapsed() < STARTUP_GRACE && self.plcs.values().any(|s| !s.checked)
+    }
+
     // ---- IoT Hub ----
 
     fn hub(&mut self, m: Inbound) {
@@ -396,6 +419,9 @@ impl Service {
                 }
                 Err(e) => self.malformed("desired properties patch", &e),
             },
+            Ok(Incoming::MethodRequest { .. }) if self.starting() => {
+                self.held.push((true, Inbound::Message(msg)));
+            }
             Ok(Incoming::MethodRequest { name, rid }) => {
                 let payload = match body_json(&msg.payload) {
                     Ok(v) => v,
@@ -446,12 +472,13 @@ impl Service {
         // Acknowledgements already in the twin count as handled (a lost state file must not
         // make the connector write old values again).
         if let Some(reported) = reported {
-            for w in &self.writes {
-                let ack = lookup_value(reported, &w.property);
+            let paths = patch.properties.iter().map(|p| &p.property);
+            for path in paths.chain(&patch.unmapped) {
+                let ack = lookup_value(reported, path);
                 let code = ack.and_then(|a| a.get("ac")).and_then(Value::as_i64);
                 let av = ack.and_then(|a| a.get("av")).and_then(Value::as_i64);
                 if let (Some(200 | 400), Some(av)) = (code, av) {
-                    self.state.raise_handled(&w.property, av);
+                    self.state.raise_handled(path, av);
                 }
             }
         }
@@ -573,7 +600,8 @@ impl Service {
         let ready = plc.and_then(|s| s.link.clone().filter(|_| s.checked));
         let Some(link) = ready else {
             let grace_end = self.started + STARTUP_GRACE;
-            if now < grace_end {
+            let never = plc.is_some_and(|s| !s.ever_linked);
+            if never && now < grace_end {
                 if let Some(w) = p.pending.as_mut() {
                     w.not_before = Some(grace_end);
                 }
@@ -884,7 +912,7 @@ impl Service {
                 topic: msg
                     .response_topic
                     .clone()
-                    .unwrap_or_else(|| topics.method_response.clone()),
+                    .unwrap_or_else(|| topics.method_response(&name)),
                 correlation: msg.correlation.clone(),
             };
             let call = match serde_json::from_slice::<Call>(&msg.payload) {
@@ -1110,6 +1138,7 @@ impl Service {
         let Some(link) = link else {
             return;
         };
+        s.ever_linked = true;
         let mappings: Vec<WriteMapping> = self
             .writes
             .iter()
@@ -1189,6 +1218,15 @@ impl Service {
     }
 
     fn tick(&mut self) {
+        if !self.held.is_empty() && !self.starting() {
+            for (hub, m) in std::mem::take(&mut self.held) {
+                if hub {
+                    self.hub(m);
+                } else {
+                    self.mqtt(m);
+                }
+            }
+        }
         if let Some((_, at)) = &self.twin_get {
             if at.elapsed() >= TWIN_GET_TIMEOUT {
                 warn!("no answer to the twin GET; asking again");

@@ -1,0 +1,593 @@
+//! Cloud-to-PLC writes and method calls, end to end: the simulator as the PLC, real brokers
+//! (mosquitto carrying the IoT Hub device topics for the hub double; embedded rumqttd and
+//! mosquitto for the plain MQTT command topics), and the simulator's ground truth (its value,
+//! write and call counters) to prove what reached the PLC and what did not.
+
+use std::path::Path;
+use std::time::Duration;
+
+use connector::config;
+use connector::runner::{self, Running};
+use serde_json::{json, Value};
+use simulator::model::Value as SimValue;
+use simulator::FaultKind;
+use tests::*;
+
+const DEVICE: &str = "line-w-edge";
+const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
+
+fn node(name: &str) -> String {
+    format!("nsu={LINE_NS};s={name}")
+}
+
+/// The `[[write]]` and `[[method]]` sections every test uses.
+fn mappings() -> String {
+    format!(
+        r#"
+[[write]]
+property = "fillerSpeedSetpoint"
+plc = "sim"
+node = "{speed_sp}"
+type = "Double"
+min = 0.0
+max = 1200.0
+
+[[write]]
+property = "recipe.name"
+plc = "sim"
+node = "{recipe}"
+type = "String"
+
+[[write]]
+property = "fillerSpeed"
+plc = "sim"
+node = "{speed}"
+type = "Double"
+
+[[method]]
+name = "resetCounters"
+plc = "sim"
+object = "{filler}"
+method = "{reset}"
+timeout = "5s"
+"#,
+        speed_sp = node("Filler.SpeedSetpoint"),
+        recipe = node("Filler.RecipeName"),
+        speed = node("Filler.Speed"),
+        filler = node("Filler"),
+        reset = node("Filler.ResetCounters"),
+    )
+}
+
+/// A line with one PLC (no subscriptions: a PLC used for writes only), `sinks`, and the
+/// mappings.
+fn line_config(dir: &Path, opc: &str, sinks: &str) -> config::Config {
+    let text = format!(
+        "[line]\nid = \"line-w\"\nsite = \"plant\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{opc}\"\n\n\
+         [pki]\ndir = \"{pki}\"\ntrust_unknown_servers = true\n\n{sinks}\n\n[buffer]\ndir = \"{buf}\"\n{maps}",
+        pki = dir.join("pki").display(),
+        buf = dir.join("buffer").display(),
+        maps = mappings(),
+    );
+    config::parse(Path::new("writes-test.toml"), &text).unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+fn hub_section(env: &str, port: u16) -> String {
+    std::env::set_var(
+        env,
+        format!("HostName=testhub.azure-devices.net;DeviceId={DEVICE};SharedAccessKey={KEY}"),
+    );
+    format!("[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{port}\"\n")
+}
+
+fn stats(sim: &Sim, name: &str) -> simulator::NodeStats {
+    sim.sim
+        .node_stats(&node(name))
+        .unwrap_or_else(|| panic!("{name} in the model"))
+}
+
+fn double_of(sim: &Sim, name: &str) -> f64 {
+    match stats(sim, name).last {
+        SimValue::Float(x) => x,
+        other => panic!("{name}: not a Double: {other:?}"),
+    }
+}
+
+fn calls(sim: &Sim) -> u64 {
+    sim.sim
+        .method_calls(&node("Filler.ResetCounters"))
+        .expect("method")
+}
+
+/// Waits for the acknowledgement of `path` at `version` with code `ac`; returns it.
+async fn ack(hub: &HubDouble, path: &str, version: i64, ac: i64) -> Value {
+    eventually(
+        &format!("ack {ac} of {path} v{version}"),
+        Duration::from_secs(20),
+        || {
+            let got = hub
+                .acks(path)
+                .into_iter()
+                .find(|a| a["av"] == json!(version) && a["ac"] == json!(ac));
+            async move { got }
+        },
+    )
+    .await
+}
+
+async fn start(config: &config::Config, hub: &HubDouble) -> Running {
+    let gets = hub.gets();
+    let running = runner::start(config).expect("connector starts");
+    eventually("twin GET after connect", Duration::from_secs(20), || {
+        let n = hub.gets();
+        async move { (n > gets).then_some(()) }
+    })
+    .await;
+    running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &hub_section("WRITES_HUB_CS_1", port),
+    );
+    let running = start(&config, &hub).await;
+
+    // A desired value inside the range: written, acknowledged 200 with av = $version.
+    let v = hub.desire(json!({"fillerSpeedSetpoint": 750.5})).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", v, 200).await;
+    assert_eq!(a["value"], json!(750.5), "{a}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 750.5);
+    let writes = stats(&sim, "Filler.SpeedSetpoint").write_attempts;
+
+    // Out of range: 400, nothing reaches the PLC.
+    let v = hub.desire(json!({"fillerSpeedSetpoint": 5000})).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", v, 400).await;
+    assert!(a["ad"].as_str().unwrap().contains("out of range"), "{a}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 750.5);
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, writes);
+
+    // Not mapped: 400 at its own path.
+    let v = hub.desire(json!({"unknownThing": {"a": 1}})).await;
+    let a = ack(&hub, "unknownThing", v, 400).await;
+    assert!(a["ad"].as_str().unwrap().contains("not mapped"), "{a}");
+
+    // A mapped node that is read-only on the PLC (found at connect): 400, no write attempt.
+    let v = hub.desire(json!({"fillerSpeed": 3.0})).await;
+    let a = ack(&hub, "fillerSpeed", v, 400).await;
+    assert!(a["ad"].as_str().unwrap().contains("not writable"), "{a}");
+    assert_eq!(stats(&sim, "Filler.Speed").write_attempts, 0);
+
+    // A nested property by its dotted path.
+    let v = hub
+        .desire(json!({"recipe": {"name": "Sparkling 1 l glass"}}))
+        .await;
+    ack(&hub, "recipe.name", v, 200).await;
+    assert_eq!(
+        stats(&sim, "Filler.RecipeName").last,
+        SimValue::Text("Sparkling 1 l glass".into())
+    );
+
+    // The PLC goes away: 500 now, written once it is back (still the latest version).
+    sim.sim.inject(FaultKind::Restart {
+        down: Duration::from_secs(4),
+    });
+    let plc = running.metrics.plcs[0].clone();
+    eventually("plc seen down", Duration::from_secs(10), || {
+        let down = !plc.connected.load(std::sync::atomic::Ordering::Relaxed);
+        async move { down.then_some(()) }
+    })
+    .await;
+    let writes = stats(&sim, "Filler.SpeedSetpoint").writes;
+    let v = hub.desire(json!({"fillerSpeedSetpoint": 300.0})).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", v, 500).await;
+    let ad = a["ad"].as_str().unwrap().to_owned();
+    assert!(ad.starts_with("Bad") && ad.contains("when it is back"), "{a}");
+    ack(&hub, "fillerSpeedSetpoint", v, 200).await;
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 300.0);
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").writes,
+        writes + 1,
+        "written exactly once"
+    );
+    let last_version = v;
+
+    // Direct methods: outputs, unknown method, bad arguments.
+    let before = calls(&sim);
+    let rid = hub.call("resetCounters", br#"{"Reason":"shift change"}"#).await;
+    let (status, body) = eventually("method response", Duration::from_secs(10), || {
+        let r = hub.method_response(&rid);
+        async move { r }
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["CountersReset"].is_u64(), "{body}");
+    assert!(body["PreviousTotal"].is_u64(), "{body}");
+    assert_eq!(calls(&sim), before + 1);
+    for (name, payload, want) in [
+        ("noSuchMethod", &br#"{}"#[..], 404u16),
+        ("resetCounters", br#"{"Reason": 5}"#, 400),
+        ("resetCounters", br#"{"Reason": "x", "Extra": 1}"#, 400),
+        ("resetCounters", br#"{"Reason": "#, 400),
+    ] {
+        let rid = hub.call(name, payload).await;
+        let (status, body) = eventually("method response", Duration::from_secs(10), || {
+            let r = hub.method_response(&rid);
+            async move { r }
+        })
+        .await;
+        assert_eq!(status, want, "{name} {}: {body}", String::from_utf8_lossy(payload));
+        assert!(body["error"].is_string(), "{body}");
+    }
+    assert_eq!(calls(&sim), before + 1, "refused calls never reach the PLC");
+    assert!(running.writes.writes_ok.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    running.stop(Duration::from_secs(5)).await;
+
+    // A restart does not apply old desired state again: the GET returns the same twin.
+    let speed_writes = stats(&sim, "Filler.SpeedSetpoint").writes;
+    let recipe_writes = stats(&sim, "Filler.RecipeName").writes;
+    let acks = hub.patches();
+    for lose_state in [false, true] {
+        if lose_state {
+            // Without the state file the acknowledgements in the twin's reported section
+            // tell what was handled.
+            std::fs::remove_file(dir.path().join("buffer/writes/state.json")).unwrap();
+        }
+        let running = start(&config, &hub).await;
+        // Proof that the twin was processed: a new desired value of another property.
+        let v = hub
+            .desire(json!({"recipe": {"name": format!("Still {lose_state}")}}))
+            .await;
+        ack(&hub, "recipe.name", v, 200).await;
+        assert_eq!(
+            stats(&sim, "Filler.SpeedSetpoint").writes,
+            speed_writes,
+            "v{last_version} applied again after a restart (state file lost: {lose_state})"
+        );
+        assert_eq!(hub.acks("fillerSpeedSetpoint").last().unwrap()["av"], json!(last_version));
+        running.stop(Duration::from_secs(5)).await;
+    }
+    assert_eq!(stats(&sim, "Filler.RecipeName").writes, recipe_writes + 2);
+    assert_eq!(hub.patches(), acks + 2, "only the two new recipe acknowledgements");
+}
+
+/// Publishes on the broker at `port` as a plain MQTT 3.1.1 client.
+async fn publisher(port: u16) -> rumqttc::AsyncClient {
+    let o = rumqttc::MqttOptions::new(format!("requester-{port}"), "127.0.0.1", port);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    client
+}
+
+/// The answers on `topic` collected by `sub`, as JSON.
+fn answers(sub: &Subscriber, topic: &str) -> Vec<Value> {
+    sub.messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .filter_map(|(_, b)| serde_json::from_slice(b).ok())
+        .collect()
+}
+
+async fn answer(sub: &Subscriber, topic: &str, id: &str, nth: usize) -> Value {
+    eventually(
+        &format!("answer {nth} to {id} on {topic}"),
+        Duration::from_secs(20),
+        || {
+            let found = answers(sub, topic)
+                .into_iter()
+                .filter(|a| a["id"] == json!(id))
+                .nth(nth);
+            async move { found }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let port = start_broker();
+    let sub = Subscriber::start(port, "opcua/plant/line-w/cmd/#").await;
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+    );
+    let running = runner::start(&config).expect("connector");
+    let client = publisher(port).await;
+    let write = "opcua/plant/line-w/cmd/write";
+    let responses = "opcua/plant/line-w/cmd/write/response";
+    let send = |topic: &'static str, body: Value| {
+        let c = client.clone();
+        async move {
+            c.publish(topic, rumqttc::QoS::AtLeastOnce, false, body.to_string())
+                .await
+                .unwrap()
+        }
+    };
+
+    // The first request may race the connector's subscription: repeat it (same id) until
+    // it is answered; the id makes the repeats harmless, which is the point.
+    let r1 = json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 420});
+    let first = eventually("r1 answered", Duration::from_secs(20), || {
+        let s = send(write, r1.clone());
+        let found = answers(&sub, responses)
+            .into_iter()
+            .find(|a| a["id"] == json!("r1"));
+        async move {
+            if found.is_none() {
+                s.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            found
+        }
+    })
+    .await;
+    assert_eq!(first["status"], json!(200), "{first}");
+    assert_eq!(first["value"], json!(420.0), "{first}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 420.0);
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1, "r1 applied once");
+
+    // The same id again with another value: answered with the first result, not applied.
+    let n = answers(&sub, responses).len();
+    send(write, json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 430})).await;
+    eventually("duplicate answered", Duration::from_secs(10), || {
+        let more = answers(&sub, responses).len() > n;
+        async move { more.then_some(()) }
+    })
+    .await;
+    let dup = answers(&sub, responses).pop().unwrap();
+    assert_eq!((dup["id"].clone(), dup["duplicate"].clone()), (json!("r1"), json!(true)), "{dup}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 420.0);
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1);
+
+    // Expired, not mapped, wrong type, out of range: 400, nothing written.
+    for (id, body, why) in [
+        ("r2", json!({"id": "r2", "property": "fillerSpeedSetpoint", "value": 10, "expires": "2020-01-01T00:00:00Z"}), "expired"),
+        ("r3", json!({"id": "r3", "property": "nope", "value": 1}), "not mapped"),
+        ("r4", json!({"id": "r4", "property": "fillerSpeedSetpoint", "value": "fast"}), "wrong type"),
+        ("r5", json!({"id": "r5", "property": "fillerSpeedSetpoint", "value": 1e9}), "out of range"),
+        ("r6", json!({"id": "r6", "property": "fillerSpeed", "value": 1}), "not writable"),
+    ] {
+        send(write, body).await;
+        let a = answer(&sub, responses, id, 0).await;
+        assert_eq!(a["status"], json!(400), "{a}");
+        assert!(a["detail"].as_str().unwrap().contains(why), "{id}: {a}");
+    }
+    // A request with a future expiry goes through.
+    send(write, json!({"id": "r7", "property": "fillerSpeedSetpoint", "value": 500, "expires": "2099-01-01T00:00:00Z"})).await;
+    assert_eq!(answer(&sub, responses, "r7", 0).await["status"], json!(200));
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 2);
+    assert_eq!(stats(&sim, "Filler.Speed").write_attempts, 0);
+
+    // Methods on the MQTT method topic.
+    let before = calls(&sim);
+    let methods = "opcua/plant/line-w/cmd/method/resetCounters/response";
+    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m1", "args": {"Reason": "test"}})).await;
+    let a = answer(&sub, methods, "m1", 0).await;
+    assert_eq!(a["status"], json!(200), "{a}");
+    assert!(a["outputs"]["CountersReset"].is_u64(), "{a}");
+    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m1", "args": {"Reason": "again"}})).await;
+    let a = answer(&sub, methods, "m1", 1).await;
+    assert_eq!(a["duplicate"], json!(true), "{a}");
+    send("opcua/plant/line-w/cmd/method/nope", json!({"id": "m2"})).await;
+    let a = answer(&sub, "opcua/plant/line-w/cmd/method/nope/response", "m2", 0).await;
+    assert_eq!(a["status"], json!(404), "{a}");
+    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m3", "args": []})).await;
+    assert_eq!(answer(&sub, methods, "m3", 0).await["status"], json!(400));
+    assert_eq!(calls(&sim), before + 1, "one call: m1 once");
+    running.stop(Duration::from_secs(5)).await;
+
+    // After a restart the ids are still known: r1 is answered again, not applied.
+    let running = runner::start(&config).expect("connector");
+    let n = answers(&sub, responses).iter().filter(|a| a["id"] == json!("r1")).count();
+    eventually("r1 answered after restart", Duration::from_secs(20), || {
+        let s = send(write, json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 999}));
+        let found = answers(&sub, responses)
+            .into_iter()
+            .filter(|a| a["id"] == json!("r1"))
+            .nth(n);
+        async move {
+            if found.is_none() {
+                s.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            found
+        }
+    })
+    .await;
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 500.0);
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 2);
+    running.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\n"),
+    );
+    let running = runner::start(&config).expect("connector");
+    let (client, mut el) = AsyncClient::new(MqttOptions::new("requester-v5", "127.0.0.1", port), 100);
+    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<Vec<u8>>, Value)>>> =
+        Default::default();
+    let g2 = got.clone();
+    let c2 = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = c2.subscribe("replies/me", QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let corr = p.properties.and_then(|pr| pr.correlation_data).map(|b| b.to_vec());
+                    let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    g2.lock().unwrap().push((String::from_utf8_lossy(&p.topic).into(), corr, body));
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let props = PublishProperties {
+        response_topic: Some("replies/me".into()),
+        correlation_data: Some(b"corr-42".to_vec().into()),
+        ..Default::default()
+    };
+    let (topic, corr, body) = eventually("answer on the response topic", Duration::from_secs(20), || {
+        let c = client.clone();
+        let p = props.clone();
+        let found = got.lock().unwrap().first().cloned();
+        async move {
+            if found.is_none() {
+                let body = json!({"id": "v5-1", "property": "fillerSpeedSetpoint", "value": 640});
+                let _ = c
+                    .publish_with_properties("opcua/plant/line-w/cmd/write", QoS::AtLeastOnce, false, body.to_string(), p)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            found
+        }
+    })
+    .await;
+    assert_eq!(topic, "replies/me");
+    assert_eq!(corr.as_deref(), Some(&b"corr-42"[..]));
+    assert_eq!((body["id"].clone(), body["status"].clone()), (json!("v5-1"), json!(200)), "{body}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 640.0);
+    running.stop(Duration::from_secs(5)).await;
+}
+
+/// A small seeded generator (Knuth's MMIX LCG): the same hostile inputs on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A body that must never lead to a write: bytes, broken or deep JSON, and documents whose
+/// mapped properties carry values of the wrong type or out of range.
+fn hostile(rng: &mut Lcg) -> Vec<u8> {
+    let bad_values = [
+        json!("600"),
+        json!(1e300),
+        json!(-1),
+        json!(null),
+        json!([600]),
+        json!({"value": 600}),
+        json!(true),
+        json!(1201),
+        json!("NaN"),
+    ];
+    let v = bad_values[rng.below(bad_values.len() as u64) as usize].clone();
+    match rng.below(9) {
+        0 => (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
+        1 => b"{\"fillerSpeedSetpoint\": 600".to_vec(),
+        2 => "[".repeat(10_000).into_bytes(),
+        3 => {
+            json!({"$version": "seven", "fillerSpeedSetpoint": v}).to_string().into_bytes()
+        }
+        4 => {
+            json!({"$version": 1, "fillerSpeedSetpoint": v, "recipe": {"name": 5}}).to_string().into_bytes()
+        }
+        5 => {
+            json!({"id": 7, "property": "fillerSpeedSetpoint", "value": v}).to_string().into_bytes()
+        }
+        6 => {
+            json!({"id": format!("h{}", rng.next()), "property": "fillerSpeedSetpoint", "value": v}).to_string().into_bytes()
+        }
+        7 => json!({"id": format!("h{}", rng.next()), "args": {"Reason": rng.next()}}).to_string().into_bytes(),
+        _ => vec![0xff, 0xfe, 0x00, b'{'],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    let sinks = format!(
+        "{}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
+        hub_section("WRITES_HUB_CS_2", port)
+    );
+    let config = line_config(dir.path(), sim.sim.endpoint_url(), &sinks);
+    let running = start(&config, &hub).await;
+    // Both connections subscribed: a valid request on each is answered.
+    let v = hub.desire(json!({"recipe": {"name": "before"}})).await;
+    ack(&hub, "recipe.name", v, 200).await;
+
+    let topics = [
+        "$iothub/twin/PATCH/properties/desired/?$version=99".to_owned(),
+        "$iothub/twin/PATCH/properties/desired/?$version=x".to_owned(),
+        "$iothub/twin/PATCH/properties/desired/".to_owned(),
+        "$iothub/twin/res/200/?$rid=1".to_owned(),
+        "$iothub/twin/res/200/?$rid=999".to_owned(),
+        "$iothub/twin/res/abc/?$rid=1".to_owned(),
+        "$iothub/methods/POST/resetCounters/?$rid=h1".to_owned(),
+        "$iothub/methods/POST//?$rid=h2".to_owned(),
+        "$iothub/methods/POST/resetCounters/".to_owned(),
+        "opcua/plant/line-w/cmd/write".to_owned(),
+        "opcua/plant/line-w/cmd/method/resetCounters".to_owned(),
+        "opcua/plant/line-w/cmd/method/a".to_owned(),
+    ];
+    let mut rng = Lcg(0x5eed);
+    let mut sent = 0;
+    for _ in 0..40 {
+        for t in &topics {
+            hub.send_raw(t, hostile(&mut rng)).await;
+            sent += 1;
+        }
+    }
+    // Everything was read: a valid desired value sent after them is written.
+    let v = hub.desire(json!({"recipe": {"name": "after"}})).await;
+    ack(&hub, "recipe.name", v, 200).await;
+    let malformed = running
+        .writes
+        .malformed
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!("{sent} hostile messages, {malformed} counted as malformed");
+    assert!(malformed > 100, "malformed input is counted: {malformed}");
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, 0, "no hostile write");
+    assert_eq!(stats(&sim, "Filler.Speed").write_attempts, 0);
+    assert_eq!(stats(&sim, "Filler.RecipeName").writes, 2, "only the two valid ones");
+    assert_eq!(calls(&sim), 0, "no hostile method call");
+    // Refused requests got answers.
+    let refused = running
+        .writes
+        .writes_refused
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(refused > 0, "refusals answered and counted");
+    running.stop(Duration::from_secs(5)).await;
+}
