@@ -162,9 +162,9 @@ async fn async_command(command: Command) -> commands::Outcome {
 
 fn init_logs(format: LogFormat, level: &str) {
     // async-opcua logs routine events (keep-alives, reconnect attempts) as warnings; ours say
-    // what matters with the plc named.
+    // what matters with the plc named. Audit records of cloud-to-PLC writes stay at any level.
     let default = format!(
-        "{level},opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error,opcua_types=error,opcua_nodes=error"
+        "{level},audit=info,opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error,opcua_types=error,opcua_nodes=error"
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

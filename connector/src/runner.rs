@@ -221,9 +221,18 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             config.pki.clone(),
             tx,
             m,
-            link_tx,
             sessions.clone(),
         )));
+        let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
+            || config.methods.iter().any(|w| w.plc == plc.id);
+        if commands && writes_here {
+            session_tasks.push(tokio::spawn(session::run_writes(
+                plc.clone(),
+                config.pki.clone(),
+                link_tx,
+                sessions.clone(),
+            )));
+        }
     }
     let service_stop = CancellationToken::new();
     let service_task = if commands {

@@ -64,7 +64,7 @@ pub fn mosquitto(dir: &Path, conf: &str, ports: &[u16]) -> Mosquitto {
 pub fn plain_mosquitto(dir: &Path) -> (Mosquitto, u16) {
     let port = free_port();
     let conf = format!(
-        "user root\nallow_anonymous true\nmax_queued_messages 100000\nlistener {port} 127.0.0.1\n"
+        "user root\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\nlistener {port} 127.0.0.1\n"
     );
     (mosquitto(dir, &conf, &[port]), port)
 }
@@ -144,6 +144,7 @@ impl HubDouble {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 1000);
+        el.set_network_options(connector::sinks::mqtt::sender::network_options());
         let twin: Arc<Mutex<Twin>> = Arc::default();
         let (t2, c2) = (twin.clone(), client.clone());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -174,7 +175,8 @@ impl HubDouble {
                                 t.gets += 1;
                                 let mut desired = t.desired.clone();
                                 desired.insert("$version".into(), json!(t.version));
-                                desired.insert("$metadata".into(), Value::Object(t.metadata.clone()));
+                                desired
+                                    .insert("$metadata".into(), Value::Object(t.metadata.clone()));
                                 json!({"desired": desired, "reported": t.reported.clone()})
                             };
                             let _ = c2
@@ -186,7 +188,8 @@ impl HubDouble {
                                 )
                                 .await;
                         } else if topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
-                            let v: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                            let v: Value =
+                                serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
                             let version = {
                                 let mut t = t2.lock().unwrap();
                                 if let Value::Object(o) = &v {
@@ -204,9 +207,16 @@ impl HubDouble {
                                 )
                                 .await;
                         } else if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
-                            let status = rest.split('/').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                            let status = rest
+                                .split('/')
+                                .next()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0);
                             let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                            t2.lock().unwrap().method_responses.push((rid, status, body));
+                            t2.lock()
+                                .unwrap()
+                                .method_responses
+                                .push((rid, status, body));
                         }
                     }
                     Ok(_) => {}

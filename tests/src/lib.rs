@@ -290,6 +290,7 @@ pub fn by_node(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
 pub struct Relay {
     pub port: u16,
     down: Arc<std::sync::atomic::AtomicBool>,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
     pub connections: Arc<AtomicU64>,
     active: Arc<Mutex<u64>>,
@@ -306,6 +307,8 @@ impl Relay {
         let (c2, a2) = (connections.clone(), active.clone());
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let d2 = down.clone();
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stalled.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -319,6 +322,7 @@ impl Relay {
                 let mut cut_rx = cut_rx.clone();
                 let generation = *cut_rx.borrow_and_update();
                 let a3 = a2.clone();
+                let s3 = s2.clone();
                 tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(("127.0.0.1", target_port)).await else {
                         return;
@@ -328,7 +332,7 @@ impl Relay {
                     let (mut ro, mut wo) = outbound.into_split();
                     tokio::select! {
                         _ = tokio::io::copy(&mut ri, &mut wo) => {}
-                        _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                        _ = forward_unless_stalled(&mut ro, &mut wi, &s3) => {}
                         _ = async { while *cut_rx.borrow_and_update() == generation { if cut_rx.changed().await.is_err() { std::future::pending::<()>().await } } } => {}
                     }
                     *a3.lock().unwrap() -= 1;
@@ -338,6 +342,7 @@ impl Relay {
         Relay {
             port,
             down,
+            stalled,
             cut,
             connections,
             active,
@@ -353,6 +358,12 @@ impl Relay {
         }
     }
 
+    /// Holds back everything the far side sends (connections stay open, nothing arrives):
+    /// a PLC that stopped answering.
+    pub fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::Relaxed);
+    }
+
     /// Drops every open connection (both directions, at once).
     pub fn cut(&self) {
         self.cut.send_modify(|g| *g += 1);
@@ -360,6 +371,28 @@ impl Relay {
 
     pub fn active(&self) -> u64 {
         *self.active.lock().unwrap()
+    }
+}
+
+/// Copies `from` to `to`, holding data back while `stalled` is set.
+async fn forward_unless_stalled(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    stalled: &std::sync::atomic::AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -431,6 +464,7 @@ impl Subscriber {
         o.set_max_packet_size(2 << 20, 2 << 20);
         o.set_keep_alive(Duration::from_secs(30));
         let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+        el.set_network_options(connector::sinks::mqtt::sender::network_options());
         let messages: Received = Arc::default();
         let (m2, f2) = (messages.clone(), filter.to_owned());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

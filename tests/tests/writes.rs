@@ -62,14 +62,18 @@ timeout = "5s"
 /// A line with one PLC (no subscriptions: a PLC used for writes only), `sinks`, and the
 /// mappings.
 fn line_config(dir: &Path, opc: &str, sinks: &str) -> config::Config {
-    let text = format!(
+    let text = line_text(dir, opc, sinks);
+    config::parse(Path::new("writes-test.toml"), &text).unwrap_or_else(|e| panic!("config: {e}"))
+}
+
+fn line_text(dir: &Path, opc: &str, sinks: &str) -> String {
+    format!(
         "[line]\nid = \"line-w\"\nsite = \"plant\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{opc}\"\n\n\
          [pki]\ndir = \"{pki}\"\ntrust_unknown_servers = true\n\n{sinks}\n\n[buffer]\ndir = \"{buf}\"\n{maps}",
         pki = dir.join("pki").display(),
         buf = dir.join("buffer").display(),
         maps = mappings(),
-    );
-    config::parse(Path::new("writes-test.toml"), &text).unwrap_or_else(|e| panic!("config: {e}"))
+    )
 }
 
 fn hub_section(env: &str, port: u16) -> String {
@@ -188,7 +192,10 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
     let v = hub.desire(json!({"fillerSpeedSetpoint": 300.0})).await;
     let a = ack(&hub, "fillerSpeedSetpoint", v, 500).await;
     let ad = a["ad"].as_str().unwrap().to_owned();
-    assert!(ad.starts_with("Bad") && ad.contains("when it is back"), "{a}");
+    assert!(
+        ad.starts_with("Bad") && ad.contains("when it is back"),
+        "{a}"
+    );
     ack(&hub, "fillerSpeedSetpoint", v, 200).await;
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 300.0);
     assert_eq!(
@@ -200,7 +207,9 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
 
     // Direct methods: outputs, unknown method, bad arguments.
     let before = calls(&sim);
-    let rid = hub.call("resetCounters", br#"{"Reason":"shift change"}"#).await;
+    let rid = hub
+        .call("resetCounters", br#"{"Reason":"shift change"}"#)
+        .await;
     let (status, body) = eventually("method response", Duration::from_secs(10), || {
         let r = hub.method_response(&rid);
         async move { r }
@@ -222,11 +231,22 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
             async move { r }
         })
         .await;
-        assert_eq!(status, want, "{name} {}: {body}", String::from_utf8_lossy(payload));
+        assert_eq!(
+            status,
+            want,
+            "{name} {}: {body}",
+            String::from_utf8_lossy(payload)
+        );
         assert!(body["error"].is_string(), "{body}");
     }
     assert_eq!(calls(&sim), before + 1, "refused calls never reach the PLC");
-    assert!(running.writes.writes_ok.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert!(
+        running
+            .writes
+            .writes_ok
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3
+    );
     running.stop(Duration::from_secs(5)).await;
 
     // A restart does not apply old desired state again: the GET returns the same twin.
@@ -250,11 +270,18 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
             speed_writes,
             "v{last_version} applied again after a restart (state file lost: {lose_state})"
         );
-        assert_eq!(hub.acks("fillerSpeedSetpoint").last().unwrap()["av"], json!(last_version));
+        assert_eq!(
+            hub.acks("fillerSpeedSetpoint").last().unwrap()["av"],
+            json!(last_version)
+        );
         running.stop(Duration::from_secs(5)).await;
     }
     assert_eq!(stats(&sim, "Filler.RecipeName").writes, recipe_writes + 2);
-    assert_eq!(hub.patches(), acks + 2, "only the two new recipe acknowledgements");
+    assert_eq!(
+        hub.patches(),
+        acks + 2,
+        "only the two new recipe acknowledgements"
+    );
 }
 
 /// Publishes on the broker at `port` as a plain MQTT 3.1.1 client.
@@ -341,28 +368,60 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     assert_eq!(first["status"], json!(200), "{first}");
     assert_eq!(first["value"], json!(420.0), "{first}");
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 420.0);
-    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1, "r1 applied once");
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").writes,
+        1,
+        "r1 applied once"
+    );
 
     // The same id again with another value: answered with the first result, not applied.
     let n = answers(&sub, responses).len();
-    send(write, json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 430})).await;
+    send(
+        write,
+        json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 430}),
+    )
+    .await;
     eventually("duplicate answered", Duration::from_secs(10), || {
         let more = answers(&sub, responses).len() > n;
         async move { more.then_some(()) }
     })
     .await;
     let dup = answers(&sub, responses).pop().unwrap();
-    assert_eq!((dup["id"].clone(), dup["duplicate"].clone()), (json!("r1"), json!(true)), "{dup}");
+    assert_eq!(
+        (dup["id"].clone(), dup["duplicate"].clone()),
+        (json!("r1"), json!(true)),
+        "{dup}"
+    );
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 420.0);
     assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1);
 
     // Expired, not mapped, wrong type, out of range: 400, nothing written.
     for (id, body, why) in [
-        ("r2", json!({"id": "r2", "property": "fillerSpeedSetpoint", "value": 10, "expires": "2020-01-01T00:00:00Z"}), "expired"),
-        ("r3", json!({"id": "r3", "property": "nope", "value": 1}), "not mapped"),
-        ("r4", json!({"id": "r4", "property": "fillerSpeedSetpoint", "value": "fast"}), "wrong type"),
-        ("r5", json!({"id": "r5", "property": "fillerSpeedSetpoint", "value": 1e9}), "out of range"),
-        ("r6", json!({"id": "r6", "property": "fillerSpeed", "value": 1}), "not writable"),
+        (
+            "r2",
+            json!({"id": "r2", "property": "fillerSpeedSetpoint", "value": 10, "expires": "2020-01-01T00:00:00Z"}),
+            "expired",
+        ),
+        (
+            "r3",
+            json!({"id": "r3", "property": "nope", "value": 1}),
+            "not mapped",
+        ),
+        (
+            "r4",
+            json!({"id": "r4", "property": "fillerSpeedSetpoint", "value": "fast"}),
+            "wrong type",
+        ),
+        (
+            "r5",
+            json!({"id": "r5", "property": "fillerSpeedSetpoint", "value": 1e9}),
+            "out of range",
+        ),
+        (
+            "r6",
+            json!({"id": "r6", "property": "fillerSpeed", "value": 1}),
+            "not writable",
+        ),
     ] {
         send(write, body).await;
         let a = answer(&sub, responses, id, 0).await;
@@ -378,26 +437,44 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     // Methods on the MQTT method topic.
     let before = calls(&sim);
     let methods = "opcua/plant/line-w/cmd/method/resetCounters/response";
-    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m1", "args": {"Reason": "test"}})).await;
+    send(
+        "opcua/plant/line-w/cmd/method/resetCounters",
+        json!({"id": "m1", "args": {"Reason": "test"}}),
+    )
+    .await;
     let a = answer(&sub, methods, "m1", 0).await;
     assert_eq!(a["status"], json!(200), "{a}");
     assert!(a["outputs"]["CountersReset"].is_u64(), "{a}");
-    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m1", "args": {"Reason": "again"}})).await;
+    send(
+        "opcua/plant/line-w/cmd/method/resetCounters",
+        json!({"id": "m1", "args": {"Reason": "again"}}),
+    )
+    .await;
     let a = answer(&sub, methods, "m1", 1).await;
     assert_eq!(a["duplicate"], json!(true), "{a}");
     send("opcua/plant/line-w/cmd/method/nope", json!({"id": "m2"})).await;
     let a = answer(&sub, "opcua/plant/line-w/cmd/method/nope/response", "m2", 0).await;
     assert_eq!(a["status"], json!(404), "{a}");
-    send("opcua/plant/line-w/cmd/method/resetCounters", json!({"id": "m3", "args": []})).await;
+    send(
+        "opcua/plant/line-w/cmd/method/resetCounters",
+        json!({"id": "m3", "args": []}),
+    )
+    .await;
     assert_eq!(answer(&sub, methods, "m3", 0).await["status"], json!(400));
     assert_eq!(calls(&sim), before + 1, "one call: m1 once");
     running.stop(Duration::from_secs(5)).await;
 
     // After a restart the ids are still known: r1 is answered again, not applied.
     let running = runner::start(&config).expect("connector");
-    let n = answers(&sub, responses).iter().filter(|a| a["id"] == json!("r1")).count();
+    let n = answers(&sub, responses)
+        .iter()
+        .filter(|a| a["id"] == json!("r1"))
+        .count();
     eventually("r1 answered after restart", Duration::from_secs(20), || {
-        let s = send(write, json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 999}));
+        let s = send(
+            write,
+            json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 999}),
+        );
         let found = answers(&sub, responses)
             .into_iter()
             .filter(|a| a["id"] == json!("r1"))
@@ -416,6 +493,9 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     running.stop(Duration::from_secs(5)).await;
 }
 
+/// Answers received: (topic, correlation data, body).
+type Answers = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<Vec<u8>>, Value)>>>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
@@ -431,9 +511,9 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\n"),
     );
     let running = runner::start(&config).expect("connector");
-    let (client, mut el) = AsyncClient::new(MqttOptions::new("requester-v5", "127.0.0.1", port), 100);
-    let got: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<Vec<u8>>, Value)>>> =
-        Default::default();
+    let (client, mut el) =
+        AsyncClient::new(MqttOptions::new("requester-v5", "127.0.0.1", port), 100);
+    let got: Answers = Default::default();
     let g2 = got.clone();
     let c2 = client.clone();
     tokio::spawn(async move {
@@ -443,9 +523,14 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
                     let _ = c2.subscribe("replies/me", QoS::AtLeastOnce).await;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let corr = p.properties.and_then(|pr| pr.correlation_data).map(|b| b.to_vec());
+                    let corr = p
+                        .properties
+                        .and_then(|pr| pr.correlation_data)
+                        .map(|b| b.to_vec());
                     let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                    g2.lock().unwrap().push((String::from_utf8_lossy(&p.topic).into(), corr, body));
+                    g2.lock()
+                        .unwrap()
+                        .push((String::from_utf8_lossy(&p.topic).into(), corr, body));
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -457,25 +542,40 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         correlation_data: Some(b"corr-42".to_vec().into()),
         ..Default::default()
     };
-    let (topic, corr, body) = eventually("answer on the response topic", Duration::from_secs(20), || {
-        let c = client.clone();
-        let p = props.clone();
-        let found = got.lock().unwrap().first().cloned();
-        async move {
-            if found.is_none() {
-                let body = json!({"id": "v5-1", "property": "fillerSpeedSetpoint", "value": 640});
-                let _ = c
-                    .publish_with_properties("opcua/plant/line-w/cmd/write", QoS::AtLeastOnce, false, body.to_string(), p)
-                    .await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
+    let (topic, corr, body) = eventually(
+        "answer on the response topic",
+        Duration::from_secs(20),
+        || {
+            let c = client.clone();
+            let p = props.clone();
+            let found = got.lock().unwrap().first().cloned();
+            async move {
+                if found.is_none() {
+                    let body =
+                        json!({"id": "v5-1", "property": "fillerSpeedSetpoint", "value": 640});
+                    let _ = c
+                        .publish_with_properties(
+                            "opcua/plant/line-w/cmd/write",
+                            QoS::AtLeastOnce,
+                            false,
+                            body.to_string(),
+                            p,
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                found
             }
-            found
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(topic, "replies/me");
     assert_eq!(corr.as_deref(), Some(&b"corr-42"[..]));
-    assert_eq!((body["id"].clone(), body["status"].clone()), (json!("v5-1"), json!(200)), "{body}");
+    assert_eq!(
+        (body["id"].clone(), body["status"].clone()),
+        (json!("v5-1"), json!(200)),
+        "{body}"
+    );
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 640.0);
     running.stop(Duration::from_secs(5)).await;
 }
@@ -515,19 +615,23 @@ fn hostile(rng: &mut Lcg) -> Vec<u8> {
         0 => (0..rng.below(200)).map(|_| rng.next() as u8).collect(),
         1 => b"{\"fillerSpeedSetpoint\": 600".to_vec(),
         2 => "[".repeat(10_000).into_bytes(),
-        3 => {
-            json!({"$version": "seven", "fillerSpeedSetpoint": v}).to_string().into_bytes()
-        }
-        4 => {
-            json!({"$version": 1, "fillerSpeedSetpoint": v, "recipe": {"name": 5}}).to_string().into_bytes()
-        }
-        5 => {
-            json!({"id": 7, "property": "fillerSpeedSetpoint", "value": v}).to_string().into_bytes()
-        }
+        3 => json!({"$version": "seven", "fillerSpeedSetpoint": v})
+            .to_string()
+            .into_bytes(),
+        4 => json!({"$version": 1, "fillerSpeedSetpoint": v, "recipe": {"name": 5}})
+            .to_string()
+            .into_bytes(),
+        5 => json!({"id": 7, "property": "fillerSpeedSetpoint", "value": v})
+            .to_string()
+            .into_bytes(),
         6 => {
-            json!({"id": format!("h{}", rng.next()), "property": "fillerSpeedSetpoint", "value": v}).to_string().into_bytes()
+            json!({"id": format!("h{}", rng.next()), "property": "fillerSpeedSetpoint", "value": v})
+                .to_string()
+                .into_bytes()
         }
-        7 => json!({"id": format!("h{}", rng.next()), "args": {"Reason": rng.next()}}).to_string().into_bytes(),
+        7 => json!({"id": format!("h{}", rng.next()), "args": {"Reason": rng.next()}})
+            .to_string()
+            .into_bytes(),
         _ => vec![0xff, 0xfe, 0x00, b'{'],
     }
 }
@@ -579,9 +683,17 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
         .load(std::sync::atomic::Ordering::Relaxed);
     println!("{sent} hostile messages, {malformed} counted as malformed");
     assert!(malformed > 100, "malformed input is counted: {malformed}");
-    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, 0, "no hostile write");
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").write_attempts,
+        0,
+        "no hostile write"
+    );
     assert_eq!(stats(&sim, "Filler.Speed").write_attempts, 0);
-    assert_eq!(stats(&sim, "Filler.RecipeName").writes, 2, "only the two valid ones");
+    assert_eq!(
+        stats(&sim, "Filler.RecipeName").writes,
+        2,
+        "only the two valid ones"
+    );
     assert_eq!(calls(&sim), 0, "no hostile method call");
     // Refused requests got answers.
     let refused = running
@@ -589,5 +701,61 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
         .writes_refused
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(refused > 0, "refusals answered and counted");
+    running.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_the_plc_does_not_answer_in_time_is_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let relay = Relay::start(sim.sim.port()).await;
+    let port = start_broker();
+    let sub = Subscriber::start(port, "opcua/plant/line-w/cmd/#").await;
+    let text = line_text(
+        dir.path(),
+        &url(relay.port),
+        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+    )
+    .replace("timeout = \"5s\"", "timeout = \"1s\"");
+    let config = config::parse(Path::new("writes-504.toml"), &text).expect("config");
+    let running = runner::start(&config).expect("connector");
+    let client = publisher(port).await;
+    let topic = "opcua/plant/line-w/cmd/method/resetCounters";
+    let responses = "opcua/plant/line-w/cmd/method/resetCounters/response";
+    // A first call answered (retried until the connector has subscribed).
+    eventually("first call answered", Duration::from_secs(20), || {
+        let c = client.clone();
+        let found = answers(&sub, responses)
+            .into_iter()
+            .find(|a| a["id"] == json!("t1"));
+        async move {
+            if found.is_none() {
+                let body = json!({"id": "t1", "args": {"Reason": "x"}}).to_string();
+                let _ = c
+                    .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            found
+        }
+    })
+    .await;
+    // The PLC stops answering: the call ends with 504 after the method's timeout.
+    relay.stall(true);
+    let body = json!({"id": "t2", "args": {"Reason": "y"}}).to_string();
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+        .await
+        .unwrap();
+    let a = answer(&sub, responses, "t2", 0).await;
+    assert_eq!(a["status"], json!(504), "{a}");
+    assert_eq!(
+        running
+            .writes
+            .calls_timeout
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    relay.stall(false);
     running.stop(Duration::from_secs(5)).await;
 }

@@ -104,6 +104,14 @@ fn mqtt(out: &mut String, m: &MqttSinkConfig, line: &Line) -> std::fmt::Result {
         example = example.replace("{site}", site);
     }
     writeln!(out, "    topic {} -> {example}", m.topic)?;
+    let mut base = m.command_topic.replace("{line}", &line.id);
+    if let Some(site) = &line.site {
+        base = base.replace("{site}", site);
+    }
+    writeln!(
+        out,
+        "    cloud-to-PLC (with [[write]] / [[method]]): {base}/write, {base}/method/{{name}}"
+    )?;
     writeln!(
         out,
         "    qos {}, {}, batches of up to {} samples, {} or {}",

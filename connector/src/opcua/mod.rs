@@ -5,3 +5,4 @@ pub mod convert;
 pub mod resolve;
 pub mod session;
 pub mod subscribe;
+pub mod tcp;

@@ -222,6 +222,8 @@ pub async fn check(link: &Link, mappings: &[&WriteMapping]) -> Result<Vec<Fitnes
 pub struct Written {
     pub old: Option<Variant>,
     pub now: Option<Variant>,
+    /// How long the PLC part took (old value, write, readback).
+    pub took: Duration,
 }
 
 async fn read_value(session: &Session, node: &NodeId) -> Result<Option<Variant>, Failure> {
@@ -249,6 +251,7 @@ pub async fn write(
     timeout: Duration,
 ) -> Result<Written, Failure> {
     let session = &link.session;
+    let started = std::time::Instant::now();
     let work = async {
         // The old value is for the audit record only; a node that cannot be read can still be
         // written.
@@ -274,7 +277,11 @@ pub async fn write(
         } else {
             None
         };
-        Ok(Written { old, now })
+        Ok(Written {
+            old,
+            now,
+            took: started.elapsed(),
+        })
     };
     tokio::time::timeout(timeout, work)
         .await

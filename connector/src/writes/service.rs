@@ -602,9 +602,7 @@ impl Service {
             let grace_end = self.started + STARTUP_GRACE;
             let never = plc.is_some_and(|s| !s.ever_linked);
             if never && now < grace_end {
-                if let Some(w) = p.pending.as_mut() {
-                    w.not_before = Some(grace_end);
-                }
+                // Kicked again when the PLC's nodes are checked, or by the tick.
                 return;
             }
             if !want.told_unreachable {
@@ -751,7 +749,7 @@ impl Service {
                     .as_ref()
                     .map(plc::variant_json)
                     .unwrap_or_else(|| value.clone());
-                info!(target: "audit", who = %who, plc = %mapping.plc, node = %mapping.node, property = %property, old = %opt_variant(&w.old), new = %text(&now), result = 200, "written");
+                info!(target: "audit", who = %who, plc = %mapping.plc, node = %mapping.node, property = %property, old = %opt_variant(&w.old), new = %text(&now), result = 200, plc_ms = w.took.as_secs_f64() * 1000.0, "written");
                 let detail = if mapping.readback {
                     "written; read back"
                 } else {
@@ -1236,7 +1234,7 @@ impl Service {
         let waiting: Vec<String> = self
             .props
             .iter()
-            .filter(|(_, p)| p.pending.as_ref().is_some_and(|w| w.not_before.is_some()))
+            .filter(|(_, p)| p.pending.is_some() && !p.running)
             .map(|(k, _)| k.clone())
             .collect();
         for p in waiting {

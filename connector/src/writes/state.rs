@@ -3,8 +3,11 @@
 //! the ids of recent plain-MQTT requests (so a request delivered again is not applied again).
 //!
 //! One small JSON file, replaced atomically (write to a temporary file, fsync, rename,
-//! fsync the directory) after every change. A file that cannot be read is moved aside to
-//! `*.corrupt` and logged; the service then starts from the twin's reported acknowledgements.
+//! fsync the directory) after every change, by a thread of its own so that an fsync never
+//! holds up an acknowledgement (the last change is on disk when the state is dropped). A
+//! crash can lose the last changes: the twin's reported acknowledgements cover them at the
+//! next start. A file that cannot be read is moved aside to `*.corrupt` and logged; the
+//! service then starts from the twin's reported acknowledgements.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -28,21 +31,46 @@ struct OnDisk {
 /// The persisted state, in memory.
 #[derive(Debug)]
 pub struct State {
-    path: PathBuf,
     twin: BTreeMap<String, i64>,
     order: VecDeque<String>,
     /// Answers by request id; `Value::Null` while the request is in progress.
     answers: HashMap<String, Value>,
+    saver: Option<(std::sync::mpsc::Sender<OnDisk>, std::thread::JoinHandle<()>)>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        if let Some((tx, thread)) = self.saver.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Writes the newest snapshot it is given, skipping ones already replaced.
+fn saver(path: PathBuf) -> (std::sync::mpsc::Sender<OnDisk>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<OnDisk>();
+    let thread = std::thread::spawn(move || {
+        while let Ok(mut disk) = rx.recv() {
+            while let Ok(newer) = rx.try_recv() {
+                disk = newer;
+            }
+            if let Err(e) = write_atomically(&path, &disk) {
+                error!(path = %path.display(), error = %e, "cannot save the write state");
+            }
+        }
+    });
+    (tx, thread)
 }
 
 impl State {
     /// Loads `path` (absent: empty).
     pub fn open(path: &Path) -> State {
         let mut state = State {
-            path: path.to_owned(),
             twin: BTreeMap::new(),
             order: VecDeque::new(),
             answers: HashMap::new(),
+            saver: Some(saver(path.to_owned())),
         };
         let disk = match std::fs::read(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => OnDisk::default(),
@@ -130,8 +158,8 @@ impl State {
                 })
                 .collect(),
         };
-        if let Err(e) = write_atomically(&self.path, &disk) {
-            error!(path = %self.path.display(), error = %e, "cannot save the write state");
+        if let Some((tx, _)) = &self.saver {
+            let _ = tx.send(disk);
         }
     }
 }
@@ -169,6 +197,7 @@ mod tests {
         assert_eq!(s.answer("r1"), Some(&Value::Null));
         s.finish("r1", json!({"status": 200}));
         s.begin("r2");
+        drop(s);
         let s = State::open(&path);
         assert_eq!(s.handled("a.b"), 7, "never lowered");
         assert_eq!(s.answer("r1"), Some(&json!({"status": 200})));

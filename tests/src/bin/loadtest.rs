@@ -17,7 +17,7 @@ use tests::{read_all, Val};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Scenarios: S1 (10k @ 1 s), S2 (100k @ 1 s), S3p (10k @ 100 ms, Parquet only), S3 / S3g (S3p plus MQTT QoS 1, json / json+gzip, to an embedded broker), S5 (subscribe 100k).
+    /// Scenarios: S1 (10k @ 1 s), S2 (100k @ 1 s), S3p (10k @ 100 ms, Parquet only), S3 / S3g (S3p plus MQTT QoS 1, json / json+gzip, to an embedded broker), S5 (subscribe 100k), S6 (S3 in the IoT Hub dialect to mosquitto plus 100 twin writes, timed), S6idle (the same writes with 10 tags).
     scenarios: Vec<String>,
     /// How long each scenario runs once subscribed.
     #[arg(long, default_value = "30s", value_parser = humantime_parse)]
@@ -51,6 +51,9 @@ struct Scenario {
     publishing: &'static str,
     /// MQTT payload ("json" or "json+gzip") to an embedded broker, besides Parquet.
     mqtt: Option<&'static str>,
+    /// Telemetry in the IoT Hub dialect (to mosquitto with a hub double) and 100 twin writes
+    /// during the run, timed from the desired patch to its acknowledgement.
+    hub: bool,
 }
 
 fn scenario(id: &str) -> Option<Scenario> {
@@ -60,9 +63,11 @@ fn scenario(id: &str) -> Option<Scenario> {
         "S3p" => (10_000, "100ms", None),
         "S3" => (10_000, "100ms", Some("json")),
         "S3g" => (10_000, "100ms", Some("json+gzip")),
+        "S6" => (10_000, "100ms", Some("json")),
+        "S6idle" => (10, "100ms", Some("json")),
         _ => return None,
     };
-    let id = ["S1", "S2", "S3p", "S3", "S3g", "S5"]
+    let id = ["S1", "S2", "S3p", "S3", "S3g", "S5", "S6", "S6idle"]
         .into_iter()
         .find(|s| *s == id)?;
     Some(Scenario {
@@ -71,6 +76,7 @@ fn scenario(id: &str) -> Option<Scenario> {
         interval,
         publishing: interval,
         mqtt,
+        hub: id.starts_with("S6"),
     })
 }
 
@@ -126,6 +132,8 @@ struct Row {
     bytes_per_sample: f64,
     mqtt_bytes_per_sample: Option<f64>,
     subscribe_s: f64,
+    /// Twin write round trip p50 / p99 / max, ms (S6).
+    write_ms: Option<(f64, f64, f64)>,
 }
 
 fn run(s: &Scenario, duration: Duration, keep: bool) -> Result<Row> {
@@ -158,46 +166,66 @@ fn run(s: &Scenario, duration: Duration, keep: bool) -> Result<Row> {
     // MQTT: an embedded broker and a subscriber in this process, counting bytes and samples.
     let mqtt_counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let mut mqtt_section = String::new();
-    let _rt = match s.mqtt {
-        None => None,
-        Some(payload) => {
+    let mut _mosquitto = None;
+    let mut hub_port = 0;
+    // The hub double (S6) times writes; the counting subscriber parses every telemetry
+    // message. Each has its own runtime so the parsing does not delay the timing.
+    let rt = tokio::runtime::Runtime::new()?;
+    let count_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    if let Some(payload) = s.mqtt {
+        let (port, filter) = if s.hub {
+            let (m, port) = tests::plain_mosquitto(&dir);
+            _mosquitto = Some(m);
+            hub_port = port;
+            mqtt_section = format!(
+                "\n[hub]\nconnection_string_env = \"LOADTEST_HUB_CS\"\ninsecure_endpoint = \"127.0.0.1:{port}\"\npayload = \"{payload}\"\n\n[buffer]\ndir = \"{}\"\n\n\
+                 [[write]]\nproperty = \"fillerSpeedSetpoint\"\nplc = \"sim\"\nnode = \"nsu={};s=Filler.SpeedSetpoint\"\ntype = \"Double\"\nmin = 0.0\nmax = 1200.0\n",
+                dir.join("buffer").display(),
+                tests::LINE_NS,
+            );
+            (port, "devices/#")
+        } else {
             let port = tests::start_broker();
             mqtt_section = format!(
                 "\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nqos = 1\npayload = \"{payload}\"\n\n[buffer]\ndir = \"{}\"\n",
                 dir.join("buffer").display()
             );
-            let rt = tokio::runtime::Runtime::new()?;
-            let counts = mqtt_counts.clone();
-            let gzip = payload == "json+gzip";
-            rt.spawn(async move {
-                let sub = tests::Subscriber::start(port, "opcua/#").await;
-                let mut seen = 0;
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let msgs = sub.messages.lock().unwrap().split_off(0);
-                    for (_, body) in msgs {
-                        counts.0.fetch_add(body.len() as u64, Ordering::Relaxed);
-                        let json = if gzip {
-                            let mut out = Vec::new();
-                            let _ = std::io::Read::read_to_end(
-                                &mut flate2::read::GzDecoder::new(&body[..]),
-                                &mut out,
-                            );
-                            out
-                        } else {
-                            body
-                        };
-                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
-                            let n = v["samples"].as_array().map_or(0, Vec::len) as u64;
-                            counts.1.fetch_add(n, Ordering::Relaxed);
-                        }
-                        seen += 1;
+            (port, "opcua/#")
+        };
+        let counts = mqtt_counts.clone();
+        let gzip = payload == "json+gzip";
+        count_rt.spawn(async move {
+            let sub = tests::Subscriber::start(port, filter).await;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let msgs = sub.messages.lock().unwrap().split_off(0);
+                for (_, body) in msgs {
+                    counts.0.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    let json = if gzip {
+                        let mut out = Vec::new();
+                        let _ = std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&body[..]),
+                            &mut out,
+                        );
+                        out
+                    } else {
+                        body
+                    };
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
+                        let n = v["samples"].as_array().map_or(0, Vec::len) as u64;
+                        counts.1.fetch_add(n, Ordering::Relaxed);
                     }
-                    let _ = seen;
                 }
-            });
-            Some(rt)
-        }
+            }
+        });
+    }
+    let hub = if s.hub {
+        Some(rt.block_on(tests::HubDouble::start(hub_port)))
+    } else {
+        None
     };
     std::fs::write(
         &config,
@@ -231,6 +259,10 @@ dir = "{}"
     let mut conn = Command::new(bins.join("opcua-connector"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
+        .env(
+            "LOADTEST_HUB_CS",
+            "HostName=loadtest.azure-devices.net;DeviceId=bench-edge;SharedAccessKey=c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -239,8 +271,19 @@ dir = "{}"
     // Wait for the "subscribed" log line.
     let stderr = conn.stderr.take().context("stderr")?;
     let (tx, rx) = std::sync::mpsc::channel::<f64>();
+    let plc_ms = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let plc_ms2 = plc_ms.clone();
     std::thread::spawn(move || {
         for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The audit record of a write says how long its PLC part took.
+            if l.contains("\"audit\"") && l.contains("\"written\"") {
+                if let Some(ms) = serde_json::from_str::<serde_json::Value>(&l)
+                    .ok()
+                    .and_then(|v| v["fields"]["plc_ms"].as_f64())
+                {
+                    plc_ms2.lock().unwrap().push(ms);
+                }
+            }
             if l.contains("\"subscribed\"") {
                 if let Some(ms) = serde_json::from_str::<serde_json::Value>(&l)
                     .ok()
@@ -257,7 +300,53 @@ dir = "{}"
     let (cpu0, _) = proc_usage(pid);
     let (sim_cpu0, _) = proc_usage(sim.id());
     let t0 = Instant::now();
-    std::thread::sleep(duration);
+    let mut write_ms = None;
+    if let Some(hub) = &hub {
+        // 100 twin writes spread over the run, each timed from the desired patch to its
+        // acknowledgement 200 (broker hops, connector, OPC UA read-write-readback).
+        let gap = (duration / 100).max(Duration::from_millis(50));
+        let mut times = rt.block_on(async {
+            let mut times = Vec::new();
+            for i in 0..100 {
+                let next = tokio::time::Instant::now() + gap;
+                let v = hub
+                    .desire(serde_json::json!({"fillerSpeedSetpoint": 100.0 + f64::from(i)}))
+                    .await;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    if let Some(d) = hub.round_trip("fillerSpeedSetpoint", v, 200) {
+                        times.push(d.as_secs_f64() * 1000.0);
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        eprintln!("S6: write v{v} not acknowledged within 10 s");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                tokio::time::sleep_until(next).await;
+            }
+            times
+        });
+        times.sort_by(f64::total_cmp);
+        if !times.is_empty() {
+            let q = |p: f64| {
+                times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1]
+            };
+            write_ms = Some((q(0.5), q(0.99), times[times.len() - 1]));
+            eprintln!("S6: {} of 100 twin writes acknowledged; round trip ms p50 {:.2} p99 {:.2} max {:.2}", times.len(), q(0.5), q(0.99), times[times.len() - 1]);
+            let mut plc = plc_ms.lock().unwrap().clone();
+            plc.sort_by(f64::total_cmp);
+            if !plc.is_empty() {
+                let q =
+                    |p: f64| plc[((plc.len() as f64 * p).ceil() as usize).clamp(1, plc.len()) - 1];
+                eprintln!("S6: of which the PLC part (read old value, write, read back) ms p50 {:.2} p99 {:.2} max {:.2}", q(0.5), q(0.99), plc[plc.len() - 1]);
+            }
+        }
+        std::thread::sleep(duration.saturating_sub(t0.elapsed()));
+    } else {
+        std::thread::sleep(duration);
+    }
     let (cpu1, rss) = proc_usage(pid);
     let (sim_cpu1, sim_rss) = proc_usage(sim.id());
     let window = t0.elapsed().as_secs_f64();
@@ -328,6 +417,7 @@ dir = "{}"
             (n > 0).then(|| b as f64 / n as f64)
         },
         subscribe_s,
+        write_ms,
     })
 }
 
@@ -341,12 +431,12 @@ fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for id in ids {
         let Some(s) = scenario(&id) else {
-            eprintln!("unknown scenario {id} (S1, S2, S3p, S3, S3g, S5)");
+            eprintln!("unknown scenario {id} (S1, S2, S3p, S3, S3g, S5, S6, S6idle)");
             std::process::exit(2);
         };
         match run(&s, args.duration, args.keep) {
             Ok(r) => println!(
-                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | - |",
+                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | {} |",
                 s.id,
                 r.offered,
                 r.written,
@@ -357,7 +447,10 @@ fn main() -> Result<()> {
                 r.bytes_per_sample,
                 r.mqtt_bytes_per_sample
                     .map_or("-".to_owned(), |b| format!("{b:.1}")),
-                r.subscribe_s
+                r.subscribe_s,
+                r.write_ms.map_or("-".to_owned(), |(p50, p99, _)| format!(
+                    "write {p50:.2} / {p99:.2}"
+                ))
             ),
             Err(e) => println!("| {} | failed: {e:#} |", s.id),
         }

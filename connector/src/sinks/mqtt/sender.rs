@@ -104,6 +104,14 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
 
 pub use super::flow::Renewer;
 
+/// TCP options: no Nagle delay, so small answers (acknowledgements, PUBACKs, write
+/// responses) are not held back ~40 ms waiting for the peer's delayed ACK.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. With
 /// `control`, also subscribes to its topics after every ConnAck, hands what arrives on them
 /// to the write service and publishes its answers.
@@ -126,6 +134,7 @@ pub async fn run(
         opts.set_credentials(user, pass);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
+    eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {
         if let Some(c) = control.as_mut() {
             c.flush(|out| {

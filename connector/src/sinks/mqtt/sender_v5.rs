@@ -48,6 +48,7 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
         o.set_credentials(login.username, login.password);
     }
     o.set_transport(v3.transport());
+    o.set_network_options(super::sender::network_options());
     Ok(o)
 }
 
