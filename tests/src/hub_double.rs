@@ -351,6 +351,17 @@ impl HubDouble {
         self.twin.lock().unwrap().gets
     }
 
+    /// Every reported patch received, in order.
+    pub fn patch_log(&self) -> Vec<Value> {
+        self.twin
+            .lock()
+            .unwrap()
+            .patches
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
     pub fn patches(&self) -> usize {
         self.twin.lock().unwrap().patches.len()
     }

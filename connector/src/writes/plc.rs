@@ -519,7 +519,8 @@ pub async fn call(
 
 /// A variant as plain JSON for acknowledgements and method outputs: numbers as numbers
 /// (64-bit integers exactly), non-finite floats as "NaN" / "Infinity" / "-Infinity",
-/// DateTimes as RFC 3339, anything else in OPC UA JSON encoding.
+/// DateTimes as RFC 3339, arrays element by element, anything else as the body of its OPC UA
+/// JSON encoding.
 pub fn variant_json(v: &Variant) -> Value {
     let float = |f: f64| {
         serde_json::Number::from_f64(f).map_or_else(
@@ -551,8 +552,18 @@ pub fn variant_json(v: &Variant) -> Value {
         Variant::String(s) => Value::from(s.as_ref()),
         Variant::DateTime(t) => Value::from(t.as_chrono().to_rfc3339()),
         Variant::StatusCode(s) => Value::from(status_name(*s)),
-        other => serde_json::from_str(&crate::opcua::convert::json(other))
-            .unwrap_or_else(|_| Value::from(crate::opcua::convert::json(other))),
+        Variant::Array(a) => Value::Array(a.values.iter().map(variant_json).collect()),
+        // OPC UA JSON of a variant is {"Type": n, "Body": ...}: the body is the value.
+        other => {
+            let text = crate::opcua::convert::json(other);
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(mut o)) if o.contains_key("Body") => {
+                    o.remove("Body").unwrap_or(Value::Null)
+                }
+                Ok(v) => v,
+                Err(_) => Value::from(text),
+            }
+        }
     }
 }
 
@@ -643,7 +654,13 @@ mod tests {
         assert_eq!(
             variant_json(&Variant::from(vec![1i32, 2])),
             json!([1, 2]),
-            "arrays in OPC UA JSON"
+            "arrays element by element"
+        );
+        let guid = opcua::types::Guid::new();
+        assert_eq!(
+            variant_json(&Variant::from(guid.clone())),
+            json!(guid.to_string()),
+            "other types: the OPC UA JSON body"
         );
     }
 

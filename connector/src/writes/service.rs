@@ -601,8 +601,9 @@ impl Service {
         let Some(link) = ready else {
             let grace_end = self.started + STARTUP_GRACE;
             let never = plc.is_some_and(|s| !s.ever_linked);
-            if never && now < grace_end {
-                // Kicked again when the PLC's nodes are checked, or by the tick.
+            // Connected, its nodes being checked: kicked again when the check is done.
+            let checking = plc.is_some_and(|s| s.link.is_some());
+            if checking || (never && now < grace_end) {
                 return;
             }
             if !want.told_unreachable {
@@ -857,6 +858,15 @@ impl Service {
                 self.state.begin(&req.id);
                 return self.answer_write(&req.property, origin, req.value, 400, r.to_string());
             };
+            let checking = self
+                .plcs
+                .get(&mapping.plc)
+                .is_some_and(|s| s.link.is_some() && !s.checked);
+            if checking {
+                // Just connected, its nodes being checked: answered right after.
+                self.held.push((false, Inbound::Message(msg)));
+                return;
+            }
             self.state.begin(&req.id);
             if expired(&req, Utc::now()) {
                 return self.refused(&mapping, origin, req.value, &Refusal::Expired);
@@ -959,12 +969,16 @@ impl Service {
         add(&self.metrics.duplicates);
         info!(target: "audit", who = %format!("request {}", reply.id), result = "duplicate", "request id seen before: not applied again");
         let body = if previous.is_null() {
-            write_response(
-                &reply.id,
-                202,
-                "duplicate request id: the first request is in progress",
-                None,
-            )
+            {
+                let mut b = write_response(
+                    &reply.id,
+                    202,
+                    "duplicate request id: the first request is in progress",
+                    None,
+                );
+                b["duplicate"] = Value::Bool(true);
+                b
+            }
         } else {
             let mut b = previous;
             b["duplicate"] = Value::Bool(true);
