@@ -67,7 +67,8 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     }
     // Cloud-to-PLC: served when the file maps writes or methods, over the hub's twin and
     // methods and the broker's command topics.
-    let commands = !config.writes.is_empty() || !config.methods.is_empty();
+    let mapped = !config.writes.is_empty() || !config.methods.is_empty();
+    let commands = mapped && (config.hub.is_some() || config.mqtt.is_some());
     let write_metrics = Arc::new(WriteMetrics::default());
     let mut hub_control = None;
     let mut mqtt_control = None;
@@ -95,13 +96,13 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             mqtt_control = Some(c);
             service_ends.1 = Some((ends, topics));
         }
-        if config.hub.is_none() && config.mqtt.is_none() {
-            warn!(
-                writes = config.writes.len(),
-                methods = config.methods.len(),
-                "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
-            );
-        }
+    }
+    if mapped && !commands {
+        warn!(
+            writes = config.writes.len(),
+            methods = config.methods.len(),
+            "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
+        );
     }
     let sessions = CancellationToken::new();
     let stop_writers = Arc::new(AtomicBool::new(false));

@@ -25,6 +25,13 @@ pub fn free_port() -> u16 {
 /// A mosquitto process, killed when dropped.
 pub struct Mosquitto(Child);
 
+impl Mosquitto {
+    /// The process id (to send it signals, e.g. SIGHUP to reload its configuration).
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.0.kill();

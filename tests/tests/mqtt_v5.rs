@@ -8,21 +8,13 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connector::config;
 use connector::runner;
 use tests::*;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// An embedded rumqttd (as [`tests::start_broker`]) listening for MQTT 3.1.1 and MQTT 5
 /// clients: `(v4 port, v5 port)`. Its threads live until the test process ends.
@@ -162,42 +154,13 @@ impl Drop for Subscriber5 {
     }
 }
 
-struct Mosquitto(Child);
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// mosquitto on a free loopback port (MQTT 3.1.1 and 5 on the same listener).
-fn mosquitto(dir: &Path) -> (Mosquitto, u16) {
+fn start_mosquitto(dir: &Path) -> (Mosquitto, u16) {
     let port = free_port();
     // An optional `extra.conf` in `dir` (e.g. an ACL) is appended.
     let extra = std::fs::read_to_string(dir.join("extra.conf")).unwrap_or_default();
     let conf = format!("user root\nallow_anonymous true\nlistener {port} 127.0.0.1\n{extra}");
-    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    // Debian installs it in /usr/sbin, which is not on every PATH.
-    let bin = if Path::new("/usr/sbin/mosquitto").exists() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
-    };
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed (apt-get install mosquitto; .ci/run does it)");
-    let m = Mosquitto(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (m, port)
+    (mosquitto(dir, &conf, &[port]), port)
 }
 
 fn truth(sim: &Sim, name: &str) -> i128 {
@@ -265,7 +228,7 @@ async fn run_and_check(dir: &Path, sim: &Sim, broker_port: u16, extra: &str, rec
 async fn mqtt5_via_mosquitto_every_counter_sample_arrives_once_in_seq_order() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
-    let (_broker, port) = mosquitto(dir.path());
+    let (_broker, port) = start_mosquitto(dir.path());
     let sub = Subscriber::start(port, "opcua/#").await;
     let sub5 = Subscriber5::start(port, "opcua/#").await;
     run_and_check(dir.path(), &sim, port, "", &sub.messages).await;
@@ -317,7 +280,7 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
         format!("acl_file {}\n", acl.display()),
     )
     .unwrap();
-    let (broker, port) = mosquitto(dir.path());
+    let (broker, port) = start_mosquitto(dir.path());
     let sub = Subscriber::start(port, "opcua/#").await;
     let running = runner::start(&line_config(dir.path(), sim.sim.endpoint_url(), port, ""))
         .expect("runner starts the MQTT 5 sender");
@@ -341,7 +304,7 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
 
     std::fs::write(&acl, "topic readwrite opcua/#\n").unwrap();
     let hup = Command::new("kill")
-        .args(["-HUP", &broker.0.id().to_string()])
+        .args(["-HUP", &broker.pid().to_string()])
         .status()
         .unwrap();
     assert!(hup.success(), "mosquitto reloads its ACL");

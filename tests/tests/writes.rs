@@ -299,6 +299,28 @@ async fn publisher(port: u16) -> rumqttc::AsyncClient {
     client
 }
 
+/// Sends a request (again every 300 ms) until `found` gives its answer: the connector
+/// subscribes to its command topics shortly after it starts, and a repeated id is harmless
+/// by design.
+async fn until_answered<T, S, Fut>(what: &str, send: S, found: impl Fn() -> Option<T>) -> T
+where
+    S: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    eventually(what, Duration::from_secs(20), || {
+        let answer = found();
+        let again = answer.is_none().then(&send);
+        async move {
+            if let Some(again) = again {
+                again.await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            answer
+        }
+    })
+    .await
+}
+
 /// The answers on `topic` collected by `sub`, as JSON.
 fn answers(sub: &Subscriber, topic: &str) -> Vec<Value> {
     sub.messages
@@ -352,20 +374,16 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     // The first request may race the connector's subscription: repeat it (same id) until
     // it is answered; the id makes the repeats harmless, which is the point.
     let r1 = json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 420});
-    let first = eventually("r1 answered", Duration::from_secs(20), || {
-        let s = send(write, r1.clone());
-        // Repeats of r1 sent while it ran are answered 202 "in progress": wait for r1's own.
-        let found = answers(&sub, responses).into_iter().find(|a| {
-            a["id"] == json!("r1") && a.get("duplicate").is_none() && a["status"] != json!(202)
-        });
-        async move {
-            if found.is_none() {
-                s.await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            found
-        }
-    })
+    // Repeats of r1 sent while it ran are answered 202 "in progress": wait for r1's own.
+    let first = until_answered(
+        "r1 answered",
+        || send(write, r1.clone()),
+        || {
+            answers(&sub, responses).into_iter().find(|a| {
+                a["id"] == json!("r1") && a.get("duplicate").is_none() && a["status"] != json!(202)
+            })
+        },
+    )
     .await;
     assert_eq!(first["status"], json!(200), "{first}");
     assert_eq!(first["value"], json!(420.0), "{first}");
@@ -472,23 +490,21 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
         .iter()
         .filter(|a| a["id"] == json!("r1"))
         .count();
-    eventually("r1 answered after restart", Duration::from_secs(20), || {
-        let s = send(
-            write,
-            json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 999}),
-        );
-        let found = answers(&sub, responses)
-            .into_iter()
-            .filter(|a| a["id"] == json!("r1"))
-            .nth(n);
-        async move {
-            if found.is_none() {
-                s.await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            found
-        }
-    })
+    until_answered(
+        "r1 answered after restart",
+        || {
+            send(
+                write,
+                json!({"id": "r1", "property": "fillerSpeedSetpoint", "value": 999}),
+            )
+        },
+        || {
+            answers(&sub, responses)
+                .into_iter()
+                .filter(|a| a["id"] == json!("r1"))
+                .nth(n)
+        },
+    )
     .await;
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 500.0);
     assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 2);
@@ -544,35 +560,29 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         correlation_data: Some(b"corr-42".to_vec().into()),
         ..Default::default()
     };
-    let (topic, corr, body) = eventually(
+    let (topic, corr, body) = until_answered(
         "answer on the response topic",
-        Duration::from_secs(20),
         || {
-            let c = client.clone();
-            let p = props.clone();
-            let found = got
-                .lock()
+            let (c, p) = (client.clone(), props.clone());
+            async move {
+                let body = json!({"id": "v5-1", "property": "fillerSpeedSetpoint", "value": 640});
+                let _ = c
+                    .publish_with_properties(
+                        "opcua/plant/line-w/cmd/write",
+                        QoS::AtLeastOnce,
+                        false,
+                        body.to_string(),
+                        p,
+                    )
+                    .await;
+            }
+        },
+        || {
+            got.lock()
                 .unwrap()
                 .iter()
                 .find(|(_, _, b)| b.get("duplicate").is_none() && b["status"] != json!(202))
-                .cloned();
-            async move {
-                if found.is_none() {
-                    let body =
-                        json!({"id": "v5-1", "property": "fillerSpeedSetpoint", "value": 640});
-                    let _ = c
-                        .publish_with_properties(
-                            "opcua/plant/line-w/cmd/write",
-                            QoS::AtLeastOnce,
-                            false,
-                            body.to_string(),
-                            p,
-                        )
-                        .await;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                found
-            }
+                .cloned()
         },
     )
     .await;
@@ -730,22 +740,23 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
     let topic = "opcua/plant/line-w/cmd/method/resetCounters";
     let responses = "opcua/plant/line-w/cmd/method/resetCounters/response";
     // A first call answered (retried until the connector has subscribed).
-    eventually("first call answered", Duration::from_secs(20), || {
-        let c = client.clone();
-        let found = answers(&sub, responses)
-            .into_iter()
-            .find(|a| a["id"] == json!("t1"));
-        async move {
-            if found.is_none() {
+    until_answered(
+        "first call answered",
+        || {
+            let c = client.clone();
+            async move {
                 let body = json!({"id": "t1", "args": {"Reason": "x"}}).to_string();
                 let _ = c
                     .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
                     .await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            found
-        }
-    })
+        },
+        || {
+            answers(&sub, responses)
+                .into_iter()
+                .find(|a| a["id"] == json!("t1"))
+        },
+    )
     .await;
     // The PLC stops answering: the call ends with 504 after the method's timeout.
     relay.stall(true);

@@ -289,12 +289,10 @@ pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: Cancella
         match served {
             Ok(()) => break,
             Err(e) => {
-                attempt = attempt.saturating_add(1);
-                let wait = backoff(attempt);
+                let wait = next_wait(&mut attempt);
                 warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                if !sleep_unless_shutdown(wait, &shutdown).await {
+                    break;
                 }
             }
         }
@@ -312,12 +310,7 @@ async fn serve_writes(
     let mut namespaces: Option<Namespaces> = None;
     let mut read_at: Option<tokio::time::Instant> = None;
     let result = loop {
-        let retry = async {
-            match read_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let retry = sleep_until_set(read_at);
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             ev = events.recv() => match ev {
@@ -372,17 +365,37 @@ pub async fn run(
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
-                attempt = attempt.saturating_add(1);
-                let wait = backoff(attempt);
+                let wait = next_wait(&mut attempt);
                 error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                if !sleep_unless_shutdown(wait, &shutdown).await {
+                    break;
                 }
             }
         }
     }
     info!(plc = %plc.id, "plc stopped");
+}
+
+/// Sleeps until `at`; forever when it is not set.
+async fn sleep_until_set(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The back-off after one more failed attempt.
+fn next_wait(attempt: &mut u32) -> Duration {
+    *attempt = attempt.saturating_add(1);
+    backoff(*attempt)
+}
+
+/// Sleeps `wait`; false when shut down meanwhile.
+async fn sleep_unless_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// 250 ms doubling to 5 s, with up to 20 % jitter so many connectors do not retry in step.
@@ -413,12 +426,7 @@ async fn connect_and_serve(
     let mut warned_trust = false;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let result = loop {
-        let retry = async {
-            match resubscribe_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
+        let retry = sleep_until_set(resubscribe_at);
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             ev = events.recv() => match ev {

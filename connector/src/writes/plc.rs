@@ -128,21 +128,7 @@ pub fn write_type_of(data_type: &NodeId) -> Option<WriteType> {
     let opcua::types::Identifier::Numeric(n) = data_type.identifier else {
         return None;
     };
-    const ALL: [WriteType; 12] = [
-        WriteType::Boolean,
-        WriteType::SByte,
-        WriteType::Byte,
-        WriteType::Int16,
-        WriteType::UInt16,
-        WriteType::Int32,
-        WriteType::UInt32,
-        WriteType::Int64,
-        WriteType::UInt64,
-        WriteType::Float,
-        WriteType::Double,
-        WriteType::String,
-    ];
-    ALL.into_iter().find(|t| builtin_id(*t) == n)
+    WriteType::ALL.into_iter().find(|t| builtin_id(*t) == n)
 }
 
 fn read_id(node: &NodeId, attribute: AttributeId) -> ReadValueId {
