@@ -49,7 +49,11 @@ pub struct Running {
     /// Counters of cloud-to-PLC writes and method calls.
     pub writes: Arc<WriteMetrics>,
     service_stop: CancellationToken,
-    service_task: Option<JoinHandle<()>>,
+    /// Signals of the write thread: the service ended, the write sessions ended.
+    writes_done: Option<(
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Receiver<()>,
+    )>,
     http_stop: CancellationToken,
     mqtt_stop: CancellationToken,
     mqtt_tasks: Vec<JoinHandle<()>>,
@@ -190,6 +194,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         hub_metrics = Some(m);
     }
     let mut links = Vec::new();
+    let mut write_sessions = Vec::new();
     for plc in &config.plcs {
         let (link_tx, link_rx) = tokio::sync::watch::channel(None);
         links.push((plc.id.clone(), link_rx));
@@ -227,16 +232,17 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
             || config.methods.iter().any(|w| w.plc == plc.id);
         if commands && writes_here {
-            session_tasks.push(tokio::spawn(session::run_writes(
+            write_sessions.push(session::run_writes(
                 plc.clone(),
                 config.pki.clone(),
                 link_tx,
                 sessions.clone(),
-            )));
+            ));
         }
     }
     let service_stop = CancellationToken::new();
-    let service_task = if commands {
+    let mut writes_done = None;
+    if commands {
         let (hub, mqtt) = service_ends;
         let setup = Setup {
             writes: config.writes.clone(),
@@ -247,10 +253,34 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             state_file: config.buffer.dir.join("writes").join("state.json"),
             metrics: write_metrics.clone(),
         };
-        Some(tokio::spawn(service::run(setup, service_stop.clone())))
-    } else {
-        None
-    };
+        // The write service and the write sessions run on a thread of their own, so that a
+        // write never waits for a runtime worker busy decoding a large publish response.
+        let (service_tx, service_rx) = tokio::sync::oneshot::channel();
+        let (sessions_tx, sessions_rx) = tokio::sync::oneshot::channel();
+        let stop = service_stop.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::Sink(format!("cannot start the write runtime: {e}")))?;
+        std::thread::Builder::new()
+            .name("writes".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let service = tokio::spawn(async move {
+                        service::run(setup, stop).await;
+                        let _ = service_tx.send(());
+                    });
+                    let tasks: Vec<_> = write_sessions.into_iter().map(tokio::spawn).collect();
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                    let _ = sessions_tx.send(());
+                    let _ = service.await;
+                })
+            })
+            .map_err(|e| RunError::Sink(format!("cannot start the write thread: {e}")))?;
+        writes_done = Some((service_rx, sessions_rx));
+    }
     // /metrics and /healthz.
     let http_stop = CancellationToken::new();
     let mut metrics_addr = None;
@@ -287,7 +317,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     Ok(Running {
         writes: write_metrics,
         service_stop,
-        service_task,
+        writes_done,
         metrics_addr,
         http_stop,
         metrics,
@@ -308,13 +338,22 @@ impl Running {
     pub async fn stop(self, grace: Duration) {
         // No new writes; a write in flight ends with its session.
         self.service_stop.cancel();
-        if let Some(t) = self.service_task {
-            let _ = tokio::time::timeout(grace, t).await;
+        let (service_done, write_sessions_done) = match self.writes_done {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        if let Some(done) = service_done {
+            let _ = tokio::time::timeout(grace, done).await;
         }
         self.sessions.cancel();
         for t in self.session_tasks {
             if tokio::time::timeout(grace, t).await.is_err() {
                 warn!("a plc session did not stop within the grace time");
+            }
+        }
+        if let Some(done) = write_sessions_done {
+            if tokio::time::timeout(grace, done).await.is_err() {
+                warn!("a plc write session did not stop within the grace time");
             }
         }
         self.stop_writers.store(true, Ordering::Relaxed);

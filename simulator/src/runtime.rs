@@ -958,15 +958,21 @@ fn spawn_tickers(shared: &Arc<Shared>, shutdown: &CancellationToken) -> Vec<Join
                     let scheduled = wall0
                         + chrono::Duration::from_std(at.duration_since(mono0)).unwrap_or_default();
                     let online = shared.online.load(Ordering::Relaxed);
-                    let updates = {
-                        let mut m = shared.model.lock().unwrap_or_else(|e| e.into_inner());
-                        m.tick(g, scheduled, online)
-                    };
-                    shared.push(
-                        updates
-                            .into_iter()
-                            .map(|u| (u.var, u.value, u.status, u.source_time)),
-                    );
+                    // On the blocking pool: a tick of 10,000 values keeps a thread busy for
+                    // milliseconds, which must not be a runtime worker that serves clients.
+                    let s2 = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let updates = {
+                            let mut m = s2.model.lock().unwrap_or_else(|e| e.into_inner());
+                            m.tick(g, scheduled, online)
+                        };
+                        s2.push(
+                            updates
+                                .into_iter()
+                                .map(|u| (u.var, u.value, u.status, u.source_time)),
+                        );
+                    })
+                    .await;
                 }
             })
         })
