@@ -243,9 +243,6 @@ struct Shared {
     endpoint: String,
 }
 
-/// Values stored in the address space under one lock.
-const PUSH_SLICE: usize = 500;
-
 /// A running simulator. Dropping it does not stop it: cancel the token given to `start`.
 pub struct Simulator {
     shared: Arc<Shared>,
@@ -345,8 +342,6 @@ impl Shared {
     }
 
     /// Pushes model updates (or every variable's current value) into the live address space.
-    ///
-    /// (Values of one tick go in slices of [`PUSH_SLICE`].)
     fn push(&self, updates: impl Iterator<Item = (usize, Value, u32, chrono::DateTime<Utc>)>) {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
         let Some(live) = live else { return };
@@ -369,17 +364,14 @@ impl Shared {
                 ))
             })
             .collect();
-        // In slices: the address space is locked while a slice is stored, and a client's Read
-        // or Write waits for it. One lock for 10,000 values held them up for ~20 ms.
-        let mut values = values.into_iter().peekable();
-        while values.peek().is_some() {
-            let slice = values.by_ref().take(PUSH_SLICE);
-            if let Err(e) = live
-                .nm
-                .set_values(&live.subscriptions, slice.map(|(id, dv)| (id, None, dv)))
-            {
-                warn!(error = %e, "could not update the address space");
-            }
+        if values.is_empty() {
+            return;
+        }
+        if let Err(e) = live.nm.set_values(
+            &live.subscriptions,
+            values.into_iter().map(|(id, dv)| (id, None, dv)),
+        ) {
+            warn!(error = %e, "could not update the address space");
         }
     }
 
