@@ -44,6 +44,13 @@ plc = "sim"
 node = "{speed}"
 type = "Double"
 
+[[write]]
+property = "capperTorque"
+plc = "sim"
+node = "{torque}"
+type = "Double"
+max_rate = "1h"
+
 [[method]]
 name = "resetCounters"
 plc = "sim"
@@ -54,6 +61,7 @@ timeout = "5s"
         speed_sp = node("Filler.SpeedSetpoint"),
         recipe = node("Filler.RecipeName"),
         speed = node("Filler.Speed"),
+        torque = node("Capper.TorqueSetpoint"),
         filler = node("Filler"),
         reset = node("Filler.ResetCounters"),
     )
@@ -453,6 +461,26 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     assert_eq!(answer(&sub, responses, "r7", 0).await["status"], json!(200));
     assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 2);
     assert_eq!(stats(&sim, "Filler.Speed").write_attempts, 0);
+
+    // max_rate = "1h": the first write goes through, the next is refused before the PLC.
+    send(
+        write,
+        json!({"id": "t1", "property": "capperTorque", "value": 3.5}),
+    )
+    .await;
+    assert_eq!(answer(&sub, responses, "t1", 0).await["status"], json!(200));
+    send(
+        write,
+        json!({"id": "t2", "property": "capperTorque", "value": 4.0}),
+    )
+    .await;
+    let a = answer(&sub, responses, "t2", 0).await;
+    assert_eq!(a["status"], json!(400), "{a}");
+    assert!(
+        a["detail"].as_str().unwrap().contains("rate limited"),
+        "{a}"
+    );
+    assert_eq!(stats(&sim, "Capper.TorqueSetpoint").write_attempts, 1);
 
     // Methods on the MQTT method topic.
     let before = calls(&sim);
