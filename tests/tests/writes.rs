@@ -186,6 +186,21 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
         SimValue::Text("Sparkling 1 l glass".into())
     );
 
+    // Removing a desired property (null, as IoT Hub does) writes nothing and is not refused.
+    let writes = stats(&sim, "Filler.SpeedSetpoint").write_attempts;
+    let v = hub
+        .desire(json!({"fillerSpeedSetpoint": null, "recipe": {"name": "Still 0.5 l"}}))
+        .await;
+    ack(&hub, "recipe.name", v, 200).await;
+    assert!(
+        hub.acks("fillerSpeedSetpoint")
+            .iter()
+            .all(|a| a["av"] != json!(v)),
+        "no acknowledgement for a removed property"
+    );
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, writes);
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 750.5);
+
     // The PLC goes away: 500 now, written once it is back (still the latest version).
     sim.sim.inject(FaultKind::Restart {
         down: Duration::from_secs(4),

@@ -525,6 +525,10 @@ impl Service {
     ) {
         let mut acks = Vec::new();
         for (path, value) in unmapped {
+            if value.is_null() {
+                // A desired property removed from the twin: nothing was asked.
+                continue;
+            }
             add(&self.metrics.writes_refused);
             let refusal = Refusal::NotMapped {
                 property: path.clone(),
@@ -546,6 +550,14 @@ impl Service {
                 continue;
             }
             let p = self.props.entry(property.clone()).or_default();
+            if value.is_null() {
+                // IoT Hub removes a desired property by patching it to null: the PLC keeps its
+                // value, and a waiting write of an older value is dropped.
+                info!(target: "audit", who = %format!("twin v{version}"), property = %property, result = "removed", "desired property removed: nothing written");
+                p.pending = None;
+                self.state.set_handled(&property, version);
+                continue;
+            }
             p.pending = Some(Want {
                 version,
                 value,
