@@ -55,6 +55,20 @@ pub enum Secret {
     File(PathBuf),
 }
 
+impl Secret {
+    /// Reads the secret. `key` names it in errors as the config does (`password` gives
+    /// `password_env` / `password_file`); the value never appears in them.
+    pub fn read(&self, key: &str) -> Result<String, String> {
+        match self {
+            Secret::Env(name) => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} ({key}_env) is not set")),
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| format!("cannot read {key}_file {}: {e}", path.display())),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
     Anonymous,

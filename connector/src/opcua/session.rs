@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Auth, Pki, Plc, Secret, SecurityMode, SecurityPolicy};
+use crate::config::{Auth, Pki, Plc, SecurityMode, SecurityPolicy};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::subscribe::{self, Created};
 use crate::pipeline::SampleSender;
@@ -115,16 +115,6 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
         })
 }
 
-fn secret(s: &Secret) -> Result<String, String> {
-    match s {
-        Secret::Env(name) => std::env::var(name)
-            .map_err(|_| format!("environment variable {name} (password_env) is not set")),
-        Secret::File(path) => std::fs::read_to_string(path)
-            .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| format!("cannot read password_file {}: {e}", path.display())),
-    }
-}
-
 pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
     let err = |message: String| SessionError::Auth {
         plc: plc.to_owned(),
@@ -133,7 +123,7 @@ pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
     Ok(match auth {
         Auth::Anonymous => IdentityToken::Anonymous,
         Auth::UserName { username, password } => {
-            IdentityToken::new_user_name(username.clone(), secret(password).map_err(err)?)
+            IdentityToken::new_user_name(username.clone(), password.read("password").map_err(err)?)
         }
         Auth::Certificate {
             cert_file,

@@ -5,7 +5,7 @@
 //! - [`state`]: what survives a restart (last handled desired versions, request ids).
 //! - [`coerce`]: a JSON value to the OPC UA [`Variant`](opcua::types::Variant) of a
 //!   `[[write]]` mapping, with its `min`/`max` checks.
-//! - [`requests`]: plain-MQTT write requests, de-duplication by id, expiry, and IoT Hub
+//! - [`requests`]: plain-MQTT write requests, expiry, and IoT Hub
 //!   desired-property patches.
 //! - [`ack`]: IoT Plug and Play acknowledgements and MQTT write responses.
 

@@ -1,7 +1,5 @@
-//! Write requests: plain-MQTT request bodies, de-duplication by id, expiry, and IoT Hub
-//! desired-property patches.
-
-use std::collections::{HashSet, VecDeque};
+//! Write requests: plain-MQTT request bodies, expiry, and IoT Hub desired-property patches
+//! (de-duplication by id is in [`super::state`]).
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -64,53 +62,6 @@ pub fn find_mapping<'a>(mappings: &'a [WriteMapping], property: &str) -> Option<
 /// Whether the request's deadline has passed (a request without one never expires).
 pub fn expired(req: &WriteRequest, now: DateTime<Utc>) -> bool {
     req.expires.is_some_and(|deadline| now >= deadline)
-}
-
-/// Recently applied request ids, bounded: once full, the oldest id is forgotten first.
-#[derive(Debug, Clone)]
-pub struct Dedup {
-    capacity: usize,
-    order: VecDeque<String>,
-    seen: HashSet<String>,
-}
-
-impl Dedup {
-    /// A set remembering at most `capacity` ids (at least one).
-    pub fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        Dedup {
-            capacity,
-            order: VecDeque::with_capacity(capacity.min(4096)),
-            seen: HashSet::new(),
-        }
-    }
-
-    /// Records `id`; `true` the first time (apply it), `false` for a remembered duplicate.
-    pub fn first_time(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
-            return false;
-        }
-        if self.order.len() == self.capacity {
-            if let Some(oldest) = self.order.pop_front() {
-                self.seen.remove(&oldest);
-            }
-        }
-        self.order.push_back(id.to_string());
-        self.seen.insert(id.to_string());
-        true
-    }
-
-    pub fn contains(&self, id: &str) -> bool {
-        self.seen.contains(id)
-    }
-
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
 }
 
 /// One mapped desired property of a patch.
@@ -257,29 +208,6 @@ mod tests {
         assert!(find_mapping(&ms, "a").is_none());
         assert!(find_mapping(&ms, "a.b.c").is_none());
         assert!(find_mapping(&[], "speed").is_none());
-    }
-
-    #[test]
-    fn dedup_applies_once_and_forgets_oldest() {
-        let mut d = Dedup::new(3);
-        assert!(d.is_empty());
-        assert!(d.first_time("a"));
-        assert!(!d.first_time("a"));
-        assert!(d.first_time("b"));
-        assert!(d.first_time("c"));
-        assert_eq!(d.len(), 3);
-        assert!(d.first_time("d")); // forgets "a"
-        assert_eq!(d.len(), 3);
-        assert!(!d.contains("a"));
-        assert!(!d.first_time("b"));
-        assert!(d.first_time("a")); // forgets "b"
-        assert!(!d.contains("b"));
-        assert!(d.contains("c") && d.contains("d"));
-        let mut z = Dedup::new(0);
-        assert!(z.first_time("x"));
-        assert!(!z.first_time("x"));
-        assert!(z.first_time("y"));
-        assert_eq!(z.len(), 1);
     }
 
     #[test]

@@ -20,12 +20,20 @@ use tracing::error;
 /// Request ids remembered (and their answers), newest last.
 pub const REMEMBERED_REQUESTS: usize = 10_000;
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+/// The file, as read.
+#[derive(Debug, Default, Deserialize, PartialEq)]
 struct OnDisk {
     #[serde(default)]
     twin: BTreeMap<String, i64>,
     #[serde(default)]
     requests: Vec<(String, Value)>,
+}
+
+/// The file, as written: the same shape as [`OnDisk`], borrowing the state.
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    twin: &'a BTreeMap<String, i64>,
+    requests: Vec<(&'a str, &'a Value)>,
 }
 
 /// The persisted state, in memory.
@@ -35,7 +43,10 @@ pub struct State {
     order: VecDeque<String>,
     /// Answers by request id; `Value::Null` while the request is in progress.
     answers: HashMap<String, Value>,
-    saver: Option<(std::sync::mpsc::Sender<OnDisk>, std::thread::JoinHandle<()>)>,
+    saver: Option<(
+        std::sync::mpsc::Sender<Vec<u8>>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
 impl Drop for State {
@@ -48,8 +59,13 @@ impl Drop for State {
 }
 
 /// Writes the newest snapshot it is given, skipping ones already replaced.
-fn saver(path: PathBuf) -> (std::sync::mpsc::Sender<OnDisk>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel::<OnDisk>();
+fn saver(
+    path: PathBuf,
+) -> (
+    std::sync::mpsc::Sender<Vec<u8>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let thread = std::thread::spawn(move || {
         while let Ok(mut disk) = rx.recv() {
             while let Ok(newer) = rx.try_recv() {
@@ -147,30 +163,34 @@ impl State {
     }
 
     pub fn save(&self) {
-        let disk = OnDisk {
-            twin: self.twin.clone(),
+        let snapshot = Snapshot {
+            twin: &self.twin,
             requests: self
                 .order
                 .iter()
                 .filter_map(|id| {
                     let a = self.answers.get(id)?;
-                    (!a.is_null()).then(|| (id.clone(), a.clone()))
+                    (!a.is_null()).then_some((id.as_str(), a))
                 })
                 .collect(),
         };
+        let bytes = match serde_json::to_vec(&snapshot) {
+            Ok(b) => b,
+            Err(e) => return error!(error = %e, "cannot encode the write state"),
+        };
         if let Some((tx, _)) = &self.saver {
-            let _ = tx.send(disk);
+            let _ = tx.send(bytes);
         }
     }
 }
 
-fn write_atomically(path: &Path, disk: &OnDisk) -> std::io::Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec(disk).map_err(std::io::Error::other)?)?;
+        f.write_all(bytes)?;
         f.sync_data()?;
     }
     std::fs::rename(&tmp, path)?;

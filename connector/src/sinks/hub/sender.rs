@@ -38,22 +38,11 @@ pub struct Hub {
     client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
-fn secret(s: &Secret) -> Result<String, HubError> {
-    match s {
-        Secret::Env(n) => std::env::var(n).map_err(|_| {
-            HubError::Secret(format!(
-                "environment variable {n} (connection_string_env) is not set"
-            ))
-        }),
-        Secret::File(p) => std::fs::read_to_string(p)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| {
-                HubError::Secret(format!(
-                    "cannot read connection_string_file {}: {e}",
-                    p.display()
-                ))
-            }),
-    }
+/// The connection string (whitespace around it trimmed).
+fn connection_string(s: &Secret) -> Result<String, HubError> {
+    s.read("connection_string")
+        .map(|t| t.trim().to_owned())
+        .map_err(HubError::Secret)
 }
 
 impl Hub {
@@ -62,7 +51,7 @@ impl Hub {
         match &cfg.auth {
             HubAuth::ConnectionString(s) => {
                 let cs: ConnectionString =
-                    secret(s)?
+                    connection_string(s)?
                         .parse()
                         .map_err(|e: super::ConnectionStringError| {
                             HubError::ConnectionString(e.to_string())

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::flow::Flow;
+
 /// Inbound messages waiting for the write service at most; more are dropped (counted).
 pub const INBOUND_QUEUE: usize = 1024;
 
@@ -80,12 +82,20 @@ pub fn channel(subscriptions: Vec<String>, dropped: Arc<AtomicU64>) -> (Control,
 }
 
 impl Control {
-    pub fn subscriptions(&self) -> &[String] {
-        &self.subscriptions
+    /// A control channel for a sender without cloud-to-PLC traffic: no subscriptions, and
+    /// nobody on the other ends.
+    pub fn none() -> Control {
+        channel(Vec::new(), Arc::default()).0
     }
 
-    /// After a ConnAck, once the subscriptions are requested.
-    pub fn connected(&self) {
+    /// After a ConnAck: requests the subscriptions with `subscribe` (failures are logged
+    /// with `tag`), then tells the write service.
+    pub fn subscribe(&self, tag: &str, mut subscribe: impl FnMut(&str) -> Result<(), String>) {
+        for topic in &self.subscriptions {
+            if let Err(e) = subscribe(topic) {
+                warn!(topic = %topic, error = %e, "{tag}: cannot subscribe");
+            }
+        }
         self.hand_over(Inbound::Connected);
     }
 
@@ -114,12 +124,14 @@ impl Control {
         }
     }
 
-    /// Publishes queued answers while `publish` takes them (the window has room).
-    pub fn flush(&mut self, mut publish: impl FnMut(&Outbound) -> bool) {
+    /// Publishes queued answers, ahead of telemetry, while `flow`'s window has room and
+    /// `publish` hands them to the client.
+    pub fn flush(&mut self, flow: &mut Flow, mut publish: impl FnMut(&Outbound) -> bool) {
         while let Some(out) = self.queue.front() {
-            if !publish(out) {
+            if !flow.has_room() || !publish(out) {
                 break;
             }
+            flow.control_sent();
             self.queue.pop_front();
         }
     }

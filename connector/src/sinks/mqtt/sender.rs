@@ -15,22 +15,11 @@ use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use super::control::{Control, Message};
 use super::flow::{Flow, WINDOW};
 use super::{MqttError, Outbox};
-use crate::config::{MqttSinkConfig, Secret};
-
-fn secret(s: &Secret) -> Result<String, String> {
-    match s {
-        Secret::Env(n) => std::env::var(n)
-            .map_err(|_| format!("environment variable {n} (password_env) is not set")),
-        Secret::File(p) => std::fs::read_to_string(p)
-            .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
-            .map_err(|e| format!("cannot read password_file {}: {e}", p.display())),
-    }
-}
+use crate::config::MqttSinkConfig;
 
 /// A rustls client config from PEM files: the CA bundle, and an optional client certificate.
 pub fn rustls_config(
@@ -84,7 +73,7 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
     o.set_max_packet_size(cfg.max_message_bytes + 4096, cfg.max_message_bytes + 4096);
     if let Some(user) = &cfg.username {
         let pw = match &cfg.password {
-            Some(s) => secret(s).map_err(MqttError::Tls)?,
+            Some(s) => s.read("password").map_err(MqttError::Tls)?,
             None => String::new(),
         };
         o.set_credentials(user.clone(), pw);
@@ -122,8 +111,9 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
     renew: Option<Renewer>,
-    mut control: Option<Control>,
+    control: Option<Control>,
 ) {
+    let mut control = control.unwrap_or_else(Control::none);
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -136,30 +126,17 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {
-        if let Some(c) = control.as_mut() {
-            c.flush(|out| {
-                let ok = flow.has_room()
-                    && client
-                        .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
-                        .is_ok();
-                if ok {
-                    flow.control_sent();
-                }
-                ok
-            });
-        }
+        control.flush(&mut flow, |out| {
+            client
+                .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
+                .is_ok()
+        });
         flow.fill(|topic, _gzip, body| {
             client.try_publish(topic, qos, false, body.to_vec()).is_ok()
         });
-        let answers = async {
-            match control.as_mut() {
-                Some(c) => c.ready().await,
-                None => std::future::pending().await,
-            }
-        };
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            _ = answers => continue,
+            _ = control.ready() => continue,
             _ = flow.renewal_due() => {
                 // Reconnect with a fresh token: what was in flight goes out again after the
                 // ConnAck (the buffer rewinds).
@@ -178,25 +155,18 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 flow.connack();
-                if let Some(c) = &control {
-                    for topic in c.subscriptions() {
-                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                            warn!(topic = %topic, error = %e, "mqtt: cannot subscribe");
-                        }
-                    }
-                    c.connected();
-                }
+                control.subscribe("mqtt", |topic| {
+                    client
+                        .try_subscribe(topic, QoS::AtLeastOnce)
+                        .map_err(|e| e.to_string())
+                });
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(c) = &control {
-                    c.deliver(Message {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        response_topic: None,
-                        correlation: None,
-                    });
-                }
-            }
+            Ok(Event::Incoming(Packet::Publish(p))) => control.deliver(Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                response_topic: None,
+                correlation: None,
+            }),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
                 if let Some(id) = flow.puback(p.pkid) {

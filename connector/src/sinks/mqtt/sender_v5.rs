@@ -93,8 +93,9 @@ pub async fn run(
     shutdown: CancellationToken,
     grace: Duration,
     renew: Option<Renewer>,
-    mut control: Option<Control>,
+    control: Option<Control>,
 ) {
+    let mut control = control.unwrap_or_else(Control::none);
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -107,43 +108,30 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections: u32 = 0;
     while flow.keep_going(&shutdown, grace) {
-        if let Some(c) = control.as_mut() {
-            c.flush(|out| {
-                let props = PublishProperties {
-                    content_type: Some("application/json".to_owned()),
-                    correlation_data: out.correlation.clone().map(Into::into),
-                    ..Default::default()
-                };
-                let ok = flow.has_room()
-                    && client
-                        .try_publish_with_properties(
-                            out.topic.as_str(),
-                            QoS::AtLeastOnce,
-                            false,
-                            out.payload.clone(),
-                            props,
-                        )
-                        .is_ok();
-                if ok {
-                    flow.control_sent();
-                }
-                ok
-            });
-        }
+        control.flush(&mut flow, |out| {
+            let props = PublishProperties {
+                content_type: Some("application/json".to_owned()),
+                correlation_data: out.correlation.clone().map(Into::into),
+                ..Default::default()
+            };
+            client
+                .try_publish_with_properties(
+                    out.topic.as_str(),
+                    QoS::AtLeastOnce,
+                    false,
+                    out.payload.clone(),
+                    props,
+                )
+                .is_ok()
+        });
         flow.fill(|topic, gzip, body| {
             client
                 .try_publish_with_properties(topic, qos, false, body.to_vec(), properties(gzip))
                 .is_ok()
         });
-        let answers = async {
-            match control.as_mut() {
-                Some(c) => c.ready().await,
-                None => std::future::pending().await,
-            }
-        };
         let event = tokio::select! {
             e = eventloop.poll() => e,
-            _ = answers => continue,
+            _ = control.ready() => continue,
             _ = flow.renewal_due() => {
                 if let Some((user, pass)) = flow.credentials() {
                     eventloop.options.set_credentials(user, pass);
@@ -160,28 +148,23 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 flow.connack();
-                if let Some(c) = &control {
-                    for topic in c.subscriptions() {
-                        if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                            warn!(topic = %topic, error = %e, "mqtt5: cannot subscribe");
-                        }
-                    }
-                    c.connected();
-                }
+                control.subscribe("mqtt5", |topic| {
+                    client
+                        .try_subscribe(topic, QoS::AtLeastOnce)
+                        .map_err(|e| e.to_string())
+                });
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Some(c) = &control {
-                    let (response_topic, correlation) = match p.properties {
-                        Some(pr) => (pr.response_topic, pr.correlation_data.map(|b| b.to_vec())),
-                        None => (None, None),
-                    };
-                    c.deliver(Message {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.to_vec(),
-                        response_topic,
-                        correlation,
-                    });
-                }
+                let (response_topic, correlation) = match p.properties {
+                    Some(pr) => (pr.response_topic, pr.correlation_data.map(|b| b.to_vec())),
+                    None => (None, None),
+                };
+                control.deliver(Message {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.to_vec(),
+                    response_topic,
+                    correlation,
+                });
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
