@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::opcua::session;
 use crate::pipeline::{self, Batch};
+use crate::sinks::mqtt::flow::Sending;
 use crate::sinks::mqtt::{self, control, Encoder, EncoderSettings, MqttMetrics, Outbox};
 use crate::sinks::parquet::ParquetSink;
 use crate::telemetry::{Metrics, PlcMetrics};
@@ -147,28 +148,20 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         let m = Arc::new(MqttMetrics::default());
         let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
             .map_err(|e| RunError::Mqtt(e.to_string()))?;
+        let sending = Sending {
+            qos: mc.qos,
+            outbox: outbox.clone(),
+            shutdown: mqtt_stop.clone(),
+            grace: Duration::from_secs(5),
+            renew: None,
+            control: mqtt_control.take(),
+        };
         if mc.version == crate::config::MqttVersion::V5 {
             let opts = mqtt::sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            mqtt_tasks.push(tokio::spawn(mqtt::sender_v5::run(
-                opts,
-                mc.qos,
-                outbox.clone(),
-                mqtt_stop.clone(),
-                Duration::from_secs(5),
-                None,
-                mqtt_control.take(),
-            )));
+            mqtt_tasks.push(tokio::spawn(mqtt::sender_v5::run(opts, sending)));
         } else {
             let opts = mqtt::sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            mqtt_tasks.push(tokio::spawn(mqtt::sender::run(
-                opts,
-                mc.qos,
-                outbox.clone(),
-                mqtt_stop.clone(),
-                Duration::from_secs(5),
-                None,
-                mqtt_control.take(),
-            )));
+            mqtt_tasks.push(tokio::spawn(mqtt::sender::run(opts, sending)));
         }
         let site = config.line.site.as_deref().unwrap_or("");
         outputs.push((EncoderSettings::broker(mc, &config.line.id, site), outbox));
@@ -181,15 +174,15 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         let outbox = Outbox::open(&config.buffer, "hub", m.clone())
             .map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
-        mqtt_tasks.push(tokio::spawn(mqtt::sender::run(
-            opts,
-            1,
-            outbox.clone(),
-            mqtt_stop.clone(),
-            Duration::from_secs(5),
-            hub.renewer(),
-            hub_control.take(),
-        )));
+        let sending = Sending {
+            qos: 1,
+            outbox: outbox.clone(),
+            shutdown: mqtt_stop.clone(),
+            grace: Duration::from_secs(5),
+            renew: hub.renewer(),
+            control: hub_control.take(),
+        };
+        mqtt_tasks.push(tokio::spawn(mqtt::sender::run(opts, sending)));
         outputs.push((hub.encoder_settings(), outbox));
         hub_metrics = Some(m);
     }

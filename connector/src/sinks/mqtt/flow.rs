@@ -25,6 +25,20 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// the sender reconnects with a fresh one before they do (MQTT 3.1.1 has no re-auth).
 pub type Renewer = Arc<dyn Fn() -> Result<(String, String, SystemTime), String> + Send + Sync>;
 
+/// What both senders are given besides their client options.
+pub struct Sending {
+    /// 0 or 1.
+    pub qos: u8,
+    pub outbox: Arc<Outbox>,
+    pub shutdown: CancellationToken,
+    /// How long to keep delivering what is buffered after `shutdown`.
+    pub grace: Duration,
+    /// Fresh credentials before the old ones expire (IoT Hub SAS).
+    pub renew: Option<Renewer>,
+    /// The cloud-to-PLC side of the connection, when writes or methods are served.
+    pub control: Option<super::control::Control>,
+}
+
 pub struct Flow {
     outbox: Arc<Outbox>,
     /// QoS 0: a message is done once written; QoS 1: once acknowledged.

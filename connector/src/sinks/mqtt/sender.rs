@@ -14,11 +14,10 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
-use tokio_util::sync::CancellationToken;
 
 use super::control::{Control, Message};
-use super::flow::{Flow, WINDOW};
-use super::{MqttError, Outbox};
+use super::flow::{Flow, Sending, WINDOW};
+use super::MqttError;
 use crate::config::MqttSinkConfig;
 
 /// A rustls client config from PEM files: the CA bundle, and an optional client certificate.
@@ -104,15 +103,15 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 /// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. With
 /// `control`, also subscribes to its topics after every ConnAck, hands what arrives on them
 /// to the write service and publishes its answers.
-pub async fn run(
-    mut opts: MqttOptions,
-    qos: u8,
-    outbox: Arc<Outbox>,
-    shutdown: CancellationToken,
-    grace: Duration,
-    renew: Option<Renewer>,
-    control: Option<Control>,
-) {
+pub async fn run(mut opts: MqttOptions, sending: Sending) {
+    let Sending {
+        qos,
+        outbox,
+        shutdown,
+        grace,
+        renew,
+        control,
+    } = sending;
     let mut control = control.unwrap_or_else(Control::none);
     let qos = if qos == 0 {
         QoS::AtMostOnce

@@ -13,19 +13,17 @@
 //! Messages carry the content type `application/json`; gzip-compressed ones also the user
 //! property `content-encoding: gzip`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::control::{Control, Message};
-use super::flow::{Flow, Renewer, WINDOW};
-use super::{MqttError, Outbox};
+use super::flow::{Flow, Sending, WINDOW};
+use super::MqttError;
 use crate::config::MqttSinkConfig;
 
 /// Back-off after a rejected message before the reconnect that re-sends it.
@@ -86,15 +84,15 @@ pub fn properties(gzip: bool) -> PublishProperties {
 /// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. A PUBACK
 /// with a failure reason code does not ack: the connection is dropped after a back-off and
 /// the buffer re-sends from that message on, keeping the order.
-pub async fn run(
-    mut opts: MqttOptions,
-    qos: u8,
-    outbox: Arc<Outbox>,
-    shutdown: CancellationToken,
-    grace: Duration,
-    renew: Option<Renewer>,
-    control: Option<Control>,
-) {
+pub async fn run(mut opts: MqttOptions, sending: Sending) {
+    let Sending {
+        qos,
+        outbox,
+        shutdown,
+        grace,
+        renew,
+        control,
+    } = sending;
     let mut control = control.unwrap_or_else(Control::none);
     let qos = if qos == 0 {
         QoS::AtMostOnce
