@@ -578,6 +578,31 @@ pub struct Decoded {
     pub values: BTreeMap<String, Vec<(u64, i128)>>,
 }
 
+impl Decoded {
+    /// Every stream's seq in order and once; every counter without a gap or repeat, ending
+    /// at the simulator's ground truth.
+    pub fn assert_complete(&self, sim: &Sim) {
+        for (stream, seqs) in &self.seqs {
+            assert!(
+                seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                "{stream}: seq in order, once: {seqs:?}"
+            );
+        }
+        for name in COUNTERS {
+            let v: Vec<i128> = self.values[&counter_id(name)]
+                .iter()
+                .map(|(_, x)| *x)
+                .collect();
+            assert_eq!(counter_defects(&v), (0, 0), "{name}: {v:?}");
+            assert_eq!(
+                *v.last().unwrap(),
+                truth_last(sim, &counter_id(name)),
+                "{name} ends at the ground truth"
+            );
+        }
+    }
+}
+
 /// Decodes JSON v1 messages published on `opcua/plant/line-m/{plc}/{group}` (asserted).
 pub fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
     let mut d = Decoded {

@@ -157,24 +157,30 @@ fn hub_config(dir: &Path, opc: &str, hub_port: u16, env: &str) -> config::Config
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(dir.path(), |_| {}).await;
+/// The simulator, the hub double in front of an embedded broker, a subscriber to the
+/// telemetry, and the connector with a connection string signed with `key` (in `env`).
+async fn start_line(
+    dir: &Path,
+    env: &str,
+    key: &str,
+) -> (Sim, Arc<Mutex<Vec<Connect>>>, Subscriber, runner::Running) {
+    let sim = start_sim(dir, |_| {}).await;
     let broker = start_broker();
     let (hub_port, seen) = hub_double(broker).await;
     let sub = Subscriber::start(broker, "devices/#").await;
     std::env::set_var(
-        "E2E_HUB_CS",
-        format!("HostName={HOST};DeviceId={DEVICE};SharedAccessKey={KEY}"),
+        env,
+        format!("HostName={HOST};DeviceId={DEVICE};SharedAccessKey={key}"),
     );
-    let running = runner::start(&hub_config(
-        dir.path(),
-        sim.sim.endpoint_url(),
-        hub_port,
-        "E2E_HUB_CS",
-    ))
-    .expect("runner");
+    let running =
+        runner::start(&hub_config(dir, sim.sim.endpoint_url(), hub_port, env)).expect("runner");
+    (sim, seen, sub, running)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sim, seen, sub, running) = start_line(dir.path(), "E2E_HUB_CS", KEY).await;
     let hub = running.hub.clone().expect("hub metrics");
     // A 3 s token renews at 2.55 s: wait for two renewals while telemetry flows.
     eventually("two SAS renewals", Duration::from_secs(30), || {
@@ -256,21 +262,8 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_signed_with_the_wrong_key_is_refused_and_telemetry_stays_buffered() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(dir.path(), |_| {}).await;
-    let broker = start_broker();
-    let (hub_port, seen) = hub_double(broker).await;
-    let sub = Subscriber::start(broker, "devices/#").await;
-    std::env::set_var(
-        "E2E_HUB_CS_WRONG",
-        format!("HostName={HOST};DeviceId={DEVICE};SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="),
-    );
-    let running = runner::start(&hub_config(
-        dir.path(),
-        sim.sim.endpoint_url(),
-        hub_port,
-        "E2E_HUB_CS_WRONG",
-    ))
-    .expect("runner");
+    let wrong_key = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=";
+    let (_sim, seen, sub, running) = start_line(dir.path(), "E2E_HUB_CS_WRONG", wrong_key).await;
     let hub = running.hub.clone().expect("hub metrics");
     eventually(
         "refused connects and buffered telemetry",

@@ -43,24 +43,7 @@ async fn every_counter_sample_arrives_once_in_seq_order() {
     let mqtt = running.mqtt.clone().expect("mqtt metrics");
     running.stop(Duration::from_secs(10)).await;
     let d = decode(&sub.messages.lock().unwrap());
-    for (stream, seqs) in &d.seqs {
-        assert!(
-            seqs.windows(2).all(|w| w[1] == w[0] + 1),
-            "{stream}: seq in order, once: {seqs:?}"
-        );
-    }
-    for name in COUNTERS {
-        let v: Vec<i128> = d.values[&counter_id(name)]
-            .iter()
-            .map(|(_, x)| *x)
-            .collect();
-        assert_eq!(counter_defects(&v), (0, 0), "{name}: {v:?}");
-        assert_eq!(
-            *v.last().unwrap(),
-            truth(&sim, name),
-            "{name} ends at the ground truth"
-        );
-    }
+    d.assert_complete(&sim);
     let acked = mqtt
         .messages_acked
         .load(std::sync::atomic::Ordering::Relaxed);
