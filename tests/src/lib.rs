@@ -410,43 +410,50 @@ pub fn url(port: u16) -> String {
 /// An embedded MQTT broker (rumqttd) on a free loopback port. rumqttd has no shutdown: its
 /// threads live until the test process ends.
 pub fn start_broker() -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let text = format!(
-        r#"
-id = 0
-[router]
-id = 0
-max_connections = 100
-max_outgoing_packet_count = 2000
-max_segment_size = 104857600
-max_segment_count = 10
+    start_rumqttd(false).0
+}
 
-[v4.1]
-name = "v4-1"
+/// An embedded rumqttd listening for MQTT 3.1.1 and, with `v5`, MQTT 5 clients on another
+/// port: `(v4 port, v5 port)`. Its threads live until the test process ends.
+pub fn start_rumqttd(v5: bool) -> (u16, Option<u16>) {
+    let v4 = free_port();
+    let v5 = v5.then(free_port);
+    let listener = |version: u8, port: u16| {
+        format!(
+            r#"
+[v{version}.1]
+name = "v{version}-1"
 listen = "127.0.0.1:{port}"
 next_connection_delay_ms = 1
-  [v4.1.connections]
+  [v{version}.1.connections]
   connection_timeout_ms = 60000
   max_payload_size = 1048576
   max_inflight_count = 500
   dynamic_filters = true
 "#
+        )
+    };
+    let mut text = String::from(
+        "id = 0\n[router]\nid = 0\nmax_connections = 100\nmax_outgoing_packet_count = 2000\n\
+         max_segment_size = 104857600\nmax_segment_count = 10\n",
     );
+    text.push_str(&listener(4, v4));
+    if let Some(p) = v5 {
+        text.push_str(&listener(5, p));
+    }
     let config: rumqttd::Config = toml::from_str(&text).expect("broker config");
     let mut broker = rumqttd::Broker::new(config);
     std::thread::spawn(move || {
         let _ = broker.start();
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "broker up");
-        std::thread::sleep(Duration::from_millis(10));
+    for port in std::iter::once(v4).chain(v5) {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "broker up on {port}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
-    port
+    (v4, v5)
 }
 
 /// Messages received: (topic, payload).
@@ -576,6 +583,19 @@ pub fn json_int(v: &serde_json::Value) -> i128 {
 pub struct Decoded {
     pub seqs: BTreeMap<String, Vec<u64>>,
     pub values: BTreeMap<String, Vec<(u64, i128)>>,
+}
+
+/// The messages without repeats by (topic, seq), first arrival kept: what a consumer does.
+pub fn unique_by_seq(messages: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
+    let mut seen = std::collections::HashSet::new();
+    messages
+        .iter()
+        .filter(|(t, b)| {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+            seen.insert((t.clone(), v["seq"].as_u64().unwrap()))
+        })
+        .cloned()
+        .collect()
 }
 
 impl Decoded {

@@ -44,77 +44,54 @@ fn certificates(dir: &Path) {
             "/CN=test-ca",
         ],
     );
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(
+    signed(
         dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            "/CN=connector-1",
-        ],
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1\n",
     );
     // X.509 v3 (an extension section): rustls refuses v1 certificates.
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    signed(
+        dir,
+        "client",
+        "/CN=connector-1",
+        "extendedKeyUsage=clientAuth\n",
+    );
+}
+
+/// `{name}.key` and `{name}.pem` for `subject`, signed by the test CA with `extensions`.
+fn signed(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ],
+    );
     openssl(
         dir,
         &[
             "x509",
             "-req",
             "-in",
-            "client.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "client.pem",
+            &pem,
             "-days",
             "2",
             "-extfile",
-            "client.ext",
+            &ext,
         ],
     );
 }

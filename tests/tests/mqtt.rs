@@ -106,18 +106,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_in_order() {
         );
     }
     // Drop repeats by (stream, seq), as a consumer does; then every counter is contiguous.
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<(String, Vec<u8>)> = sub
-        .messages
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, b)| {
-            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
-            seen.insert((t.clone(), v["seq"].as_u64().unwrap()))
-        })
-        .cloned()
-        .collect();
+    let unique = unique_by_seq(&sub.messages.lock().unwrap());
     let d = decode(&unique);
     for name in COUNTERS {
         let mut pairs = d.values[&counter_id(name)].clone();

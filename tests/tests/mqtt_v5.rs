@@ -10,60 +10,16 @@ use std::io::Read as _;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use connector::config;
 use connector::runner;
 use tests::*;
 
-/// An embedded rumqttd (as [`tests::start_broker`]) listening for MQTT 3.1.1 and MQTT 5
-/// clients: `(v4 port, v5 port)`. Its threads live until the test process ends.
+/// An embedded rumqttd listening for MQTT 3.1.1 and MQTT 5 clients: `(v4 port, v5 port)`.
 fn start_broker_v4_v5() -> (u16, u16) {
-    let (v4, v5) = (free_port(), free_port());
-    let text = format!(
-        r#"
-id = 0
-[router]
-id = 0
-max_connections = 100
-max_outgoing_packet_count = 2000
-max_segment_size = 104857600
-max_segment_count = 10
-
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{v4}"
-next_connection_delay_ms = 1
-  [v4.1.connections]
-  connection_timeout_ms = 60000
-  max_payload_size = 1048576
-  max_inflight_count = 500
-  dynamic_filters = true
-
-[v5.1]
-name = "v5-1"
-listen = "127.0.0.1:{v5}"
-next_connection_delay_ms = 1
-  [v5.1.connections]
-  connection_timeout_ms = 60000
-  max_payload_size = 1048576
-  max_inflight_count = 500
-  dynamic_filters = true
-"#
-    );
-    let config: rumqttd::Config = toml::from_str(&text).expect("broker config");
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        let _ = broker.start();
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [v4, v5] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "broker up on {port}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    (v4, v5)
+    let (v4, v5) = start_rumqttd(true);
+    (v4, v5.expect("v5 listener"))
 }
 
 fn line_config(dir: &Path, opc_endpoint: &str, broker_port: u16, extra: &str) -> config::Config {
@@ -295,18 +251,7 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
     running.stop(Duration::from_secs(10)).await;
     // Drop repeats by (stream, seq), as a consumer does (a message accepted behind a rejected
     // one is sent again after the reconnect); then nothing is missing.
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<(String, Vec<u8>)> = sub
-        .messages
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, b)| {
-            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
-            seen.insert((t.clone(), v["seq"].as_u64().unwrap()))
-        })
-        .cloned()
-        .collect();
+    let unique = unique_by_seq(&sub.messages.lock().unwrap());
     let d = decode(&unique);
     for (stream, seqs) in &d.seqs {
         assert_eq!(
