@@ -1,24 +1,45 @@
-//! opcua-connector: OPC UA PLC subscriptions to Parquet and MQTT (IoT Hub to follow).
+//! opcua-connector: every sample of a line's PLCs to Parquet, MQTT and Azure IoT Hub, and
+//! cloud writes back to the PLCs through an allow-list.
 //!
-//! Data flow, one folder per stage:
-//! - [`config`]: the line's TOML file, validated into typed settings.
-//! - [`opcua`]: sessions, namespace resolution, browse, subscriptions; notifications become
-//!   [`sample::Sample`]s.
-//! - [`pipeline`]: bounded hand-off from the OPC UA callbacks to the sinks, with backpressure.
-//! - [`sinks`]: `parquet` chunk files, `mqtt` telemetry, the `hub` (Azure IoT Hub) dialect.
-//! - [`buffer`]: the durable store-and-forward queue in front of the broker and hub senders.
-//! - [`telemetry`]: counters and progress.
-//! - [`runner`]: starts a line (sessions + writers) and drains it on stop.
-//! - [`commands`]: `run`, `check`, `browse`, `demo`.
-//! - [`writes`]: the pure core of cloud-to-PLC writes (coercion, requests, acks); not wired yet.
+//! The modules, in the order data flows through them:
+//! - [`config`]: the line's TOML file, validated into typed settings (every problem at once).
+//! - [`opcua`]: PLC sessions, namespaces, browse, subscriptions; notifications become
+//!   [`sample::Sample`] batches; the session handle that writes use ([`opcua::link`]).
+//! - [`pipeline`]: per PLC, the bounded hand-off from the OPC UA callbacks and the writer
+//!   thread that fans each batch out to the line's outputs.
+//! - [`sinks`]: the outputs: `parquet` chunk files and `telemetry` encoders (JSON v1 messages
+//!   into a destination's outbox).
+//! - [`cloud`]: the two-way connections to an MQTT broker and to IoT Hub: telemetry out of the
+//!   outbox, cloud-to-PLC requests in and answers out.
+//! - [`buffer`]: the durable store-and-forward queue and the outbox built on it.
+//!
+//! Beside the flow:
+//! - [`writes`]: cloud-to-PLC writes and method calls (twin, MQTT requests, direct methods),
+//!   from the cloud connections' control channels to the PLC write sessions.
+//! - [`sample`], [`metrics`], [`backoff`]: the ground every stage stands on: the unit of data,
+//!   the counters, the retry pacing.
+//! - [`http`]: `/metrics` and `/healthz`.
+//! - [`runner`]: wires a line and stops it in order; [`commands`]: `run`, `check`, `browse`,
+//!   `demo`.
+//!
+//! Imports follow the flow: a stage uses the stages after it (opcua -> pipeline -> sinks ->
+//! cloud -> buffer), never one before it; `writes` uses `opcua` and `cloud`; everything may use
+//! the ground modules (`config` too), which use nothing of the crate; only `runner`, `http` and
+//! `commands` see the whole. A unit test (`layout_tests`) keeps it so.
 
+pub mod backoff;
 pub mod buffer;
+pub mod cloud;
 pub mod commands;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod opcua;
 pub mod pipeline;
 pub mod runner;
 pub mod sample;
 pub mod sinks;
-pub mod telemetry;
 pub mod writes;
+
+#[cfg(test)]
+mod layout_tests;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, Failure};
 use connector::config::{SecurityMode, SecurityPolicy};
 
-/// OPC UA edge connector: PLC subscriptions to crash-safe Parquet.
+/// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
 #[derive(Debug, Parser)]
 #[command(name = "opcua-connector", version)]
 struct Cli {

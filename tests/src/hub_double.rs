@@ -151,7 +151,7 @@ impl HubDouble {
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut el) = AsyncClient::new(o, 1000);
-        el.set_network_options(connector::sinks::mqtt::sender::network_options());
+        el.set_network_options(connector::cloud::mqtt::sender::network_options());
         let twin: Arc<Mutex<Twin>> = Arc::default();
         let (t2, c2) = (twin.clone(), client.clone());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -471,7 +471,7 @@ impl Subscriber {
         o.set_max_packet_size(2 << 20, 2 << 20);
         o.set_keep_alive(Duration::from_secs(30));
         let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-        el.set_network_options(connector::sinks::mqtt::sender::network_options());
+        el.set_network_options(connector::cloud::mqtt::sender::network_options());
         let messages: Received = Arc::default();
         let (m2, f2) = (messages.clone(), filter.to_owned());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

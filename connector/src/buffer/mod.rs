@@ -12,6 +12,7 @@
 
 mod cursor;
 pub mod error;
+pub mod outbox;
 mod segment;
 
 use std::collections::{BTreeSet, VecDeque};

@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Failure, Outcome};
 use crate::config::{self, Pki};
+use crate::metrics::PlcMetrics;
 use crate::runner;
-use crate::telemetry::PlcMetrics;
 
 /// The demo line config, compiled in so the demo works from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../../../configs/demo.toml");
@@ -103,7 +103,7 @@ pub async fn demo(args: DemoArgs) -> Outcome {
         }
         last_seen = now;
     }
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 
     // 4. Ground truth for checks (an underscore file: Parquet readers skip it).
     let stats = sim.stats();

@@ -1,7 +1,6 @@
 //! `opcua-connector run --config FILE`: runs until SIGINT/SIGTERM, then drains.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tracing::info;
 
@@ -15,7 +14,7 @@ pub async fn run(path: &Path) -> Outcome {
     info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");
     super::signal().await;
     info!("stopping: closing sessions, draining sinks");
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     info!("stopped");
     Ok(())
 }

@@ -1,7 +1,18 @@
 //! The OPC UA side: sessions, node identity, browse, subscriptions, sample conversion.
+//!
+//! - [`session`]: one PLC's data session (connect, subscribe, reconnect, republish) and its
+//!   write session.
+//! - [`subscribe`]: subscriptions and monitored items of the configured groups; notifications
+//!   become [`Sample`](crate::sample::Sample) batches handed to the pipeline.
+//! - [`resolve`]: namespace URIs to indexes, node ids of the config to the server's.
+//! - [`browse`]: walking an address space (`opcua-connector browse`, `browse` groups).
+//! - [`convert`]: OPC UA values to samples.
+//! - [`link`]: the session handle used for writes and method calls.
+//! - [`tcp`]: the socket connector (TCP_NODELAY).
 
 pub mod browse;
 pub mod convert;
+pub mod link;
 pub mod resolve;
 pub mod session;
 pub mod subscribe;

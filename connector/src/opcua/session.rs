@@ -25,25 +25,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::{Auth, Pki, Plc, SecurityMode, SecurityPolicy};
+use crate::metrics::PlcMetrics;
+use crate::opcua::link::{publish_link, LinkSender};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::subscribe::{self, Created};
 use crate::pipeline::SampleSender;
-use crate::telemetry::PlcMetrics;
-use crate::writes::plc::Link;
-
-/// Where a PLC's session is published for cloud-to-PLC writes (`None` while disconnected).
-pub type LinkSender = tokio::sync::watch::Sender<Option<Link>>;
-
-static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-fn publish_link(link: &LinkSender, session: &Arc<Session>, ns: &Namespaces) {
-    link.send_replace(Some(Link {
-        session: session.clone(),
-        ns: ns.clone(),
-        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
-    }));
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -272,14 +260,14 @@ fn drive(
 /// write under 100,000 samples/s was ~30 ms, most of it waiting). It publishes the session
 /// for the write service while connected (namespaces read), `None` otherwise.
 pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: CancellationToken) {
-    let mut attempt: u32 = 0;
+    let mut backoff = session_backoff();
     while !shutdown.is_cancelled() {
         let served = serve_writes(&plc, &pki, &link, &shutdown).await;
         link.send_replace(None);
         match served {
             Ok(()) => break,
             Err(e) => {
-                let wait = next_wait(&mut attempt);
+                let wait = backoff.next();
                 warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
@@ -348,14 +336,14 @@ pub async fn run(
     metrics: Arc<PlcMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut attempt: u32 = 0;
+    let mut backoff = session_backoff();
     while !shutdown.is_cancelled() {
         match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
-                let wait = next_wait(&mut attempt);
+                let wait = backoff.next();
                 error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
@@ -374,10 +362,9 @@ async fn sleep_until_set(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// The back-off after one more failed attempt.
-fn next_wait(attempt: &mut u32) -> Duration {
-    *attempt = attempt.saturating_add(1);
-    backoff(*attempt)
+/// 500 ms doubling to 5 s (plus jitter) between connection attempts.
+fn session_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 /// Sleeps `wait`; false when shut down meanwhile.
@@ -386,17 +373,6 @@ async fn sleep_unless_shutdown(wait: Duration, shutdown: &CancellationToken) -> 
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
     }
-}
-
-/// 250 ms doubling to 5 s, with up to 20 % jitter so many connectors do not retry in step.
-fn backoff(attempt: u32) -> Duration {
-    let base = 250u64.saturating_mul(1 << attempt.min(5)).min(5_000);
-    let jitter = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0) as u64)
-        % (base / 5 + 1);
-    Duration::from_millis(base + jitter)
 }
 
 async fn connect_and_serve(

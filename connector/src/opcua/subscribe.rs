@@ -15,12 +15,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::config::{Deadband, Group, QueueSize};
+use crate::metrics::PlcMetrics;
 use crate::opcua::browse;
 use crate::opcua::convert;
 use crate::opcua::resolve::Namespaces;
 use crate::pipeline::SampleSender;
 use crate::sample::Item;
-use crate::telemetry::PlcMetrics;
 
 /// The server's limits that shape how we subscribe (0 = no limit announced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,54 +1,13 @@
-//! The hand-off from OPC UA notification callbacks to the sink writer threads.
+//! The pipeline of one PLC: from the OPC UA callbacks to every output of the line.
 //!
-//! Callbacks run inside the session's event loop and must not stall it for long: a batch
-//! goes into a bounded queue with `try_send`. When the queue is full (the disk is slower than
-//! the PLC), the callback waits for room (`block_in_place`, so the runtime's other tasks go
-//! on), which holds back Publish requests and lets the server queue: real backpressure, never
-//! a dropped sample. Every wait is counted.
+//! - [`channel`]: the bounded hand-off from the subscription callbacks (backpressure, never a
+//!   dropped sample).
+//! - [`fanout`]: the PLC's writer thread, which hands every batch to each [`Output`] in turn:
+//!   the Parquet chunks and one telemetry encoder per destination. A new kind of output is one
+//!   more variant of [`Output`].
 
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+pub mod channel;
+pub mod fanout;
 
-use crate::sample::Sample;
-use crate::telemetry::PlcMetrics;
-
-pub type Batch = Vec<Sample>;
-
-/// The sending side, one per PLC, cloned into every subscription callback.
-#[derive(Debug, Clone)]
-pub struct SampleSender {
-    tx: SyncSender<Batch>,
-    metrics: Arc<PlcMetrics>,
-}
-
-/// A bounded queue of `capacity` batches (one batch per notification message).
-pub fn channel(capacity: usize, metrics: Arc<PlcMetrics>) -> (SampleSender, Receiver<Batch>) {
-    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-    (SampleSender { tx, metrics }, rx)
-}
-
-impl SampleSender {
-    /// Hands a batch on; waits (counted) when the queue is full. Returns false when the
-    /// writer is gone (shutting down).
-    pub fn send(&self, batch: Batch) -> bool {
-        if batch.is_empty() {
-            return true;
-        }
-        match self.tx.try_send(batch) {
-            Ok(()) => true,
-            Err(TrySendError::Disconnected(_)) => false,
-            Err(TrySendError::Full(batch)) => {
-                PlcMetrics::add(&self.metrics.backpressure_waits, 1);
-                let tx = self.tx.clone();
-                let blocking_ok = tokio::runtime::Handle::try_current()
-                    .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-                    .unwrap_or(false);
-                if blocking_ok {
-                    tokio::task::block_in_place(move || tx.send(batch).is_ok())
-                } else {
-                    tx.send(batch).is_ok()
-                }
-            }
-        }
-    }
-}
+pub use channel::{channel, Batch, SampleSender};
+pub use fanout::{Output, Writer};

@@ -1,5 +1,8 @@
-//! Sinks: where samples go. Each sink folder has the same files (`config.rs`, `sink.rs`, ...).
+//! The outputs of a PLC's writer thread.
+//!
+//! - [`parquet`]: crash-safe zstd Parquet chunk files, every sample typed.
+//! - [`telemetry`]: JSON v1 telemetry messages, batched per group, into a destination's
+//!   outbox (broker or hub).
 
-pub mod hub;
-pub mod mqtt;
 pub mod parquet;
+pub mod telemetry;

@@ -1,5 +1,7 @@
-//! Cloud-to-PLC writes and method calls.
+//! Cloud-to-PLC writes and method calls: requests come in over the cloud connections'
+//! control channels and go out to the PLC over its write session.
 //!
+//! - [`channels`]: the control channels a line's cloud connections carry requests on.
 //! - [`service`]: the task that serves the twin, MQTT write requests and methods.
 //! - [`plc`]: the OPC UA side (node checks at connect, write with readback, method calls).
 //! - [`state`]: what survives a restart (last handled desired versions, request ids).
@@ -10,6 +12,7 @@
 //! - [`ack`]: IoT Plug and Play acknowledgements and MQTT write responses.
 
 pub mod ack;
+pub mod channels;
 pub mod coerce;
 pub mod plc;
 pub mod requests;

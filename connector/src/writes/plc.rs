@@ -2,7 +2,6 @@
 //! connect (DataType, AccessLevel), a write with the old value and a readback, and a method
 //! call with its arguments converted by the method's InputArguments.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use opcua::client::Session;
@@ -16,16 +15,7 @@ use serde_json::Value;
 use super::coerce::coerce_type;
 use super::Refusal;
 use crate::config::types::{WriteMapping, WriteType};
-use crate::opcua::resolve::Namespaces;
-
-/// A connected PLC session, as the write service sees it. A new `generation` after every
-/// (re)connect: checks made on an older one are redone.
-#[derive(Clone)]
-pub struct Link {
-    pub session: Arc<Session>,
-    pub ns: Namespaces,
-    pub generation: u64,
-}
+use crate::opcua::link::Link;
 
 /// What the connect-time check found out about a mapped node.
 #[derive(Debug, Clone, PartialEq)]

@@ -34,13 +34,15 @@ use tracing::{debug, info, warn};
 
 use super::ack::{reported_patch, write_response, TwinAck};
 use super::coerce::coerce;
-use super::plc::{self, CallError, Failure, Fitness, Link, Signature};
+use super::plc::{self, CallError, Failure, Fitness, Signature};
 use super::requests::{desired_patch, expired, find_mapping, parse_request};
 use super::state::State;
 use super::Refusal;
+use crate::cloud::control::{Inbound, Message, Outbound, ServiceEnds};
+use crate::cloud::hub::topics::{self, Incoming};
 use crate::config::types::{MethodMapping, WriteMapping};
-use crate::sinks::hub::topics::{self, Incoming};
-use crate::sinks::mqtt::control::{Inbound, Message, Outbound, ServiceEnds};
+use crate::metrics::WriteMetrics;
+use crate::opcua::link::Link;
 
 /// How long a PLC write (old value, write, readback) may take.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,31 +50,6 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a write failed for want of the PLC while its session looked up.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Counters of cloud-to-PLC writes and calls, by result.
-#[derive(Debug, Default)]
-pub struct WriteMetrics {
-    /// Written (200).
-    pub writes_ok: AtomicU64,
-    /// Refused before the PLC (400): not mapped, wrong type, out of range, not writable,
-    /// expired, rate limited, malformed.
-    pub writes_refused: AtomicU64,
-    /// The PLC refused (500).
-    pub writes_failed: AtomicU64,
-    /// The PLC was unreachable (500; twin writes are retried).
-    pub writes_unreachable: AtomicU64,
-    pub calls_ok: AtomicU64,
-    pub calls_bad_arguments: AtomicU64,
-    pub calls_unknown: AtomicU64,
-    pub calls_timeout: AtomicU64,
-    pub calls_failed: AtomicU64,
-    /// Requests repeated by id (answered again, not applied).
-    pub duplicates: AtomicU64,
-    /// Messages that could not be understood (topic or body).
-    pub malformed: AtomicU64,
-    /// Inbound messages dropped because too many were waiting (shared with the senders).
-    pub dropped: Arc<AtomicU64>,
-}
 
 fn add(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! The MQTT names IoT Hub defines for a device or module (research/anchors-azure.md §3):
+//! The MQTT names IoT Hub defines for a device or module (from its MQTT documentation):
 //! client id, username, telemetry topic with its property bag, twin and direct-method topics,
 //! and a parser for the topics the hub publishes to us.
 //!

@@ -128,7 +128,7 @@ async fn run_once(dir: &Path, sim: &Sim, url: &str, tls: &str, sub_port: u16) {
     )
     .await;
     let before = sub.count();
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     let msgs = sub.messages.lock().unwrap().clone();
     assert!(msgs.len() >= before);
     let mut last: std::collections::BTreeMap<String, i128> = Default::default();

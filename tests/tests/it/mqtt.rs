@@ -41,7 +41,7 @@ async fn every_counter_sample_arrives_once_in_seq_order() {
     .await;
     settle(&sim, &sub).await;
     let mqtt = running.mqtt.clone().expect("mqtt metrics");
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     let d = decode(&sub.messages.lock().unwrap());
     d.assert_complete(&sim);
     let acked = mqtt
@@ -88,7 +88,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_in_order() {
         back.elapsed().as_secs_f64()
     );
     settle(&sim, &sub).await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     let d = decode(&sub.messages.lock().unwrap());
     for (stream, seqs) in &d.seqs {
         let mut uniq = seqs.clone();
@@ -354,7 +354,7 @@ async fn a_30s_broker_outage_at_10k_samples_per_second_loses_nothing() {
         "about 10,000 samples/s during the outage"
     );
     freeze_and_settle(&sim, || sub.count()).await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     let (counters, repeats) = scaled_counters(&sub.messages.lock().unwrap());
     assert_eq!(counters.len(), 600, "every scaled counter arrived");
     for (node, v) in &counters {
@@ -410,7 +410,7 @@ async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_runn
         || async { (sub.count() >= 5).then_some(()) },
     )
     .await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     eprintln!(
         "drop_oldest: {} messages dropped, {} bytes kept",
         s.dropped, s.bytes_on_disk
@@ -445,5 +445,5 @@ async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_runn
         },
     )
     .await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 }

@@ -9,12 +9,11 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 use super::connection::{ConnectionString, Identity, SecretKey};
 use super::sas;
+use crate::cloud::mqtt::sender::{rustls_config, Renewer};
 use crate::config::{HubAuth, HubConfig, Secret};
-use crate::sinks::mqtt::sender::{rustls_config, Renewer};
-use crate::sinks::mqtt::EncoderSettings;
 
 /// IoT Hub's limit for one device-to-cloud message (body and properties).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = crate::config::HUB_MAX_MESSAGE_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -149,16 +148,10 @@ impl Hub {
         }))
     }
 
-    /// Batching and topics of the hub's telemetry.
-    pub fn encoder_settings(&self) -> EncoderSettings {
+    /// The telemetry topic of a (plc, group) stream, with the hub's message properties.
+    pub fn telemetry_topics(&self) -> Arc<dyn Fn(&str, &str) -> String + Send + Sync> {
         let identity = self.identity.clone();
         let payload = self.cfg.payload;
-        EncoderSettings {
-            batch_max_samples: self.cfg.batch_max_samples,
-            batch_max_delay: self.cfg.batch_max_delay,
-            max_message_bytes: MAX_MESSAGE_BYTES,
-            payload,
-            topic: Arc::new(move |plc, group| identity.telemetry_topic(payload, plc, group)),
-        }
+        Arc::new(move |plc, group| identity.telemetry_topic(payload, plc, group))
     }
 }

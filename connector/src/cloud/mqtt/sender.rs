@@ -15,8 +15,11 @@ use rumqttc::{
     AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 
-use super::control::{Control, Message};
 use super::flow::{Flow, Sending, WINDOW};
+use crate::cloud::control::{Control, Message};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use super::MqttError;
 use crate::config::MqttSinkConfig;
 
@@ -32,7 +35,7 @@ pub fn rustls_config(
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca_file {
         let pem = read(ca)?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| MqttError::Tls(format!("{}: {e}", ca.display())))?;
             roots
                 .add(cert)
@@ -50,13 +53,16 @@ pub fn rustls_config(
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
             let pem = read(cert)?;
-            let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            let certs = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| MqttError::Tls(format!("{}: {e}", cert.display())))?;
             let pem = read(key)?;
-            let key_der = rustls_pemfile::private_key(&mut pem.as_slice())
-                .map_err(|e| MqttError::Tls(format!("{}: {e}", key.display())))?
-                .ok_or_else(|| MqttError::Tls(format!("{}: no private key", key.display())))?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+                pem::Error::NoItemsFound => {
+                    MqttError::Tls(format!("{}: no private key", key.display()))
+                }
+                e => MqttError::Tls(format!("{}: {e}", key.display())),
+            })?;
             builder
                 .with_client_auth_cert(certs, key_der)
                 .map_err(|e| MqttError::Tls(format!("client certificate: {e}")))
@@ -125,7 +131,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {
-        control.flush(&mut flow, |out| {
+        flow.send_control(&mut control, |out| {
             client
                 .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
                 .is_ok()

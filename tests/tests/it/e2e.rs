@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use connector::config;
+use connector::metrics::Metrics;
 use connector::runner::{self, Running};
-use connector::telemetry::Metrics;
 use simulator::FaultKind;
 use tests::*;
 
@@ -74,7 +74,7 @@ async fn received(m: &Metrics) -> u64 {
 async fn settle_and_stop(sim: &Sim, running: Running) {
     let m = running.metrics.clone();
     freeze_and_settle(sim, || m.total(|p| &p.samples_received) as usize).await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 }
 
 /// Ground truth of one of the bottling line's counters.
@@ -260,7 +260,7 @@ async fn subscribes_100k_monitored_items_in_under_5s() {
         async move { (received(&m).await > 150_000).then_some(()) }
     })
     .await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +283,7 @@ auth = { username = "connector", password_env = "E2E_FILLER_PW" }"#;
         async move { (received(&m).await >= 50).then_some(()) }
     })
     .await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 
     // A second connector with its own, empty PKI that does not trust unknown servers.
     let strict = Line::new();
@@ -310,7 +310,7 @@ auth = { username = "connector", password_env = "E2E_FILLER_PW" }"#;
     let m = running.metrics.clone();
     assert_eq!(received(&m).await, 0, "no data from an untrusted server");
     assert!(!m.plcs[0].connected.load(Ordering::Relaxed));
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,5 +428,5 @@ async fn metrics_endpoint_reports_counters_and_health() {
     )
     .await;
     assert!(why.contains("plc sim not connected"), "{why}");
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 }

@@ -138,7 +138,7 @@ async fn run_and_check(dir: &Path, sim: &Sim, broker_port: u16, extra: &str, rec
     .await;
     freeze_and_settle(sim, &count).await;
     let mqtt = running.mqtt.clone().expect("mqtt metrics");
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     let d = decode(&received.lock().unwrap());
     assert!(!d.seqs.is_empty(), "messages arrived");
     d.assert_complete(sim);
@@ -248,7 +248,7 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
     })
     .await;
     freeze_and_settle(&sim, || sub.count()).await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
     // Drop repeats by (stream, seq), as a consumer does (a message accepted behind a rejected
     // one is sent again after the reconnect); then nothing is missing.
     let unique = unique_by_seq(&sub.messages.lock().unwrap());

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use connector::cloud::hub::{resource_uri, sas_token};
 use connector::config;
 use connector::runner;
-use connector::sinks::hub::{resource_uri, sas_token};
 use tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -195,7 +195,7 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
     )
     .await;
     freeze_and_settle(&sim, || sub.count()).await;
-    running.stop(Duration::from_secs(10)).await;
+    running.stop().await;
 
     let connects = seen.lock().unwrap().clone();
     assert!(
@@ -280,5 +280,5 @@ async fn a_token_signed_with_the_wrong_key_is_refused_and_telemetry_stays_buffer
     assert!(seen.lock().unwrap().iter().all(|c| !c.accepted));
     assert_eq!(sub.count(), 0, "nothing reaches the hub with a bad token");
     assert!(!hub.connected.load(std::sync::atomic::Ordering::Relaxed));
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 }

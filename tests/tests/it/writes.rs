@@ -270,7 +270,7 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 3
     );
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 
     // A restart does not apply old desired state again: the GET returns the same twin.
     let speed_writes = stats(&sim, "Filler.SpeedSetpoint").writes;
@@ -297,7 +297,7 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
             hub.acks("fillerSpeedSetpoint").last().unwrap()["av"],
             json!(last_version)
         );
-        running.stop(Duration::from_secs(5)).await;
+        running.stop().await;
     }
     assert_eq!(stats(&sim, "Filler.RecipeName").writes, recipe_writes + 2);
     assert_eq!(
@@ -525,7 +525,7 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     .await;
     assert_eq!(answer(&sub, methods, "m3", 0).await["status"], json!(400));
     assert_eq!(calls(&sim), before + 1, "one call: m1 once");
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 
     // After a restart the ids are still known: r1 is answered again, not applied.
     let running = runner::start(&config).expect("connector");
@@ -551,7 +551,7 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     .await;
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 500.0);
     assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 2);
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 }
 
 /// Answers received: (topic, correlation data, body).
@@ -637,7 +637,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         "{body}"
     );
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 640.0);
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 }
 
 /// A small seeded generator (Knuth's MMIX LCG): the same hostile inputs on every run.
@@ -761,7 +761,7 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
         .writes_refused
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(refused > 0, "refusals answered and counted");
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,5 +818,5 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
         1
     );
     relay.stall(false);
-    running.stop(Duration::from_secs(5)).await;
+    running.stop().await;
 }

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::flow::Flow;
-
 /// Inbound messages waiting for the write service at most; more are dropped (counted).
 pub const INBOUND_QUEUE: usize = 1024;
 
@@ -124,15 +122,13 @@ impl Control {
         }
     }
 
-    /// Publishes queued answers, ahead of telemetry, while `flow`'s window has room and
-    /// `publish` hands them to the client.
-    pub fn flush(&mut self, flow: &mut Flow, mut publish: impl FnMut(&Outbound) -> bool) {
-        while let Some(out) = self.queue.front() {
-            if !flow.has_room() || !publish(out) {
-                break;
-            }
-            flow.control_sent();
-            self.queue.pop_front();
-        }
+    /// The oldest queued answer, to publish ahead of telemetry.
+    pub fn next(&self) -> Option<&Outbound> {
+        self.queue.front()
+    }
+
+    /// The oldest queued answer was handed to the client.
+    pub fn sent(&mut self) {
+        self.queue.pop_front();
     }
 }

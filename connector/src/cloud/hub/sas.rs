@@ -1,5 +1,5 @@
 //! Shared access signature (SAS) tokens for a device or module symmetric key, signed exactly
-//! as Microsoft's SDKs sign them (research/iothub-sas-vectors.md):
+//! as Microsoft's SDKs sign them (the test vectors below were computed with them):
 //!
 //! ```text
 //! sr  = percent-encode(resource URI)           no safe characters: '/' -> %2F
@@ -116,7 +116,7 @@ pub fn renew_at(issued: SystemTime, ttl: Duration) -> SystemTime {
 mod tests {
     use super::*;
 
-    /// Computed with Microsoft's Azure IoT Python device SDK (research/iothub-sas-vectors.md).
+    /// Computed with Microsoft's Azure IoT Python device SDK.
     const VECTORS: [(&str, &str, u64, &str); 3] = [
         (
             "myhub.azure-devices.net/devices/device-001",

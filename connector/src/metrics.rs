@@ -1,7 +1,7 @@
-//! Counters of everything the connector does, per PLC, readable by the progress display,
-//! summaries, logs, tests and the Prometheus endpoint ([`http`]).
-
-pub mod http;
+//! Counters of everything the connector does, readable by the progress display, summaries,
+//! logs, tests and the Prometheus endpoint (`http`): per PLC ([`PlcMetrics`]), per telemetry
+//! destination ([`MqttMetrics`]) and for cloud-to-PLC writes ([`WriteMetrics`]). Plain
+//! atomics, written where the work happens; this module imports nothing of the crate.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,4 +63,47 @@ impl Metrics {
     pub fn total(&self, f: impl Fn(&PlcMetrics) -> &AtomicU64) -> u64 {
         self.plcs.iter().map(|p| f(p).load(Ordering::Relaxed)).sum()
     }
+}
+
+/// Counters of the telemetry path.
+#[derive(Debug, Default)]
+pub struct MqttMetrics {
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+    pub samples_buffered: AtomicU64,
+    pub messages_buffered: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_acked: AtomicU64,
+    pub bytes_acked: AtomicU64,
+    pub buffer_errors: AtomicU64,
+    pub pause_waits: AtomicU64,
+    /// Reconnects made to renew credentials (IoT Hub SAS tokens).
+    pub renewals: AtomicU64,
+    /// Messages a broker refused in its PUBACK (MQTT 5 reason code >= 0x80); sent again.
+    pub rejected: AtomicU64,
+}
+
+/// Counters of cloud-to-PLC writes and calls, by result.
+#[derive(Debug, Default)]
+pub struct WriteMetrics {
+    /// Written (200).
+    pub writes_ok: AtomicU64,
+    /// Refused before the PLC (400): not mapped, wrong type, out of range, not writable,
+    /// expired, rate limited, malformed.
+    pub writes_refused: AtomicU64,
+    /// The PLC refused (500).
+    pub writes_failed: AtomicU64,
+    /// The PLC was unreachable (500; twin writes are retried).
+    pub writes_unreachable: AtomicU64,
+    pub calls_ok: AtomicU64,
+    pub calls_bad_arguments: AtomicU64,
+    pub calls_unknown: AtomicU64,
+    pub calls_timeout: AtomicU64,
+    pub calls_failed: AtomicU64,
+    /// Requests repeated by id (answered again, not applied).
+    pub duplicates: AtomicU64,
+    /// Messages that could not be understood (topic or body).
+    pub malformed: AtomicU64,
+    /// Inbound messages dropped because too many were waiting (shared with the senders).
+    pub dropped: Arc<AtomicU64>,
 }

@@ -12,9 +12,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Metrics, PlcMetrics};
-use crate::sinks::mqtt::Outbox;
-use crate::writes::service::WriteMetrics;
+use crate::buffer::outbox::Outbox;
+use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 
 /// What the endpoint reports.
 pub struct State {
@@ -182,7 +181,7 @@ pub fn render(state: &State) -> String {
             );
         }
     }
-    type Sink = fn(&crate::sinks::mqtt::MqttMetrics) -> &AtomicU64;
+    type Sink = fn(&MqttMetrics) -> &AtomicU64;
     let per_sink: [(&str, &str, Sink); 6] = [
         (
             "telemetry_messages_sent_total",

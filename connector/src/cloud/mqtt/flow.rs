@@ -13,12 +13,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{unframe, Outbox};
+use crate::backoff::Backoff;
+use crate::buffer::outbox::{unframe, Outbox};
+use crate::cloud::control::{Control, Outbound};
 
 /// Messages in flight at once (also the client's request channel size, plus a margin).
 pub const WINDOW: usize = 100;
 
-/// How often a sender logs its counters (there is no metrics endpoint yet).
+/// How often a sender logs its counters (besides `/metrics`, for logs read later).
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Fresh credentials: (username, password, when to renew them). IoT Hub SAS tokens expire;
@@ -36,7 +38,7 @@ pub struct Sending {
     /// Fresh credentials before the old ones expire (IoT Hub SAS).
     pub renew: Option<Renewer>,
     /// The cloud-to-PLC side of the connection, when writes or methods are served.
-    pub control: Option<super::control::Control>,
+    pub control: Option<Control>,
 }
 
 pub struct Flow {
@@ -50,7 +52,7 @@ pub struct Flow {
     inflight: HashMap<u16, u64>,
     pub connected: bool,
     ever_connected: bool,
-    failures: u32,
+    backoff: Backoff,
     draining_until: Option<Instant>,
     last_report: Instant,
     renew: Option<Renewer>,
@@ -58,6 +60,22 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// Publishes the queued cloud-to-PLC answers of `control`, ahead of telemetry, while the
+    /// window has room and `publish` hands them to the client.
+    pub fn send_control(
+        &mut self,
+        control: &mut Control,
+        mut publish: impl FnMut(&Outbound) -> bool,
+    ) {
+        while let Some(out) = control.next() {
+            if !self.has_room() || !publish(out) {
+                break;
+            }
+            self.control_sent();
+            control.sent();
+        }
+    }
+
     pub fn new(outbox: Arc<Outbox>, qos0: bool, tag: &'static str, renew: Option<Renewer>) -> Self {
         Flow {
             outbox,
@@ -67,7 +85,7 @@ impl Flow {
             inflight: HashMap::new(),
             connected: false,
             ever_connected: false,
-            failures: 0,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
             draining_until: None,
             last_report: Instant::now(),
             renew,
@@ -172,7 +190,7 @@ impl Flow {
     pub fn connack(&mut self) {
         let m = &self.outbox.metrics;
         self.connected = true;
-        self.failures = 0;
+        self.backoff.reset();
         m.connected.store(true, Ordering::Relaxed);
         if self.ever_connected {
             m.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -232,12 +250,11 @@ impl Flow {
 
     /// The connection failed: logs once per outage, returns how long to wait.
     pub fn failed(&mut self, error: &dyn Display) -> Duration {
-        if self.connected || self.failures == 0 {
+        if self.connected || self.backoff.failures() == 0 {
             warn!(error = %error, "{}: connection lost; buffering until the broker is back", self.tag);
         }
         self.disconnected();
-        self.failures = self.failures.saturating_add(1);
-        Duration::from_millis((100u64 << self.failures.min(4)).min(1_000))
+        self.backoff.next()
     }
 
     /// After a connection error: waits the back-off (cut short by a shutdown request) and
@@ -253,7 +270,7 @@ impl Flow {
 
     /// During the drain, a broker that stays away ends the sender: the rest stays on disk.
     fn give_up(&self) -> bool {
-        let stop = self.draining() && !self.connected && self.failures > 3;
+        let stop = self.draining() && !self.connected && self.backoff.failures() > 3;
         if stop {
             warn!(
                 "{}: broker unreachable at shutdown; messages stay buffered on disk",

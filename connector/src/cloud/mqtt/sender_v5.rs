@@ -21,9 +21,9 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use rumqttc::Outgoing;
 use tracing::warn;
 
-use super::control::{Control, Message};
 use super::flow::{Flow, Sending, WINDOW};
 use super::MqttError;
+use crate::cloud::control::{Control, Message};
 use crate::config::MqttSinkConfig;
 
 /// Back-off after a rejected message before the reconnect that re-sends it.
@@ -106,7 +106,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections: u32 = 0;
     while flow.keep_going(&shutdown, grace) {
-        control.flush(&mut flow, |out| {
+        flow.send_control(&mut control, |out| {
             let props = PublishProperties {
                 content_type: Some("application/json".to_owned()),
                 correlation_data: out.correlation.clone().map(Into::into),

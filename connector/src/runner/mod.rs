@@ -1,0 +1,328 @@
+//! Wires a line: opens the outputs and cloud connections, starts one session and one writer
+//! thread per PLC and the write service, serves `/metrics`; stops it all in order
+//! ([`shutdown`]). Nothing here decides how data is handled: each piece lives in its stage.
+
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::buffer::outbox::Outbox;
+use crate::cloud::control::Control;
+use crate::cloud::hub::sender::Hub;
+use crate::cloud::mqtt::flow::Sending;
+use crate::cloud::mqtt::{sender, sender_v5};
+use crate::config::{Config, MqttVersion, Plc};
+use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
+use crate::opcua::link::LinkReceiver;
+use crate::opcua::session;
+use crate::pipeline::{self, Output, Writer};
+use crate::sinks::parquet::ParquetSink;
+use crate::sinks::telemetry::{Encoder, EncoderSettings};
+use crate::writes::{self, channels::Controls};
+pub use shutdown::GRACE;
+use shutdown::{Shutdown, Stage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Sink(String),
+    #[error("the configuration has no sink: add [sink.parquet], [sink.mqtt] or [hub]")]
+    NoSink,
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    #[error("hub: {0}")]
+    Hub(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+/// A running line.
+pub struct Running {
+    pub metrics: Metrics,
+    /// Counters of the MQTT telemetry, when configured.
+    pub mqtt: Option<Arc<MqttMetrics>>,
+    /// Counters of the IoT Hub telemetry, when configured.
+    pub hub: Option<Arc<MqttMetrics>>,
+    /// The telemetry buffers (broker first, then hub), for their stats.
+    pub outboxes: Vec<Arc<Outbox>>,
+    /// Where `/metrics` and `/healthz` are served, when `[metrics]` is configured.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Counters of cloud-to-PLC writes and method calls.
+    pub writes: Arc<WriteMetrics>,
+    shutdown: Shutdown,
+}
+
+/// A telemetry destination: its name in `/metrics`, its batching and its outbox.
+struct Destination {
+    name: &'static str,
+    settings: EncoderSettings,
+    outbox: Arc<Outbox>,
+    metrics: Arc<MqttMetrics>,
+}
+
+/// Starts every PLC of the line. Returns once the outputs are open; connecting and
+/// subscribing go on in the background (a PLC that is down is retried forever).
+pub fn start(config: &Config) -> Result<Running, RunError> {
+    if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
+        return Err(RunError::NoSink);
+    }
+    let shutdown = Shutdown::new();
+    let write_metrics = Arc::new(WriteMetrics::default());
+    let serve_writes = writes::channels::served(config);
+    if !serve_writes && (!config.writes.is_empty() || !config.methods.is_empty()) {
+        tracing::warn!(
+            writes = config.writes.len(),
+            methods = config.methods.len(),
+            "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
+        );
+    }
+    let (controls, ends) = match serve_writes {
+        true => {
+            let (c, e) = writes::channels::open(config, &write_metrics);
+            (c, Some(e))
+        }
+        false => (Controls::default(), None),
+    };
+    let destinations = open_destinations(config, controls, &shutdown.senders)?;
+    let mut metrics = Metrics::default();
+    let mut links = Vec::new();
+    let mut write_sessions = Vec::new();
+    for plc in &config.plcs {
+        let m = PlcMetrics::new(&plc.id);
+        metrics.plcs.push(m.clone());
+        spawn_plc(config, plc, &destinations, m, &shutdown)?;
+        let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
+            || config.methods.iter().any(|w| w.plc == plc.id);
+        if serve_writes && writes_here {
+            let (link_tx, link_rx) = tokio::sync::watch::channel(None);
+            links.push((plc.id.clone(), link_rx));
+            let token = shutdown.sessions.token.clone();
+            write_sessions.push(shutdown.sessions.tasks.track_future(session::run_writes(
+                plc.clone(),
+                config.pki.clone(),
+                link_tx,
+                token,
+            )));
+        }
+    }
+    if let Some(ends) = ends {
+        spawn_writes(
+            config,
+            ends,
+            links,
+            write_sessions,
+            &write_metrics,
+            &shutdown,
+        )?;
+    }
+    let metrics_addr = serve_http(
+        config,
+        &metrics,
+        &destinations,
+        serve_writes.then(|| write_metrics.clone()),
+        &shutdown.http,
+    )?;
+    let pick = |name| {
+        destinations
+            .iter()
+            .find(|d| d.name == name)
+            .map(|d| d.metrics.clone())
+    };
+    Ok(Running {
+        mqtt: pick("mqtt"),
+        hub: pick("hub"),
+        outboxes: destinations.iter().map(|d| d.outbox.clone()).collect(),
+        writes: write_metrics,
+        metrics_addr,
+        metrics,
+        shutdown,
+    })
+}
+
+/// The telemetry destinations (broker first, then hub): per destination one outbox and one
+/// connection task for the line.
+fn open_destinations(
+    config: &Config,
+    mut controls: Controls,
+    senders: &Stage,
+) -> Result<Vec<Destination>, RunError> {
+    let sending = |outbox: &Arc<Outbox>, qos, control: Option<Control>| Sending {
+        qos,
+        outbox: outbox.clone(),
+        shutdown: senders.token.clone(),
+        grace: GRACE,
+        renew: None,
+        control,
+    };
+    let mut out = Vec::new();
+    if let Some(mc) = &config.mqtt {
+        let m = Arc::new(MqttMetrics::default());
+        let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
+            .map_err(|e| RunError::Mqtt(e.to_string()))?;
+        let s = sending(&outbox, mc.qos, controls.mqtt.take());
+        if mc.version == MqttVersion::V5 {
+            let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
+            senders.tasks.spawn(sender_v5::run(opts, s));
+        } else {
+            let opts = sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
+            senders.tasks.spawn(sender::run(opts, s));
+        }
+        let site = config.line.site.as_deref().unwrap_or("");
+        out.push(Destination {
+            name: "mqtt",
+            settings: EncoderSettings::broker(mc, &config.line.id, site),
+            outbox,
+            metrics: m,
+        });
+    }
+    if let Some(hc) = &config.hub {
+        let hub = Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
+        let m = Arc::new(MqttMetrics::default());
+        let outbox = Outbox::open(&config.buffer, "hub", m.clone())
+            .map_err(|e| RunError::Hub(e.to_string()))?;
+        let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
+        let s = Sending {
+            renew: hub.renewer(),
+            ..sending(&outbox, 1, controls.hub.take())
+        };
+        senders.tasks.spawn(sender::run(opts, s));
+        out.push(Destination {
+            name: "hub",
+            settings: EncoderSettings::hub(hc, hub.telemetry_topics()),
+            outbox,
+            metrics: m,
+        });
+    }
+    Ok(out)
+}
+
+/// One PLC: its outputs on a writer thread of its own, fed by its session task.
+fn spawn_plc(
+    config: &Config,
+    plc: &Plc,
+    destinations: &[Destination],
+    m: Arc<PlcMetrics>,
+    shutdown: &Shutdown,
+) -> Result<(), RunError> {
+    let mut outputs = Vec::new();
+    if let Some(p) = &config.parquet {
+        let sink = ParquetSink::new(p.clone(), config.line.clone(), &plc.id)
+            .map_err(|e| RunError::Sink(e.to_string()))?;
+        outputs.push(Output::Parquet(sink));
+    }
+    for d in destinations {
+        let enc = Encoder::new(d.settings.clone(), &config.line.id, d.outbox.clone());
+        outputs.push(Output::Telemetry(enc));
+    }
+    // One notification batch is at most one publish response; the queue holds about
+    // `queue_samples` samples assuming batches of ~1000.
+    let queue_samples = config
+        .parquet
+        .as_ref()
+        .map_or(1_000_000, |p| p.queue_samples.get());
+    let (tx, rx) = pipeline::channel((queue_samples / 1000).max(16), m.clone());
+    let writer = Writer {
+        outputs,
+        rx,
+        metrics: m.clone(),
+    };
+    let stop = shutdown.writers.token.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("parquet-{}", plc.id))
+        .spawn(move || {
+            writer.run(stop);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| RunError::Sink(format!("cannot start writer thread: {e}")))?;
+    shutdown.writers.tasks.spawn(done_rx);
+    shutdown.sessions.tasks.spawn(session::run(
+        plc.clone(),
+        config.pki.clone(),
+        tx,
+        m,
+        shutdown.sessions.token.clone(),
+    ));
+    Ok(())
+}
+
+/// The write service and the write sessions, on a thread of their own, so that a write never
+/// waits for a runtime worker busy decoding a large publish response.
+fn spawn_writes<S>(
+    config: &Config,
+    ends: writes::channels::Ends,
+    links: Vec<(String, LinkReceiver)>,
+    write_sessions: Vec<S>,
+    metrics: &Arc<WriteMetrics>,
+    shutdown: &Shutdown,
+) -> Result<(), RunError>
+where
+    S: std::future::Future<Output = ()> + Send + 'static,
+{
+    let setup = ends.setup(config, links, metrics.clone());
+    let service = shutdown
+        .writes
+        .tasks
+        .track_future(writes::service::run(setup, shutdown.writes.token.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Sink(format!("cannot start the write runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("writes".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let service = tokio::spawn(service);
+                let tasks: Vec<_> = write_sessions.into_iter().map(tokio::spawn).collect();
+                for t in tasks {
+                    let _ = t.await;
+                }
+                let _ = service.await;
+            })
+        })
+        .map_err(|e| RunError::Sink(format!("cannot start the write thread: {e}")))?;
+    Ok(())
+}
+
+/// `/metrics` and `/healthz`, when `[metrics]` is configured; returns where.
+fn serve_http(
+    config: &Config,
+    metrics: &Metrics,
+    destinations: &[Destination],
+    writes: Option<Arc<WriteMetrics>>,
+    stage: &Stage,
+) -> Result<Option<SocketAddr>, RunError> {
+    let Some(mc) = &config.metrics else {
+        return Ok(None);
+    };
+    let std_listener = std::net::TcpListener::bind(mc.listen)
+        .map_err(|e| RunError::Metrics(format!("cannot listen on {}: {e}", mc.listen)))?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| RunError::Metrics(e.to_string()))?;
+    let addr = std_listener.local_addr().ok();
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|e| RunError::Metrics(e.to_string()))?;
+    let state = Arc::new(crate::http::State {
+        line: config.line.id.clone(),
+        metrics: metrics.clone(),
+        sinks: destinations
+            .iter()
+            .map(|d| (d.name, d.outbox.clone()))
+            .collect(),
+        writes,
+    });
+    stage
+        .tasks
+        .spawn(crate::http::serve(listener, state, stage.token.clone()));
+    Ok(addr)
+}
+
+impl Running {
+    /// Stops the write service and the sessions, drains every writer into its outputs, lets
+    /// the cloud connections deliver what they can: each stage within [`GRACE`].
+    pub async fn stop(self) {
+        self.shutdown.stop(GRACE).await;
+    }
+}

@@ -1,0 +1,123 @@
+//! One shutdown signal for a running line: a root [`CancellationToken`] whose child tokens
+//! stop the stages in the order that drains the data path, each stage's tasks tracked by a
+//! [`TaskTracker`], and one grace time per stage.
+//!
+//! Order: the write service (no new PLC writes), the PLC sessions (no new samples), the
+//! writer threads (queues drained into the open chunks and outboxes, chunks closed), the
+//! cloud connections (deliver what they can, the rest stays on disk), the HTTP endpoint.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+/// How long each stage may take to stop (the cloud connections use it to drain).
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// The tasks of one stage and the token that tells them to stop.
+pub struct Stage {
+    name: &'static str,
+    pub token: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Stage {
+    /// Cancels the stage and waits up to `grace` for its tasks; says whether they all ended.
+    async fn stop(&self, grace: Duration) -> bool {
+        self.token.cancel();
+        self.tasks.close();
+        let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !done {
+            warn!(
+                stage = self.name,
+                tasks = self.tasks.len(),
+                grace_s = grace.as_secs_f64(),
+                "did not stop within the grace time"
+            );
+        }
+        done
+    }
+}
+
+/// The stages of a running line, children of one root token.
+pub struct Shutdown {
+    root: CancellationToken,
+    pub writes: Stage,
+    pub sessions: Stage,
+    pub writers: Stage,
+    pub senders: Stage,
+    pub http: Stage,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        let root = CancellationToken::new();
+        let stage = |name| Stage {
+            name,
+            token: root.child_token(),
+            tasks: TaskTracker::new(),
+        };
+        Shutdown {
+            writes: stage("write service"),
+            sessions: stage("plc sessions"),
+            writers: stage("writers"),
+            senders: stage("cloud connections"),
+            http: stage("metrics endpoint"),
+            root,
+        }
+    }
+
+    /// Stops every stage in order, each within `grace`; then cancels the root, so anything
+    /// still running is told to stop.
+    pub async fn stop(&self, grace: Duration) {
+        for stage in [
+            &self.writes,
+            &self.sessions,
+            &self.writers,
+            &self.senders,
+            &self.http,
+        ] {
+            stage.stop(grace).await;
+        }
+        self.root.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn stages_stop_in_order_and_a_stuck_one_costs_its_grace() {
+        let s = Shutdown::new();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for (i, stage) in [&s.writes, &s.sessions, &s.writers, &s.senders, &s.http]
+            .into_iter()
+            .enumerate()
+        {
+            let (token, order) = (stage.token.clone(), order.clone());
+            stage.tasks.spawn(async move {
+                token.cancelled().await;
+                order.lock().unwrap().push(i);
+            });
+        }
+        // A task of the writers' stage that ignores its token.
+        s.writers
+            .tasks
+            .spawn(tokio::time::sleep(Duration::from_secs(3600)));
+        let start = tokio::time::Instant::now();
+        s.stop(Duration::from_secs(2)).await;
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert!(s.root.is_cancelled());
+    }
+}

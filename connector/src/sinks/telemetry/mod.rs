@@ -1,0 +1,177 @@
+//! Telemetry encoders: one PLC's samples batched per group into JSON v1 messages (gzip where
+//! asked) and appended to a destination's [`Outbox`]; the cloud connection (`cloud::mqtt`,
+//! `cloud::hub`) sends them from there. One encoder per PLC and destination.
+//!
+//! - [`payload`]: the JSON v1 message text.
+
+pub mod payload;
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::buffer::outbox::{frame, Outbox, OutboxError};
+use crate::cloud::mqtt::topic;
+use crate::config::{HubConfig, MqttSinkConfig, Payload, HUB_MAX_MESSAGE_BYTES};
+use crate::sample::Sample;
+
+/// The topic of a (plc, group) stream.
+pub type TopicFn = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
+/// How an encoder batches and where its messages go.
+#[derive(Clone)]
+pub struct EncoderSettings {
+    pub batch_max_samples: std::num::NonZeroUsize,
+    pub batch_max_delay: Duration,
+    pub max_message_bytes: usize,
+    pub payload: Payload,
+    pub topic: TopicFn,
+}
+
+impl EncoderSettings {
+    /// A generic broker: the topic template of `[sink.mqtt]`.
+    pub fn broker(cfg: &MqttSinkConfig, line: &str, site: &str) -> Self {
+        let (template, line, site) = (cfg.topic.clone(), line.to_owned(), site.to_owned());
+        EncoderSettings {
+            batch_max_samples: cfg.batch_max_samples,
+            batch_max_delay: cfg.batch_max_delay,
+            max_message_bytes: cfg.max_message_bytes,
+            payload: cfg.payload,
+            topic: Arc::new(move |plc, group| topic(&template, &site, &line, plc, group)),
+        }
+    }
+}
+
+impl EncoderSettings {
+    /// IoT Hub: `[hub]` batching, the hub's message limit, `topic` from the hub identity.
+    pub fn hub(cfg: &HubConfig, topic: TopicFn) -> Self {
+        EncoderSettings {
+            batch_max_samples: cfg.batch_max_samples,
+            batch_max_delay: cfg.batch_max_delay,
+            max_message_bytes: HUB_MAX_MESSAGE_BYTES,
+            payload: cfg.payload,
+            topic,
+        }
+    }
+}
+
+/// Batches the samples of one PLC per group and buffers them as messages.
+pub struct Encoder {
+    cfg: EncoderSettings,
+    line: String,
+    outbox: Arc<Outbox>,
+    pending: HashMap<Arc<str>, (Instant, Vec<Sample>)>,
+}
+
+impl Encoder {
+    pub fn new(cfg: EncoderSettings, line: &str, outbox: Arc<Outbox>) -> Self {
+        Encoder {
+            cfg,
+            line: line.to_owned(),
+            outbox,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Adds samples; flushes groups that reached `batch_max_samples`.
+    pub fn write(&mut self, samples: &[Sample]) -> Result<(), OutboxError> {
+        let max = self.cfg.batch_max_samples.get();
+        let mut full = Vec::new();
+        for s in samples {
+            let e = self
+                .pending
+                .entry(s.item.group.clone())
+                .or_insert_with(|| (Instant::now(), Vec::new()));
+            e.1.push(s.clone());
+            if e.1.len() >= max && !full.contains(&s.item.group) {
+                full.push(s.item.group.clone());
+            }
+        }
+        for g in full {
+            self.flush_group(&g)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes groups whose oldest sample waited `batch_max_delay`.
+    pub fn tick(&mut self) -> Result<(), OutboxError> {
+        let due: Vec<Arc<str>> = self
+            .pending
+            .iter()
+            .filter(|(_, (since, v))| !v.is_empty() && since.elapsed() >= self.cfg.batch_max_delay)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for g in due {
+            self.flush_group(&g)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything (shutdown).
+    pub fn flush(&mut self) -> Result<(), OutboxError> {
+        let groups: Vec<Arc<str>> = self.pending.keys().cloned().collect();
+        for g in groups {
+            self.flush_group(&g)?;
+        }
+        Ok(())
+    }
+
+    fn flush_group(&mut self, group: &Arc<str>) -> Result<(), OutboxError> {
+        let Some((_, samples)) = self.pending.remove(group) else {
+            return Ok(());
+        };
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let plc = samples[0].item.plc.clone();
+        let stream = format!("{plc}/{group}");
+        let gzip = self.cfg.payload == Payload::JsonGzip;
+        // Room for the frame header and gzip overhead in the message limit.
+        let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
+        // Encode the samples once, reserve one seq per message (written ahead), then add the
+        // headers.
+        let bodies = payload::split(
+            &self.line,
+            &plc,
+            group,
+            &samples,
+            self.cfg.batch_max_samples.get(),
+            budget,
+        );
+        let first = self.outbox.reserve(&stream, bodies.len() as u64)?;
+        let messages = bodies
+            .iter()
+            .zip(first..)
+            .map(|(body, seq)| payload::assemble(&self.line, &plc, group, seq, body));
+        let topic = (self.cfg.topic)(&plc, group);
+        for m in messages {
+            let body = if gzip {
+                gzip_bytes(m.as_bytes())
+            } else {
+                m.into_bytes()
+            };
+            self.outbox.push(&frame(&topic, gzip, &body))?;
+        }
+        self.outbox
+            .metrics
+            .samples_buffered
+            .fetch_add(samples.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    if e.write_all(data).is_err() {
+        warn!("gzip failed; sending uncompressed");
+        return data.to_vec();
+    }
+    e.finish().unwrap_or_else(|_| data.to_vec())
+}

@@ -1,0 +1,75 @@
+//! How cloud-to-PLC requests reach the write service: a control channel per cloud connection
+//! that carries them (the hub's twin and direct methods, the broker's command topics).
+
+use std::sync::Arc;
+
+use super::service::{CommandTopics, Setup};
+use crate::cloud::control::{self, Control, ServiceEnds};
+use crate::cloud::hub::topics::SUBSCRIPTIONS;
+use crate::cloud::mqtt::topic;
+use crate::config::Config;
+use crate::metrics::WriteMetrics;
+use crate::opcua::link::LinkReceiver;
+
+/// Whether the line serves cloud-to-PLC requests: the file maps writes or methods and a hub or
+/// broker carries the requests.
+pub fn served(config: &Config) -> bool {
+    let mapped = !config.writes.is_empty() || !config.methods.is_empty();
+    mapped && (config.hub.is_some() || config.mqtt.is_some())
+}
+
+/// The connection ends of the control channels, one per cloud connection that carries requests.
+#[derive(Default)]
+pub struct Controls {
+    pub hub: Option<Control>,
+    pub mqtt: Option<Control>,
+}
+
+/// The write service's ends, waiting for the PLC sessions.
+pub struct Ends {
+    hub: Option<ServiceEnds>,
+    mqtt: Option<(ServiceEnds, CommandTopics)>,
+}
+
+/// The control channels of a line that serves requests.
+pub fn open(config: &Config, metrics: &WriteMetrics) -> (Controls, Ends) {
+    let mut controls = Controls::default();
+    let mut ends = Ends {
+        hub: None,
+        mqtt: None,
+    };
+    if config.hub.is_some() {
+        let subs = SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect();
+        let (c, e) = control::channel(subs, metrics.dropped.clone());
+        controls.hub = Some(c);
+        ends.hub = Some(e);
+    }
+    if let Some(mc) = &config.mqtt {
+        let site = config.line.site.as_deref().unwrap_or("");
+        let topics = CommandTopics::new(&topic(&mc.command_topic, site, &config.line.id, "", ""));
+        let (c, e) = control::channel(topics.subscriptions(), metrics.dropped.clone());
+        controls.mqtt = Some(c);
+        ends.mqtt = Some((e, topics));
+    }
+    (controls, ends)
+}
+
+impl Ends {
+    /// What the service runs with, once every PLC's write session can be watched.
+    pub fn setup(
+        self,
+        config: &Config,
+        links: Vec<(String, LinkReceiver)>,
+        metrics: Arc<WriteMetrics>,
+    ) -> Setup {
+        Setup {
+            writes: config.writes.clone(),
+            methods: config.methods.clone(),
+            links,
+            hub: self.hub,
+            mqtt: self.mqtt,
+            state_file: config.buffer.dir.join("writes").join("state.json"),
+            metrics,
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The end-to-end suite: simulator <-> connector <-> brokers <-> files, in one process over
+//! loopback. One test binary (each scenario file a module) so that the connector, the
+//! simulator, rumqttd and parquet are linked once.
+
+mod e2e;
+mod hub;
+mod mosquitto;
+mod mqtt;
+mod mqtt_v5;
+mod writes;
