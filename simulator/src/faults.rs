@@ -1,4 +1,6 @@
-//! Scheduled, deterministic fault injection. Times count from the simulator's start.
+//! The faults the simulator can inject (on the command line, in the profile's schedule or on
+//! demand) and the `--fault KIND@AT[:DURATION][:CODE]` syntax. Times count from the
+//! simulator's start; the runtime's supervisor injects each fault at its time.
 
 use std::str::FromStr;
 use std::time::Duration;

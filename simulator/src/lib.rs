@@ -6,12 +6,17 @@
 //! - [`model`]: variables, behaviours, groups, methods and produced-value counts; no OPC UA.
 //! - [`profile`]: the TOML profile, checked against the loaded nodesets.
 //! - [`scale`]: `--scale N@INTERVAL` generated load variables.
-//! - [`faults`]: the scheduled fault kinds (restart, close sessions, freeze, status).
+//! - [`faults`]: the fault kinds (restart, close sessions, freeze, status) and their
+//!   `--fault` syntax.
+//! - [`convert`]: model values to and from OPC UA variants, data types and status names.
 //! - [`server`]: the async-opcua node manager that maps the model onto the address space.
-//! - [`runtime`]: `start`/`run`, ticking, restarts, stats.
+//! - [`runtime`]: `start`/`run`, the configuration, nodeset checks, server build, ticking,
+//!   fault supervision and restarts, stats.
+//! - [`error`]: [`SimError`], and the [`Problem`]s of bad input with file, line and element.
 //!
-//! Tests embed it: `start(SimConfig::bottling_line(pki), token).await?` binds `127.0.0.1:0`
-//! and reports the bound endpoint with [`Simulator::endpoint_url`].
+//! The binary (`src/main.rs`, `opcua-simulator`) turns its flags into a [`SimConfig`].
+//! Tests embed the library: `start(SimConfig::bottling_line(pki), token).await?` binds
+//! `127.0.0.1:0` and reports the bound endpoint with [`Simulator::endpoint_url`].
 
 pub mod convert;
 pub mod error;

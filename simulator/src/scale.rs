@@ -1,6 +1,6 @@
 //! `--scale N@INTERVAL`: N generated variables of mixed types for load tests, all changing at
 //! every tick. Variable `i` is `nsu=urn:opcua-connector:simulator:scale;s=Scale.<Type>.<i>`
-//! with the type chosen by `i % 5`: UInt32 counter, Double sine, Int64 counter, Boolean
+//! (`i` zero-padded to six digits) with the type chosen by `i % 5`: UInt32 counter, Double sine, Int64 counter, Boolean
 //! toggle, Int32 counter. Counters start at 0 and add 1 per tick, so a consumer can check
 //! every value against the tick count (ground truth).
 

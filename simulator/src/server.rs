@@ -1,5 +1,6 @@
-//! The OPC UA adapter: serves the nodesets through async-opcua and maps reads, writes,
-//! subscriptions and method calls onto the model.
+//! The OPC UA adapter: an async-opcua node manager that imports the nodesets (and the
+//! `--scale` variables) into the address space and maps reads, writes, subscriptions and
+//! method calls onto the model.
 //!
 //! Our own node manager (instead of async-opcua's `SimpleNodeManager`) lets writes be checked
 //! by the model (range, writability) *and* stored in the address space in one step, so a read

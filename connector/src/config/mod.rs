@@ -1,13 +1,32 @@
 //! Configuration: one TOML file per line.
 //!
-//! Two stages: raw serde structs that reject unknown keys (`raw`), then validation into real
-//! types (`types`) that reports every problem at once with file, line and key path (`load`).
-//! `plan` renders a validated config for `opcua-connector check`.
+//! Two stages: raw serde structs that reject unknown keys, then validation into real types
+//! that reports every problem at once with file, line and key path.
+//!
+//! - `raw`: the file as written: serde structs with spans, unknown keys refused.
+//! - `types`: the validated configuration every other module reads.
+//! - `load`: reading and checking a file: [`load()`], [`parse()`], [`ConfigError`], [`Problem`],
+//!   the check's state with the helpers every concern uses, and the assembly of a
+//!   [`Config`]. The checks by concern are its children, in `load/`:
+//!   - `plc.rs`: `[line]`, `[[plc]]` (endpoint, security, auth), their groups and browse
+//!     selections, `[pki]`;
+//!   - `sinks.rs`: `[sink.parquet]`, `[buffer]` (and that a segment holds one message),
+//!     `[metrics]`;
+//!   - `cloud.rs`: `[sink.mqtt]` (url, topic templates, tls) and `[hub]` (connection string
+//!     or x509);
+//!   - `writes.rs`: `[[write]]` and `[[method]]`;
+//!   - `tests/`: the check's tests, one file per concern.
+//! - `ids`: the rule for IoT Hub device and module ids ([`is_valid_id`]).
+//! - `plan`: renders a validated config for `opcua-connector check`.
+//!
+//! Nothing here uses the rest of the crate: every other module stands on it.
 
+mod ids;
 pub mod load;
 pub mod plan;
 pub mod raw;
 pub mod types;
 
+pub use ids::is_valid_id;
 pub use load::{load, parse, ConfigError, Problem};
 pub use types::*;

@@ -538,6 +538,9 @@ pub enum HubAuth {
     },
 }
 
+/// IoT Hub's limit for one device-to-cloud message (body and properties).
+pub const HUB_MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
     pub auth: HubAuth,

@@ -1,0 +1,69 @@
+//! The line, its PLCs, groups and nodes.
+
+use super::*;
+
+#[test]
+fn bad_node_id_names_the_id() {
+    let text = MINIMAL.replace(
+        "nsu=urn:example:filler;s=Filler.Speed",
+        "nsu=urn:example:filler;x=Speed",
+    );
+    assert_problem(
+        &text,
+        12,
+        "plc[0].group[0].nodes[0]",
+        "bad node id \"nsu=urn:example:filler;x=Speed\"",
+    );
+}
+
+#[test]
+fn inline_password_is_refused_with_alternatives() {
+    let text = MINIMAL.replace(
+            "endpoint = \"opc.tcp://192.0.2.10:4840\"",
+            "endpoint = \"opc.tcp://192.0.2.10:4840\"\nauth = { username = \"u\", password = \"hunter2\" }",
+        );
+    assert_problem(&text, 8, "plc[0].auth.password", "use password_env");
+    assert!(!problems(&text).concat().contains("hunter2"));
+}
+
+#[test]
+fn duplicate_plc_id_points_at_the_second() {
+    let text = format!("{MINIMAL}\n[[plc]]\nid = \"filler\"\nendpoint = \"opc.tcp://h:4840\"\n");
+    assert_problem(&text, 15, "plc[1].id", "duplicate plc id \"filler\"");
+}
+
+#[test]
+fn security_policy_and_mode_must_agree() {
+    let text = MINIMAL.replace(
+        "endpoint = \"opc.tcp://192.0.2.10:4840\"",
+        "endpoint = \"opc.tcp://192.0.2.10:4840\"\nsecurity_mode = \"Sign\"",
+    );
+    assert_problem(&text, 8, "plc[0].security_mode", "None goes only with None");
+    let text = text.replace("\"Sign\"", "\"Encrypt\"");
+    assert_problem(
+        &text,
+        8,
+        "plc[0].security_mode",
+        "unknown security mode \"Encrypt\"",
+    );
+}
+
+#[test]
+fn missing_line_and_group_without_nodes_are_problems() {
+    let text = MINIMAL.replace("[line]\nid = \"line-a\"\n", "").replace(
+        "  nodes = [\"nsu=urn:example:filler;s=Filler.Speed\"]\n",
+        "",
+    );
+    let all = problems(&text);
+    assert!(
+        all.contains(&format!(
+            "{FILE}: line: missing [line] table with the line id"
+        )),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter()
+            .any(|p| p.starts_with(&format!("{FILE}:7: plc[0].group[0]: a group needs"))),
+        "{all:#?}"
+    );
+}

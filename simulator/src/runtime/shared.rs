@@ -1,0 +1,97 @@
+//! The state shared by the simulator handle, the supervisor and the tickers, and the pushing
+//! of model values into the live address space (which notifies subscribers).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use chrono::Utc;
+use opcua::server::SubscriptionCache;
+use opcua::types::{DataValue, DateTime, NodeId, StatusCode};
+use tracing::warn;
+
+use crate::convert::to_variant;
+use crate::model::{Model, Value, VarType};
+use crate::server::PlcNodeManager;
+
+/// The server currently serving the model.
+pub(super) struct Live {
+    pub(super) nm: Arc<PlcNodeManager>,
+    pub(super) subscriptions: Arc<SubscriptionCache>,
+}
+
+/// One simulator's state, behind an `Arc`.
+pub(super) struct Shared {
+    pub(super) model: Arc<Mutex<Model>>,
+    /// `None` while the endpoint is down (restart or close-sessions fault).
+    pub(super) live: RwLock<Option<Arc<Live>>>,
+    /// Node id of every model variable (by index) in the current server.
+    pub(super) ids: RwLock<Arc<Vec<NodeId>>>,
+    /// The endpoint is up; values produced while it is down count as produced offline.
+    pub(super) online: Arc<AtomicBool>,
+    /// A freeze fault is active: the tickers do not advance the model.
+    pub(super) frozen: AtomicBool,
+    /// A status fault's code, reported instead of every variable's own status; 0 when none.
+    pub(super) status_override: AtomicU32,
+    pub(super) restarts: AtomicU64,
+    /// Per group: ticks that ran more than half a period late.
+    pub(super) late: Vec<AtomicU64>,
+    /// Each variable's type; fixed once the model is built.
+    pub(super) tys: Vec<VarType>,
+    pub(super) started: Instant,
+    pub(super) endpoint: String,
+}
+
+impl Shared {
+    /// Pushes model updates (or every variable's current value) into the live address space.
+    pub(super) fn push(
+        &self,
+        updates: impl Iterator<Item = (usize, Value, u32, chrono::DateTime<Utc>)>,
+    ) {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(live) = live else { return };
+        let ids = self.ids.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let tys = &self.tys;
+        let overridden = self.status_override.load(Ordering::Relaxed);
+        let now = DateTime::now();
+        let values: Vec<(&NodeId, DataValue)> = updates
+            .filter_map(|(idx, value, status, t)| {
+                let status = if overridden != 0 { overridden } else { status };
+                Some((
+                    ids.get(idx)?,
+                    DataValue {
+                        value: Some(to_variant(&value, tys[idx])),
+                        status: Some(StatusCode::from(status)),
+                        source_timestamp: Some(DateTime::from(t)),
+                        server_timestamp: Some(now),
+                        ..DataValue::null()
+                    },
+                ))
+            })
+            .collect();
+        if values.is_empty() {
+            return;
+        }
+        if let Err(e) = live.nm.set_values(
+            &live.subscriptions,
+            values.into_iter().map(|(id, dv)| (id, None, dv)),
+        ) {
+            warn!(error = %e, "could not update the address space");
+        }
+    }
+
+    /// Pushes every variable's current value and status (after a (re)start or a status fault).
+    pub(super) fn push_all(&self) {
+        let all: Vec<_> = {
+            let model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Utc::now();
+            model
+                .vars
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i, v.value.clone(), v.status, now))
+                .collect()
+        };
+        self.push(all.into_iter());
+    }
+}
