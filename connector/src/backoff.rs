@@ -26,7 +26,7 @@ impl Backoff {
     }
 
     /// One more failure: the wait before the next attempt.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let doubled = self
             .base
@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn doubles_to_the_cap_with_at_most_a_fifth_of_jitter() {
         let mut b = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
-        let waits: Vec<Duration> = (0..6).map(|_| b.next()).collect();
+        let waits: Vec<Duration> = (0..6).map(|_| b.next_wait()).collect();
         let bases = [200, 400, 800, 1000, 1000, 1000];
         for (w, base) in waits.iter().zip(bases) {
             let base = Duration::from_millis(base);
@@ -64,13 +64,13 @@ mod tests {
         }
         assert_eq!(b.failures(), 6);
         b.reset();
-        assert!(b.next() <= Duration::from_millis(240));
+        assert!(b.next_wait() <= Duration::from_millis(240));
     }
 
     #[test]
     fn jitter_differs_between_instances() {
         let waits: std::collections::HashSet<Duration> = (0..20)
-            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next())
+            .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next_wait())
             .collect();
         assert!(waits.len() > 1, "20 back-offs waited the same: {waits:?}");
     }

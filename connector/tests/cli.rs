@@ -64,8 +64,8 @@ dir = "data"
 /// Writes `text` to a file and runs `check` on it.
 fn check_text(dir: &Path, name: &str, text: &str) -> (i32, String) {
     let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    let (code, _, stderr) = run(&["check", "--config", p.to_str().unwrap()]);
+    std::fs::write(&p, text).expect("write the config");
+    let (code, _, stderr) = run(&["check", "--config", p.to_str().expect("utf-8 path")]);
     (code, stderr)
 }
 

@@ -33,7 +33,7 @@ async fn subscribe(session: &opcua::client::Session, ids: &[NodeId], chunk: usiz
             true,
             DataChangeCallback::new(move |dv, item| {
                 sink.lock()
-                    .unwrap()
+                    .expect("the sample map's lock")
                     .entry(item.item_to_monitor().node_id.clone())
                     .or_default()
                     .push(dv);

@@ -1,6 +1,9 @@
 //! End-to-end harness: the simulator on 127.0.0.1:0, the connector in-process or as a
 //! process, a TCP relay that can cut connections, and a Parquet reader for the chunks.
 
+// Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};

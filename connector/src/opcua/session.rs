@@ -267,7 +267,7 @@ pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: Cancella
         match served {
             Ok(()) => break,
             Err(e) => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
@@ -343,7 +343,7 @@ pub async fn run(
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;

@@ -3,6 +3,9 @@
 //!
 //! cargo build --release --workspace && target/release/loadtest S1 S3 --duration 30s
 
+// Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -2,6 +2,9 @@
 //! loopback. One test binary (each scenario file a module) so that the connector, the
 //! simulator, rumqttd and parquet are linked once.
 
+// Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
+#![allow(clippy::unwrap_used)]
+
 mod e2e;
 mod hub;
 mod mosquitto;

@@ -10,6 +10,7 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use super::connection::{ConnectionString, Identity, SecretKey};
 use super::sas;
 use crate::cloud::mqtt::sender::{rustls_config, Renewer};
+use crate::cloud::mqtt::TopicFn;
 use crate::config::{HubAuth, HubConfig, Secret};
 
 /// IoT Hub's limit for one device-to-cloud message (body and properties).
@@ -149,7 +150,7 @@ impl Hub {
     }
 
     /// The telemetry topic of a (plc, group) stream, with the hub's message properties.
-    pub fn telemetry_topics(&self) -> Arc<dyn Fn(&str, &str) -> String + Send + Sync> {
+    pub fn telemetry_topics(&self) -> TopicFn {
         let identity = self.identity.clone();
         let payload = self.cfg.payload;
         Arc::new(move |plc, group| identity.telemetry_topic(payload, plc, group))

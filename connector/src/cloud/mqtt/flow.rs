@@ -254,7 +254,7 @@ impl Flow {
             warn!(error = %error, "{}: connection lost; buffering until the broker is back", self.tag);
         }
         self.disconnected();
-        self.backoff.next()
+        self.backoff.next_wait()
     }
 
     /// After a connection error: waits the back-off (cut short by a shutdown request) and

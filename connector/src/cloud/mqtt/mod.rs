@@ -19,6 +19,9 @@ pub fn topic(template: &str, site: &str, line: &str, plc: &str, group: &str) -> 
         .replace("{group}", group)
 }
 
+/// The topic of a (plc, group) stream.
+pub type TopicFn = std::sync::Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("{0}")]

@@ -15,12 +15,9 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::buffer::outbox::{frame, Outbox, OutboxError};
-use crate::cloud::mqtt::topic;
+use crate::cloud::mqtt::{topic, TopicFn};
 use crate::config::{HubConfig, MqttSinkConfig, Payload, HUB_MAX_MESSAGE_BYTES};
 use crate::sample::Sample;
-
-/// The topic of a (plc, group) stream.
-pub type TopicFn = Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 
 /// How an encoder batches and where its messages go.
 #[derive(Clone)]
