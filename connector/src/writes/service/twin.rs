@@ -1,0 +1,307 @@
+//! The IoT Hub twin: the full twin GET after every hub ConnAck (asked again when not
+//! answered), its reconciliation with what was handled, desired PATCH notifications, and the
+//! twin write of each mapped desired property (when it may go: rate, PLC session, startup
+//! grace), answered in reported properties.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::write::rate_wait;
+use super::{add, text, Origin, Service, Want, STARTUP_GRACE};
+use crate::cloud::control::Outbound;
+use crate::cloud::hub::topics;
+use crate::writes::ack::{reported_patch, TwinAck};
+use crate::writes::coerce::coerce;
+use crate::writes::requests::{desired_patch, find_mapping};
+use crate::writes::Refusal;
+
+/// A twin GET without an answer is asked again after this.
+pub(super) const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Service {
+    /// Asks the hub for the full twin (after every hub ConnAck, and again without an answer).
+    pub(super) fn get_twin(&mut self) {
+        if self.hub_out.is_none() {
+            return;
+        }
+        let rid = self.next_rid();
+        info!(rid = %rid, "asking the hub for the twin");
+        if let Some(out) = &self.hub_out {
+            let _ = out.send(Outbound {
+                topic: topics::twin_get(&rid),
+                payload: Vec::new(),
+                correlation: None,
+            });
+        }
+        self.twin_get = Some((rid, Instant::now()));
+    }
+
+    /// At the tick: a twin GET without an answer for [`TWIN_GET_TIMEOUT`] is asked again.
+    pub(super) fn twin_get_overdue(&mut self) {
+        if let Some((_, at)) = &self.twin_get {
+            if at.elapsed() >= TWIN_GET_TIMEOUT {
+                warn!("no answer to the twin GET; asking again");
+                self.get_twin();
+            }
+        }
+    }
+
+    /// `$iothub/twin/res/{status}/?$rid={rid}`: the answer to our twin GET, or to a reported
+    /// properties PATCH.
+    pub(super) fn twin_response(&mut self, status: u16, rid: String, payload: &[u8]) {
+        let ours = self.twin_get.as_ref().is_some_and(|(r, _)| *r == rid);
+        if !ours {
+            if status >= 300 {
+                warn!(status, rid = %rid, "hub refused a reported-properties update");
+            } else {
+                debug!(status, rid = %rid, "reported properties updated");
+            }
+            return;
+        }
+        if status == 200 {
+            self.twin_get = None;
+            self.reconcile(payload);
+        } else {
+            warn!(status, "twin GET failed; asking again in 2 s");
+            self.twin_get = Some((
+                rid,
+                Instant::now() - TWIN_GET_TIMEOUT + Duration::from_secs(2),
+            ));
+        }
+    }
+
+    /// `$iothub/twin/PATCH/properties/desired/?$version=V`: desired properties changed.
+    pub(super) fn desired_patched(&mut self, payload: &[u8]) {
+        match desired_patch(payload, &self.writes) {
+            Ok(patch) => {
+                let unmapped: Vec<(String, Value)> = patch
+                    .unmapped
+                    .iter()
+                    .map(|p| (p.clone(), lookup(payload, p)))
+                    .collect();
+                self.desired(
+                    patch.version,
+                    patch
+                        .properties
+                        .into_iter()
+                        .map(|p| (p.property, p.value, patch.version))
+                        .collect(),
+                    unmapped,
+                );
+            }
+            Err(e) => self.malformed("desired properties patch", &e),
+        }
+    }
+
+    /// The full twin: apply what is newer than what was handled.
+    fn reconcile(&mut self, body: &[u8]) {
+        let twin: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return self.malformed("twin", &e),
+        };
+        let (Some(desired), reported) = (twin.get("desired"), twin.get("reported")) else {
+            return self.malformed("twin", &"no \"desired\" section");
+        };
+        let patch = match desired_patch(desired.to_string().as_bytes(), &self.writes) {
+            Ok(p) => p,
+            Err(e) => return self.malformed("twin desired section", &e),
+        };
+        // Acknowledgements already in the twin count as handled (a lost state file must not
+        // make the connector write old values again).
+        if let Some(reported) = reported {
+            let paths = patch.properties.iter().map(|p| &p.property);
+            for path in paths.chain(&patch.unmapped) {
+                let ack = lookup_value(reported, path);
+                let code = ack.and_then(|a| a.get("ac")).and_then(Value::as_i64);
+                let av = ack.and_then(|a| a.get("av")).and_then(Value::as_i64);
+                if let (Some(200 | 400), Some(av)) = (code, av) {
+                    self.state.raise_handled(path, av);
+                }
+            }
+        }
+        let version_of = |path: &str| {
+            let mut node = desired.get("$metadata");
+            for part in path.split('.') {
+                node = node.and_then(|n| n.get(part));
+            }
+            node.and_then(|n| n.get("$lastUpdatedVersion"))
+                .and_then(Value::as_i64)
+                .unwrap_or(patch.version)
+        };
+        let props: Vec<(String, Value, i64)> = patch
+            .properties
+            .iter()
+            .map(|p| (p.property.clone(), p.value.clone(), version_of(&p.property)))
+            .collect();
+        let unmapped: Vec<(String, Value)> = patch
+            .unmapped
+            .iter()
+            .filter(|p| version_of(p) > self.state.handled(p))
+            .map(|p| {
+                (
+                    p.clone(),
+                    lookup_value(desired, p).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        info!(
+            version = patch.version,
+            mapped = props.len(),
+            unmapped = unmapped.len(),
+            "twin received"
+        );
+        self.desired(patch.version, props, unmapped);
+    }
+
+    /// Desired properties at document `version`: (property, value, the property's version).
+    fn desired(
+        &mut self,
+        version: i64,
+        props: Vec<(String, Value, i64)>,
+        unmapped: Vec<(String, Value)>,
+    ) {
+        let mut acks = Vec::new();
+        for (path, value) in unmapped {
+            if value.is_null() {
+                // A desired property removed from the twin: nothing was asked.
+                continue;
+            }
+            add(&self.metrics.writes_refused);
+            let refusal = Refusal::NotMapped {
+                property: path.clone(),
+            };
+            info!(target: "audit", who = %format!("twin v{version}"), property = %path, new = %text(&value), result = 400, detail = %refusal, "write refused");
+            self.state.set_handled(&path, version);
+            acks.push(TwinAck {
+                property: path,
+                value,
+                code: 400,
+                version,
+                description: refusal.to_string(),
+            });
+        }
+        self.twin_ack(&acks);
+        for (property, value, prop_version) in props {
+            if prop_version <= self.state.handled(&property) {
+                debug!(property = %property, version = prop_version, "desired version already handled");
+                continue;
+            }
+            let p = self.props.entry(property.clone()).or_default();
+            if value.is_null() {
+                // IoT Hub removes a desired property by patching it to null: the PLC keeps its
+                // value, and a waiting write of an older value is dropped.
+                info!(target: "audit", who = %format!("twin v{version}"), property = %property, result = "removed", "desired property removed: nothing written");
+                p.pending = None;
+                self.state.set_handled(&property, version);
+                continue;
+            }
+            p.pending = Some(Want {
+                version,
+                value,
+                told_unreachable: false,
+                not_before: None,
+            });
+            self.kick(&property);
+        }
+    }
+
+    /// Starts the pending twin write of `property` if it can go now.
+    pub(super) fn kick(&mut self, property: &str) {
+        let Some(mapping) = find_mapping(&self.writes, property).cloned() else {
+            return;
+        };
+        let Some(p) = self.props.get_mut(property) else {
+            return;
+        };
+        if p.running {
+            return;
+        }
+        let Some(want) = p.pending.clone() else {
+            return;
+        };
+        let origin = Origin::Twin {
+            version: want.version,
+        };
+        let now = Instant::now();
+        if want.not_before.is_some_and(|t| now < t) {
+            return;
+        }
+        // Checks that need no PLC: type and range.
+        let variant = match coerce(&want.value, &mapping) {
+            Ok(v) => v,
+            Err(r) => {
+                p.pending = None;
+                return self.refused(&mapping, origin, want.value, &r);
+            }
+        };
+        if let Some(next) = mapping
+            .max_rate
+            .and_then(|rate| rate_wait(rate, p.last_write, now))
+        {
+            // Latest wins: written once the interval has passed.
+            if let Some(w) = p.pending.as_mut() {
+                w.not_before = Some(next);
+            }
+            return;
+        }
+        let plc = self.plcs.get(&mapping.plc);
+        let ready = plc.and_then(|s| s.link.clone().filter(|_| s.checked));
+        let Some(link) = ready else {
+            let grace_end = self.started + STARTUP_GRACE;
+            let never = plc.is_some_and(|s| !s.ever_linked);
+            // Connected, its nodes being checked: kicked again when the check is done.
+            let checking = plc.is_some_and(|s| s.link.is_some());
+            if checking || (never && now < grace_end) {
+                return;
+            }
+            if !want.told_unreachable {
+                if let Some(w) = p.pending.as_mut() {
+                    w.told_unreachable = true;
+                }
+                add(&self.metrics.writes_unreachable);
+                let detail = format!(
+                    "BadNotConnected: plc {} is not connected; written when it is back",
+                    mapping.plc
+                );
+                info!(target: "audit", who = %format!("twin v{}", want.version), plc = %mapping.plc, node = %mapping.node, new = %text(&want.value), result = 500, detail = %detail, "write waits for the plc");
+                self.twin_ack(&[TwinAck {
+                    property: mapping.property.clone(),
+                    value: want.value,
+                    code: 500,
+                    version: want.version,
+                    description: detail,
+                }]);
+            }
+            return;
+        };
+        p.pending = None;
+        self.start_write(&mapping, origin, want.value, variant, link);
+    }
+
+    pub(super) fn twin_ack(&mut self, acks: &[TwinAck]) {
+        if acks.is_empty() {
+            return;
+        }
+        let rid = self.next_rid();
+        self.publish_hub(topics::twin_patch_reported(&rid), &reported_patch(acks));
+    }
+}
+
+/// The value at a dotted path of a JSON document.
+fn lookup_value<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut node = doc;
+    for part in path.split('.') {
+        node = node.get(part)?;
+    }
+    Some(node)
+}
+
+fn lookup(body: &[u8], path: &str) -> Value {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| lookup_value(&v, path).cloned())
+        .unwrap_or(Value::Null)
+}
