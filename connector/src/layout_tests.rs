@@ -40,32 +40,81 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// The top-level modules named after `crate::` in `text` (`crate::a::b`, `crate::{a, b::c}`).
-fn crate_imports(text: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("crate::") {
-        rest = &rest[i + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for part in group[..end].split(',') {
-                let name: String = part
-                    .trim()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if !name.is_empty() {
-                    out.insert(name);
-                }
+/// The names that start the paths of a `use` tree: `a` of `a::b`, `a` and `c` of
+/// `{a::b, c::{d, e}}` (inner groups belong to their head).
+fn heads(tree: &str) -> Vec<String> {
+    let ident = |t: &str| -> String {
+        t.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let Some(group) = tree.trim_start().strip_prefix('{') else {
+        return vec![ident(tree)];
+    };
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                out.push(ident(&group[start..i]));
+                break;
             }
-        } else {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            out.insert(name);
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(ident(&group[start..i]));
+                start = i + 1;
+            }
+            _ => {}
         }
     }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+/// The top-level modules that `text`, the file of module `path` (`["cloud", "mqtt", "flow"]`),
+/// names through `crate::...` or through `super::` chains that climb to the crate root.
+/// Comments and the test module at the end of a file are not read.
+fn crate_imports(path: &[&str], text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .split("#[cfg(test)]\nmod ")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut out = BTreeSet::new();
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("crate::") {
+        let before = rest[..i].chars().next_back();
+        rest = &rest[i + "crate::".len()..];
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `my_crate::`, not `crate::`
+        }
+        out.extend(heads(rest));
+    }
+    // `super::` from the file's module: each one climbs a level; past the top-level module
+    // it reaches the crate root, where the next name is a top-level module.
+    let mut rest = code.as_str();
+    while let Some(i) = rest.find("super::") {
+        let before = rest[..i].chars().next_back();
+        let mut tail = &rest[i..];
+        let mut levels = 0;
+        while let Some(t) = tail.strip_prefix("super::") {
+            levels += 1;
+            tail = t;
+        }
+        rest = tail;
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        if levels == path.len() {
+            out.extend(heads(tail));
+        }
+    }
+    out.retain(|n| n != "self" && n != "*");
     out
 }
 
@@ -87,19 +136,21 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
     rust_files(&src, &mut files);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in files {
-        let rel = f.strip_prefix(&src).unwrap();
-        let top = rel
+        let rel = f.strip_prefix(&src).unwrap().with_extension("");
+        let mut path: Vec<String> = rel
             .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        let top = top.trim_end_matches(".rs").to_owned();
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if path.last().is_some_and(|l| l == "mod") {
+            path.pop();
+        }
+        let top = path[0].clone();
         if ["lib", "main", "layout_tests"].contains(&top.as_str()) {
             continue;
         }
         let text = std::fs::read_to_string(&f).unwrap();
-        let mut used = crate_imports(&text);
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let mut used = crate_imports(&path, &text);
         used.remove(&top);
         graph.entry(top).or_default().extend(used);
     }
@@ -147,8 +198,15 @@ fn the_allowed_imports_have_no_cycle() {
 }
 
 #[test]
-fn crate_paths_are_read_in_both_forms() {
-    let found = crate_imports("use crate::a::b;\nuse crate::{c::D, e};\nlet x = crate::f::g();");
+fn crate_paths_are_read_in_every_form() {
+    let text = "use crate::a::b;\nuse crate::{c::{D, x}, e};\nlet x = crate::f::g();\n\
+                // crate::commented\nuse my_crate::no;\nuse super::super::h::I;\n\
+                use super::sibling;\n#[cfg(test)]\nmod tests { use crate::in_tests; }";
+    let found = crate_imports(&["m", "n"], text);
     let names: Vec<&str> = found.iter().map(String::as_str).collect();
-    assert_eq!(names, ["a", "c", "e", "f"]);
+    assert_eq!(names, ["a", "c", "e", "f", "h"]);
+    // From a top-level module file one `super::` is the crate root.
+    let found = crate_imports(&["m"], "use super::{p, q::R};");
+    let names: Vec<&str> = found.iter().map(String::as_str).collect();
+    assert_eq!(names, ["p", "q"]);
 }

@@ -24,8 +24,9 @@
 //!
 //! Imports follow the flow: a stage uses the stages after it (opcua -> pipeline -> sinks ->
 //! cloud -> buffer), never one before it; `writes` uses `opcua` and `cloud`; everything may use
-//! the ground modules (`config` too), which use nothing of the crate; only `runner`, `http` and
-//! `commands` see the whole. A unit test (`layout_tests`) keeps it so.
+//! the ground modules (`config` too), which use nothing of the crate; `http` reads counters
+//! and outboxes; only `runner` and `commands` see the whole, and nothing imports them. A unit
+//! test (`layout_tests`) keeps it so.
 
 pub mod backoff;
 pub mod buffer;

@@ -26,10 +26,19 @@ pub enum Output {
 }
 
 impl Output {
-    fn name(&self) -> &'static str {
+    /// What failed, for the log line: (write, roll or flush, close at shutdown).
+    fn failures(&self) -> [&'static str; 3] {
         match self {
-            Output::Parquet(_) => "parquet",
-            Output::Telemetry(_) => "telemetry",
+            Output::Parquet(_) => [
+                "parquet write failed",
+                "parquet roll failed",
+                "closing the last chunk failed",
+            ],
+            Output::Telemetry(_) => [
+                "mqtt buffering failed",
+                "mqtt buffering failed",
+                "mqtt buffering failed at shutdown",
+            ],
         }
     }
 
@@ -55,7 +64,7 @@ impl Output {
         }
     }
 
-    /// At the end: the open chunk closed, pending batches buffered.
+    /// At the end: pending batches buffered, the open chunk closed.
     fn close(&mut self, m: &PlcMetrics) -> Result<(), String> {
         match self {
             Output::Parquet(s) => {
@@ -94,7 +103,7 @@ impl Writer {
             }
             for o in self.outputs.iter_mut() {
                 if let Err(e) = o.tick(&self.metrics) {
-                    fail(&self.metrics, o.name(), "roll or flush", &e);
+                    fail(&self.metrics, o.failures()[1], &e);
                 }
             }
             if stop.is_cancelled() {
@@ -105,9 +114,14 @@ impl Writer {
         while let Ok(batch) = self.rx.try_recv() {
             self.write(&batch);
         }
-        for o in self.outputs.iter_mut() {
-            if let Err(e) = o.close(&self.metrics) {
-                fail(&self.metrics, o.name(), "close at shutdown", &e);
+        // Telemetry first: a flush only appends to the outbox, closing a chunk fsyncs.
+        for parquet in [false, true] {
+            for o in self.outputs.iter_mut() {
+                if matches!(o, Output::Parquet(_)) == parquet {
+                    if let Err(e) = o.close(&self.metrics) {
+                        fail(&self.metrics, o.failures()[2], &e);
+                    }
+                }
             }
         }
     }
@@ -116,15 +130,15 @@ impl Writer {
         for o in self.outputs.iter_mut() {
             if let Err(e) = o.write(batch) {
                 PlcMetrics::add(&self.metrics.write_errors, 1);
-                error!(plc = %self.metrics.plc, output = o.name(), error = %e, samples = batch.len(), "write failed");
+                error!(plc = %self.metrics.plc, error = %e, samples = batch.len(), "{}", o.failures()[0]);
             }
         }
     }
 }
 
-fn fail(m: &PlcMetrics, output: &str, what: &str, e: &str) {
+fn fail(m: &PlcMetrics, what: &str, e: &str) {
     PlcMetrics::add(&m.write_errors, 1);
-    error!(plc = %m.plc, output, error = %e, "{what} failed");
+    error!(plc = %m.plc, error = %e, "{what}");
 }
 
 fn publish_stats(sink: &ParquetSink, m: &PlcMetrics) {

@@ -20,8 +20,8 @@ use crate::pipeline::{self, Output, Writer};
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::telemetry::{Encoder, EncoderSettings};
 use crate::writes::{self, channels::Controls};
-pub use shutdown::GRACE;
 use shutdown::{Shutdown, Stage};
+pub use shutdown::{DRAIN, GRACE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -68,6 +68,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         return Err(RunError::NoSink);
     }
     let shutdown = Shutdown::new();
+    let started = shutdown.abort_on_drop();
     let write_metrics = Arc::new(WriteMetrics::default());
     let serve_writes = writes::channels::served(config);
     if !serve_writes && (!config.writes.is_empty() || !config.methods.is_empty()) {
@@ -129,6 +130,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             .find(|d| d.name == name)
             .map(|d| d.metrics.clone())
     };
+    started.disarm();
     Ok(Running {
         mqtt: pick("mqtt"),
         hub: pick("hub"),
@@ -151,7 +153,7 @@ fn open_destinations(
         qos,
         outbox: outbox.clone(),
         shutdown: senders.token.clone(),
-        grace: GRACE,
+        grace: DRAIN,
         renew: None,
         control,
     };
@@ -321,7 +323,7 @@ fn serve_http(
 
 impl Running {
     /// Stops the write service and the sessions, drains every writer into its outputs, lets
-    /// the cloud connections deliver what they can: each stage within [`GRACE`].
+    /// the cloud connections deliver what they can ([`DRAIN`]): each stage within [`GRACE`].
     pub async fn stop(self) {
         self.shutdown.stop(GRACE).await;
     }

@@ -8,16 +8,22 @@
 
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{error, warn};
 
-/// How long each stage may take to stop (the cloud connections use it to drain).
-pub const GRACE: Duration = Duration::from_secs(5);
+/// How long each stage may take to stop.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// How long the cloud connections keep delivering what is buffered after their stop: half of
+/// [`GRACE`], so that a connection that gives up (broker away) still ends within it.
+pub const DRAIN: Duration = Duration::from_secs(GRACE.as_secs() / 2);
 
 /// The tasks of one stage and the token that tells them to stop.
 pub struct Stage {
     name: &'static str,
+    /// Whether a task still running after the grace time may lose data (logged as an error).
+    lossy: bool,
     pub token: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -28,7 +34,14 @@ impl Stage {
         self.token.cancel();
         self.tasks.close();
         let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        if !done {
+        if !done && self.lossy {
+            error!(
+                stage = self.name,
+                tasks = self.tasks.len(),
+                grace_s = grace.as_secs_f64(),
+                "did not stop within the grace time: what it held may be lost"
+            );
+        } else if !done {
             warn!(
                 stage = self.name,
                 tasks = self.tasks.len(),
@@ -59,23 +72,29 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Shutdown {
         let root = CancellationToken::new();
-        let stage = |name| Stage {
+        let stage = |name, lossy| Stage {
             name,
+            lossy,
             token: root.child_token(),
             tasks: TaskTracker::new(),
         };
         Shutdown {
-            writes: stage("write service"),
-            sessions: stage("plc sessions"),
-            writers: stage("writers"),
-            senders: stage("cloud connections"),
-            http: stage("metrics endpoint"),
+            writes: stage("write service", false),
+            sessions: stage("plc sessions", false),
+            writers: stage("writers", true),
+            senders: stage("cloud connections", false),
+            http: stage("metrics endpoint", false),
             root,
         }
     }
 
-    /// Stops every stage in order, each within `grace`; then cancels the root, so anything
-    /// still running is told to stop.
+    /// Cancels every stage at once when dropped (unless disarmed): a line that fails half-way
+    /// through starting stops what it had started.
+    pub fn abort_on_drop(&self) -> DropGuard {
+        self.root.clone().drop_guard()
+    }
+
+    /// Stops every stage in order, each within `grace`.
     pub async fn stop(&self, grace: Duration) {
         for stage in [
             &self.writes,
@@ -86,7 +105,6 @@ impl Shutdown {
         ] {
             stage.stop(grace).await;
         }
-        self.root.cancel();
     }
 }
 
@@ -118,6 +136,9 @@ mod tests {
         s.stop(Duration::from_secs(2)).await;
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
         assert_eq!(start.elapsed(), Duration::from_secs(2));
-        assert!(s.root.is_cancelled());
+        assert!(
+            !s.root.is_cancelled(),
+            "each stage was stopped by its own token"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Telemetry to Azure IoT Hub: the MQTT sender of `sinks::mqtt` with the hub's client id,
+//! Telemetry to Azure IoT Hub: the MQTT sender of `cloud::mqtt` with the hub's client id,
 //! username, SAS password (renewed by reconnecting before it expires) or X.509 certificate,
 //! and the hub's telemetry topic with its property bag. QoS 1, 256 KB per message.
 

@@ -23,11 +23,15 @@ use tracing::warn;
 
 use super::flow::{Flow, Sending, WINDOW};
 use super::MqttError;
+use crate::backoff::Backoff;
 use crate::cloud::control::{Control, Message};
 use crate::config::MqttSinkConfig;
 
 /// Back-off after a rejected message before the reconnect that re-sends it.
-const REJECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// After a refused message: 2 s doubling to 30 s (plus jitter) before the next connection.
+fn reject_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(2), Duration::from_secs(30))
+}
 
 /// MQTT 5 client options for `[sink.mqtt]`. Credentials (password secret) and the TLS
 /// transport come from the 3.1.1 [`super::sender::options`], so both versions resolve them the
@@ -104,7 +108,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         opts.set_credentials(user, pass);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
-    let mut rejections: u32 = 0;
+    let mut rejections = reject_backoff();
     while flow.keep_going(&shutdown, grace) {
         flow.send_control(&mut control, |out| {
             let props = PublishProperties {
@@ -170,12 +174,11 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                     continue;
                 };
                 if reason_code(p.reason) < 0x80 {
-                    rejections = 0;
+                    rejections.reset();
                     flow.ack(id);
                     continue;
                 }
-                rejections = rejections.saturating_add(1);
-                let wait = REJECT_BACKOFF_MAX.min(Duration::from_secs(1u64 << rejections.min(5)));
+                let wait = rejections.next_wait();
                 warn_rejected(&p, id, wait);
                 outbox
                     .metrics
