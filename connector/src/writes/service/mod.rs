@@ -193,6 +193,7 @@ struct Service {
     topics: Option<CommandTopics>,
     done_tx: mpsc::UnboundedSender<Done>,
     rid: u64,
+    /// The open twin GET: its request id and when to ask again without an answer.
     twin_get: Option<(String, Instant)>,
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.

@@ -36,13 +36,13 @@ impl Service {
                 correlation: None,
             });
         }
-        self.twin_get = Some((rid, Instant::now()));
+        self.twin_get = Some((rid, Instant::now() + TWIN_GET_TIMEOUT));
     }
 
     /// At the tick: a twin GET without an answer for [`TWIN_GET_TIMEOUT`] is asked again.
     pub(super) fn twin_get_overdue(&mut self) {
-        if let Some((_, at)) = &self.twin_get {
-            if at.elapsed() >= TWIN_GET_TIMEOUT {
+        if let Some((_, again_at)) = &self.twin_get {
+            if Instant::now() >= *again_at {
                 warn!("no answer to the twin GET; asking again");
                 self.get_twin();
             }
@@ -66,10 +66,9 @@ impl Service {
             self.reconcile(payload);
         } else {
             warn!(status, "twin GET failed; asking again in 2 s");
-            self.twin_get = Some((
-                rid,
-                Instant::now() - TWIN_GET_TIMEOUT + Duration::from_secs(2),
-            ));
+            // A deadline ahead, not a start time behind: `now - 10 s` underflows (and panics)
+            // in the first seconds after boot, where the monotonic clock starts.
+            self.twin_get = Some((rid, Instant::now() + Duration::from_secs(2)));
         }
     }
 
