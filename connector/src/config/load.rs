@@ -225,6 +225,9 @@ struct Check<'a> {
 
 type Span = Option<Range<usize>>;
 
+/// The longest duration a file may give (10 years of 365.25 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(315_576_000);
+
 impl Check<'_> {
     fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
@@ -327,6 +330,8 @@ impl Check<'_> {
         }
     }
 
+    /// Every duration of the file, at most [`MAX_DURATION`] (so that adding one to a clock
+    /// never overflows).
     fn duration(&mut self, value: &Spanned<RawDuration>, key: &str) -> Option<Duration> {
         let add_unit = |n: &str| format!("bare number {n}: add a unit, e.g. \"{n}ms\" or \"{n}s\"");
         let message = match &value.get_ref().0 {
@@ -341,7 +346,10 @@ impl Check<'_> {
                 )
             }
             Quantity::Text(t) => match humantime::parse_duration(t) {
-                Ok(d) => return Some(d),
+                Ok(d) if d <= MAX_DURATION => return Some(d),
+                Ok(_) => format!(
+                    "{t:?} is longer than any duration the connector takes (at most 10 years)"
+                ),
                 Err(e) => {
                     format!("{t:?} is not a duration ({e}); write e.g. \"250ms\", \"5s\", \"1h\"")
                 }

@@ -400,6 +400,19 @@ fn bare_number_duration_asks_for_a_unit() {
         "plc[0].group[0].publishing_interval",
         "greater than 0",
     );
+    // A duration past any use would overflow a clock it is added to (e.g. `max_rate`).
+    let text = MINIMAL.replace("\"100ms\"", "\"500000000000y\"");
+    assert_problem(
+        &text,
+        11,
+        "plc[0].group[0].publishing_interval",
+        "at most 10 years",
+    );
+    let text = MINIMAL.replace("\"100ms\"", "\"3650days\"");
+    assert!(
+        parse(Path::new(FILE), &text).is_ok(),
+        "10 years less a bit is taken"
+    );
 }
 
 #[test]
