@@ -76,11 +76,7 @@ impl SeqState {
 }
 
 impl Outbox {
-    pub fn open(
-        buffer: &BufferConfig,
-        name: &str,
-        metrics: Arc<MqttMetrics>,
-    ) -> Result<Arc<Outbox>, OutboxError> {
+    pub fn open(buffer: &BufferConfig, name: &str) -> Result<Arc<Outbox>, OutboxError> {
         let b = Buffer::open(buffer, name)?;
         let dir = buffer_dir(buffer, name);
         std::fs::create_dir_all(&dir).map_err(|source| OutboxError::State {
@@ -90,7 +86,7 @@ impl Outbox {
         Ok(Arc::new(Outbox {
             buffer: Mutex::new(b),
             wake: tokio::sync::Notify::new(),
-            metrics,
+            metrics: Arc::default(),
             seq: Mutex::new(SeqState::load(dir.join("seq"))),
             pause: buffer.when_full == WhenFull::Pause,
         }))

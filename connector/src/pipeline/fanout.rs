@@ -25,61 +25,51 @@ pub enum Output {
     Telemetry(Encoder),
 }
 
-impl Output {
-    /// What failed, for the log line: (write, roll or flush, close at shutdown).
-    fn failures(&self) -> [&'static str; 3] {
-        match self {
-            Output::Parquet(_) => [
-                "parquet write failed",
-                "parquet roll failed",
-                "closing the last chunk failed",
-            ],
-            Output::Telemetry(_) => [
-                "mqtt buffering failed",
-                "mqtt buffering failed",
-                "mqtt buffering failed at shutdown",
-            ],
-        }
-    }
+/// What failed (the log line's message) and why.
+type Failed = (&'static str, String);
 
-    fn write(&mut self, batch: &Batch) -> Result<(), String> {
+impl Output {
+    fn write(&mut self, batch: &Batch) -> Result<(), Failed> {
         match self {
-            Output::Parquet(s) => s.write(batch).map_err(|e| e.to_string()),
-            Output::Telemetry(e) => e.write(batch).map_err(|e| e.to_string()),
+            Output::Parquet(s) => s
+                .write(batch)
+                .map_err(|e| ("parquet write failed", e.to_string())),
+            Output::Telemetry(e) => e
+                .write(batch)
+                .map_err(|e| ("mqtt buffering failed", e.to_string())),
         }
     }
 
     /// Time-driven work: roll a chunk, flush a batch that waited long enough.
-    fn tick(&mut self, m: &PlcMetrics) -> Result<(), String> {
+    fn tick(&mut self, m: &PlcMetrics) -> Result<(), Failed> {
         match self {
             Output::Parquet(s) => {
-                let r = s
-                    .tick(SystemTime::now())
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let r = s.tick(SystemTime::now());
                 publish_stats(s, m);
-                r
+                r.map(|_| ())
+                    .map_err(|e| ("parquet roll failed", e.to_string()))
             }
-            Output::Telemetry(e) => e.tick().map_err(|e| e.to_string()),
+            Output::Telemetry(e) => e
+                .tick()
+                .map_err(|e| ("mqtt buffering failed", e.to_string())),
         }
     }
 
     /// At the end: pending batches buffered, the open chunk closed.
-    fn close(&mut self, m: &PlcMetrics) -> Result<(), String> {
+    fn close(&mut self, m: &PlcMetrics) -> Result<(), Failed> {
         match self {
             Output::Parquet(s) => {
-                let r = match s.close() {
-                    Ok(Some(c)) => {
-                        info!(plc = %m.plc, path = %c.path.display(), rows = c.rows, "last chunk closed");
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e.to_string()),
-                };
+                let r = s.close();
                 publish_stats(s, m);
-                r
+                if let Ok(Some(c)) = &r {
+                    info!(plc = %m.plc, path = %c.path.display(), rows = c.rows, "last chunk closed");
+                }
+                r.map(|_| ())
+                    .map_err(|e| ("closing the last chunk failed", e.to_string()))
             }
-            Output::Telemetry(e) => e.flush().map_err(|e| e.to_string()),
+            Output::Telemetry(e) => e
+                .flush()
+                .map_err(|e| ("mqtt buffering failed at shutdown", e.to_string())),
         }
     }
 }
@@ -102,8 +92,8 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             for o in self.outputs.iter_mut() {
-                if let Err(e) = o.tick(&self.metrics) {
-                    fail(&self.metrics, o.failures()[1], &e);
+                if let Err(failed) = o.tick(&self.metrics) {
+                    fail(&self.metrics, failed);
                 }
             }
             if stop.is_cancelled() {
@@ -115,28 +105,26 @@ impl Writer {
             self.write(&batch);
         }
         // Telemetry first: a flush only appends to the outbox, closing a chunk fsyncs.
-        for parquet in [false, true] {
-            for o in self.outputs.iter_mut() {
-                if matches!(o, Output::Parquet(_)) == parquet {
-                    if let Err(e) = o.close(&self.metrics) {
-                        fail(&self.metrics, o.failures()[2], &e);
-                    }
-                }
+        self.outputs
+            .sort_by_key(|o| matches!(o, Output::Parquet(_)));
+        for o in self.outputs.iter_mut() {
+            if let Err(failed) = o.close(&self.metrics) {
+                fail(&self.metrics, failed);
             }
         }
     }
 
     fn write(&mut self, batch: &Batch) {
         for o in self.outputs.iter_mut() {
-            if let Err(e) = o.write(batch) {
+            if let Err((what, e)) = o.write(batch) {
                 PlcMetrics::add(&self.metrics.write_errors, 1);
-                error!(plc = %self.metrics.plc, error = %e, samples = batch.len(), "{}", o.failures()[0]);
+                error!(plc = %self.metrics.plc, error = %e, samples = batch.len(), "{what}");
             }
         }
     }
 }
 
-fn fail(m: &PlcMetrics, what: &str, e: &str) {
+fn fail(m: &PlcMetrics, (what, e): Failed) {
     PlcMetrics::add(&m.write_errors, 1);
     error!(plc = %m.plc, error = %e, "{what}");
 }

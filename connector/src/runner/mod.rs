@@ -58,7 +58,6 @@ struct Destination {
     name: &'static str,
     settings: EncoderSettings,
     outbox: Arc<Outbox>,
-    metrics: Arc<MqttMetrics>,
 }
 
 /// Starts every PLC of the line. Returns once the outputs are open; connecting and
@@ -78,12 +77,11 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
             "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
         );
     }
-    let (controls, ends) = match serve_writes {
-        true => {
-            let (c, e) = writes::channels::open(config, &write_metrics);
-            (c, Some(e))
-        }
-        false => (Controls::default(), None),
+    let (controls, ends) = if serve_writes {
+        let (c, e) = writes::channels::open(config, &write_metrics);
+        (c, Some(e))
+    } else {
+        (Controls::default(), None)
     };
     let destinations = open_destinations(config, controls, &shutdown.senders)?;
     let mut metrics = Metrics::default();
@@ -128,7 +126,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         destinations
             .iter()
             .find(|d| d.name == name)
-            .map(|d| d.metrics.clone())
+            .map(|d| d.outbox.metrics.clone())
     };
     started.disarm();
     Ok(Running {
@@ -159,9 +157,8 @@ fn open_destinations(
     };
     let mut out = Vec::new();
     if let Some(mc) = &config.mqtt {
-        let m = Arc::new(MqttMetrics::default());
-        let outbox = Outbox::open(&config.buffer, "mqtt", m.clone())
-            .map_err(|e| RunError::Mqtt(e.to_string()))?;
+        let outbox =
+            Outbox::open(&config.buffer, "mqtt").map_err(|e| RunError::Mqtt(e.to_string()))?;
         let s = sending(&outbox, mc.qos, controls.mqtt.take());
         if mc.version == MqttVersion::V5 {
             let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
@@ -175,14 +172,12 @@ fn open_destinations(
             name: "mqtt",
             settings: EncoderSettings::broker(mc, &config.line.id, site),
             outbox,
-            metrics: m,
         });
     }
     if let Some(hc) = &config.hub {
         let hub = Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
-        let m = Arc::new(MqttMetrics::default());
-        let outbox = Outbox::open(&config.buffer, "hub", m.clone())
-            .map_err(|e| RunError::Hub(e.to_string()))?;
+        let outbox =
+            Outbox::open(&config.buffer, "hub").map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
         let s = Sending {
             renew: hub.renewer(),
@@ -193,7 +188,6 @@ fn open_destinations(
             name: "hub",
             settings: EncoderSettings::hub(hc, hub.telemetry_topics()),
             outbox,
-            metrics: m,
         });
     }
     Ok(out)

@@ -33,23 +33,19 @@ impl Stage {
     async fn stop(&self, grace: Duration) -> bool {
         self.token.cancel();
         self.tasks.close();
-        let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        if !done && self.lossy {
-            error!(
-                stage = self.name,
-                tasks = self.tasks.len(),
-                grace_s = grace.as_secs_f64(),
-                "did not stop within the grace time: what it held may be lost"
-            );
-        } else if !done {
-            warn!(
-                stage = self.name,
-                tasks = self.tasks.len(),
-                grace_s = grace.as_secs_f64(),
-                "did not stop within the grace time"
-            );
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return true;
         }
-        done
+        let (stage, tasks, grace_s) = (self.name, self.tasks.len(), grace.as_secs_f64());
+        if self.lossy {
+            error!(
+                stage,
+                tasks, grace_s, "did not stop within the grace time: what it held may be lost"
+            );
+        } else {
+            warn!(stage, tasks, grace_s, "did not stop within the grace time");
+        }
+        false
     }
 }
 

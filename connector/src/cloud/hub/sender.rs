@@ -11,10 +11,7 @@ use super::connection::{ConnectionString, Identity, SecretKey};
 use super::sas;
 use crate::cloud::mqtt::sender::{rustls_config, Renewer};
 use crate::cloud::mqtt::TopicFn;
-use crate::config::{HubAuth, HubConfig, Secret};
-
-/// IoT Hub's limit for one device-to-cloud message (body and properties).
-pub const MAX_MESSAGE_BYTES: usize = crate::config::HUB_MAX_MESSAGE_BYTES;
+use crate::config::{HubAuth, HubConfig, Secret, HUB_MAX_MESSAGE_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -113,7 +110,7 @@ impl Hub {
         o.set_keep_alive(std::time::Duration::from_secs(60));
         o.set_clean_session(true);
         o.set_inflight(100);
-        o.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        o.set_max_packet_size(HUB_MAX_MESSAGE_BYTES + 4096, HUB_MAX_MESSAGE_BYTES + 4096);
         if self.key.is_none() {
             // X.509: the username without a password.
             o.set_credentials(self.identity.username(), "");

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use opcua::types::StatusCode;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -42,7 +42,7 @@ use crate::cloud::control::{Inbound, Outbound, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
 use crate::config::types::{MethodMapping, WriteMapping};
 use crate::metrics::WriteMetrics;
-use crate::opcua::link::Link;
+use crate::opcua::link::{Link, LinkReceiver};
 
 mod methods;
 mod requests;
@@ -100,7 +100,7 @@ pub struct Setup {
     pub writes: Vec<WriteMapping>,
     pub methods: Vec<MethodMapping>,
     /// Per PLC id, its session as the session task publishes it.
-    pub links: Vec<(String, watch::Receiver<Option<Link>>)>,
+    pub links: Vec<(String, LinkReceiver)>,
     pub hub: Option<ServiceEnds>,
     pub mqtt: Option<(ServiceEnds, CommandTopics)>,
     /// The persisted state file.

@@ -15,6 +15,17 @@ fn problems(text: &str) -> Vec<String> {
     }
 }
 
+/// `all` holds a problem containing each of `expect`, and no more problems than that.
+fn assert_exactly(all: &[String], expect: &[&str]) {
+    for e in expect {
+        assert!(
+            all.iter().any(|p| p.contains(e)),
+            "missing {e:?} in {all:#?}"
+        );
+    }
+    assert_eq!(all.len(), expect.len(), "{all:#?}");
+}
+
 /// The one problem of `text`, asserting its `file:LINE: key` prefix.
 fn assert_problem(text: &str, line: usize, key: &str, message_part: &str) {
     let all = problems(text);
@@ -488,13 +499,7 @@ listen = "localhost:9464"
         ":45: method[0].timeout: ",
         ":48: metrics.listen: ",
     ];
-    for e in expect {
-        assert!(
-            all.iter().any(|p| p.contains(e)),
-            "missing {e:?} in {all:#?}"
-        );
-    }
-    assert_eq!(all.len(), expect.len(), "{all:#?}");
+    assert_exactly(&all, &expect);
 }
 
 #[test]

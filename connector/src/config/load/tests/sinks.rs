@@ -589,13 +589,7 @@ fn every_problem_in_broker_hub_and_buffer_is_reported() {
         ":20: hub.ca_file: ",
         ":26: buffer.when_full: ",
     ];
-    for e in expect {
-        assert!(
-            all.iter().any(|p| p.contains(e)),
-            "missing {e:?} in {all:#?}"
-        );
-    }
-    assert_eq!(all.len(), expect.len(), "{all:#?}");
+    assert_exactly(&all, &expect);
 }
 
 #[test]
