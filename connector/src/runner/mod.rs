@@ -106,14 +106,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         }
     }
     if let Some(ends) = ends {
-        spawn_writes(
-            config,
-            ends,
-            links,
-            write_sessions,
-            &write_metrics,
-            &shutdown,
-        )?;
+        spawn_writes(config, ends, links, write_sessions, &shutdown)?;
     }
     let metrics_addr = serve_http(
         config,
@@ -250,13 +243,12 @@ fn spawn_writes<S>(
     ends: writes::channels::Ends,
     links: Vec<(String, LinkReceiver)>,
     write_sessions: Vec<S>,
-    metrics: &Arc<WriteMetrics>,
     shutdown: &Shutdown,
 ) -> Result<(), RunError>
 where
     S: std::future::Future<Output = ()> + Send + 'static,
 {
-    let setup = ends.setup(config, links, metrics.clone());
+    let setup = ends.setup(config, links);
     let service = shutdown
         .writes
         .tasks

@@ -29,14 +29,16 @@ pub struct Controls {
 pub struct Ends {
     hub: Option<ServiceEnds>,
     mqtt: Option<(ServiceEnds, CommandTopics)>,
+    metrics: Arc<WriteMetrics>,
 }
 
 /// The control channels of a line that serves requests.
-pub fn open(config: &Config, metrics: &WriteMetrics) -> (Controls, Ends) {
+pub fn open(config: &Config, metrics: &Arc<WriteMetrics>) -> (Controls, Ends) {
     let mut controls = Controls::default();
     let mut ends = Ends {
         hub: None,
         mqtt: None,
+        metrics: metrics.clone(),
     };
     if config.hub.is_some() {
         let subs = SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect();
@@ -56,12 +58,7 @@ pub fn open(config: &Config, metrics: &WriteMetrics) -> (Controls, Ends) {
 
 impl Ends {
     /// What the service runs with, once every PLC's write session can be watched.
-    pub fn setup(
-        self,
-        config: &Config,
-        links: Vec<(String, LinkReceiver)>,
-        metrics: Arc<WriteMetrics>,
-    ) -> Setup {
+    pub fn setup(self, config: &Config, links: Vec<(String, LinkReceiver)>) -> Setup {
         Setup {
             writes: config.writes.clone(),
             methods: config.methods.clone(),
@@ -69,7 +66,7 @@ impl Ends {
             hub: self.hub,
             mqtt: self.mqtt,
             state_file: config.buffer.dir.join("writes").join("state.json"),
-            metrics,
+            metrics: self.metrics,
         }
     }
 }
