@@ -11,31 +11,43 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sample", &[]),
     ("metrics", &[]),
     ("backoff", &[]),
-    ("buffer", &["config", "metrics"]),
-    ("cloud", &["config", "metrics", "backoff", "buffer"]),
-    ("sinks", &["config", "metrics", "sample", "buffer", "cloud"]),
-    ("pipeline", &["config", "metrics", "sample", "sinks"]),
+    ("ratelog", &[]),
+    ("buffer", &["config", "metrics", "ratelog"]),
+    (
+        "cloud",
+        &["config", "metrics", "ratelog", "backoff", "buffer"],
+    ),
+    (
+        "sinks",
+        &["config", "metrics", "ratelog", "sample", "buffer", "cloud"],
+    ),
+    (
+        "pipeline",
+        &["config", "metrics", "ratelog", "sample", "sinks"],
+    ),
     (
         "opcua",
-        &["config", "metrics", "sample", "backoff", "pipeline"],
+        &[
+            "config", "metrics", "ratelog", "sample", "backoff", "pipeline",
+        ],
     ),
     (
         "writes",
-        &["config", "metrics", "backoff", "opcua", "cloud"],
+        &["config", "metrics", "ratelog", "backoff", "opcua", "cloud"],
     ),
-    ("http", &["config", "metrics", "buffer"]),
+    ("http", &["config", "metrics", "ratelog", "buffer"]),
     (
         "runner",
         &[
-            "config", "metrics", "sample", "backoff", "opcua", "pipeline", "sinks", "cloud",
-            "buffer", "writes", "http",
+            "config", "metrics", "ratelog", "sample", "backoff", "opcua", "pipeline", "sinks",
+            "cloud", "buffer", "writes", "http",
         ],
     ),
     (
         "commands",
         &[
-            "config", "metrics", "sample", "backoff", "opcua", "pipeline", "sinks", "cloud",
-            "buffer", "writes", "http", "runner",
+            "config", "metrics", "ratelog", "sample", "backoff", "opcua", "pipeline", "sinks",
+            "cloud", "buffer", "writes", "http", "runner",
         ],
     ),
 ];

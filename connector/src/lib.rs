@@ -16,8 +16,8 @@
 //! Beside the flow:
 //! - [`writes`]: cloud-to-PLC writes and method calls (twin, MQTT requests, direct methods),
 //!   from the cloud connections' control channels to the PLC write sessions.
-//! - [`sample`], [`metrics`], [`backoff`]: the ground every stage stands on: the unit of data,
-//!   the counters, the retry pacing.
+//! - [`sample`], [`metrics`], [`backoff`], [`ratelog`]: the ground every stage stands on: the
+//!   unit of data, the counters, the retry pacing, the pacing of repeating error lines.
 //! - [`http`]: `/metrics` and `/healthz`.
 //! - [`runner`]: wires a line and stops it in order; [`commands`]: `run`, `check`, `browse`,
 //!   `demo`.
@@ -37,6 +37,7 @@ pub mod http;
 pub mod metrics;
 pub mod opcua;
 pub mod pipeline;
+pub mod ratelog;
 pub mod runner;
 pub mod sample;
 pub mod sinks;
