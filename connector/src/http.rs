@@ -182,7 +182,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
-    let per_sink: [(&str, &str, Sink); 6] = [
+    let per_sink: [(&str, &str, Sink); 9] = [
         (
             "telemetry_messages_sent_total",
             "Messages handed to the broker.",
@@ -210,8 +210,23 @@ pub fn render(state: &State) -> String {
         ),
         (
             "telemetry_rejected_total",
-            "Messages the broker refused (MQTT 5), sent again.",
+            "Messages the broker refused for a passing reason (MQTT 5), sent again.",
             |m| &m.rejected,
+        ),
+        (
+            "telemetry_dead_letters_total",
+            "Messages the destination can never take (too large, refused for good), moved to dead-letters.jsonl.",
+            |m| &m.dead_letters,
+        ),
+        (
+            "telemetry_held_total",
+            "Messages that waited in memory because the buffer or its disk was full.",
+            |m| &m.held_in_memory,
+        ),
+        (
+            "telemetry_refused_full_total",
+            "Messages not buffered: buffer or disk full and the memory hold full too (Parquet keeps the samples).",
+            |m| &m.refused_full,
         ),
     ];
     for (name, help, get) in per_sink {

@@ -76,11 +76,18 @@ pub struct MqttMetrics {
     pub messages_acked: AtomicU64,
     pub bytes_acked: AtomicU64,
     pub buffer_errors: AtomicU64,
-    pub pause_waits: AtomicU64,
+    /// Messages that had to wait in memory because the buffer could not take them.
+    pub held_in_memory: AtomicU64,
     /// Reconnects made to renew credentials (IoT Hub SAS tokens).
     pub renewals: AtomicU64,
-    /// Messages a broker refused in its PUBACK (MQTT 5 reason code >= 0x80); sent again.
+    /// Messages a broker refused in its PUBACK (MQTT 5 reason code >= 0x80) for a reason
+    /// that may pass (quota, not authorized); sent again.
     pub rejected: AtomicU64,
+    /// Messages the destination can never take (over its limit, or refused for good): moved
+    /// to the dead-letter file.
+    pub dead_letters: AtomicU64,
+    /// Messages not buffered: the buffer (or its disk) was full and the memory hold too.
+    pub refused_full: AtomicU64,
 }
 
 /// Counters of cloud-to-PLC writes and calls, by result.

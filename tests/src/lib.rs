@@ -588,14 +588,16 @@ pub struct Decoded {
     pub values: BTreeMap<String, Vec<(u64, i128)>>,
 }
 
-/// The messages without repeats by (topic, seq), first arrival kept: what a consumer does.
+/// The messages without repeats by (topic, epoch, seq), first arrival kept: what a consumer
+/// following docs/mqtt.md does.
 pub fn unique_by_seq(messages: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let mut seen = std::collections::HashSet::new();
     messages
         .iter()
         .filter(|(t, b)| {
             let v: serde_json::Value = serde_json::from_slice(b).unwrap();
-            seen.insert((t.clone(), v["seq"].as_u64().unwrap()))
+            let epoch = v["epoch"].as_str().unwrap().to_owned();
+            seen.insert((t.clone(), epoch, v["seq"].as_u64().unwrap()))
         })
         .cloned()
         .collect()
@@ -635,7 +637,12 @@ pub fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
     for (topic, body) in messages {
         let v: serde_json::Value =
             serde_json::from_slice(body).unwrap_or_else(|e| panic!("{topic}: not JSON: {e}"));
-        assert_eq!(v["schema"], 1);
+        assert_eq!(v["schema"], 2);
+        let epoch = v["epoch"].as_str().expect("epoch");
+        assert!(
+            epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{epoch}"
+        );
         let stream = format!(
             "{}/{}",
             v["plc"].as_str().unwrap(),

@@ -24,6 +24,10 @@ pub enum BufferError {
         bytes: u64,
         max_bytes: u64,
     },
+    /// The file system is full (ENOSPC) or has less free space than `min_free`, and nothing
+    /// could be evicted (`when_full = "pause"`, or the buffer holds nothing to drop).
+    #[error("buffer {name}: no space left on the file system ({detail})")]
+    NoSpace { name: String, detail: String },
     /// A single message larger than a segment (or than `max_bytes / 2`) can never be stored.
     #[error("message of {len} bytes does not fit in a buffer segment (at most {max} bytes)")]
     TooLarge { len: usize, max: u64 },
@@ -39,6 +43,11 @@ pub enum BufferError {
 }
 
 impl BufferError {
+    /// A file-system operation failed for want of space (ENOSPC, EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, BufferError::Io { source, .. } if super::is_no_space(source))
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         BufferError::Io {
             op,

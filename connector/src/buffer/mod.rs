@@ -11,9 +11,11 @@
 //! out again: consumers drop such repeats by the payload's `seq`. See `docs/buffer.md`.
 
 mod cursor;
+pub mod dead;
 pub mod error;
 pub mod outbox;
 mod segment;
+pub mod seq;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -61,6 +63,12 @@ pub struct Buffer {
     max_bytes: u64,
     segment_bytes: u64,
     when_full: WhenFull,
+    /// Free space to leave on the file system; below it the buffer counts as full.
+    min_free: u64,
+    /// The free space last read (statvfs) and when: read again after a second, after
+    /// 1 MiB appended, or after a segment was deleted.
+    free: Option<(Instant, u64)>,
+    appended_since_free: u64,
     /// Oldest first; the last one is the active segment that `writer` appends to. Never empty.
     segments: VecDeque<Segment>,
     writer: File,
@@ -179,6 +187,9 @@ impl Buffer {
             max_bytes: cfg.max_bytes,
             segment_bytes,
             when_full: cfg.when_full,
+            min_free: cfg.min_free,
+            free: None,
+            appended_since_free: 0,
             segments,
             writer,
             writer_broken: false,
@@ -230,6 +241,24 @@ impl Buffer {
                 max: self.segment_bytes - HEADER_LEN as u64,
             });
         }
+        // A full file system is handled like a full buffer: evict (drop_oldest) and try again,
+        // or refuse (pause); a few rounds at most, each frees a segment.
+        for _ in 0..4 {
+            match self.try_append(msg, record_len) {
+                Err(e @ BufferError::Io { .. }) if e.is_no_space() => {
+                    self.free = None;
+                    self.evict_for_space(&e.to_string())?;
+                }
+                other => return other,
+            }
+        }
+        Err(BufferError::NoSpace {
+            name: self.name.clone(),
+            detail: "still no space after evicting".into(),
+        })
+    }
+
+    fn try_append(&mut self, msg: &[u8], record_len: u64) -> Result<u64, BufferError> {
         self.make_room(record_len)?;
         let active = self.segments.back().expect(ACTIVE);
         if self.writer_broken
@@ -270,6 +299,7 @@ impl Buffer {
         }
         self.pending += 1;
         self.stats.appended += 1;
+        self.appended_since_free += record_len;
         self.full = false;
         self.save_cursor_logged();
         Ok(id)
@@ -327,6 +357,22 @@ impl Buffer {
         }
         self.save_cursor_logged();
         Ok(out)
+    }
+
+    /// The stored message `id`, if it is still pending (for moving it aside).
+    pub fn read(&mut self, id: u64) -> Result<Option<Vec<u8>>, BufferError> {
+        if id <= self.acked_low || self.acked_above.contains(&id) {
+            return Ok(None);
+        }
+        let Some(idx) = self.segment_index(id) else {
+            return Ok(None);
+        };
+        let seg = &self.segments[idx];
+        let (start, end) = seg.span(id, id + 1);
+        let record = read_span(&mut self.reader, seg, start, end)?;
+        Ok(segment::verify(&record, id)
+            .ok()
+            .map(|_| record[HEADER_LEN..].to_vec()))
     }
 
     /// Hands out every unacknowledged message again, in order (after a reconnect, when the
@@ -398,6 +444,14 @@ impl Buffer {
 
     /// Frees room for a record of `record_len` bytes, or refuses it (pause).
     fn make_room(&mut self, record_len: u64) -> Result<(), BufferError> {
+        while let Some(free) = self.low_on_disk(record_len) {
+            let detail = format!(
+                "{free} bytes free on the file system of {}, min_free {}",
+                self.dir.display(),
+                self.min_free
+            );
+            self.evict_for_space(&detail)?;
+        }
         while self.bytes + record_len > self.max_bytes {
             let active = self.segments.back().expect(ACTIVE);
             if !active.is_empty() && active.end_id() <= self.acked_low + 1 {
@@ -417,6 +471,45 @@ impl Buffer {
                 WhenFull::DropOldest => self.evict_oldest()?,
             }
         }
+        Ok(())
+    }
+
+    /// `Some(free bytes)` when appending `record_len` bytes would leave less than `min_free`.
+    fn low_on_disk(&mut self, record_len: u64) -> Option<u64> {
+        if self.min_free == 0 {
+            return None;
+        }
+        let stale = match self.free {
+            None => true,
+            Some((at, _)) => {
+                at.elapsed() >= Duration::from_secs(1) || self.appended_since_free >= 1 << 20
+            }
+        };
+        if stale {
+            let free = rustix::fs::statvfs(&self.dir)
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                .unwrap_or(u64::MAX);
+            self.free = Some((Instant::now(), free));
+            self.appended_since_free = 0;
+        }
+        let free = self.free.map_or(u64::MAX, |(_, f)| f);
+        let left = free.saturating_sub(self.appended_since_free + record_len);
+        (left < self.min_free).then_some(free)
+    }
+
+    /// The file system is full or below `min_free`: `drop_oldest` evicts the oldest segment
+    /// (if anything is stored), `pause` refuses.
+    fn evict_for_space(&mut self, detail: &str) -> Result<(), BufferError> {
+        let nothing_stored = self.segments.len() == 1 && self.segments[0].is_empty();
+        if self.when_full == WhenFull::Pause || nothing_stored {
+            self.full = true;
+            return Err(BufferError::NoSpace {
+                name: self.name.clone(),
+                detail: detail.to_owned(),
+            });
+        }
+        self.evict_oldest()?;
+        self.free = None;
         Ok(())
     }
 
@@ -507,6 +600,7 @@ impl Buffer {
             self.forget_reader(seg.first_id);
             self.bytes -= seg.len;
             self.full = false;
+            self.free = None;
             debug!(buffer = %self.name, file = %seg.path.display(), "deleting acknowledged segment");
             remove_segment_file(&seg.path)?;
         }
@@ -710,6 +804,14 @@ fn read_span(
         .and_then(|_| file.read_exact(&mut bytes))
         .map_err(|e| BufferError::io("read segment", &seg.path, e))?;
     Ok(bytes)
+}
+
+/// ENOSPC or EDQUOT.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 fn now_us() -> i64 {

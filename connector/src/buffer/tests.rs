@@ -18,6 +18,7 @@ fn config(dir: &Path, max_records: u64, segment_records: u64, when_full: WhenFul
         max_bytes: max_records * RECORD,
         when_full,
         segment_bytes: segment_records * RECORD,
+        min_free: 0,
     }
 }
 
@@ -388,17 +389,21 @@ fn unusable_cursor_replays_everything_stored() {
 }
 
 #[test]
-fn disk_error_names_the_file_and_leaves_the_buffer_usable() {
+fn a_full_disk_with_pause_names_the_file_and_leaves_the_buffer_usable() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = roomy(tmp.path());
+    let cfg = BufferConfig {
+        when_full: WhenFull::Pause,
+        ..roomy(tmp.path())
+    };
     let mut buffer = Buffer::open(&cfg, "mqtt").unwrap();
     append_n(&mut buffer, 1..=2);
     // Every write to /dev/full fails with ENOSPC (and it cannot be truncated either).
     buffer.writer = OpenOptions::new().append(true).open("/dev/full").unwrap();
 
     let err = buffer.append(&msg(3)).unwrap_err();
+    assert!(matches!(err, BufferError::NoSpace { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.starts_with("cannot write record to "), "{text}");
+    assert!(text.contains("cannot write record to "), "{text}");
     assert!(text.contains(&segment::file_name(1)), "{text}");
     assert!(text.contains("No space left on device"), "{text}");
     assert_eq!(buffer.stats().appended, 2);
@@ -409,6 +414,19 @@ fn disk_error_names_the_file_and_leaves_the_buffer_usable() {
     let mut buffer = Buffer::open(&cfg, "mqtt").unwrap();
     assert_eq!(buffer.stats().truncated, 0);
     assert_eq!(unsent_ids(&mut buffer), [1, 2, 3, 4]);
+}
+
+#[test]
+fn a_full_disk_with_drop_oldest_evicts_like_a_full_buffer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = roomy(tmp.path());
+    let mut buffer = Buffer::open(&cfg, "mqtt").unwrap();
+    append_n(&mut buffer, 1..=4);
+    buffer.writer = OpenOptions::new().append(true).open("/dev/full").unwrap();
+    // ENOSPC: the oldest segment (ids 1-3) goes, counted; the new record is stored.
+    assert_eq!(buffer.append(&msg(5)).unwrap(), 5);
+    assert_eq!(buffer.stats().dropped, 3);
+    assert_eq!(unsent_ids(&mut buffer), [4, 5]);
 }
 
 #[test]

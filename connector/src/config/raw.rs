@@ -206,6 +206,7 @@ pub struct RawBuffer {
     pub max_bytes: Option<Spanned<RawSize>>,
     pub when_full: Option<Spanned<String>>,
     pub segment_bytes: Option<Spanned<RawSize>>,
+    pub min_free: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]

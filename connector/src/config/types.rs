@@ -570,6 +570,9 @@ pub struct BufferConfig {
     pub when_full: WhenFull,
     /// Size of one segment file.
     pub segment_bytes: u64,
+    /// Free space to leave on the buffer's file system: below it the buffer counts as full
+    /// (`when_full` applies).
+    pub min_free: u64,
 }
 
 impl Default for BufferConfig {
@@ -579,6 +582,7 @@ impl Default for BufferConfig {
             max_bytes: 2 << 30,
             when_full: WhenFull::DropOldest,
             segment_bytes: 16 << 20,
+            min_free: 256 << 20,
         }
     }
 }

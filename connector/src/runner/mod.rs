@@ -12,7 +12,7 @@ use crate::cloud::control::Control;
 use crate::cloud::hub::sender::Hub;
 use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
-use crate::config::{Config, MqttVersion, Plc};
+use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::link::LinkReceiver;
 use crate::opcua::session;
@@ -150,8 +150,8 @@ fn open_destinations(
     };
     let mut out = Vec::new();
     if let Some(mc) = &config.mqtt {
-        let outbox =
-            Outbox::open(&config.buffer, "mqtt").map_err(|e| RunError::Mqtt(e.to_string()))?;
+        let outbox = Outbox::open(&config.buffer, "mqtt", mc.max_message_bytes)
+            .map_err(|e| RunError::Mqtt(e.to_string()))?;
         let s = sending(&outbox, mc.qos, controls.mqtt.take());
         if mc.version == MqttVersion::V5 {
             let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
@@ -169,8 +169,8 @@ fn open_destinations(
     }
     if let Some(hc) = &config.hub {
         let hub = Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
-        let outbox =
-            Outbox::open(&config.buffer, "hub").map_err(|e| RunError::Hub(e.to_string()))?;
+        let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
+            .map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
         let s = Sending {
             renew: hub.renewer(),

@@ -7,6 +7,7 @@
 
 mod e2e;
 mod hub;
+mod limits;
 mod mosquitto;
 mod mqtt;
 mod mqtt_v5;

@@ -137,6 +137,13 @@ fn connector_bin() -> std::path::PathBuf {
     bin
 }
 
+/// The next seq of stream `sim/fast` in a seq file (`epoch <hex>`, then `<stream> <next>`).
+fn next_seq(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("sim/fast "))
+        .and_then(|n| n.parse().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_the_broker_is_down_then_restart_delivers_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,20 +177,13 @@ async fn kill_9_while_the_broker_is_down_then_restart_delivers_the_backlog() {
     let mut child = spawn();
     // Let it buffer ~40 messages with the broker away, then kill -9.
     let reserved = eventually("40 messages buffered", Duration::from_secs(30), || async {
-        let text = std::fs::read_to_string(&seq_file).ok()?;
-        let next: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+        let next = next_seq(&std::fs::read_to_string(&seq_file).ok()?)?;
         (next > 40).then_some(next)
     })
     .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let reserved_at_kill: u64 = std::fs::read_to_string(&seq_file)
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let reserved_at_kill = next_seq(&std::fs::read_to_string(&seq_file).unwrap()).unwrap();
     assert!(reserved_at_kill >= reserved);
 
     relay.set_down(false);
@@ -416,7 +416,8 @@ async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_runn
         s.dropped, s.bytes_on_disk
     );
 
-    // pause: the writer waits (counted), the OPC UA side backs up, nothing is dropped.
+    // pause: nothing buffered is dropped; new messages wait in memory (counted), and the
+    // writer thread never waits, so samples keep flowing (into Parquet, were it configured).
     let cfg = scale_config(
         &dir.path().join("pause"),
         sim.sim.endpoint_url(),
@@ -427,14 +428,32 @@ async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_runn
     let running = runner::start(&cfg).expect("runner");
     let mqtt = running.mqtt.clone().unwrap();
     let ob = running.outboxes[0].clone();
-    eventually("the writer pauses", Duration::from_secs(60), || {
-        let waits = mqtt.pause_waits.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the outbox holds", Duration::from_secs(60), || {
+        let waits = mqtt
+            .held_in_memory
+            .load(std::sync::atomic::Ordering::Relaxed);
         async move { (waits > 0).then_some(()) }
     })
     .await;
     let s = ob.buffer.lock().unwrap().stats();
     assert_eq!(s.dropped, 0, "pause never drops");
     assert!(s.bytes_on_disk <= 2 << 20, "bounded by max_bytes: {s:?}");
+    let m = running.metrics.clone();
+    let before = m.total(|p| &p.samples_received);
+    eventually(
+        "samples keep flowing while paused",
+        Duration::from_secs(10),
+        || {
+            let m = m.clone();
+            async move { (m.total(|p| &p.samples_received) > before + 5000).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        m.total(|p| &p.backpressure_waits),
+        0,
+        "the OPC UA side was never held back"
+    );
     relay.set_down(false);
     eventually(
         "the buffer empties after the broker returns",
@@ -446,4 +465,71 @@ async fn a_full_buffer_applies_its_policy_counts_it_and_the_connector_keeps_runn
     )
     .await;
     running.stop().await;
+}
+
+/// The seq state deleted between two runs: the second run starts a new epoch at seq 1, and a
+/// consumer that de-duplicates on (epoch, seq), as docs/mqtt.md says, loses nothing (one that
+/// keyed on seq alone would drop the second run's messages as repeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_seq_file_starts_a_new_epoch_and_a_consumer_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let broker = start_broker();
+    let sub = Subscriber::start(broker, "opcua/#").await;
+    let cfg = line_config(dir.path(), sim.sim.endpoint_url(), broker, "");
+    let epochs = |range: std::ops::Range<usize>| -> BTreeMap<String, usize> {
+        let mut e = BTreeMap::new();
+        for (_, b) in &sub.messages.lock().unwrap()[range] {
+            let v: serde_json::Value = serde_json::from_slice(b).unwrap();
+            *e.entry(v["epoch"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+        e
+    };
+    let running = runner::start(&cfg).expect("runner");
+    eventually("20 messages", Duration::from_secs(20), || async {
+        (sub.count() >= 20).then_some(())
+    })
+    .await;
+    running.stop().await;
+    let first_run = sub.count();
+    std::fs::remove_file(dir.path().join("buffer/mqtt/seq")).unwrap();
+
+    let running = runner::start(&cfg).expect("runner");
+    eventually("20 more messages", Duration::from_secs(20), || async {
+        (sub.count() >= first_run + 20).then_some(())
+    })
+    .await;
+    settle(&sim, &sub).await;
+    running.stop().await;
+
+    let (one, two) = (epochs(0..first_run), epochs(first_run..sub.count()));
+    eprintln!("epochs: first run {one:?}, second run {two:?}");
+    assert_eq!(one.len(), 1, "one epoch in the first run");
+    assert_eq!(two.len(), 1, "one epoch in the second run");
+    assert_ne!(one.keys().next(), two.keys().next(), "a new epoch");
+    let messages = sub.messages.lock().unwrap().clone();
+    let unique = unique_by_seq(&messages);
+    assert_eq!(unique.len(), messages.len(), "nothing taken for a repeat");
+    // Each run: seqs from 1, in order; the counters without a gap while it ran (samples of
+    // the moment between the runs may never have been read), the second ending at the truth.
+    for (run, part) in [&messages[..first_run], &messages[first_run..]]
+        .into_iter()
+        .enumerate()
+    {
+        let d = decode(part);
+        for (stream, seqs) in &d.seqs {
+            assert_eq!(seqs[0], 1, "run {run} {stream}: starts at seq 1");
+        }
+        for name in COUNTERS {
+            let v: Vec<i128> = d.values[&counter_id(name)]
+                .iter()
+                .map(|(_, x)| *x)
+                .collect();
+            assert_eq!(counter_defects(&v), (0, 0), "run {run} {name}: {v:?}");
+            if run == 1 {
+                assert_eq!(*v.last().unwrap(), truth(&sim, name));
+            }
+        }
+    }
 }

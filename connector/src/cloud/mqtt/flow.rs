@@ -23,6 +23,18 @@ pub const WINDOW: usize = 100;
 /// How often a sender logs its counters (besides `/metrics`, for logs read later).
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 
+/// Bytes of a PUBLISH packet besides its topic and body (fixed header, packet id, MQTT 5
+/// properties), for the size check before sending.
+pub const PUBLISH_OVERHEAD: usize = 256;
+
+/// MQTT 5 PUBACK (and DISCONNECT) reason codes that no retry can change: the message is
+/// moved to the dead letters. 0x90 topic name invalid, 0x95 packet too large, 0x99 payload
+/// format invalid. Other failures (0x80 unspecified, 0x83 implementation specific, 0x87 not
+/// authorized, 0x97 quota exceeded) may pass and are retried.
+pub fn permanent(code: u8) -> bool {
+    matches!(code, 0x90 | 0x95 | 0x99)
+}
+
 /// Fresh credentials: (username, password, when to renew them). IoT Hub SAS tokens expire;
 /// the sender reconnects with a fresh one before they do (MQTT 3.1.1 has no re-auth).
 pub type Renewer = Arc<dyn Fn() -> Result<(String, String, SystemTime), String> + Send + Sync>;
@@ -57,6 +69,12 @@ pub struct Flow {
     last_report: Instant,
     renew: Option<Renewer>,
     pub renew_at: Option<Instant>,
+    /// The largest packet the client may send (its own limit, or the broker's from ConnAck).
+    limit: usize,
+    /// The buffer id that was the oldest in flight when the broker refused a message with a
+    /// permanent reason that could not be matched to a packet id (see
+    /// [`Flow::refused_unmatched`]).
+    suspect: Option<u64>,
 }
 
 impl Flow {
@@ -90,7 +108,14 @@ impl Flow {
             last_report: Instant::now(),
             renew,
             renew_at: None,
+            limit: usize::MAX,
+            suspect: None,
         }
+    }
+
+    /// The largest packet the client may send.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     /// New credentials if a renewer is set (None otherwise, or on failure: retried in 5 s).
@@ -180,6 +205,16 @@ impl Flow {
                 self.ack(id);
                 continue;
             };
+            let size = topic.len() + body.len() + PUBLISH_OVERHEAD;
+            if size > self.limit {
+                let reason = format!(
+                    "a packet of about {size} bytes, over the largest the connection may send ({} bytes)",
+                    self.limit
+                );
+                self.outbox.dead_letter(topic, gzip, body, &reason);
+                self.settle(id);
+                continue;
+            }
             if publish(topic, gzip, body) {
                 self.sent.push_back(Some(id));
             }
@@ -229,7 +264,45 @@ impl Flow {
 
     /// The buffer id a PUBACK answers, if it is one of ours.
     pub fn puback(&mut self, pkid: u16) -> Option<u64> {
-        self.inflight.remove(&pkid)
+        let id = self.inflight.remove(&pkid);
+        if id.is_some() && id == self.suspect {
+            self.suspect = None;
+        }
+        id
+    }
+
+    /// The broker refused message `id` for good (`reason`): moved to the dead letters and
+    /// removed from the buffer; the stream goes on.
+    pub fn refused(&mut self, id: u64, reason: &str) {
+        let stored = self.lock().read(id);
+        match stored {
+            Ok(Some(f)) => match unframe(&f) {
+                Some((topic, gzip, body)) => self.outbox.dead_letter(topic, gzip, body, reason),
+                None => warn!(id, "{}: unreadable buffered message skipped", self.tag),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(id, error = %e, "{}: cannot read a refused message", self.tag),
+        }
+        self.settle(id);
+    }
+
+    /// A PUBACK refused a message with reason `code`, but the client could not decode it (the
+    /// connection failed; rumqttc 0.25 knows no 0x95 in a PUBACK). Brokers acknowledge QoS 1
+    /// messages in the order received (MQTT 5, 4.6), so it is the oldest in flight. The first
+    /// time it is only noted; the message goes out again after the reconnect, and if the same
+    /// message is refused again it is moved to the dead letters. Returns that id then.
+    pub fn refused_unmatched(&mut self, code: u8) -> Option<u64> {
+        let oldest = self.inflight.values().min().copied()?;
+        if self.suspect == Some(oldest) {
+            self.suspect = None;
+            self.refused(
+                oldest,
+                &format!("refused by the broker with reason {code:#04x}"),
+            );
+            return Some(oldest);
+        }
+        self.suspect = Some(oldest);
+        None
     }
 
     /// Forgets what is in flight (a reconnect follows; the buffer rewinds at its ConnAck).
@@ -283,6 +356,13 @@ impl Flow {
     pub fn renewed(&self) {
         self.outbox.metrics.renewals.fetch_add(1, Ordering::Relaxed);
         info!("{}: credentials renewed, reconnecting", self.tag);
+    }
+
+    /// Removes `id` from the buffer without counting it as delivered.
+    fn settle(&self, id: u64) {
+        if let Err(e) = self.lock().ack(id) {
+            warn!(error = %e, id, "{}: cannot remove a dead-lettered message", self.tag);
+        }
     }
 
     pub fn ack(&self, id: u64) {

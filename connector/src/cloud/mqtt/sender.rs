@@ -128,6 +128,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     if let Some((user, pass)) = flow.credentials() {
         opts.set_credentials(user, pass);
     }
+    // What rumqttc refuses to send ("Cannot send packet of size ..."): moved aside before.
+    flow.set_limit(opts.max_packet_size());
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {

@@ -3,10 +3,13 @@
 //!
 //! Publishes go out in buffer order; each `Outgoing::Publish(pkid)` pairs the next sent buffer
 //! id with its packet id and `Incoming::PubAck(pkid)` acks that id, but only when the PUBACK's
-//! reason code is a success (< 0x80; "no matching subscribers" is one). A rejected message
-//! (e.g. 0x97 quota exceeded, 0x87 not authorized) is logged with its reason, stays in the
-//! buffer, and the sender reconnects after a back-off: the buffer rewinds after the ConnAck
-//! and the rejected message goes out again, still in order. Sessions start clean, so after
+//! reason code is a success (< 0x80; "no matching subscribers" is one). A message refused for
+//! good (0x90 topic name invalid, 0x95 packet too large, 0x99 payload format invalid) is moved
+//! to the dead letters and the stream goes on; a message larger than the broker's maximum
+//! packet size (from its ConnAck) is moved there before it is sent. A message refused for a
+//! reason that may pass (e.g. 0x97 quota exceeded, 0x87 not authorized) is logged with its
+//! reason, stays in the buffer, and the sender reconnects after a back-off: the buffer rewinds
+//! after the ConnAck and the rejected message goes out again, still in order. Sessions start clean, so after
 //! every (re)connect rumqttc forgets what was in flight and the buffer hands out every
 //! unacknowledged message again (a message can repeat; a consumer drops repeats by `seq`).
 //!
@@ -17,11 +20,11 @@ use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use rumqttc::Outgoing;
 use tracing::warn;
 
-use super::flow::{Flow, Sending, WINDOW};
+use super::flow::{permanent, Flow, Sending, WINDOW};
 use super::MqttError;
 use crate::backoff::Backoff;
 use crate::cloud::control::{Control, Message};
@@ -107,6 +110,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     if let Some((user, pass)) = flow.credentials() {
         opts.set_credentials(user, pass);
     }
+    let own_limit = opts.max_packet_size().map_or(usize::MAX, |m| m as usize);
+    flow.set_limit(own_limit);
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections = reject_backoff();
     while flow.keep_going(&shutdown, grace) {
@@ -148,7 +153,9 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                let broker = c.properties.and_then(|p| p.max_packet_size);
+                flow.set_limit(broker.map_or(own_limit, |b| own_limit.min(b as usize)));
                 flow.connack();
                 control.subscribe("mqtt5", |topic| {
                     client
@@ -173,9 +180,20 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 let Some(id) = flow.puback(p.pkid) else {
                     continue;
                 };
-                if reason_code(p.reason) < 0x80 {
+                let code = reason_code(p.reason);
+                if code < 0x80 {
                     rejections.reset();
                     flow.ack(id);
+                    continue;
+                }
+                if permanent(code) {
+                    flow.refused(
+                        id,
+                        &format!(
+                            "refused by the broker with reason {code:#04x} ({:?})",
+                            p.reason
+                        ),
+                    );
                     continue;
                 }
                 let wait = rejections.next_wait();
@@ -195,6 +213,9 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             }
             Ok(_) => {}
             Err(e) => {
+                if let Some(code) = undecodable_refusal(&e) {
+                    flow.refused_unmatched(code);
+                }
                 if flow.after_failure(e.to_string(), &shutdown).await {
                     break;
                 }
@@ -203,6 +224,19 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     }
     let _ = client.try_disconnect();
     flow.shut();
+}
+
+/// A packet from the broker with a permanent reason code that rumqttc could not decode (it
+/// knows no 0x95 in a PUBACK, which mosquitto sends for a message over its
+/// `message_size_limit`).
+fn undecodable_refusal(e: &ConnectionError) -> Option<u8> {
+    use rumqttc::v5::mqttbytes::Error as Decode;
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            Decode::InvalidConnectReturnCode(code) | Decode::InvalidReason(code),
+        )) if permanent(*code) => Some(*code),
+        _ => None,
+    }
 }
 
 fn warn_rejected(p: &PubAck, id: u64, wait: Duration) {

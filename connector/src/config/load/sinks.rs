@@ -116,6 +116,10 @@ impl Check<'_> {
             None => Some(defaults.segment_bytes),
             Some(b) => self.positive_size(b, &k("segment_bytes")),
         };
+        let min_free = match &raw.min_free {
+            None => Some(defaults.min_free),
+            Some(b) => self.size(b, &k("min_free")),
+        };
         if let (Some(seg), Some(max)) = (segment_bytes, max_bytes) {
             if seg > max {
                 let message = format!(
@@ -137,6 +141,7 @@ impl Check<'_> {
             max_bytes: max_bytes?,
             when_full: when_full?,
             segment_bytes: segment_bytes?,
+            min_free: min_free?,
         })
     }
 

@@ -94,8 +94,10 @@ impl Encoder {
         Ok(())
     }
 
-    /// Flushes groups whose oldest sample waited `batch_max_delay`.
+    /// Flushes groups whose oldest sample waited `batch_max_delay`; moves messages held in
+    /// memory into the buffer once it has room.
     pub fn tick(&mut self) -> Result<(), OutboxError> {
+        self.outbox.retry_held()?;
         let due: Vec<Arc<str>> = self
             .pending
             .iter()
@@ -131,19 +133,18 @@ impl Encoder {
         let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
         // Encode the samples once, reserve one seq per message (written ahead), then add the
         // headers.
-        let bodies = payload::split(
-            &self.line,
-            &plc,
+        let id = payload::Stream {
+            line: &self.line,
+            epoch: self.outbox.epoch(),
+            plc: &plc,
             group,
-            &samples,
-            self.cfg.batch_max_samples.get(),
-            budget,
-        );
+        };
+        let bodies = payload::split(id, &samples, self.cfg.batch_max_samples.get(), budget);
         let first = self.outbox.reserve(&stream, bodies.len() as u64)?;
         let messages = bodies
             .iter()
             .zip(first..)
-            .map(|(body, seq)| payload::assemble(&self.line, &plc, group, seq, body));
+            .map(|(body, seq)| payload::assemble(id, seq, body));
         let topic = (self.cfg.topic)(&plc, group);
         for m in messages {
             let body = if gzip {
@@ -151,7 +152,7 @@ impl Encoder {
             } else {
                 m.into_bytes()
             };
-            self.outbox.push(&frame(&topic, gzip, &body))?;
+            self.outbox.push(frame(&topic, gzip, &body))?;
         }
         self.outbox
             .metrics

@@ -1,5 +1,9 @@
-//! Telemetry payload, schema version 1:
-//! `{"schema":1,"line":..,"plc":..,"group":..,"seq":N,"samples":[{"node":..,"name":..,"t":..,"v":..,"type":..,"st":..}]}`
+//! Telemetry payload, schema version 2:
+//! `{"schema":2,"epoch":"<16 hex>","line":..,"plc":..,"group":..,"seq":N,"samples":[{"node":..,"name":..,"t":..,"v":..,"type":..,"st":..}]}`
+//!
+//! `seq` counts the messages of a (plc, group) stream within an `epoch` (version 2 added it:
+//! a lost seq state starts a new epoch instead of repeating seqs); consumers drop repeats by
+//! (`epoch`, `plc`, `group`, `seq`).
 //!
 //! Values follow OPC UA JSON where JSON itself falls short: Int64 / UInt64 as strings (a JSON
 //! number loses precision above 2^53), NaN and infinities as "NaN" / "Infinity" /
@@ -115,15 +119,26 @@ pub fn sample(out: &mut String, s: &Sample) {
     out.push('}');
 }
 
+/// Whose messages: the stream a header names.
+#[derive(Debug, Clone, Copy)]
+pub struct Stream<'a> {
+    pub line: &'a str,
+    pub epoch: &'a str,
+    pub plc: &'a str,
+    pub group: &'a str,
+}
+
 /// The message header up to the samples array.
-pub fn header(line: &str, plc: &str, group: &str, seq: u64) -> String {
+pub fn header(s: Stream<'_>, seq: u64) -> String {
     let mut out = String::with_capacity(128);
-    out.push_str("{\"schema\":1,\"line\":");
-    json_str(&mut out, line);
+    out.push_str("{\"schema\":2,\"epoch\":");
+    json_str(&mut out, s.epoch);
+    out.push_str(",\"line\":");
+    json_str(&mut out, s.line);
     out.push_str(",\"plc\":");
-    json_str(&mut out, plc);
+    json_str(&mut out, s.plc);
     out.push_str(",\"group\":");
-    json_str(&mut out, group);
+    json_str(&mut out, s.group);
     let _ = write!(out, ",\"seq\":{seq},\"samples\":[");
     out
 }
@@ -133,15 +148,13 @@ pub fn header(line: &str, plc: &str, group: &str, seq: u64) -> String {
 /// added. A single sample larger than that still goes alone: it is never dropped. Each sample
 /// is encoded once; the seqs are known only afterwards (see [`assemble`]).
 pub fn split(
-    line: &str,
-    plc: &str,
-    group: &str,
+    stream: Stream<'_>,
     samples: &[Sample],
     max_samples: usize,
     max_bytes: usize,
 ) -> Vec<String> {
     // 2 = the closing "]}".
-    let room = max_bytes.saturating_sub(header(line, plc, group, u64::MAX).len() + 2);
+    let room = max_bytes.saturating_sub(header(stream, u64::MAX).len() + 2);
     let mut bodies = Vec::new();
     let mut current = String::new();
     let mut count = 0;
@@ -166,8 +179,8 @@ pub fn split(
 }
 
 /// One whole message from a body made by [`split`].
-pub fn assemble(line: &str, plc: &str, group: &str, seq: u64, body: &str) -> String {
-    let mut m = header(line, plc, group, seq);
+pub fn assemble(stream: Stream<'_>, seq: u64, body: &str) -> String {
+    let mut m = header(stream, seq);
     m.reserve(body.len() + 2);
     m.push_str(body);
     m.push_str("]}");
@@ -176,17 +189,15 @@ pub fn assemble(line: &str, plc: &str, group: &str, seq: u64, body: &str) -> Str
 
 /// [`split`] then [`assemble`], numbering the messages with `next_seq`.
 pub fn encode(
-    line: &str,
-    plc: &str,
-    group: &str,
+    stream: Stream<'_>,
     samples: &[Sample],
     max_samples: usize,
     max_bytes: usize,
     mut next_seq: impl FnMut() -> u64,
 ) -> Vec<String> {
-    split(line, plc, group, samples, max_samples, max_bytes)
+    split(stream, samples, max_samples, max_bytes)
         .iter()
-        .map(|b| assemble(line, plc, group, next_seq(), b))
+        .map(|b| assemble(stream, next_seq(), b))
         .collect()
 }
 
@@ -195,6 +206,13 @@ mod tests {
     use super::*;
     use crate::sample::{Item, TypeName};
     use std::sync::Arc;
+
+    const TEST_STREAM: Stream<'static> = Stream {
+        line: "l",
+        epoch: "00000000000000ab",
+        plc: "p",
+        group: "g",
+    };
 
     fn s(value: SampleValue, builtin: u8, status: u32) -> Sample {
         Sample {
@@ -228,13 +246,14 @@ mod tests {
             s(SampleValue::Null, 0, 0x8031_0000),
         ];
         let mut seq = 41;
-        let msgs = encode("l", "p", "g", &samples, 100, 1 << 20, || {
+        let msgs = encode(TEST_STREAM, &samples, 100, 1 << 20, || {
             seq += 1;
             seq
         });
         assert_eq!(msgs.len(), 1);
         let v: serde_json::Value = serde_json::from_str(&msgs[0]).expect("valid JSON");
-        assert_eq!(v["schema"], 1);
+        assert_eq!(v["schema"], 2);
+        assert_eq!(v["epoch"], "00000000000000ab");
         assert_eq!(v["seq"], 42);
         let x = &v["samples"];
         assert_eq!(x[0]["v"], 1.5);
@@ -255,7 +274,7 @@ mod tests {
     fn splits_by_samples_and_bytes_with_consecutive_seq() {
         let samples: Vec<Sample> = (0..10).map(|i| s(SampleValue::Int(i), 6, 0)).collect();
         let mut seq = 0;
-        let msgs = encode("l", "p", "g", &samples, 4, 1 << 20, || {
+        let msgs = encode(TEST_STREAM, &samples, 4, 1 << 20, || {
             seq += 1;
             seq
         });
@@ -269,7 +288,7 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![1, 2, 3]);
-        let msgs = encode("l", "p", "g", &samples, 1000, 400, || 0);
+        let msgs = encode(TEST_STREAM, &samples, 1000, 400, || 0);
         assert!(
             msgs.len() > 1 && msgs.iter().all(|m| m.len() <= 400),
             "{:?}",

@@ -326,6 +326,7 @@ listen = "127.0.0.1:9464"
             max_bytes: 10 << 30,
             when_full: WhenFull::Pause,
             segment_bytes: 64 << 20,
+            min_free: 256 << 20,
         },
     };
     assert_eq!(config, expected);

@@ -526,6 +526,7 @@ fn buffer_defaults_and_checks() {
             max_bytes: 2 << 30,
             when_full: WhenFull::DropOldest,
             segment_bytes: 16 << 20,
+            min_free: 256 << 20,
         }
     );
     for (body, line, key, part) in [
