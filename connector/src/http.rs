@@ -361,6 +361,9 @@ fn writes(out: &mut String, line: &str, w: &WriteMetrics) {
 pub fn health(state: &State) -> Result<(), Vec<String>> {
     let mut bad = Vec::new();
     for p in &state.metrics.plcs {
+        if p.writer_dead.load(Ordering::Relaxed) {
+            bad.push(format!("plc {}: writer thread died", p.plc));
+        }
         if !p.connected.load(Ordering::Relaxed) {
             bad.push(format!("plc {} not connected", p.plc));
         }

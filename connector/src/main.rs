@@ -121,7 +121,7 @@ fn main() -> ExitCode {
 
 async fn async_command(command: Command) -> commands::Outcome {
     match command {
-        Command::Run { config } => commands::run::run(&config).await,
+        Command::Run { config } => commands::run::run(&config, &hooks()).await,
         Command::Browse {
             endpoint,
             root,
@@ -175,4 +175,20 @@ fn init_logs(format: LogFormat, level: &str) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Faults injected by tests through the environment, only in builds with the
+/// `fault-injection` feature (the test suite's; never a release package).
+#[cfg(feature = "fault-injection")]
+fn hooks() -> connector::runner::Hooks {
+    connector::runner::Hooks {
+        writer_panic_after: std::env::var("OPCUA_CONNECTOR_FAULT_WRITER_PANIC_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn hooks() -> connector::runner::Hooks {
+    connector::runner::Hooks::default()
 }

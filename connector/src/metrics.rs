@@ -34,6 +34,10 @@ pub struct PlcMetrics {
     pub write_errors: AtomicU64,
     /// Source time of the newest sample received, µs since the epoch.
     pub last_sample_us: AtomicI64,
+    /// Samples handed on after the PLC's writer thread had stopped: counted, never silent.
+    pub samples_dropped: AtomicU64,
+    /// The PLC's writer thread died (a panic): `/healthz` fails and the process exits 1.
+    pub writer_dead: AtomicBool,
 }
 
 impl PlcMetrics {

@@ -661,3 +661,43 @@ pub fn decode(messages: &[(String, Vec<u8>)]) -> Decoded {
     }
     d
 }
+
+/// A GET on the connector's `/metrics` endpoint: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to /metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The `opcua-connector` binary next to the test executable (`cargo test` builds it).
+pub fn connector_bin() -> std::path::PathBuf {
+    // target/debug/deps/mqtt-* -> target/debug/opcua-connector (tests/run builds it first).
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("opcua-connector");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run does)",
+        bin.display()
+    );
+    bin
+}

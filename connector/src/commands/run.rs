@@ -2,19 +2,28 @@
 
 use std::path::Path;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Failure, Outcome};
 use crate::config;
 use crate::runner;
 
-pub async fn run(path: &Path) -> Outcome {
+pub async fn run(path: &Path, hooks: &runner::Hooks) -> Outcome {
     let config = config::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
-    let running = runner::start(&config).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let running =
+        runner::start_with(&config, hooks).map_err(|e| Failure::Runtime(e.to_string()))?;
     info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");
-    super::signal().await;
-    info!("stopping: closing sessions, draining sinks");
+    let fatal = running.fatal.clone();
+    tokio::select! {
+        _ = super::signal() => info!("stopping: closing sessions, draining sinks"),
+        _ = fatal.cancelled() => warn!("stopping after a fatal error: closing sessions, draining sinks"),
+    }
     running.stop().await;
+    if fatal.is_cancelled() {
+        return Err(Failure::Runtime(
+            "stopped after a fatal error (a writer thread died; see the log above)".into(),
+        ));
+    }
     info!("stopped");
     Ok(())
 }

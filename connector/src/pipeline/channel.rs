@@ -10,7 +10,11 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use crate::metrics::PlcMetrics;
+use crate::ratelog::RateLog;
 use crate::sample::Sample;
+
+/// Samples that found no writer (it died): one line, then one a minute, for every PLC.
+static NO_WRITER: RateLog = RateLog::per_minute();
 
 pub type Batch = Vec<Sample>;
 
@@ -29,12 +33,13 @@ pub fn channel(capacity: usize, metrics: Arc<PlcMetrics>) -> (SampleSender, Rece
 
 impl SampleSender {
     /// Hands a batch on; waits (counted) when the queue is full. Returns false when the
-    /// writer is gone (shutting down).
+    /// writer is gone (shutting down, or it died): the batch is counted as dropped.
     pub fn send(&self, batch: Batch) -> bool {
         if batch.is_empty() {
             return true;
         }
-        match self.tx.try_send(batch) {
+        let n = batch.len() as u64;
+        let sent = match self.tx.try_send(batch) {
             Ok(()) => true,
             Err(TrySendError::Disconnected(_)) => false,
             Err(TrySendError::Full(batch)) => {
@@ -49,6 +54,14 @@ impl SampleSender {
                     tx.send(batch).is_ok()
                 }
             }
+        };
+        if !sent {
+            PlcMetrics::add(&self.metrics.samples_dropped, n);
+            if let Some(more) = NO_WRITER.hit() {
+                tracing::error!(plc = %self.metrics.plc, samples = n, suppressed = more,
+                    "samples dropped: the PLC's writer thread has stopped");
+            }
         }
+        sent
     }
 }

@@ -11,6 +11,7 @@ use tracing::{error, info};
 
 use super::Batch;
 use crate::metrics::PlcMetrics;
+use crate::ratelog::RateLog;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::telemetry::Encoder;
 
@@ -79,21 +80,42 @@ pub struct Writer {
     pub outputs: Vec<Output>,
     pub rx: Receiver<Batch>,
     pub metrics: Arc<PlcMetrics>,
+    /// Test hook: panic after this many batches (proves that a dead writer is noticed).
+    pub panic_after: Option<u64>,
+    /// Repeating failures of an output (a full disk fails every batch): logged once a minute.
+    pub log: FailureLogs,
+}
+
+/// One [`RateLog`] per kind of failure.
+#[derive(Debug, Default)]
+pub struct FailureLogs(std::collections::HashMap<&'static str, RateLog>);
+
+impl FailureLogs {
+    fn hit(&mut self, what: &'static str) -> Option<u64> {
+        self.0.entry(what).or_insert_with(RateLog::per_minute).hit()
+    }
 }
 
 impl Writer {
     /// Runs until the queue's senders are gone or `stop` is cancelled, then drains the queue
     /// and closes the outputs. Meant for a thread of its own.
     pub fn run(mut self, stop: CancellationToken) {
+        let mut batches = 0u64;
         loop {
             match self.rx.recv_timeout(TICK) {
-                Ok(batch) => self.write(&batch),
+                Ok(batch) => {
+                    batches += 1;
+                    if self.panic_after.is_some_and(|n| batches > n) {
+                        panic!("test hook: writer thread of plc {} fails", self.metrics.plc);
+                    }
+                    self.write(&batch)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             for o in self.outputs.iter_mut() {
                 if let Err(failed) = o.tick(&self.metrics) {
-                    fail(&self.metrics, failed);
+                    fail(&self.metrics, &mut self.log, failed, 0);
                 }
             }
             if stop.is_cancelled() {
@@ -109,24 +131,26 @@ impl Writer {
             .sort_by_key(|o| matches!(o, Output::Parquet(_)));
         for o in self.outputs.iter_mut() {
             if let Err(failed) = o.close(&self.metrics) {
-                fail(&self.metrics, failed);
+                fail(&self.metrics, &mut self.log, failed, 0);
             }
         }
     }
 
     fn write(&mut self, batch: &Batch) {
         for o in self.outputs.iter_mut() {
-            if let Err((what, e)) = o.write(batch) {
-                PlcMetrics::add(&self.metrics.write_errors, 1);
-                error!(plc = %self.metrics.plc, error = %e, samples = batch.len(), "{what}");
+            if let Err(failed) = o.write(batch) {
+                fail(&self.metrics, &mut self.log, failed, batch.len());
             }
         }
     }
 }
 
-fn fail(m: &PlcMetrics, (what, e): Failed) {
+/// Counts a failure; logs it the first time, then once a minute with the count left out.
+fn fail(m: &PlcMetrics, logs: &mut FailureLogs, (what, e): Failed, samples: usize) {
     PlcMetrics::add(&m.write_errors, 1);
-    error!(plc = %m.plc, error = %e, "{what}");
+    if let Some(more) = logs.hit(what) {
+        error!(plc = %m.plc, error = %e, samples, suppressed = more, "{what}");
+    }
 }
 
 fn publish_stats(sink: &ParquetSink, m: &PlcMetrics) {

@@ -7,6 +7,8 @@ pub mod shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::buffer::outbox::Outbox;
 use crate::cloud::control::Control;
 use crate::cloud::hub::sender::Hub;
@@ -50,7 +52,17 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// Counters of cloud-to-PLC writes and method calls.
     pub writes: Arc<WriteMetrics>,
+    /// Cancelled when the line can no longer do its work (a writer thread died): stop it and
+    /// exit non-zero, so that the service manager starts it afresh.
+    pub fatal: CancellationToken,
     shutdown: Shutdown,
+}
+
+/// Test hooks: faults injected on purpose (none by default).
+#[derive(Debug, Clone, Default)]
+pub struct Hooks {
+    /// Every PLC's writer thread panics after this many batches.
+    pub writer_panic_after: Option<u64>,
 }
 
 /// A telemetry destination: its name in `/metrics`, its batching and its outbox.
@@ -63,11 +75,17 @@ struct Destination {
 /// Starts every PLC of the line. Returns once the outputs are open; connecting and
 /// subscribing go on in the background (a PLC that is down is retried forever).
 pub fn start(config: &Config) -> Result<Running, RunError> {
+    start_with(config, &Hooks::default())
+}
+
+/// [`start`] with test hooks.
+pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
         return Err(RunError::NoSink);
     }
     let shutdown = Shutdown::new();
     let started = shutdown.abort_on_drop();
+    let fatal = CancellationToken::new();
     let write_metrics = Arc::new(WriteMetrics::default());
     let serve_writes = writes::channels::served(config);
     if !serve_writes && (!config.writes.is_empty() || !config.methods.is_empty()) {
@@ -90,7 +108,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
     for plc in &config.plcs {
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
-        spawn_plc(config, plc, &destinations, m, &shutdown)?;
+        spawn_plc(config, plc, &destinations, m, &shutdown, hooks, &fatal)?;
         let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
             || config.methods.iter().any(|w| w.plc == plc.id);
         if serve_writes && writes_here {
@@ -128,6 +146,7 @@ pub fn start(config: &Config) -> Result<Running, RunError> {
         outboxes: destinations.iter().map(|d| d.outbox.clone()).collect(),
         writes: write_metrics,
         metrics_addr,
+        fatal,
         metrics,
         shutdown,
     })
@@ -193,6 +212,8 @@ fn spawn_plc(
     destinations: &[Destination],
     m: Arc<PlcMetrics>,
     shutdown: &Shutdown,
+    hooks: &Hooks,
+    fatal: &CancellationToken,
 ) -> Result<(), RunError> {
     let mut outputs = Vec::new();
     if let Some(p) = &config.parquet {
@@ -215,13 +236,27 @@ fn spawn_plc(
         outputs,
         rx,
         metrics: m.clone(),
+        panic_after: hooks.writer_panic_after,
+        log: Default::default(),
     };
     let stop = shutdown.writers.token.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (metrics, fatal) = (m.clone(), fatal.clone());
     std::thread::Builder::new()
         .name(format!("parquet-{}", plc.id))
         .spawn(move || {
-            writer.run(stop);
+            let run = std::panic::AssertUnwindSafe(|| writer.run(stop));
+            if let Err(panic) = std::panic::catch_unwind(run) {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                metrics.writer_dead.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(plc = %metrics.plc, panic = why,
+                    "the PLC's writer thread died: its samples can no longer be written; stopping the connector (exit 1) so that the service manager restarts it");
+                fatal.cancel();
+            }
             let _ = done_tx.send(());
         })
         .map_err(|e| RunError::Sink(format!("cannot start writer thread: {e}")))?;

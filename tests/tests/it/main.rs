@@ -11,4 +11,5 @@ mod limits;
 mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
+mod unattended;
 mod writes;

@@ -121,22 +121,6 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_in_order() {
     }
 }
 
-fn connector_bin() -> std::path::PathBuf {
-    // target/debug/deps/mqtt-* -> target/debug/opcua-connector (tests/run builds it first).
-    let exe = std::env::current_exe().expect("test exe");
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .expect("target dir")
-        .join("opcua-connector");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (tests/run does)",
-        bin.display()
-    );
-    bin
-}
-
 /// The next seq of stream `sim/fast` in a seq file (`epoch <hex>`, then `<stream> <next>`).
 fn next_seq(text: &str) -> Option<u64> {
     text.lines()

@@ -169,6 +169,8 @@ struct ItemKeys {
 pub(crate) struct BatchBuilder {
     capacity: usize,
     rows: usize,
+    /// Bytes of variable-length values (strings, byte strings, JSON) in the batch.
+    var_bytes: usize,
     line: Arc<str>,
     time: Vec<i64>,
     server_time: TimestampMicrosecondBuilder,
@@ -198,6 +200,7 @@ impl BatchBuilder {
         BatchBuilder {
             capacity,
             rows: 0,
+            var_bytes: 0,
             line: Arc::from(line),
             time: Vec::with_capacity(capacity),
             server_time: TimestampMicrosecondBuilder::with_capacity(capacity),
@@ -225,6 +228,11 @@ impl BatchBuilder {
     /// Rows appended since the last [`BatchBuilder::finish`].
     pub(crate) fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Bytes of variable-length values appended since the last [`BatchBuilder::finish`].
+    pub(crate) fn var_bytes(&self) -> usize {
+        self.var_bytes
     }
 
     /// Earliest and latest `time` of the buffered rows.
@@ -293,6 +301,7 @@ impl BatchBuilder {
                 Some(3)
             }
             SampleValue::String(v) => {
+                self.var_bytes += v.len();
                 self.value_string.append_value(v);
                 Some(4)
             }
@@ -301,10 +310,12 @@ impl BatchBuilder {
                 Some(5)
             }
             SampleValue::Bytes(v) => {
+                self.var_bytes += v.len();
                 self.value_bytes.append_value(v);
                 Some(6)
             }
             SampleValue::Json(v) => {
+                self.var_bytes += v.len();
                 self.value_json.append_value(v);
                 Some(7)
             }
@@ -388,6 +399,7 @@ impl BatchBuilder {
             Arc::new(self.value_json.finish()),
         ];
         self.rows = 0;
+        self.var_bytes = 0;
         self.items.clear();
         self.types.clear();
         self.min_time = i64::MAX;

@@ -23,6 +23,13 @@ use crate::sample::Sample;
 /// batch; bounds the memory of the builders.
 pub const BATCH_ROWS: usize = 65_536;
 
+/// A record batch is also written once its variable-length values (strings, byte strings,
+/// JSON) reach this many bytes, so that large values never approach Arrow's 2 GiB offset
+/// limit of a column and memory stays bounded. One value is at most 16 MiB (strings, byte
+/// strings) or one OPC UA message (64 MiB, arrays and structures as JSON): the session's
+/// decoding limits.
+pub const BATCH_VAR_BYTES: usize = 64 << 20;
+
 /// Assumed encoded size of a buffered row while nothing of the chunk has been encoded yet
 /// (used only for the `roll_bytes` check; real data is 2-8 B/row).
 const ASSUMED_BYTES_PER_ROW: u64 = 8;
@@ -191,7 +198,7 @@ impl ParquetSink {
         let chunk_rows =
             self.chunk.as_ref().map_or(0, ChunkWriter::rows) + self.builder.rows() as u64;
         let mut roll = chunk_rows >= self.cfg.roll_rows.get() as u64;
-        if self.builder.rows() >= self.batch_rows {
+        if self.builder.rows() >= self.batch_rows || self.builder.var_bytes() >= BATCH_VAR_BYTES {
             self.flush_batch()?;
             roll = roll || self.bytes_limit_reached();
         }
