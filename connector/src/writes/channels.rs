@@ -65,7 +65,7 @@ impl Ends {
             links,
             hub: self.hub,
             mqtt: self.mqtt,
-            state_file: config.buffer.dir.join("writes").join("state.json"),
+            state_file: config.buffer.dir.join("writes").join("state.jsonl"),
             metrics: self.metrics,
         }
     }

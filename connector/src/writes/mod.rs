@@ -22,6 +22,14 @@ pub mod state;
 #[cfg(test)]
 mod fuzz_tests;
 
+/// The longest request id (MQTT write and method requests), in bytes. Longer ones are
+/// refused with 400 and not remembered.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The longest property name (a request's `property`, a desired property's dotted path), in
+/// bytes. Longer ones are refused with 400 (MQTT) or left unacknowledged (twin).
+pub const MAX_PROPERTY_BYTES: usize = 128;
+
 /// Why a write was refused before reaching the PLC; every refusal answers 400.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {

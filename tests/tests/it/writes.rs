@@ -280,7 +280,7 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
         if lose_state {
             // Without the state file the acknowledgements in the twin's reported section
             // tell what was handled.
-            std::fs::remove_file(dir.path().join("buffer/writes/state.json")).unwrap();
+            std::fs::remove_file(dir.path().join("buffer/writes/state.jsonl")).unwrap();
         }
         let running = start(&config, &hub).await;
         // Proof that the twin was processed: a new desired value of another property.

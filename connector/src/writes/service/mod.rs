@@ -37,12 +37,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::plc::{self, CallError, Failure, Fitness, Signature};
-use super::state::State;
+use super::requests::MAX_ERROR_CHARS;
+use super::state::{cut, State};
+use super::MAX_ID_BYTES;
 use crate::cloud::control::{Inbound, Outbound, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
 use crate::config::types::{MethodMapping, WriteMapping};
 use crate::metrics::WriteMetrics;
 use crate::opcua::link::{Link, LinkReceiver};
+use crate::ratelog::RateLog;
 
 mod methods;
 mod requests;
@@ -67,6 +70,8 @@ fn add(c: &AtomicU64) {
 /// Topics of the plain-MQTT command interface.
 #[derive(Debug, Clone)]
 pub struct CommandTopics {
+    /// The expanded `command_topic`: MQTT 5 response topics must be under `{base}/`.
+    pub base: String,
     pub write: String,
     pub write_response: String,
     /// `{base}/method/`: a method name follows (answers on `{base}/method/{name}/response`,
@@ -78,6 +83,7 @@ impl CommandTopics {
     /// From the expanded `command_topic` base.
     pub fn new(base: &str) -> CommandTopics {
         CommandTopics {
+            base: base.to_owned(),
             write: format!("{base}/write"),
             write_response: format!("{base}/write/response"),
             method_prefix: format!("{base}/method/"),
@@ -87,6 +93,15 @@ impl CommandTopics {
     /// Where the answer to a call of method `name` goes.
     pub fn method_response(&self, name: &str) -> String {
         format!("{}{name}/response", self.method_prefix)
+    }
+
+    /// Whether an MQTT 5 response topic may be used: only under `{base}/` (a request must not
+    /// make the connector publish elsewhere on the broker with its credentials).
+    pub fn response_allowed(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(&self.base)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['+', '#']))
     }
 
     /// What the sender subscribes to.
@@ -256,14 +271,16 @@ fn who(origin: &Origin) -> String {
     }
 }
 
-/// The `id` of a request that did not parse, if it has a string one.
+/// The `id` of a request that did not parse, if it has a string one no longer than
+/// [`MAX_ID_BYTES`] (a longer one is not echoed: the answer has an empty id).
 fn request_id(payload: &[u8]) -> String {
     serde_json::from_slice::<Value>(payload)
         .ok()
         .and_then(|v| {
             v.get("id")
                 .and_then(Value::as_str)
-                .map(|s| s.chars().take(200).collect())
+                .filter(|s| s.len() <= MAX_ID_BYTES)
+                .map(str::to_owned)
         })
         .unwrap_or_default()
 }
@@ -367,9 +384,15 @@ impl Service {
         }
     }
 
+    /// A request that cannot be understood: counted, and logged the first time and then once
+    /// a minute with the count left out (a flood cannot fill the log).
     fn malformed(&self, what: &str, error: &dyn std::fmt::Display) {
+        static LOG: RateLog = RateLog::per_minute();
         add(&self.metrics.malformed);
-        warn!(target: "audit", what, error = %error, result = 400, "malformed request ignored: nothing written");
+        if let Some(suppressed) = LOG.hit() {
+            let error = cut(&error.to_string(), MAX_ERROR_CHARS);
+            warn!(target: "audit", what, error = %error, result = 400, suppressed, "malformed request ignored: nothing written");
+        }
     }
 
     /// Just started and some PLC not connected (and checked) yet: requests wait a little
@@ -412,6 +435,21 @@ impl Service {
         let Some(topics) = self.topics.clone() else {
             return;
         };
+        let mut msg = msg;
+        if let Some(rt) = msg.response_topic.take() {
+            if topics.response_allowed(&rt) {
+                msg.response_topic = Some(rt);
+            } else {
+                self.malformed(
+                    "mqtt 5 response topic",
+                    &format!(
+                        "{:?} is not under {}/: ignored, answered on the default topic",
+                        cut(&rt, 64),
+                        topics.base
+                    ),
+                );
+            }
+        }
         if msg.topic == topics.write {
             self.write_request(msg, &topics);
         } else if let Some(name) = msg.topic.strip_prefix(&topics.method_prefix) {

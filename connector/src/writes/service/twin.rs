@@ -16,7 +16,7 @@ use crate::cloud::hub::topics;
 use crate::writes::ack::{reported_patch, TwinAck};
 use crate::writes::coerce::coerce;
 use crate::writes::requests::{desired_patch, find_mapping};
-use crate::writes::Refusal;
+use crate::writes::{Refusal, MAX_PROPERTY_BYTES};
 
 /// A twin GET without an answer is asked again after this.
 pub(super) const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,12 +168,25 @@ impl Service {
                 // A desired property removed from the twin: nothing was asked.
                 continue;
             }
+            if path.len() > MAX_PROPERTY_BYTES {
+                // Not a name anyone mapped, and too long to echo into reported properties.
+                self.malformed(
+                    "desired property",
+                    &format!(
+                        "name is {} bytes; at most {MAX_PROPERTY_BYTES}: not acknowledged",
+                        path.len()
+                    ),
+                );
+                continue;
+            }
             add(&self.metrics.writes_refused);
             let refusal = Refusal::NotMapped {
                 property: path.clone(),
             };
             info!(target: "audit", who = %format!("twin v{version}"), property = %path, new = %text(&value), result = 400, detail = %refusal, "write refused");
-            self.state.set_handled(&path, version);
+            // In memory only: unmapped names are not kept in the state file (at the next
+            // start the 400 acknowledgement in the twin's reported section counts).
+            self.state.raise_handled(&path, version);
             acks.push(TwinAck {
                 property: path,
                 value,

@@ -68,7 +68,7 @@ impl Service {
             }
             Origin::Request(reply) => {
                 let body = write_response(&reply.id, code, &detail, Some(&value));
-                self.state.finish(&reply.id, body.clone());
+                self.state.finish(&reply.id, &body);
                 self.reply(&reply, &body);
             }
         }
