@@ -309,6 +309,39 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
 }
 
 /// Publishes on the broker at `port` as a plain MQTT 3.1.1 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_acknowledgement_is_sent_again_until_the_hub_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &hub_section("WRITES_HUB_CS_429", port),
+    );
+    let running = start(&config, &hub).await;
+    // The next two reported PATCHes are answered 429: the acknowledgement arrives anyway
+    // (after the back-off: about 1 s, then 2 s).
+    hub.throttle_patches(2);
+    let v = hub.desire(json!({"fillerSpeedSetpoint": 321.5})).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", v, 200).await;
+    assert_eq!(a["value"], json!(321.5), "{a}");
+    assert_eq!(hub.throttled(), 2);
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 321.5);
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").writes,
+        1,
+        "written once; only the acknowledgement is sent again"
+    );
+    let retried = running
+        .writes
+        .acks_retried
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(retried, 2);
+    running.stop().await;
+}
+
 async fn publisher(port: u16) -> rumqttc::AsyncClient {
     let o = rumqttc::MqttOptions::new(format!("requester-{port}"), "127.0.0.1", port);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);

@@ -213,6 +213,8 @@ struct Service {
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.
     held: Vec<(bool, Inbound)>,
+    /// Twin acknowledgements sent and waiting to be sent again.
+    acks: twin::Acks,
 }
 
 /// What the loop of [`run`] waits on besides the tick.
@@ -349,6 +351,7 @@ impl Service {
             twin_get: None,
             started: Instant::now(),
             held: Vec::new(),
+            acks: twin::Acks::new(),
         };
         let inputs = Inputs {
             hub_in,
@@ -563,6 +566,7 @@ impl Service {
             }
         }
         self.twin_get_overdue();
+        self.acks_due();
         let waiting: Vec<String> = self
             .props
             .iter()

@@ -929,3 +929,50 @@ fn command_topics_of_a_base() {
         [format!("{BASE}/write"), format!("{BASE}/method/+")]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttled_or_unanswered_acknowledgements_are_sent_again_latest_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
+    line.desired(json!({"speed": 5000, "$version": 5})).await;
+    let v5 = json!({"speed": {"value": 5000, "ac": 400, "av": 5,
+        "ad": "out of range: 5000 not in [0, 1200]"}});
+    assert_eq!(line.hub_sent(), [reported("1", v5.clone())]);
+    // Throttled: sent again after the back-off (1 s + jitter), with a new request id.
+    line.hub("$iothub/twin/res/429/?$rid=1", b"").await;
+    step(Duration::from_millis(900)).await;
+    assert!(line.hub_sent().is_empty(), "not before the back-off");
+    step(Duration::from_millis(500)).await;
+    assert_eq!(line.hub_sent(), [reported("2", v5.clone())]);
+    assert_eq!(count(&line.metrics().acks_retried), 1);
+    // A 5xx for it, and a newer acknowledgement of the same property meanwhile: only the
+    // newer one exists; the old one is not sent again.
+    line.hub("$iothub/twin/res/503/?$rid=2", b"").await;
+    line.desired(json!({"speed": 6000, "$version": 6})).await;
+    let v6 = json!({"speed": {"value": 6000, "ac": 400, "av": 6,
+        "ad": "out of range: 6000 not in [0, 1200]"}});
+    assert_eq!(line.hub_sent(), [reported("3", v6.clone())]);
+    step(Duration::from_secs(5)).await;
+    assert!(
+        line.hub_sent().is_empty(),
+        "the older ack is not sent again"
+    );
+    // Accepted (204): nothing more. No answer at all: sent again after 30 s.
+    line.hub("$iothub/twin/res/204/?$rid=3&$version=2", b"")
+        .await;
+    line.desired(json!({"speed": 7000, "$version": 7})).await;
+    assert_eq!(line.hub_sent().len(), 1);
+    step(Duration::from_secs(29)).await;
+    assert!(line.hub_sent().is_empty());
+    step(Duration::from_secs(4)).await;
+    let again = line.hub_sent();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1["speed"]["av"], 7);
+    // Another 4xx: logged and counted, not sent again.
+    line.hub("$iothub/twin/res/400/?$rid=5", b"").await;
+    step(Duration::from_secs(120)).await;
+    assert!(line.hub_sent().is_empty());
+    assert_eq!(count(&line.metrics().acks_refused), 1);
+    assert_eq!(count(&line.metrics().acks_retried), 3);
+    line.stop().await;
+}

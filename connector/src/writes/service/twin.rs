@@ -3,16 +3,19 @@
 //! twin write of each mapped desired property (when it may go: rate, PLC session, startup
 //! grace), answered in reported properties.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::write::rate_wait;
 use super::{add, text, Origin, Service, Want, STARTUP_GRACE};
+use crate::backoff::Backoff;
 use crate::cloud::control::Outbound;
 use crate::cloud::hub::topics;
+use crate::ratelog::RateLog;
 use crate::writes::ack::{reported_patch, TwinAck};
 use crate::writes::coerce::coerce;
 use crate::writes::requests::{desired_patch, find_mapping};
@@ -54,12 +57,7 @@ impl Service {
     pub(super) fn twin_response(&mut self, status: u16, rid: String, payload: &[u8]) {
         let ours = self.twin_get.as_ref().is_some_and(|(r, _)| *r == rid);
         if !ours {
-            if status >= 300 {
-                warn!(status, rid = %rid, "hub refused a reported-properties update");
-            } else {
-                debug!(status, rid = %rid, "reported properties updated");
-            }
-            return;
+            return self.ack_response(status, &rid);
         }
         if status == 200 {
             self.twin_get = None;
@@ -293,12 +291,132 @@ impl Service {
         self.start_write(&mapping, origin, want.value, variant, link);
     }
 
+    /// Acknowledges `acks` in reported properties; each becomes the latest of its property
+    /// (replacing one waiting to be sent again).
     pub(super) fn twin_ack(&mut self, acks: &[TwinAck]) {
-        if acks.is_empty() {
+        let acks: Vec<(TwinAck, u64)> = acks
+            .iter()
+            .map(|a| {
+                self.acks.seq += 1;
+                self.acks.latest.insert(a.property.clone(), self.acks.seq);
+                self.acks.retry.remove(&a.property);
+                (a.clone(), self.acks.seq)
+            })
+            .collect();
+        self.send_acks(acks);
+    }
+
+    fn send_acks(&mut self, acks: Vec<(TwinAck, u64)>) {
+        if acks.is_empty() || self.hub_out.is_none() {
             return;
         }
         let rid = self.next_rid();
-        self.publish_hub(topics::twin_patch_reported(&rid), &reported_patch(acks));
+        let body: Vec<TwinAck> = acks.iter().map(|(a, _)| a.clone()).collect();
+        self.publish_hub(topics::twin_patch_reported(&rid), &reported_patch(&body));
+        self.acks
+            .in_flight
+            .insert(rid, (acks, Instant::now() + ACK_TIMEOUT));
+    }
+
+    /// The hub's answer to a reported-properties PATCH: 2xx done; 429 (throttled) or 5xx
+    /// (or no answer within [`ACK_TIMEOUT`]): its acknowledgements that are still the latest
+    /// of their property are sent again after a back-off; another 4xx: logged, not sent again
+    /// (the same document would be refused again).
+    fn ack_response(&mut self, status: u16, rid: &str) {
+        let Some((acks, _)) = self.acks.in_flight.remove(rid) else {
+            debug!(status, rid = %rid, "answer to an unknown request id");
+            return;
+        };
+        if (200..300).contains(&status) {
+            debug!(status, rid = %rid, "reported properties updated");
+            self.acks.backoff.reset();
+            return;
+        }
+        if status == 429 || status >= 500 {
+            self.ack_failed(acks, &format!("hub answered {status}"));
+        } else {
+            static LOG: RateLog = RateLog::per_minute();
+            add(&self.metrics.acks_refused);
+            if let Some(suppressed) = LOG.hit() {
+                let properties: Vec<&str> = acks.iter().map(|(a, _)| a.property.as_str()).collect();
+                error!(status, rid = %rid, properties = ?properties, suppressed,
+                    "hub refused a reported-properties update; not sent again");
+            }
+        }
+    }
+
+    /// A PATCH throttled, failed or unanswered: its latest acknowledgements wait for a retry.
+    fn ack_failed(&mut self, acks: Vec<(TwinAck, u64)>, why: &str) {
+        static LOG: RateLog = RateLog::per_minute();
+        add(&self.metrics.acks_retried);
+        for (ack, seq) in acks {
+            if self.acks.latest.get(&ack.property) == Some(&seq) {
+                self.acks.retry.insert(ack.property.clone(), (ack, seq));
+            }
+        }
+        let wait = self.acks.backoff.next_wait();
+        self.acks.retry_at = Instant::now() + wait;
+        if let Some(suppressed) = LOG.hit() {
+            warn!(
+                why,
+                retry_in_ms = wait.as_millis() as u64,
+                waiting = self.acks.retry.len(),
+                suppressed,
+                "reported-properties update not accepted; sent again after a back-off"
+            );
+        }
+    }
+
+    /// At the tick: PATCHes without an answer count as failed; waiting acknowledgements go
+    /// out again once their back-off has passed.
+    pub(super) fn acks_due(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<String> = self
+            .acks
+            .in_flight
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(rid, _)| rid.clone())
+            .collect();
+        for rid in overdue {
+            if let Some((acks, _)) = self.acks.in_flight.remove(&rid) {
+                self.ack_failed(acks, "no answer from the hub");
+            }
+        }
+        if !self.acks.retry.is_empty() && now >= self.acks.retry_at {
+            let acks: Vec<(TwinAck, u64)> =
+                std::mem::take(&mut self.acks.retry).into_values().collect();
+            self.send_acks(acks);
+        }
+    }
+}
+
+/// A reported-properties PATCH without an answer counts as failed after this.
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The twin acknowledgements on their way to the hub.
+pub(super) struct Acks {
+    seq: u64,
+    /// The sequence number of the latest acknowledgement of each property.
+    latest: HashMap<String, u64>,
+    /// PATCHes sent, by request id: their acknowledgements and when to give up waiting.
+    in_flight: HashMap<String, (Vec<(TwinAck, u64)>, Instant)>,
+    /// Acknowledgements to send again (the latest of their property only), and when.
+    retry: BTreeMap<String, (TwinAck, u64)>,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+impl Acks {
+    pub(super) fn new() -> Acks {
+        Acks {
+            seq: 0,
+            latest: HashMap::new(),
+            in_flight: HashMap::new(),
+            retry: BTreeMap::new(),
+            retry_at: Instant::now(),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        }
     }
 }
 
