@@ -5,6 +5,12 @@
 //! Answers go out at QoS 1 on the telemetry connection, ahead of buffered telemetry; they are
 //! not buffered on disk. An answer made while the connection is down waits in memory and
 //! goes out after the next ConnAck.
+//!
+//! Both directions are bounded: at most [`INBOUND_QUEUE`] requests wait for the write
+//! service (more are dropped and counted), at most [`OUTBOUND_QUEUE`] answers wait for the
+//! connection (beyond, the oldest waiting answer is dropped and counted; a twin
+//! acknowledgement dropped so is sent again by the write service when the hub does not
+//! answer it).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +19,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use crate::ratelog::RateLog;
+
 /// Inbound messages waiting for the write service at most; more are dropped (counted).
 pub const INBOUND_QUEUE: usize = 1024;
+
+/// Answers waiting for the connection at most; beyond, the oldest is dropped (counted).
+pub const OUTBOUND_QUEUE: usize = 1024;
 
 /// What the sender hands to the write service.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,23 +58,60 @@ pub struct Outbound {
 /// The write service's ends of a control channel.
 pub struct ServiceEnds {
     pub inbound: mpsc::Receiver<Inbound>,
-    pub outbound: mpsc::UnboundedSender<Outbound>,
+    pub outbound: Answers,
+}
+
+/// The write service's end of the answers: bounded, never waits.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    tx: mpsc::Sender<Outbound>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Answers {
+    /// A bounded answer channel of `capacity`, counting drops in `dropped`.
+    pub fn channel(
+        capacity: usize,
+        dropped: Arc<AtomicU64>,
+    ) -> (Answers, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Answers { tx, dropped }, rx)
+    }
+
+    /// Queues an answer; when [`OUTBOUND_QUEUE`] are waiting already, it is dropped, counted
+    /// and logged (rate-limited).
+    pub fn send(&self, out: Outbound) {
+        static LOG: RateLog = RateLog::per_minute();
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(out) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = LOG.hit() {
+                warn!(suppressed, "cloud-to-PLC: {OUTBOUND_QUEUE} answers are waiting for the connection already; an answer was dropped");
+            }
+        }
+    }
 }
 
 /// The sender's end of a control channel.
 pub struct Control {
     subscriptions: Vec<String>,
     inbound: mpsc::Sender<Inbound>,
-    outbound: mpsc::UnboundedReceiver<Outbound>,
+    outbound: mpsc::Receiver<Outbound>,
     queue: VecDeque<Outbound>,
     /// Inbound messages dropped because the write service was behind.
     pub dropped: Arc<AtomicU64>,
+    /// Answers dropped because too many were waiting for the connection.
+    answers_dropped: Arc<AtomicU64>,
 }
 
-/// A control channel subscribing to `subscriptions`.
-pub fn channel(subscriptions: Vec<String>, dropped: Arc<AtomicU64>) -> (Control, ServiceEnds) {
+/// A control channel subscribing to `subscriptions`; drops are counted in `dropped`
+/// (requests) and `answers_dropped`.
+pub fn channel(
+    subscriptions: Vec<String>,
+    dropped: Arc<AtomicU64>,
+    answers_dropped: Arc<AtomicU64>,
+) -> (Control, ServiceEnds) {
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (answers, out_rx) = Answers::channel(OUTBOUND_QUEUE, answers_dropped.clone());
     (
         Control {
             subscriptions,
@@ -71,10 +119,11 @@ pub fn channel(subscriptions: Vec<String>, dropped: Arc<AtomicU64>) -> (Control,
             outbound: out_rx,
             queue: VecDeque::new(),
             dropped,
+            answers_dropped,
         },
         ServiceEnds {
             inbound: in_rx,
-            outbound: out_tx,
+            outbound: answers,
         },
     )
 }
@@ -83,7 +132,7 @@ impl Control {
     /// A control channel for a sender without cloud-to-PLC traffic: no subscriptions, and
     /// nobody on the other ends.
     pub fn none() -> Control {
-        channel(Vec::new(), Arc::default()).0
+        channel(Vec::new(), Arc::default(), Arc::default()).0
     }
 
     /// After a ConnAck: requests the subscriptions with `subscribe` (failures are logged
@@ -103,21 +152,35 @@ impl Control {
     }
 
     fn hand_over(&self, item: Inbound) {
+        static LOG: RateLog = RateLog::per_minute();
         if let Err(e) = self.inbound.try_send(item) {
             if matches!(e, mpsc::error::TrySendError::Full(_)) {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-                warn!(
-                    "cloud-to-PLC: {INBOUND_QUEUE} requests are waiting already; an incoming message was dropped"
-                );
+                if let Some(suppressed) = LOG.hit() {
+                    warn!(
+                        suppressed,
+                        "cloud-to-PLC: {INBOUND_QUEUE} requests are waiting already; an incoming message was dropped"
+                    );
+                }
             }
         }
     }
 
     /// Waits for the next answer to publish and queues it (never returns once the write
-    /// service is gone).
+    /// service is gone). At most [`OUTBOUND_QUEUE`] wait: beyond, the oldest is dropped.
     pub async fn ready(&mut self) {
+        static LOG: RateLog = RateLog::per_minute();
         match self.outbound.recv().await {
-            Some(out) => self.queue.push_back(out),
+            Some(out) => {
+                if self.queue.len() >= OUTBOUND_QUEUE {
+                    self.queue.pop_front();
+                    self.answers_dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(suppressed) = LOG.hit() {
+                        warn!(suppressed, "cloud-to-PLC: {OUTBOUND_QUEUE} answers are waiting for the connection; the oldest was dropped");
+                    }
+                }
+                self.queue.push_back(out);
+            }
             None => std::future::pending().await,
         }
     }

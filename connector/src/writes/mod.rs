@@ -46,6 +46,11 @@ pub enum Refusal {
     NotWritable,
     #[error("expired")]
     Expired,
+    /// A desired value that waited for its PLC longer than `pending_write_max_age`.
+    #[error(
+        "expired: waited {waited_s} s for the plc (pending_write_max_age {max_s} s); not written"
+    )]
+    TooOld { waited_s: u64, max_s: u64 },
     #[error("malformed: {0}")]
     Malformed(String),
 }
@@ -59,6 +64,7 @@ impl Refusal {
             | Refusal::OutOfRange { .. }
             | Refusal::NotWritable
             | Refusal::Expired
+            | Refusal::TooOld { .. }
             | Refusal::Malformed(_) => 400,
         }
     }

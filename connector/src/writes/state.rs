@@ -280,6 +280,14 @@ impl State {
         self.live.remember(id.to_owned(), Value::Null);
     }
 
+    /// Forgets request `id` while in progress (answered busy: it may ask again).
+    pub fn forget(&mut self, id: &str) {
+        if self.live.answers.get(id).is_some_and(Value::is_null) {
+            self.live.answers.remove(id);
+            self.live.order.retain(|o| o != id);
+        }
+    }
+
     /// Records the answer to request `id` (compacted, see [`compact`]); saves.
     pub fn finish(&mut self, id: &str, answer: &Value) {
         let a = compact(answer);

@@ -412,7 +412,9 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     let config = line_config(
         dir.path(),
         sim.sim.endpoint_url(),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
     );
     let running = runner::start(&config).expect("connector");
     let client = publisher(port).await;
@@ -602,7 +604,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     let config = line_config(
         dir.path(),
         sim.sim.endpoint_url(),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\n"),
+        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\nallow_insecure_commands = true\n"),
     );
     let running = runner::start(&config).expect("connector");
     let (client, mut el) =
@@ -736,7 +738,7 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
     let (_broker, port) = plain_mosquitto(dir.path());
     let hub = HubDouble::start(port).await;
     let sinks = format!(
-        "{}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
+        "{}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n",
         hub_section("WRITES_HUB_CS_2", port)
     );
     let config = line_config(dir.path(), sim.sim.endpoint_url(), &sinks);
@@ -807,7 +809,9 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
     let text = line_text(
         dir.path(),
         &url(relay.port),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
     )
     .replace("timeout = \"5s\"", "timeout = \"1s\"");
     let config = config::parse(Path::new("writes-504.toml"), &text).expect("config");

@@ -109,6 +109,20 @@ impl Service {
             let err = format!("unknown method {:?}", cut(name, 64));
             return self.method_answer(&answer, name, 404, Err(err));
         };
+        if let Some(detail) = self.busy(&m.plc) {
+            match &answer {
+                MethodAnswer::Hub { rid } => self.publish_hub(
+                    topics::method_response(503, rid),
+                    &json!({ "error": detail }),
+                ),
+                MethodAnswer::Mqtt(reply) => {
+                    // Not remembered: the same id may ask again.
+                    self.state.forget(&reply.id);
+                    self.reply(reply, &method_body(&reply.id, name, 503, Err(detail)));
+                }
+            }
+            return;
+        }
         let state = self.plcs.get(&m.plc);
         let Some(link) = state.and_then(|s| s.link.clone()) else {
             add(&self.metrics.calls_failed);
@@ -117,6 +131,7 @@ impl Service {
             return self.method_answer(&answer, name, 500, Err(err));
         };
         let cached = state.and_then(|s| s.signatures.get(name).cloned());
+        self.running(&m.plc, true);
         let done = self.done_tx.clone();
         let name = name.to_owned();
         info!(target: "audit", who = %who, method = %name, plc = %m.plc, object = %m.object, args = %text(&payload), "calling");
@@ -182,6 +197,14 @@ impl Service {
         signature: Option<Signature>,
         result: Result<Value, CallError>,
     ) {
+        if let Some(plc) = self
+            .methods
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.plc.clone())
+        {
+            self.running(&plc, false);
+        }
         if let (Some(sig), Some(m)) = (signature, self.methods.iter().find(|m| m.name == name)) {
             if let Some(s) = self.plcs.get_mut(&m.plc) {
                 if s.link.as_ref().is_some_and(|l| l.generation == generation) {

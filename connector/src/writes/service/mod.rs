@@ -40,8 +40,10 @@ use super::plc::{self, CallError, Failure, Fitness, Signature};
 use super::requests::MAX_ERROR_CHARS;
 use super::state::{cut, State};
 use super::MAX_ID_BYTES;
-use crate::cloud::control::{Inbound, Outbound, ServiceEnds};
+use crate::cloud::control::INBOUND_QUEUE;
+use crate::cloud::control::{Answers, Inbound, Outbound, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
+use crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS;
 use crate::config::types::{MethodMapping, WriteMapping};
 use crate::metrics::WriteMetrics;
 use crate::opcua::link::{Link, LinkReceiver};
@@ -121,6 +123,10 @@ pub struct Setup {
     /// The persisted state file.
     pub state_file: std::path::PathBuf,
     pub metrics: Arc<WriteMetrics>,
+    /// `max_concurrent_commands` by PLC id (absent: the default).
+    pub limits: HashMap<String, usize>,
+    /// `[hub] pending_write_max_age`.
+    pub pending_max_age: Duration,
 }
 
 /// Who asked, for answers and the audit record.
@@ -155,6 +161,9 @@ struct Property {
     pending: Option<Want>,
     running: bool,
     last_write: Option<Instant>,
+    /// The desired version last seen for this property and when it first arrived (the age
+    /// of a waiting write).
+    arrived: Option<(i64, Instant)>,
 }
 
 /// The state of one PLC as the service knows it.
@@ -166,6 +175,15 @@ struct PlcState {
     /// Connected at least once since the start.
     ever_linked: bool,
     signatures: HashMap<String, Signature>,
+    /// Writes and calls running on this PLC, and how many may.
+    running: usize,
+    limit: usize,
+}
+
+impl PlcState {
+    fn busy(&self) -> bool {
+        self.running >= self.limit
+    }
 }
 
 enum Done {
@@ -203,8 +221,8 @@ struct Service {
     props: HashMap<String, Property>,
     state: State,
     metrics: Arc<WriteMetrics>,
-    hub_out: Option<mpsc::UnboundedSender<Outbound>>,
-    mqtt_out: Option<mpsc::UnboundedSender<Outbound>>,
+    hub_out: Option<Answers>,
+    mqtt_out: Option<Answers>,
     topics: Option<CommandTopics>,
     done_tx: mpsc::UnboundedSender<Done>,
     rid: u64,
@@ -215,6 +233,7 @@ struct Service {
     held: Vec<(bool, Inbound)>,
     /// Twin acknowledgements sent and waiting to be sent again.
     acks: twin::Acks,
+    pending_max_age: Duration,
 }
 
 /// What the loop of [`run`] waits on besides the tick.
@@ -236,7 +255,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             Some(m) = recv(&mut inputs.hub_in) => svc.hub(m),
             Some(m) = recv(&mut inputs.mqtt_in) => {
-                if svc.starting() {
+                if svc.starting() && svc.held.len() < INBOUND_QUEUE {
                     svc.held.push((false, m));
                 } else {
                     svc.mqtt(m);
@@ -299,6 +318,8 @@ impl Service {
             mqtt,
             state_file,
             metrics,
+            limits,
+            pending_max_age,
         } = setup;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // Session changes of every PLC, merged.
@@ -313,6 +334,12 @@ impl Service {
                     checked: false,
                     ever_linked: false,
                     signatures: HashMap::new(),
+                    running: 0,
+                    limit: limits
+                        .get(&plc)
+                        .copied()
+                        .unwrap_or(DEFAULT_MAX_CONCURRENT_COMMANDS)
+                        .max(1),
                 },
             );
             let tx = link_tx.clone();
@@ -352,6 +379,7 @@ impl Service {
             started: Instant::now(),
             held: Vec::new(),
             acks: twin::Acks::new(),
+            pending_max_age,
         };
         let inputs = Inputs {
             hub_in,
@@ -369,7 +397,7 @@ impl Service {
 
     fn publish_hub(&self, topic: String, body: &Value) {
         if let Some(out) = &self.hub_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic,
                 payload: body.to_string().into_bytes(),
                 correlation: None,
@@ -379,7 +407,7 @@ impl Service {
 
     fn reply(&self, to: &Reply, body: &Value) {
         if let Some(out) = &self.mqtt_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic: to.topic.clone(),
                 payload: body.to_string().into_bytes(),
                 correlation: to.correlation.clone(),
@@ -404,6 +432,33 @@ impl Service {
         self.started.elapsed() < STARTUP_GRACE && self.plcs.values().any(|s| !s.checked)
     }
 
+    /// The PLC `plc` runs `max_concurrent_commands` writes and calls already: counted, and
+    /// logged (rate-limited); the text of the 503 answer.
+    fn busy(&self, plc: &str) -> Option<String> {
+        static LOG: RateLog = RateLog::per_minute();
+        let s = self.plcs.get(plc).filter(|s| s.busy())?;
+        add(&self.metrics.busy);
+        let detail = format!(
+            "busy: plc {plc} is running {} writes and calls (max_concurrent_commands); ask again later",
+            s.running
+        );
+        if let Some(suppressed) = LOG.hit() {
+            warn!(target: "audit", plc = %plc, result = 503, suppressed, "{detail}");
+        }
+        Some(detail)
+    }
+
+    /// A write or call on `plc` started (`+1`) or ended (`-1`).
+    fn running(&mut self, plc: &str, started: bool) {
+        if let Some(s) = self.plcs.get_mut(plc) {
+            s.running = if started {
+                s.running + 1
+            } else {
+                s.running.saturating_sub(1)
+            };
+        }
+    }
+
     // ---- routing ----
 
     /// A message of the hub's control channel: the twin's, or a direct method.
@@ -421,7 +476,9 @@ impl Service {
                 self.twin_response(status, rid, &msg.payload)
             }
             Ok(Incoming::DesiredPatch { .. }) => self.desired_patched(&msg.payload),
-            Ok(Incoming::MethodRequest { .. }) if self.starting() => {
+            Ok(Incoming::MethodRequest { .. })
+                if self.starting() && self.held.len() < INBOUND_QUEUE =>
+            {
                 self.held.push((true, Inbound::Message(msg)));
             }
             Ok(Incoming::MethodRequest { name, rid }) => {

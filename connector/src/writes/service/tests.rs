@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::twin::TWIN_GET_TIMEOUT;
 use super::write::rate_wait;
 use super::{run, CommandTopics, Inputs, Service, Setup, STARTUP_GRACE};
-use crate::cloud::control::{Inbound, Message, Outbound, ServiceEnds};
+use crate::cloud::control::{Answers, Inbound, Message, Outbound, ServiceEnds};
 use crate::metrics::WriteMetrics;
 use crate::opcua::link::Link;
 use crate::writes::MAX_ID_BYTES;
@@ -71,9 +71,9 @@ const NOT_CONNECTED_REQUEST: &str = "BadNotConnected: plc filler is not connecte
 /// The service's far ends: what the cloud connections and the PLC session task hold.
 struct Ends {
     hub: mpsc::Sender<Inbound>,
-    hub_out: mpsc::UnboundedReceiver<Outbound>,
+    hub_out: mpsc::Receiver<Outbound>,
     mqtt: mpsc::Sender<Inbound>,
-    mqtt_out: mpsc::UnboundedReceiver<Outbound>,
+    mqtt_out: mpsc::Receiver<Outbound>,
     metrics: Arc<WriteMetrics>,
     /// The PLC's session as its session task publishes it: `None`, never connected.
     _plc: watch::Sender<Option<Link>>,
@@ -83,9 +83,9 @@ struct Ends {
 fn setup(state_file: &Path) -> (Setup, Ends) {
     let config = crate::config::parse(Path::new("t.toml"), LINE).unwrap_or_else(|e| panic!("{e}"));
     let (hub_in_tx, hub_in) = mpsc::channel(16);
-    let (hub_out, hub_out_rx) = mpsc::unbounded_channel();
+    let (hub_out, hub_out_rx) = Answers::channel(1024, Arc::default());
     let (mqtt_in_tx, mqtt_in) = mpsc::channel(16);
-    let (mqtt_out, mqtt_out_rx) = mpsc::unbounded_channel();
+    let (mqtt_out, mqtt_out_rx) = Answers::channel(1024, Arc::default());
     let (plc_tx, plc_rx) = watch::channel(None);
     let metrics = Arc::new(WriteMetrics::default());
     let setup = Setup {
@@ -105,6 +105,12 @@ fn setup(state_file: &Path) -> (Setup, Ends) {
         )),
         state_file: state_file.to_owned(),
         metrics: metrics.clone(),
+        limits: config
+            .plcs
+            .iter()
+            .map(|p| (p.id.clone(), p.max_concurrent_commands))
+            .collect(),
+        pending_max_age: crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE,
     };
     let ends = Ends {
         hub: hub_in_tx,
@@ -145,7 +151,7 @@ fn message(topic: &str, payload: &[u8]) -> Message {
 }
 
 /// What was published since the last look: (topic, body as JSON, `Null` when empty).
-fn sent(out: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(String, Value)> {
+fn sent(out: &mut mpsc::Receiver<Outbound>) -> Vec<(String, Value)> {
     let mut all = Vec::new();
     while let Ok(o) = out.try_recv() {
         let body = if o.payload.is_empty() {
@@ -187,7 +193,12 @@ struct Line {
 
 impl Line {
     async fn start(state_file: &Path) -> Line {
-        let (setup, ends) = setup(state_file);
+        Line::start_with(state_file, |_| {}).await
+    }
+
+    async fn start_with(state_file: &Path, tweak: impl FnOnce(&mut Setup)) -> Line {
+        let (mut setup, ends) = setup(state_file);
+        tweak(&mut setup);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(setup, shutdown.clone()));
         let started = Instant::now();
@@ -974,5 +985,38 @@ async fn throttled_or_unanswered_acknowledgements_are_sent_again_latest_wins() {
     assert!(line.hub_sent().is_empty());
     assert_eq!(count(&line.metrics().acks_refused), 1);
     assert_eq!(count(&line.metrics().acks_retried), 3);
+    line.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_twin_write_waiting_longer_than_pending_write_max_age_is_acknowledged_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut line = Line::start_with(&dir.path().join("state.jsonl"), |s| {
+        s.pending_max_age = Duration::from_secs(60);
+    })
+    .await;
+    // The PLC never connects: answered 500 after the grace, kept.
+    line.desired(json!({"speed": 300, "$version": 3})).await;
+    line.after_grace().await;
+    let out = line.hub_sent();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1["speed"]["ac"], 500);
+    line.hub("$iothub/twin/res/204/?$rid=1", b"").await;
+    // Past the maximum age: acknowledged 400 expired (same av), no longer waiting.
+    step(Duration::from_secs(50)).await;
+    assert!(line.hub_sent().is_empty(), "not before 60 s");
+    step(Duration::from_secs(5)).await;
+    let out = line.hub_sent();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1["speed"]["ac"], 400);
+    assert_eq!(out[0].1["speed"]["av"], 3);
+    let ad = out[0].1["speed"]["ad"].as_str().unwrap();
+    assert!(ad.starts_with("expired: waited 60 s for the plc"), "{ad}");
+    let rid = out[0].0.rsplit('=').next().unwrap().to_owned();
+    line.hub(&format!("$iothub/twin/res/204/?$rid={rid}"), b"")
+        .await;
+    step(Duration::from_secs(120)).await;
+    assert!(line.hub_sent().is_empty(), "handled: nothing more");
+    assert_eq!(count(&line.metrics().writes_refused), 1);
     line.stop().await;
 }

@@ -33,7 +33,7 @@ impl Service {
         let rid = self.next_rid();
         info!(rid = %rid, "asking the hub for the twin");
         if let Some(out) = &self.hub_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic: topics::twin_get(&rid),
                 payload: Vec::new(),
                 correlation: None,
@@ -208,6 +208,9 @@ impl Service {
                 self.state.set_handled(&property, version);
                 continue;
             }
+            if p.arrived.is_none_or(|(v, _)| v != version) {
+                p.arrived = Some((version, Instant::now()));
+            }
             p.pending = Some(Want {
                 version,
                 value,
@@ -236,6 +239,19 @@ impl Service {
             version: want.version,
         };
         let now = Instant::now();
+        let waited = p
+            .arrived
+            .filter(|(v, _)| *v == want.version)
+            .map(|(_, at)| now.saturating_duration_since(at));
+        if let Some(waited) = waited.filter(|w| *w > self.pending_max_age) {
+            // Too old to be what anyone wants now: not written, acknowledged as expired.
+            p.pending = None;
+            let r = Refusal::TooOld {
+                waited_s: waited.as_secs(),
+                max_s: self.pending_max_age.as_secs(),
+            };
+            return self.refused(&mapping, origin, want.value, &r);
+        }
         if want.not_before.is_some_and(|t| now < t) {
             return;
         }
@@ -258,6 +274,10 @@ impl Service {
             return;
         }
         let plc = self.plcs.get(&mapping.plc);
+        if plc.is_some_and(|s| s.busy() && s.link.is_some()) {
+            // max_concurrent_commands running on this PLC: tried again at the tick.
+            return;
+        }
         let ready = plc.and_then(|s| s.link.clone().filter(|_| s.checked));
         let Some(link) = ready else {
             let grace_end = self.started + STARTUP_GRACE;
