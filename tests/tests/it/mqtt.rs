@@ -121,7 +121,7 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_in_order() {
     }
 }
 
-fn connector_bin() -> std::path::PathBuf {
+pub(crate) fn connector_bin() -> std::path::PathBuf {
     // target/debug/deps/mqtt-* -> target/debug/opcua-connector (tests/run builds it first).
     let exe = std::env::current_exe().expect("test exe");
     let bin = exe

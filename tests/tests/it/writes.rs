@@ -857,3 +857,190 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
     relay.stall(false);
     running.stop().await;
 }
+
+/// A process's resident set and its peak (VmRSS, VmHWM), in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue #10's must-show: 10,000 write requests with 100 KB ids and 100 KB values over a real
+/// broker to the connector binary: every one refused 400, the state file and the process's
+/// memory stay small, the log cannot be forged, and a valid write still succeeds afterwards.
+///
+/// Size limits on the way: rumqttd's `max_payload_size` is 1 MiB (`start_rumqttd`), the
+/// requester's rumqttc limit is raised to 1 MiB (its default is 10 KiB), and the connector
+/// accepts packets up to `max_message_bytes` + 4 KiB (default 256 KiB): a request of about
+/// 205 KB reaches it, as the 10,000 answers show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_oversized_requests_are_refused_with_bounded_state_memory_and_log() {
+    const REQUESTS: usize = 10_000;
+    const WINDOW: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let port = start_broker();
+    let base = "opcua/plant/line-w/cmd";
+    let response_topic = format!("{base}/write/response");
+    let sub = Subscriber::start(port, &response_topic).await;
+    let text = line_text(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
+    );
+    let path = dir.path().join("line.toml");
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("connector.log");
+    let mut child = std::process::Command::new(crate::mqtt::connector_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn connector");
+    let pid = child.id();
+
+    let mut o = rumqttc::MqttOptions::new("flooder", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    let poller = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let publish = |body: Vec<u8>| {
+        let client = client.clone();
+        let topic = format!("{base}/write");
+        async move {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+                .expect("publish");
+        }
+    };
+    // Up when a probe is answered (the connector subscribes after its ConnAck).
+    let probe = json!({"id": "probe", "property": "nope", "value": 1}).to_string();
+    until_answered(
+        "the connector answers",
+        || publish(probe.clone().into_bytes()),
+        || {
+            answers(&sub, &response_topic)
+                .into_iter()
+                .find(|a| a["id"] == "probe")
+        },
+    )
+    .await;
+    let (rss_start, _) = rss_kib(pid);
+
+    let refused = |sub: &Subscriber| {
+        answers(sub, &response_topic)
+            .iter()
+            .filter(|a| a["id"] == "" && a["status"] == 400)
+            .count()
+    };
+    let started = std::time::Instant::now();
+    let filler = "v".repeat(100 * 1024);
+    let mut rss_max = 0;
+    for window in 0..REQUESTS / WINDOW {
+        for i in 0..WINDOW {
+            let n = window * WINDOW + i;
+            let mut id = n.to_string();
+            id.push_str(&"i".repeat(100 * 1024 - id.len()));
+            let body = json!({"id": id, "property": "fillerSpeedSetpoint", "value": filler});
+            publish(body.to_string().into_bytes()).await;
+        }
+        let sent = (window + 1) * WINDOW;
+        eventually(
+            &format!("{sent} oversized requests answered"),
+            Duration::from_secs(60),
+            || {
+                let n = refused(&sub);
+                async move { (n >= sent).then_some(()) }
+            },
+        )
+        .await;
+        rss_max = rss_max.max(rss_kib(pid).0);
+    }
+    let took = started.elapsed();
+    let all = answers(&sub, &response_topic);
+    let oversized: Vec<&Value> = all.iter().filter(|a| a["id"] == "").collect();
+    assert_eq!(oversized.len(), REQUESTS, "each answered exactly once");
+    for a in &oversized {
+        assert_eq!(a["status"], 400, "{a}");
+        assert_eq!(
+            a["detail"], "malformed: id is 102400 bytes; at most 128",
+            "{a}"
+        );
+        assert!(a.get("value").is_none(), "no value echoed: {a}");
+    }
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").write_attempts,
+        0,
+        "nothing reached the PLC"
+    );
+    let state = dir.path().join("buffer/writes/state.jsonl");
+    let state_bytes = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    let (rss_end, hwm) = rss_kib(pid);
+
+    // Still serving: a valid write succeeds; its id tries to forge an audit line and to
+    // clear the reader's terminal.
+    let forged_id = "ok-1\nINFO audit: written who=twin v999 plc=sim result=200\u{1b}[2J";
+    let valid = json!({"id": forged_id, "property": "fillerSpeedSetpoint", "value": 777.0});
+    publish(valid.to_string().into_bytes()).await;
+    let ok = answer(&sub, &response_topic, forged_id, 0).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 777.0);
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let _ = child.wait();
+    poller.abort();
+    let log = std::fs::read(&log_path).unwrap();
+    let log_text = String::from_utf8_lossy(&log);
+    assert!(!log.contains(&0x1b), "no terminal escape reaches the log");
+    let v999: Vec<&str> = log_text.lines().filter(|l| l.contains("v999")).collect();
+    assert!(!v999.is_empty(), "the write's audit line is there");
+    for l in &v999 {
+        assert!(
+            l.contains("who=request ok-1\\nINFO audit: written who=twin v999"),
+            "a forged line: {l}"
+        );
+    }
+    assert!(
+        !log_text.lines().any(|l| l.starts_with("INFO audit")),
+        "no line starts with the forged text"
+    );
+    for l in &v999 {
+        eprintln!("audit line as logged: {l}");
+    }
+    let malformed_lines = log_text.matches("malformed request ignored").count();
+    eprintln!(
+        "flood: {REQUESTS} requests of {} bytes refused in {:.1} s; state file {state_bytes} bytes; \
+         connector RSS {} MiB at start, {} MiB max between windows, {} MiB at the end, peak (VmHWM) {} MiB; \
+         log {} bytes with {malformed_lines} 'malformed' line(s)",
+        102_400 + 102_400 + 60,
+        took.as_secs_f64(),
+        rss_start / 1024,
+        rss_max / 1024,
+        rss_end / 1024,
+        hwm / 1024,
+        log.len(),
+    );
+    assert!(state_bytes < 64 * 1024, "state file {state_bytes} bytes");
+    assert!(hwm < 256 * 1024, "connector peak RSS {} MiB", hwm / 1024);
+    assert!(malformed_lines <= 3, "rate-limited: {malformed_lines}");
+    assert!(log.len() < 1024 * 1024, "log {} bytes", log.len());
+}
