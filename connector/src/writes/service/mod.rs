@@ -41,7 +41,7 @@ use super::requests::MAX_ERROR_CHARS;
 use super::state::{cut, State};
 use super::MAX_ID_BYTES;
 use crate::cloud::control::INBOUND_QUEUE;
-use crate::cloud::control::{Answers, Inbound, Outbound, ServiceEnds};
+use crate::cloud::control::{Answers, Inbound, Outbound, Requests, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
 use crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS;
 use crate::config::types::{MethodMapping, WriteMapping};
@@ -238,8 +238,8 @@ struct Service {
 
 /// What the loop of [`run`] waits on besides the tick.
 struct Inputs {
-    hub_in: Option<mpsc::Receiver<Inbound>>,
-    mqtt_in: Option<mpsc::Receiver<Inbound>>,
+    hub_in: Option<Requests>,
+    mqtt_in: Option<Requests>,
     /// Session changes of every PLC, merged.
     link_rx: mpsc::UnboundedReceiver<(String, Option<Link>)>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -268,7 +268,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
     }
 }
 
-async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+async fn recv(rx: &mut Option<Requests>) -> Option<Inbound> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,

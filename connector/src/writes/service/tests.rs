@@ -93,12 +93,12 @@ fn setup(state_file: &Path) -> (Setup, Ends) {
         methods: config.methods,
         links: vec![("filler".to_owned(), plc_rx)],
         hub: Some(ServiceEnds {
-            inbound: hub_in,
+            inbound: hub_in.into(),
             outbound: hub_out,
         }),
         mqtt: Some((
             ServiceEnds {
-                inbound: mqtt_in,
+                inbound: mqtt_in.into(),
                 outbound: mqtt_out,
             },
             CommandTopics::new(BASE),
