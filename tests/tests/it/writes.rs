@@ -800,7 +800,7 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_method_the_plc_does_not_answer_in_time_is_504() {
+async fn a_method_the_plc_does_not_answer_in_time_is_504_and_holds_the_plc_busy() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
     let relay = Relay::start(sim.sim.port()).await;
@@ -813,8 +813,13 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
             "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
         ),
     )
-    .replace("timeout = \"5s\"", "timeout = \"1s\"");
+    .replace("timeout = \"5s\"", "timeout = \"1s\"")
+    .replace(
+        "id = \"sim\"\n",
+        "id = \"sim\"\nmax_concurrent_commands = 1\n",
+    );
     let config = config::parse(Path::new("writes-504.toml"), &text).expect("config");
+    assert_eq!(config.plcs[0].max_concurrent_commands, 1);
     let running = runner::start(&config).expect("connector");
     let client = publisher(port).await;
     let topic = "opcua/plant/line-w/cmd/method/resetCounters";
@@ -845,8 +850,52 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
         .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
         .await
         .unwrap();
+    // While it runs, the PLC is busy (max_concurrent_commands = 1): a write is answered 503,
+    // and its id is not remembered.
+    let write = json!({"id": "w-busy", "property": "fillerSpeedSetpoint", "value": 10.0});
+    let write_topic = "opcua/plant/line-w/cmd/write";
+    client
+        .publish(
+            write_topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            write.to_string(),
+        )
+        .await
+        .unwrap();
+    let write_responses = "opcua/plant/line-w/cmd/write/response";
+    let busy = answer(&sub, write_responses, "w-busy", 0).await;
+    assert_eq!(busy["status"], json!(503), "{busy}");
+    assert!(
+        busy["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("busy: plc sim is running 1 writes and calls"),
+        "{busy}"
+    );
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, 0);
     let a = answer(&sub, responses, "t2", 0).await;
     assert_eq!(a["status"], json!(504), "{a}");
+    // The call is over: the same id is served, not answered as a duplicate.
+    client
+        .publish(
+            write_topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            write.to_string(),
+        )
+        .await
+        .unwrap();
+    let again = answer(&sub, write_responses, "w-busy", 1).await;
+    assert!(again.get("duplicate").is_none(), "{again}");
+    assert_ne!(again["status"], json!(503), "{again}");
+    assert_eq!(
+        running
+            .writes
+            .busy
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(
         running
             .writes
