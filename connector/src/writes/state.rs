@@ -263,9 +263,14 @@ impl State {
         });
     }
 
-    /// Raises the handled version of `property` without saving (from the reported section).
+    /// Raises the handled version of `property` without saving (from the reported section,
+    /// and unmapped properties). At most [`REMEMBERED_REQUESTS`] properties are kept: beyond,
+    /// a new name is not remembered (its acknowledgement in the twin still counts at the
+    /// next GET).
     pub fn raise_handled(&mut self, property: &str, version: i64) {
-        if self.handled(property) < version {
+        let room =
+            self.live.twin.len() < REMEMBERED_REQUESTS || self.live.twin.contains_key(property);
+        if room && self.handled(property) < version {
             self.live.twin.insert(property.to_owned(), version);
         }
     }

@@ -616,7 +616,13 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = c2.subscribe("replies/me", QoS::AtLeastOnce).await;
+                    for f in [
+                        "opcua/plant/line-w/cmd/replies/me",
+                        "opcua/plant/line-w/cmd/write/response",
+                        "replies/#",
+                    ] {
+                        let _ = c2.subscribe(f, QoS::AtLeastOnce).await;
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let corr = p
@@ -634,7 +640,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         }
     });
     let props = PublishProperties {
-        response_topic: Some("replies/me".into()),
+        response_topic: Some("opcua/plant/line-w/cmd/replies/me".into()),
         correlation_data: Some(b"corr-42".to_vec().into()),
         ..Default::default()
     };
@@ -664,7 +670,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         },
     )
     .await;
-    assert_eq!(topic, "replies/me");
+    assert_eq!(topic, "opcua/plant/line-w/cmd/replies/me");
     assert_eq!(corr.as_deref(), Some(&b"corr-42"[..]));
     assert_eq!(
         (body["id"].clone(), body["status"].clone()),
@@ -672,6 +678,49 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         "{body}"
     );
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 640.0);
+    // A response topic outside {base}/ is not honoured: the answer goes to the default
+    // response topic (with the correlation data), counted as malformed.
+    let props = PublishProperties {
+        response_topic: Some("replies/elsewhere".into()),
+        correlation_data: Some(b"corr-43".to_vec().into()),
+        ..Default::default()
+    };
+    let body = json!({"id": "v5-2", "property": "fillerSpeedSetpoint", "value": 650});
+    client
+        .publish_with_properties(
+            "opcua/plant/line-w/cmd/write",
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+            props,
+        )
+        .await
+        .unwrap();
+    let (topic, corr, body) = eventually("the answer to v5-2", Duration::from_secs(20), || {
+        let found = got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, _, b)| b["id"] == json!("v5-2"))
+            .cloned();
+        async move { found }
+    })
+    .await;
+    assert_eq!(topic, "opcua/plant/line-w/cmd/write/response");
+    assert_eq!(corr.as_deref(), Some(&b"corr-43"[..]));
+    assert_eq!(body["status"], json!(200), "{body}");
+    assert!(got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(t, _, _)| !t.starts_with("replies/")));
+    assert_eq!(
+        running
+            .writes
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     running.stop().await;
 }
 
