@@ -351,6 +351,26 @@ fn writes(out: &mut String, line: &str, w: &WriteMetrics) {
             "Cloud requests dropped because too many were waiting.",
             &*w.dropped,
         ),
+        (
+            "commands_busy_total",
+            "Cloud requests answered 503 busy (the PLC's max_concurrent_commands reached, or too many held at start).",
+            &w.busy,
+        ),
+        (
+            "answers_dropped_total",
+            "Answers to cloud requests dropped because too many were waiting for the connection.",
+            &*w.answers_dropped,
+        ),
+        (
+            "twin_ack_retries_total",
+            "Reported-properties updates throttled (429), failed (5xx) or unanswered, sent again.",
+            &w.acks_retried,
+        ),
+        (
+            "twin_acks_refused_total",
+            "Reported-properties updates refused by the hub with another 4xx, not sent again.",
+            &w.acks_refused,
+        ),
     ] {
         counter(out, name, help, "counter");
         let _ = writeln!(out, "opcua_connector_{name}{{line=\"{line}\"}} {}", get(c));

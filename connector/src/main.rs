@@ -173,8 +173,52 @@ fn init_logs(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // Colours only on a terminal; every field escaped (see `escaped_fields`).
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .fmt_fields(escaped_fields())
+            .init(),
     }
+}
+
+/// Text-log fields with control characters escaped: a line break or a terminal escape in a
+/// request id, a property name or any other field taken from the cloud or a PLC is written as
+/// `\n`, `\u{1b}`, ..., so it can neither start a forged log line (a fake `audit: written`)
+/// nor drive the reader's terminal. One event, one line.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(
+        |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
+         field: &tracing::field::Field,
+         value: &dyn std::fmt::Debug| {
+            let raw = format!("{value:?}");
+            let text = escape_controls(&raw);
+            if field.name() == "message" {
+                write!(w, "{text}")
+            } else {
+                write!(w, "{}={text}", field.name())
+            }
+        },
+    )
+    .delimited(" ")
+}
+
+/// `s` with every control character (and the Unicode line and paragraph separators) written
+/// as its Rust escape.
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !s.contains(bad) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 /// Faults injected by tests through the environment, only in builds with the
@@ -191,4 +235,53 @@ fn hooks() -> connector::runner::Hooks {
 #[cfg(not(feature = "fault-injection"))]
 fn hooks() -> connector::runner::Hooks {
     connector::runner::Hooks::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_fields_cannot_break_a_log_line() {
+        let forged = "r-1\nINFO audit: written who=twin result=200\u{1b}[2J\r\u{2028}";
+        let text = escape_controls(forged);
+        assert_eq!(
+            text,
+            "r-1\\nINFO audit: written who=twin result=200\\u{1b}[2J\\r\\u{2028}"
+        );
+        assert_eq!(
+            escape_controls("plain text, ünïcode"),
+            "plain text, ünïcode"
+        );
+        // Through a real subscriber, the way `run` formats text logs.
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let who = format!("request {forged}");
+            tracing::info!(target: "audit", who = %who, result = 400, "write refused");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(!out.contains('\u{1b}'), "{out}");
+        assert!(
+            out.contains("audit: write refused who=request r-1\\nINFO audit: written"),
+            "{out}"
+        );
+    }
 }

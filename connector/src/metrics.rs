@@ -117,4 +117,13 @@ pub struct WriteMetrics {
     pub malformed: AtomicU64,
     /// Inbound messages dropped because too many were waiting (shared with the senders).
     pub dropped: Arc<AtomicU64>,
+    /// Requests answered 503 busy: their PLC had `max_concurrent_commands` running, or too
+    /// many requests were held at start.
+    pub busy: AtomicU64,
+    /// Reported-properties PATCHes throttled (429), failed (5xx) or unanswered: sent again.
+    pub acks_retried: AtomicU64,
+    /// Reported-properties PATCHes refused with another 4xx: not sent again.
+    pub acks_refused: AtomicU64,
+    /// Answers dropped because too many were waiting for the cloud connection.
+    pub answers_dropped: Arc<AtomicU64>,
 }

@@ -122,6 +122,49 @@ fn bad_configs_exit_2_naming_file_line_and_key() {
     assert!(err.contains("/nonexistent/line.toml"), "{err}");
 }
 
+#[test]
+fn check_warns_of_insecure_set_ups_and_refuses_anonymous_plain_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = "\n[[write]]\nproperty = \"speed\"\nplc = \"filler\"\nnode = \"nsu=urn:x;s=B\"\ntype = \"Double\"\n";
+    let plain = format!("{GOOD}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\n{write}");
+    let (code, err) = check_text(dir.path(), "plain.toml", &plain);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("plain.toml:17: sink.mqtt.url:") && err.contains("allow_insecure_commands"),
+        "{err}"
+    );
+    let opted = plain.replace(
+        "url = \"mqtt://127.0.0.1:1883\"\n",
+        "url = \"mqtt://127.0.0.1:1883\"\nallow_insecure_commands = true\n",
+    );
+    let open = format!("{opted}\n[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+    let (code, err) = check_text(dir.path(), "opted.toml", &open);
+    assert_eq!(code, 0, "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].contains("opted.toml:18: sink.mqtt.allow_insecure_commands:"),
+        "{err}"
+    );
+    assert!(
+        warnings[1].contains("opted.toml:27: metrics.listen: 0.0.0.0:9464"),
+        "{err}"
+    );
+    let remote_hub = format!(
+        "{GOOD}\n[hub]\nconnection_string_env = \"CS\"\ninsecure_endpoint = \"192.0.2.7:1883\"\n"
+    );
+    let (code, err) = check_text(dir.path(), "hub.toml", &remote_hub);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("hub.toml:18: hub.insecure_endpoint:") && err.contains("loopback"),
+        "{err}"
+    );
+    // Nothing insecure: no warning.
+    let (code, err) = check_text(dir.path(), "good.toml", GOOD);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
+
 fn readable(path: &Path) -> Result<usize, String> {
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(f)

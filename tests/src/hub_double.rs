@@ -2,7 +2,8 @@
 //! routes `$`-topics) carries the hub's device topics, and this client plays the hub's
 //! service side: it answers twin GETs with the twin it keeps (desired with `$version` and
 //! `$metadata.{path}.$lastUpdatedVersion`, reported merged from the device's patches),
-//! answers reported PATCHes with 204, sends desired PATCH notifications and direct-method
+//! answers reported PATCHes with 204 (or, when told to, with 429 "throttled" and without
+//! applying them: `$iothub/twin/res/429/?$rid={rid}`, as IoT Hub does over its quota), sends desired PATCH notifications and direct-method
 //! requests, and records everything the device sent.
 
 use std::path::Path;
@@ -89,6 +90,10 @@ struct Twin {
     method_responses: Vec<(String, u16, Value)>,
     /// When each desired version was sent.
     sent: Vec<(i64, Instant)>,
+    /// Reported PATCHes still to refuse with 429 (throttled), as IoT Hub does.
+    throttle: usize,
+    /// Reported PATCHes refused with 429 (not merged).
+    throttled: usize,
 }
 
 fn merge(into: &mut Map<String, Value>, patch: &Map<String, Value>) {
@@ -197,21 +202,23 @@ impl HubDouble {
                         } else if topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
                             let v: Value =
                                 serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                            let version = {
+                            let answer = {
                                 let mut t = t2.lock().unwrap();
-                                if let Value::Object(o) = &v {
-                                    merge(&mut t.reported, o);
+                                if t.throttle > 0 {
+                                    t.throttle -= 1;
+                                    t.throttled += 1;
+                                    format!("$iothub/twin/res/429/?$rid={rid}")
+                                } else {
+                                    if let Value::Object(o) = &v {
+                                        merge(&mut t.reported, o);
+                                    }
+                                    t.patches.push((Instant::now(), v));
+                                    let version = t.patches.len();
+                                    format!("$iothub/twin/res/204/?$rid={rid}&$version={version}")
                                 }
-                                t.patches.push((Instant::now(), v));
-                                t.patches.len()
                             };
                             let _ = c2
-                                .publish(
-                                    format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    Vec::new(),
-                                )
+                                .publish(answer, QoS::AtLeastOnce, false, Vec::new())
                                 .await;
                         } else if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
                             let status = rest
@@ -352,6 +359,16 @@ impl HubDouble {
             let hit = node.get("av")?.as_i64()? == version && node.get("ac")?.as_i64()? == ac;
             hit.then(|| at.duration_since(sent))
         })
+    }
+
+    /// Answers the next `n` reported PATCHes with 429 (throttled), not applying them.
+    pub fn throttle_patches(&self, n: usize) {
+        self.twin.lock().unwrap().throttle = n;
+    }
+
+    /// Reported PATCHes answered 429 so far.
+    pub fn throttled(&self) -> usize {
+        self.twin.lock().unwrap().throttled
     }
 
     pub fn gets(&self) -> usize {

@@ -10,6 +10,9 @@ use crate::runner;
 
 pub async fn run(path: &Path, hooks: &runner::Hooks) -> Outcome {
     let config = config::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    for w in &config.warnings {
+        warn!(file = %w.file.display(), line = w.line, key = %w.key, "insecure set-up: {}", w.message);
+    }
     let running =
         runner::start_with(&config, hooks).map_err(|e| Failure::Runtime(e.to_string()))?;
     info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");

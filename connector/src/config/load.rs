@@ -20,6 +20,7 @@ use super::types::*;
 // The checks by concern, each an `impl Check` block; this file has what they share.
 mod cloud;
 mod plc;
+mod security;
 mod sinks;
 #[cfg(test)]
 mod tests;
@@ -33,11 +34,14 @@ pub use cloud::{
     MIN_MAX_MESSAGE_BYTES, MIN_SAS_TTL, TOPIC_PLACEHOLDERS,
 };
 pub use plc::DEFAULT_PKI_DIR;
+pub use security::is_loopback_host;
 pub use sinks::{
     DEFAULT_PARQUET_DIR, DEFAULT_QUEUE_SAMPLES, DEFAULT_ROLL_BYTES, DEFAULT_ROLL_INTERVAL,
     DEFAULT_ROLL_ROWS, DEFAULT_ZSTD_LEVEL,
 };
-pub use writes::DEFAULT_METHOD_TIMEOUT;
+pub use writes::{
+    DEFAULT_MAX_CONCURRENT_COMMANDS, DEFAULT_METHOD_TIMEOUT, DEFAULT_PENDING_WRITE_MAX_AGE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -114,6 +118,7 @@ pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
         file: source,
         text,
         problems: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -123,7 +128,10 @@ pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
         }
     };
     match check.config(raw) {
-        Some(config) if check.problems.is_empty() => Ok(config),
+        Some(mut config) if check.problems.is_empty() => {
+            config.warnings = std::mem::take(&mut check.warnings);
+            Ok(config)
+        }
         _ => Err(ConfigError::Invalid(check.problems)),
     }
 }
@@ -221,6 +229,8 @@ struct Check<'a> {
     file: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
+    /// Insecure set-ups that are allowed: valid, but said out loud.
+    warnings: Vec<Problem>,
 }
 
 type Span = Option<Range<usize>>;
@@ -250,6 +260,17 @@ impl Check<'_> {
 
     fn at<T>(&mut self, value: &Spanned<T>, key: &str, message: impl Into<String>) {
         self.problem(Some(value.span()), key, message);
+    }
+
+    /// An insecure set-up that is allowed: a warning, `FILE:LINE: KEY: MESSAGE`.
+    fn warn(&mut self, span: Span, key: &str, message: impl Into<String>) {
+        let line = span.map(|s| self.line_of(s.start));
+        self.warnings.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
     }
 
     fn toml_error(&mut self, e: &toml::de::Error) {
@@ -490,7 +511,14 @@ impl Check<'_> {
             None => (None, None),
         };
         let parquet = parquet.map(|p| self.parquet(p));
-        let mqtt = mqtt.map(|m| self.mqtt(&m, &line_id, has_site));
+        let commands = !raw.write.is_empty() || !raw.method.is_empty();
+        let mqtt = mqtt.map(|m| {
+            let checked = self.mqtt(&m, &line_id, has_site);
+            if let Some(c) = &checked {
+                self.mqtt_commands_secure(&m, c, commands);
+            }
+            checked
+        });
         let hub = raw.hub.map(|h| self.hub(&h));
         let buffer = self.buffer(raw.buffer.as_ref());
         if let Some(buffer) = &buffer {
@@ -515,6 +543,7 @@ impl Check<'_> {
             writes: writes.into_iter().collect::<Option<_>>()?,
             methods: methods.into_iter().collect::<Option<_>>()?,
             metrics: optional(metrics)?,
+            warnings: Vec::new(),
         })
     }
 }

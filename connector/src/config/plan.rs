@@ -358,6 +358,22 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
             duration(m.timeout)
         )?;
     }
+    if !c.writes.is_empty() || !c.methods.is_empty() {
+        for plc in &c.plcs {
+            writeln!(
+                out,
+                "  plc {}: at most {} writes and calls at once (more: 503 busy)",
+                plc.id, plc.max_concurrent_commands
+            )?;
+        }
+        if let Some(h) = &c.hub {
+            writeln!(
+                out,
+                "  twin values waiting for their plc expire after {}",
+                duration(h.pending_write_max_age)
+            )?;
+        }
+    }
 
     match &c.metrics {
         None => writeln!(out, "\nmetrics off")?,
@@ -483,6 +499,7 @@ method = "nsu=urn:x;s=Filler.Reset"
             "parquet data (zstd level 3; new file every 1000000 rows, 128MiB or 5m; queue 1000000 samples)",
             "speed -> filler nsu=urn:x;s=Speed as Double in [0, 1200], read back",
             "reset -> filler nsu=urn:x;s=Filler.Reset on nsu=urn:x;s=Filler (timeout 10s)",
+            "plc filler: at most 4 writes and calls at once (more: 503 busy)",
             "metrics off",
         ] {
             assert!(plan.contains(part), "missing {part:?} in\n{plan}");

@@ -47,6 +47,7 @@ pub struct RawPlc {
     pub security_policy: Option<Spanned<String>>,
     pub security_mode: Option<Spanned<String>>,
     pub auth: Option<RawAuth>,
+    pub max_concurrent_commands: Option<Spanned<i64>>,
     #[serde(default)]
     pub group: Vec<Spanned<RawGroup>>,
 }
@@ -159,6 +160,7 @@ pub struct RawMqtt {
     pub payload: Option<Spanned<String>>,
     pub keep_alive: Option<Spanned<RawDuration>>,
     pub tls: Option<RawTls>,
+    pub allow_insecure_commands: Option<Spanned<bool>>,
 }
 
 /// `tls = { ca_file, cert_file, key_file }`.
@@ -185,6 +187,7 @@ pub struct RawHub {
     pub batch_max_samples: Option<Spanned<i64>>,
     pub batch_max_delay: Option<Spanned<RawDuration>>,
     pub payload: Option<Spanned<String>>,
+    pub pending_write_max_age: Option<Spanned<RawDuration>>,
 }
 
 /// `x509 = { host, device_id, module_id, cert_file, key_file }`.

@@ -23,6 +23,8 @@ pub struct Config {
     pub writes: Vec<WriteMapping>,
     pub methods: Vec<MethodMapping>,
     pub metrics: Option<MetricsConfig>,
+    /// Insecure but allowed set-ups (`check` prints them, `run` logs them at start).
+    pub warnings: Vec<super::load::Problem>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,9 @@ pub struct Plc {
     pub security_mode: SecurityMode,
     pub auth: Auth,
     pub groups: Vec<Group>,
+    /// Cloud writes and method calls running at once on this PLC at most; more are
+    /// answered 503 busy (twin writes wait).
+    pub max_concurrent_commands: usize,
 }
 
 /// A node id as written in the config, before it is resolved against a server.
@@ -523,6 +528,8 @@ pub struct MqttSinkConfig {
     pub max_message_bytes: usize,
     pub payload: Payload,
     pub keep_alive: Duration,
+    /// Serve writes and methods over plain `mqtt://` without a username (explicit opt-in).
+    pub allow_insecure_commands: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,6 +560,9 @@ pub struct HubConfig {
     pub batch_max_samples: NonZeroUsize,
     pub batch_max_delay: Duration,
     pub payload: Payload,
+    /// A desired value waiting for its PLC longer than this is not written: acknowledged
+    /// 400 expired.
+    pub pending_write_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,14 +60,19 @@ pub fn reported_patch(acks: &[TwinAck]) -> Value {
     Value::Object(root)
 }
 
+/// The largest `value` an MQTT write response echoes (its JSON text, in bytes): a larger one
+/// is left out, so an answer is never as large as a hostile request.
+pub const MAX_ECHO_BYTES: usize = 1024;
+
 /// The MQTT write response `{"id": .., "status": code, "detail": "..", "value": ..}`;
-/// `value` is left out when there is none (a request refused before any value was known).
+/// `value` is left out when there is none (a request refused before any value was known) or
+/// when its JSON is longer than [`MAX_ECHO_BYTES`].
 pub fn write_response(id: &str, status: u16, detail: &str, value: Option<&Value>) -> Value {
     let mut out = Map::new();
     out.insert("id".into(), Value::from(id));
     out.insert("status".into(), Value::from(status));
     out.insert("detail".into(), Value::from(detail));
-    if let Some(v) = value {
+    if let Some(v) = value.filter(|v| v.to_string().len() <= MAX_ECHO_BYTES) {
         out.insert("value".into(), v.clone());
     }
     Value::Object(out)
@@ -145,5 +150,9 @@ mod tests {
             write_response("r2", 400, "expired", None),
             json!({"id": "r2", "status": 400, "detail": "expired"})
         );
+        let long = json!("x".repeat(MAX_ECHO_BYTES));
+        assert!(write_response("r3", 400, "wrong type", Some(&long))
+            .get("value")
+            .is_none());
     }
 }

@@ -42,14 +42,22 @@ pub fn open(config: &Config, metrics: &Arc<WriteMetrics>) -> (Controls, Ends) {
     };
     if config.hub.is_some() {
         let subs = SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect();
-        let (c, e) = control::channel(subs, metrics.dropped.clone());
+        let (c, e) = control::channel(
+            subs,
+            metrics.dropped.clone(),
+            metrics.answers_dropped.clone(),
+        );
         controls.hub = Some(c);
         ends.hub = Some(e);
     }
     if let Some(mc) = &config.mqtt {
         let site = config.line.site.as_deref().unwrap_or("");
         let topics = CommandTopics::new(&topic(&mc.command_topic, site, &config.line.id, "", ""));
-        let (c, e) = control::channel(topics.subscriptions(), metrics.dropped.clone());
+        let (c, e) = control::channel(
+            topics.subscriptions(),
+            metrics.dropped.clone(),
+            metrics.answers_dropped.clone(),
+        );
         controls.mqtt = Some(c);
         ends.mqtt = Some((e, topics));
     }
@@ -65,8 +73,19 @@ impl Ends {
             links,
             hub: self.hub,
             mqtt: self.mqtt,
-            state_file: config.buffer.dir.join("writes").join("state.json"),
+            state_file: config.buffer.dir.join("writes").join("state.jsonl"),
             metrics: self.metrics,
+            limits: config
+                .plcs
+                .iter()
+                .map(|p| (p.id.clone(), p.max_concurrent_commands))
+                .collect(),
+            pending_max_age: config
+                .hub
+                .as_ref()
+                .map_or(crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE, |h| {
+                    h.pending_write_max_age
+                }),
         }
     }
 }

@@ -22,6 +22,14 @@ pub mod state;
 #[cfg(test)]
 mod fuzz_tests;
 
+/// The longest request id (MQTT write and method requests), in bytes. Longer ones are
+/// refused with 400 and not remembered.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// The longest property name (a request's `property`, a desired property's dotted path), in
+/// bytes. Longer ones are refused with 400 (MQTT) or left unacknowledged (twin).
+pub const MAX_PROPERTY_BYTES: usize = 128;
+
 /// Why a write was refused before reaching the PLC; every refusal answers 400.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Refusal {
@@ -38,6 +46,11 @@ pub enum Refusal {
     NotWritable,
     #[error("expired")]
     Expired,
+    /// A desired value that waited for its PLC longer than `pending_write_max_age`.
+    #[error(
+        "expired: waited {waited_s} s for the plc (pending_write_max_age {max_s} s); not written"
+    )]
+    TooOld { waited_s: u64, max_s: u64 },
     #[error("malformed: {0}")]
     Malformed(String),
 }
@@ -51,6 +64,7 @@ impl Refusal {
             | Refusal::OutOfRange { .. }
             | Refusal::NotWritable
             | Refusal::Expired
+            | Refusal::TooOld { .. }
             | Refusal::Malformed(_) => 400,
         }
     }

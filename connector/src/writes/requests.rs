@@ -5,7 +5,12 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Refusal;
+use super::state::cut;
+use super::{Refusal, MAX_ID_BYTES, MAX_PROPERTY_BYTES};
+
+/// A parse error in an answer or a log line is cut to this many characters (it can quote the
+/// input: an unknown field's name).
+pub const MAX_ERROR_CHARS: usize = 200;
 use crate::config::types::WriteMapping;
 
 /// A plain-MQTT write request, as parsed from its body.
@@ -30,19 +35,23 @@ struct RawRequest {
 /// Parses `{"id": "...", "property": "...", "value": <json>, "expires": "<RFC 3339>"?}`;
 /// unknown fields, an empty id or property, and a bad timestamp are refused as malformed.
 pub fn parse_request(body: &[u8]) -> Result<WriteRequest, Refusal> {
-    let raw: RawRequest =
-        serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
-    if raw.id.is_empty() {
-        return Err(Refusal::Malformed("empty id".into()));
-    }
+    let raw: RawRequest = serde_json::from_slice(body)
+        .map_err(|e| Refusal::Malformed(cut(&e.to_string(), MAX_ERROR_CHARS)))?;
+    check_id(&raw.id)?;
     if raw.property.is_empty() {
         return Err(Refusal::Malformed("empty property".into()));
+    }
+    if raw.property.len() > MAX_PROPERTY_BYTES {
+        return Err(Refusal::Malformed(format!(
+            "property is {} bytes; at most {MAX_PROPERTY_BYTES}",
+            raw.property.len()
+        )));
     }
     let expires = match raw.expires {
         None => None,
         Some(text) => Some(
             DateTime::parse_from_rfc3339(&text)
-                .map_err(|e| Refusal::Malformed(format!("expires {text:?}: {e}")))?
+                .map_err(|e| Refusal::Malformed(format!("expires {:?}: {e}", cut(&text, 40))))?
                 .with_timezone(&Utc),
         ),
     };
@@ -52,6 +61,20 @@ pub fn parse_request(body: &[u8]) -> Result<WriteRequest, Refusal> {
         value: raw.value,
         expires,
     })
+}
+
+/// A request id: not empty, at most [`MAX_ID_BYTES`].
+pub fn check_id(id: &str) -> Result<(), Refusal> {
+    if id.is_empty() {
+        return Err(Refusal::Malformed("empty id".into()));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(Refusal::Malformed(format!(
+            "id is {} bytes; at most {MAX_ID_BYTES}",
+            id.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The `[[write]]` mapping for a property (exact match of its dotted path).
@@ -87,7 +110,8 @@ pub struct DesiredPatch {
 /// `$` (`$metadata`, `$version`) are skipped; other keys that no mapping covers are listed in
 /// `unmapped` (the deepest path that no mapping continues).
 pub fn desired_patch(body: &[u8], mappings: &[WriteMapping]) -> Result<DesiredPatch, Refusal> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| Refusal::Malformed(cut(&e.to_string(), MAX_ERROR_CHARS)))?;
     let Value::Object(obj) = doc else {
         return Err(Refusal::Malformed(
             "desired properties are not an object".into(),

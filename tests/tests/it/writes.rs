@@ -280,7 +280,7 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
         if lose_state {
             // Without the state file the acknowledgements in the twin's reported section
             // tell what was handled.
-            std::fs::remove_file(dir.path().join("buffer/writes/state.json")).unwrap();
+            std::fs::remove_file(dir.path().join("buffer/writes/state.jsonl")).unwrap();
         }
         let running = start(&config, &hub).await;
         // Proof that the twin was processed: a new desired value of another property.
@@ -309,6 +309,39 @@ async fn twin_desired_properties_are_written_acknowledged_and_never_applied_twic
 }
 
 /// Publishes on the broker at `port` as a plain MQTT 3.1.1 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_acknowledgement_is_sent_again_until_the_hub_takes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &hub_section("WRITES_HUB_CS_429", port),
+    );
+    let running = start(&config, &hub).await;
+    // The next two reported PATCHes are answered 429: the acknowledgement arrives anyway
+    // (after the back-off: about 1 s, then 2 s).
+    hub.throttle_patches(2);
+    let v = hub.desire(json!({"fillerSpeedSetpoint": 321.5})).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", v, 200).await;
+    assert_eq!(a["value"], json!(321.5), "{a}");
+    assert_eq!(hub.throttled(), 2);
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 321.5);
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").writes,
+        1,
+        "written once; only the acknowledgement is sent again"
+    );
+    let retried = running
+        .writes
+        .acks_retried
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(retried, 2);
+    running.stop().await;
+}
+
 async fn publisher(port: u16) -> rumqttc::AsyncClient {
     let o = rumqttc::MqttOptions::new(format!("requester-{port}"), "127.0.0.1", port);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
@@ -379,7 +412,9 @@ async fn mqtt_write_requests_apply_once_expire_and_call_methods() {
     let config = line_config(
         dir.path(),
         sim.sim.endpoint_url(),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
     );
     let running = runner::start(&config).expect("connector");
     let client = publisher(port).await;
@@ -569,7 +604,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
     let config = line_config(
         dir.path(),
         sim.sim.endpoint_url(),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\n"),
+        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nversion = \"5\"\nallow_insecure_commands = true\n"),
     );
     let running = runner::start(&config).expect("connector");
     let (client, mut el) =
@@ -581,7 +616,13 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         loop {
             match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    let _ = c2.subscribe("replies/me", QoS::AtLeastOnce).await;
+                    for f in [
+                        "opcua/plant/line-w/cmd/replies/me",
+                        "opcua/plant/line-w/cmd/write/response",
+                        "replies/#",
+                    ] {
+                        let _ = c2.subscribe(f, QoS::AtLeastOnce).await;
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let corr = p
@@ -599,7 +640,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         }
     });
     let props = PublishProperties {
-        response_topic: Some("replies/me".into()),
+        response_topic: Some("opcua/plant/line-w/cmd/replies/me".into()),
         correlation_data: Some(b"corr-42".to_vec().into()),
         ..Default::default()
     };
@@ -629,7 +670,7 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         },
     )
     .await;
-    assert_eq!(topic, "replies/me");
+    assert_eq!(topic, "opcua/plant/line-w/cmd/replies/me");
     assert_eq!(corr.as_deref(), Some(&b"corr-42"[..]));
     assert_eq!(
         (body["id"].clone(), body["status"].clone()),
@@ -637,6 +678,49 @@ async fn mqtt5_answers_go_to_the_response_topic_with_the_correlation_data() {
         "{body}"
     );
     assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 640.0);
+    // A response topic outside {base}/ is not honoured: the answer goes to the default
+    // response topic (with the correlation data), counted as malformed.
+    let props = PublishProperties {
+        response_topic: Some("replies/elsewhere".into()),
+        correlation_data: Some(b"corr-43".to_vec().into()),
+        ..Default::default()
+    };
+    let body = json!({"id": "v5-2", "property": "fillerSpeedSetpoint", "value": 650});
+    client
+        .publish_with_properties(
+            "opcua/plant/line-w/cmd/write",
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+            props,
+        )
+        .await
+        .unwrap();
+    let (topic, corr, body) = eventually("the answer to v5-2", Duration::from_secs(20), || {
+        let found = got
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, _, b)| b["id"] == json!("v5-2"))
+            .cloned();
+        async move { found }
+    })
+    .await;
+    assert_eq!(topic, "opcua/plant/line-w/cmd/write/response");
+    assert_eq!(corr.as_deref(), Some(&b"corr-43"[..]));
+    assert_eq!(body["status"], json!(200), "{body}");
+    assert!(got
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(t, _, _)| !t.starts_with("replies/")));
+    assert_eq!(
+        running
+            .writes
+            .malformed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     running.stop().await;
 }
 
@@ -703,7 +787,7 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
     let (_broker, port) = plain_mosquitto(dir.path());
     let hub = HubDouble::start(port).await;
     let sinks = format!(
-        "{}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n",
+        "{}\n[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n",
         hub_section("WRITES_HUB_CS_2", port)
     );
     let config = line_config(dir.path(), sim.sim.endpoint_url(), &sinks);
@@ -765,7 +849,7 @@ async fn hostile_input_on_every_inbound_topic_never_writes_or_crashes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_method_the_plc_does_not_answer_in_time_is_504() {
+async fn a_method_the_plc_does_not_answer_in_time_is_504_and_holds_the_plc_busy() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
     let relay = Relay::start(sim.sim.port()).await;
@@ -774,10 +858,17 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
     let text = line_text(
         dir.path(),
         &url(relay.port),
-        &format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n"),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
     )
-    .replace("timeout = \"5s\"", "timeout = \"1s\"");
+    .replace("timeout = \"5s\"", "timeout = \"1s\"")
+    .replace(
+        "id = \"sim\"\n",
+        "id = \"sim\"\nmax_concurrent_commands = 1\n",
+    );
     let config = config::parse(Path::new("writes-504.toml"), &text).expect("config");
+    assert_eq!(config.plcs[0].max_concurrent_commands, 1);
     let running = runner::start(&config).expect("connector");
     let client = publisher(port).await;
     let topic = "opcua/plant/line-w/cmd/method/resetCounters";
@@ -808,8 +899,52 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
         .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
         .await
         .unwrap();
+    // While it runs, the PLC is busy (max_concurrent_commands = 1): a write is answered 503,
+    // and its id is not remembered.
+    let write = json!({"id": "w-busy", "property": "fillerSpeedSetpoint", "value": 10.0});
+    let write_topic = "opcua/plant/line-w/cmd/write";
+    client
+        .publish(
+            write_topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            write.to_string(),
+        )
+        .await
+        .unwrap();
+    let write_responses = "opcua/plant/line-w/cmd/write/response";
+    let busy = answer(&sub, write_responses, "w-busy", 0).await;
+    assert_eq!(busy["status"], json!(503), "{busy}");
+    assert!(
+        busy["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("busy: plc sim is running 1 writes and calls"),
+        "{busy}"
+    );
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").write_attempts, 0);
     let a = answer(&sub, responses, "t2", 0).await;
     assert_eq!(a["status"], json!(504), "{a}");
+    // The call is over: the same id is served, not answered as a duplicate.
+    client
+        .publish(
+            write_topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            write.to_string(),
+        )
+        .await
+        .unwrap();
+    let again = answer(&sub, write_responses, "w-busy", 1).await;
+    assert!(again.get("duplicate").is_none(), "{again}");
+    assert_ne!(again["status"], json!(503), "{again}");
+    assert_eq!(
+        running
+            .writes
+            .busy
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(
         running
             .writes
@@ -818,5 +953,285 @@ async fn a_method_the_plc_does_not_answer_in_time_is_504() {
         1
     );
     relay.stall(false);
+    running.stop().await;
+}
+
+/// A process's resident set and its peak (VmRSS, VmHWM), in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue #10's must-show: 10,000 write requests with 100 KB ids and 100 KB values over a real
+/// broker to the connector binary: every one refused 400, the state file and the process's
+/// memory stay small, the log cannot be forged, and a valid write still succeeds afterwards.
+///
+/// Size limits on the way: rumqttd's `max_payload_size` is 1 MiB (`start_rumqttd`), the
+/// requester's rumqttc limit is raised to 1 MiB (its default is 10 KiB), and the connector
+/// accepts packets up to `max_message_bytes` + 4 KiB (default 256 KiB): a request of about
+/// 205 KB reaches it, as the 10,000 answers show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_oversized_requests_are_refused_with_bounded_state_memory_and_log() {
+    const REQUESTS: usize = 10_000;
+    // In flight at once: 50 x 205 KB stays under the connector's 16 MiB of waiting requests
+    // (beyond, requests are dropped and counted, not answered).
+    const WINDOW: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let port = start_broker();
+    let base = "opcua/plant/line-w/cmd";
+    let response_topic = format!("{base}/write/response");
+    let sub = Subscriber::start(port, &response_topic).await;
+    let text = line_text(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\n"
+        ),
+    );
+    let path = dir.path().join("line.toml");
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("connector.log");
+    let mut child = std::process::Command::new(connector_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn connector");
+    let pid = child.id();
+
+    let mut o = rumqttc::MqttOptions::new("flooder", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+    let poller = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let publish = |body: Vec<u8>| {
+        let client = client.clone();
+        let topic = format!("{base}/write");
+        async move {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                .await
+                .expect("publish");
+        }
+    };
+    // Up when a probe is answered (the connector subscribes after its ConnAck).
+    let probe = json!({"id": "probe", "property": "nope", "value": 1}).to_string();
+    until_answered(
+        "the connector answers",
+        || publish(probe.clone().into_bytes()),
+        || {
+            answers(&sub, &response_topic)
+                .into_iter()
+                .find(|a| a["id"] == "probe")
+        },
+    )
+    .await;
+    let (rss_start, _) = rss_kib(pid);
+
+    let refused = |sub: &Subscriber| {
+        answers(sub, &response_topic)
+            .iter()
+            .filter(|a| a["id"] == "" && a["status"] == 400)
+            .count()
+    };
+    let started = std::time::Instant::now();
+    let filler = "v".repeat(100 * 1024);
+    let mut rss_max = 0;
+    for window in 0..REQUESTS / WINDOW {
+        for i in 0..WINDOW {
+            let n = window * WINDOW + i;
+            let mut id = n.to_string();
+            id.push_str(&"i".repeat(100 * 1024 - id.len()));
+            let body = json!({"id": id, "property": "fillerSpeedSetpoint", "value": filler});
+            publish(body.to_string().into_bytes()).await;
+        }
+        let sent = (window + 1) * WINDOW;
+        eventually(
+            &format!("{sent} oversized requests answered"),
+            Duration::from_secs(60),
+            || {
+                let n = refused(&sub);
+                async move { (n >= sent).then_some(()) }
+            },
+        )
+        .await;
+        rss_max = rss_max.max(rss_kib(pid).0);
+    }
+    let took = started.elapsed();
+    let all = answers(&sub, &response_topic);
+    let oversized: Vec<&Value> = all.iter().filter(|a| a["id"] == "").collect();
+    assert_eq!(oversized.len(), REQUESTS, "each answered exactly once");
+    for a in &oversized {
+        assert_eq!(a["status"], 400, "{a}");
+        assert_eq!(
+            a["detail"], "malformed: id is 102400 bytes; at most 128",
+            "{a}"
+        );
+        assert!(a.get("value").is_none(), "no value echoed: {a}");
+    }
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").write_attempts,
+        0,
+        "nothing reached the PLC"
+    );
+    let state = dir.path().join("buffer/writes/state.jsonl");
+    let state_bytes = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
+    let (rss_end, hwm) = rss_kib(pid);
+
+    // Still serving: a valid write succeeds; its id tries to forge an audit line and to
+    // clear the reader's terminal.
+    let forged_id = "ok-1\nINFO audit: written who=twin v999 plc=sim result=200\u{1b}[2J";
+    let valid = json!({"id": forged_id, "property": "fillerSpeedSetpoint", "value": 777.0});
+    publish(valid.to_string().into_bytes()).await;
+    let ok = answer(&sub, &response_topic, forged_id, 0).await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 777.0);
+
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let _ = child.wait();
+    poller.abort();
+    let log = std::fs::read(&log_path).unwrap();
+    let log_text = String::from_utf8_lossy(&log);
+    assert!(!log.contains(&0x1b), "no terminal escape reaches the log");
+    let v999: Vec<&str> = log_text.lines().filter(|l| l.contains("v999")).collect();
+    assert!(!v999.is_empty(), "the write's audit line is there");
+    for l in &v999 {
+        assert!(
+            l.contains("who=request ok-1\\nINFO audit: written who=twin v999"),
+            "a forged line: {l}"
+        );
+    }
+    assert!(
+        !log_text.lines().any(|l| l.starts_with("INFO audit")),
+        "no line starts with the forged text"
+    );
+    for l in &v999 {
+        eprintln!("audit line as logged: {l}");
+    }
+    let malformed_lines = log_text.matches("malformed request ignored").count();
+    let insecure: Vec<&str> = log_text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("insecure set-up"))
+        .collect();
+    assert_eq!(
+        insecure.len(),
+        1,
+        "the opt-in is logged at start: {log_text}"
+    );
+    assert!(
+        insecure[0].contains("sink.mqtt.allow_insecure_commands"),
+        "{}",
+        insecure[0]
+    );
+    eprintln!(
+        "flood: {REQUESTS} requests of {} bytes refused in {:.1} s; state file {state_bytes} bytes; \
+         connector RSS {} MiB at start, {} MiB max between windows, {} MiB at the end, peak (VmHWM) {} MiB; \
+         log {} bytes with {malformed_lines} 'malformed' line(s)",
+        102_400 + 102_400 + 60,
+        took.as_secs_f64(),
+        rss_start / 1024,
+        rss_max / 1024,
+        rss_end / 1024,
+        hwm / 1024,
+        log.len(),
+    );
+    assert!(state_bytes < 64 * 1024, "state file {state_bytes} bytes");
+    assert!(hwm < 256 * 1024, "connector peak RSS {} MiB", hwm / 1024);
+    assert!(malformed_lines <= 3, "rate-limited: {malformed_lines}");
+    assert!(log.len() < 1024 * 1024, "log {} bytes", log.len());
+}
+
+/// A request larger than the connector's packet limit (`max_message_bytes` + 4 KiB): it never
+/// reaches the write service, and the line goes on: a valid request after it is served. Over
+/// MQTT 3.1.1 the client closes the connection on such a packet and connects again (one
+/// reconnect; telemetry waits in the buffer meanwhile): a known cost, see docs/writes.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_larger_than_the_packet_limit_does_not_stop_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let port = start_broker();
+    let sub = Subscriber::start(port, "opcua/plant/line-w/cmd/write/response").await;
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nallow_insecure_commands = true\nmax_message_bytes = \"64KiB\"\n"
+        ),
+    );
+    let running = runner::start(&config).expect("connector");
+    let mut o = rumqttc::MqttOptions::new("big-requester", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let poller = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let topic = "opcua/plant/line-w/cmd/write";
+    let send = |body: String| {
+        let c = client.clone();
+        async move {
+            let _ = c
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, body)
+                .await;
+        }
+    };
+    let probe = json!({"id": "p", "property": "nope", "value": 1}).to_string();
+    until_answered(
+        "probe",
+        || send(probe.clone()),
+        || {
+            answers(&sub, "opcua/plant/line-w/cmd/write/response")
+                .into_iter()
+                .find(|a| a["id"] == "p")
+        },
+    )
+    .await;
+    let big = json!({"id": "big", "property": "fillerSpeedSetpoint", "value": "x".repeat(300_000)});
+    send(big.to_string()).await;
+    let valid =
+        json!({"id": "after-big", "property": "fillerSpeedSetpoint", "value": 555.0}).to_string();
+    let ok = until_answered(
+        "a valid request after the oversized one",
+        || send(valid.clone()),
+        || {
+            answers(&sub, "opcua/plant/line-w/cmd/write/response")
+                .into_iter()
+                .find(|a| a["id"] == "after-big" && a.get("duplicate").is_none())
+        },
+    )
+    .await;
+    assert_eq!(ok["status"], 200, "{ok}");
+    assert_eq!(double_of(&sim, "Filler.SpeedSetpoint"), 555.0);
+    let all = answers(&sub, "opcua/plant/line-w/cmd/write/response");
+    assert!(
+        all.iter().all(|a| a["id"] != "big"),
+        "never reached the service"
+    );
+    let m = running.mqtt.as_ref().expect("mqtt metrics");
+    let reconnects = m.reconnects.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("oversized request: {reconnects} reconnect(s)");
+    assert!(reconnects <= 1, "{reconnects} reconnects");
+    poller.abort();
     running.stop().await;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{format_size, optional, Check, Span};
+use super::{format_size, is_loopback_host, optional, Check, Span, DEFAULT_PENDING_WRITE_MAX_AGE};
 use crate::config::is_valid_id;
 use crate::config::raw::{Quantity, RawHub, RawMqtt, RawTls, RawX509};
 use crate::config::types::*;
@@ -398,6 +398,10 @@ impl Check<'_> {
             batch_max_delay: batch_max_delay?,
             max_message_bytes: max_message_bytes?,
             payload: payload?,
+            allow_insecure_commands: raw
+                .allow_insecure_commands
+                .as_ref()
+                .is_some_and(|a| *a.get_ref()),
             keep_alive: keep_alive?,
         })
     }
@@ -495,7 +499,14 @@ impl Check<'_> {
             raw.insecure_endpoint
                 .as_ref()
                 .map(|e| match parse_host_port(e.get_ref()) {
-                    Ok(_) => Some(e.get_ref().clone()),
+                    Ok((host, _)) if is_loopback_host(host) => {
+                        self.warn(Some(e.span()), &k("insecure_endpoint"), "plain MQTT to the hub (no TLS): for tests against a local hub double only");
+                        Some(e.get_ref().clone())
+                    }
+                    Ok((host, _)) => {
+                        self.at(e, &k("insecure_endpoint"), format!("{host:?} is not a loopback address: insecure_endpoint sends the SAS token in clear and takes commands from whoever answers, so it is allowed on 127.0.0.1, ::1 or localhost only (tests)"));
+                        None
+                    }
                     Err(message) => {
                         self.at(e, &k("insecure_endpoint"), message);
                         None
@@ -524,6 +535,10 @@ impl Check<'_> {
             Some(d) => self.positive_duration(d, &k("batch_max_delay")),
         };
         let payload = self.payload(&raw.payload, &k("payload"));
+        let pending_write_max_age = match &raw.pending_write_max_age {
+            None => Some(DEFAULT_PENDING_WRITE_MAX_AGE),
+            Some(d) => self.positive_duration(d, &k("pending_write_max_age")),
+        };
         if raw.connection_string.is_some() {
             return None;
         }
@@ -535,6 +550,7 @@ impl Check<'_> {
             batch_max_samples: batch_max_samples?,
             batch_max_delay: batch_max_delay?,
             payload: payload?,
+            pending_write_max_age: pending_write_max_age?,
         })
     }
 

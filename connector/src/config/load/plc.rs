@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use toml::Spanned;
 
-use super::{is_env_name, optional, Check, Span};
+use super::{is_env_name, optional, Check, Span, DEFAULT_MAX_CONCURRENT_COMMANDS};
 use crate::config::raw::{self, RawAuth, RawBrowse, RawGroup, RawNode, RawPlc};
 use crate::config::types::*;
 
@@ -62,7 +62,16 @@ impl Check<'_> {
                 }
             });
         let (policy, mode) = self.security(raw, key);
-        let auth = self.auth(raw.auth.as_ref(), span, key);
+        let auth = self.auth(raw.auth.as_ref(), span.clone(), key);
+        if let (Some(SecurityMode::None), Some(Auth::UserName { .. })) = (&mode, &auth) {
+            self.warn(span, &format!("{key}.auth"), "a username on a channel with security_mode = \"None\": the password crosses the network in clear; use security_mode = \"SignAndEncrypt\" (or a certificate)");
+        }
+        let max_concurrent_commands = match &raw.max_concurrent_commands {
+            None => Some(DEFAULT_MAX_CONCURRENT_COMMANDS),
+            Some(n) => self
+                .count(n, &format!("{key}.max_concurrent_commands"))
+                .map(NonZeroUsize::get),
+        };
 
         let mut groups = Vec::new();
         let mut names: Vec<(String, usize)> = Vec::new();
@@ -89,6 +98,7 @@ impl Check<'_> {
             security_mode: mode?,
             auth: auth?,
             groups: groups.into_iter().collect::<Option<_>>()?,
+            max_concurrent_commands: max_concurrent_commands?,
         })
     }
 

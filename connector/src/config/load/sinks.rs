@@ -148,7 +148,12 @@ impl Check<'_> {
     pub(super) fn metrics(&mut self, raw: &RawMetrics) -> Option<MetricsConfig> {
         let listen = self.required(&raw.listen, self.header("metrics"), "metrics.listen")?;
         match listen.get_ref().parse::<SocketAddr>() {
-            Ok(listen) => Some(MetricsConfig { listen }),
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn(Some(listen.span()), "metrics.listen", format!("{addr} is not a loopback address: /metrics and /healthz (line, plc and destination names, counters) are served without authentication to every network it reaches; use 127.0.0.1 unless a firewall or proxy guards it"));
+                }
+                Some(MetricsConfig { listen: addr })
+            }
             Err(_) => {
                 let message = format!(
                     "{:?} is not an address: write IP:PORT, e.g. \"127.0.0.1:9464\"",

@@ -11,6 +11,13 @@ use crate::config::types::*;
 
 pub const DEFAULT_METHOD_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default `[[plc]] max_concurrent_commands`: cloud writes and method calls running at once
+/// on one PLC.
+pub const DEFAULT_MAX_CONCURRENT_COMMANDS: usize = 4;
+
+/// Default `[hub] pending_write_max_age`: how long a desired value may wait for its PLC.
+pub const DEFAULT_PENDING_WRITE_MAX_AGE: Duration = Duration::from_secs(3600);
+
 impl Check<'_> {
     /// `plc = "..."` of a write or method: must name a configured plc.
     fn plc_ref(&mut self, value: &Spanned<String>, key: &str, plcs: &[String]) -> Option<String> {

@@ -15,6 +15,9 @@ use super::{add, request_id, text, CommandTopics, Done, MethodAnswer, Reply, Ser
 use crate::cloud::control::Message;
 use crate::cloud::hub::topics;
 use crate::writes::plc::{self, CallError, Signature};
+use crate::writes::requests::check_id;
+use crate::writes::state::cut;
+use crate::writes::MAX_PROPERTY_BYTES;
 
 impl Service {
     /// `$iothub/methods/POST/{name}/?$rid={rid}`: a direct method call.
@@ -36,6 +39,14 @@ impl Service {
 
     /// A message on `{command_topic}/method/{name}`.
     pub(super) fn mqtt_method(&mut self, name: String, msg: Message, topics: &CommandTopics) {
+        if name.len() > MAX_PROPERTY_BYTES {
+            add(&self.metrics.calls_unknown);
+            let e = format!(
+                "method name is {} bytes; at most {MAX_PROPERTY_BYTES}: not answered",
+                name.len()
+            );
+            return self.malformed("method request", &e);
+        }
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Call {
@@ -54,15 +65,14 @@ impl Service {
             correlation: msg.correlation.clone(),
         };
         let call = match serde_json::from_slice::<Call>(&msg.payload) {
-            Ok(c) if !c.id.is_empty() => c,
-            Ok(_) => {
-                add(&self.metrics.calls_bad_arguments);
-                self.malformed("method request", &"empty id");
-                return self.reply(
-                    &to(""),
-                    &method_body("", &name, 400, Err("empty id".into())),
-                );
-            }
+            Ok(c) => match check_id(&c.id) {
+                Ok(()) => c,
+                Err(e) => {
+                    add(&self.metrics.calls_bad_arguments);
+                    self.malformed("method request", &e);
+                    return self.reply(&to(""), &method_body("", &name, 400, Err(e.to_string())));
+                }
+            },
             Err(e) => {
                 add(&self.metrics.calls_bad_arguments);
                 self.malformed("method request", &e);
@@ -82,7 +92,7 @@ impl Service {
             add(&self.metrics.calls_bad_arguments);
             info!(target: "audit", who = %format!("request {}", call.id), method = %name, result = 400, detail = "expired", "call refused");
             let body = method_body(&call.id, &name, 400, Err("expired".into()));
-            self.state.finish(&call.id, body.clone());
+            self.state.finish(&call.id, &body);
             return self.reply(&reply, &body);
         }
         self.method(&name, call.args, MethodAnswer::Mqtt(reply));
@@ -96,9 +106,23 @@ impl Service {
         let Some(m) = self.methods.iter().find(|m| m.name == name).cloned() else {
             add(&self.metrics.calls_unknown);
             info!(target: "audit", who = %who, method = %name, result = 404, "unknown method");
-            let err = format!("unknown method {name:?}");
+            let err = format!("unknown method {:?}", cut(name, 64));
             return self.method_answer(&answer, name, 404, Err(err));
         };
+        if let Some(detail) = self.busy(&m.plc) {
+            match &answer {
+                MethodAnswer::Hub { rid } => self.publish_hub(
+                    topics::method_response(503, rid),
+                    &json!({ "error": detail }),
+                ),
+                MethodAnswer::Mqtt(reply) => {
+                    // Not remembered: the same id may ask again.
+                    self.state.forget(&reply.id);
+                    self.reply(reply, &method_body(&reply.id, name, 503, Err(detail)));
+                }
+            }
+            return;
+        }
         let state = self.plcs.get(&m.plc);
         let Some(link) = state.and_then(|s| s.link.clone()) else {
             add(&self.metrics.calls_failed);
@@ -107,6 +131,7 @@ impl Service {
             return self.method_answer(&answer, name, 500, Err(err));
         };
         let cached = state.and_then(|s| s.signatures.get(name).cloned());
+        self.running(&m.plc, true);
         let done = self.done_tx.clone();
         let name = name.to_owned();
         info!(target: "audit", who = %who, method = %name, plc = %m.plc, object = %m.object, args = %text(&payload), "calling");
@@ -172,6 +197,14 @@ impl Service {
         signature: Option<Signature>,
         result: Result<Value, CallError>,
     ) {
+        if let Some(plc) = self
+            .methods
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.plc.clone())
+        {
+            self.running(&plc, false);
+        }
         if let (Some(sig), Some(m)) = (signature, self.methods.iter().find(|m| m.name == name)) {
             if let Some(s) = self.plcs.get_mut(&m.plc) {
                 if s.link.as_ref().is_some_and(|l| l.generation == generation) {
@@ -229,7 +262,7 @@ impl Service {
             }
             MethodAnswer::Mqtt(reply) => {
                 let body = method_body(&reply.id, name, code, out);
-                self.state.finish(&reply.id, body.clone());
+                self.state.finish(&reply.id, &body);
                 self.reply(reply, &body);
             }
         }

@@ -37,12 +37,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::plc::{self, CallError, Failure, Fitness, Signature};
-use super::state::State;
-use crate::cloud::control::{Inbound, Outbound, ServiceEnds};
+use super::requests::MAX_ERROR_CHARS;
+use super::state::{cut, State};
+use super::MAX_ID_BYTES;
+use crate::cloud::control::INBOUND_QUEUE;
+use crate::cloud::control::{Answers, Inbound, Outbound, Requests, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
+use crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS;
 use crate::config::types::{MethodMapping, WriteMapping};
 use crate::metrics::WriteMetrics;
 use crate::opcua::link::{Link, LinkReceiver};
+use crate::ratelog::RateLog;
 
 mod methods;
 mod requests;
@@ -67,6 +72,8 @@ fn add(c: &AtomicU64) {
 /// Topics of the plain-MQTT command interface.
 #[derive(Debug, Clone)]
 pub struct CommandTopics {
+    /// The expanded `command_topic`: MQTT 5 response topics must be under `{base}/`.
+    pub base: String,
     pub write: String,
     pub write_response: String,
     /// `{base}/method/`: a method name follows (answers on `{base}/method/{name}/response`,
@@ -78,6 +85,7 @@ impl CommandTopics {
     /// From the expanded `command_topic` base.
     pub fn new(base: &str) -> CommandTopics {
         CommandTopics {
+            base: base.to_owned(),
             write: format!("{base}/write"),
             write_response: format!("{base}/write/response"),
             method_prefix: format!("{base}/method/"),
@@ -87,6 +95,15 @@ impl CommandTopics {
     /// Where the answer to a call of method `name` goes.
     pub fn method_response(&self, name: &str) -> String {
         format!("{}{name}/response", self.method_prefix)
+    }
+
+    /// Whether an MQTT 5 response topic may be used: only under `{base}/` (a request must not
+    /// make the connector publish elsewhere on the broker with its credentials).
+    pub fn response_allowed(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(&self.base)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['+', '#']))
     }
 
     /// What the sender subscribes to.
@@ -106,6 +123,10 @@ pub struct Setup {
     /// The persisted state file.
     pub state_file: std::path::PathBuf,
     pub metrics: Arc<WriteMetrics>,
+    /// `max_concurrent_commands` by PLC id (absent: the default).
+    pub limits: HashMap<String, usize>,
+    /// `[hub] pending_write_max_age`.
+    pub pending_max_age: Duration,
 }
 
 /// Who asked, for answers and the audit record.
@@ -140,6 +161,9 @@ struct Property {
     pending: Option<Want>,
     running: bool,
     last_write: Option<Instant>,
+    /// The desired version last seen for this property and when it first arrived (the age
+    /// of a waiting write).
+    arrived: Option<(i64, Instant)>,
 }
 
 /// The state of one PLC as the service knows it.
@@ -151,6 +175,15 @@ struct PlcState {
     /// Connected at least once since the start.
     ever_linked: bool,
     signatures: HashMap<String, Signature>,
+    /// Writes and calls running on this PLC, and how many may.
+    running: usize,
+    limit: usize,
+}
+
+impl PlcState {
+    fn busy(&self) -> bool {
+        self.running >= self.limit
+    }
 }
 
 enum Done {
@@ -188,8 +221,8 @@ struct Service {
     props: HashMap<String, Property>,
     state: State,
     metrics: Arc<WriteMetrics>,
-    hub_out: Option<mpsc::UnboundedSender<Outbound>>,
-    mqtt_out: Option<mpsc::UnboundedSender<Outbound>>,
+    hub_out: Option<Answers>,
+    mqtt_out: Option<Answers>,
     topics: Option<CommandTopics>,
     done_tx: mpsc::UnboundedSender<Done>,
     rid: u64,
@@ -198,12 +231,15 @@ struct Service {
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.
     held: Vec<(bool, Inbound)>,
+    /// Twin acknowledgements sent and waiting to be sent again.
+    acks: twin::Acks,
+    pending_max_age: Duration,
 }
 
 /// What the loop of [`run`] waits on besides the tick.
 struct Inputs {
-    hub_in: Option<mpsc::Receiver<Inbound>>,
-    mqtt_in: Option<mpsc::Receiver<Inbound>>,
+    hub_in: Option<Requests>,
+    mqtt_in: Option<Requests>,
     /// Session changes of every PLC, merged.
     link_rx: mpsc::UnboundedReceiver<(String, Option<Link>)>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -219,7 +255,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             Some(m) = recv(&mut inputs.hub_in) => svc.hub(m),
             Some(m) = recv(&mut inputs.mqtt_in) => {
-                if svc.starting() {
+                if svc.starting() && svc.held.len() < INBOUND_QUEUE {
                     svc.held.push((false, m));
                 } else {
                     svc.mqtt(m);
@@ -232,7 +268,7 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
     }
 }
 
-async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+async fn recv(rx: &mut Option<Requests>) -> Option<Inbound> {
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
@@ -256,14 +292,16 @@ fn who(origin: &Origin) -> String {
     }
 }
 
-/// The `id` of a request that did not parse, if it has a string one.
+/// The `id` of a request that did not parse, if it has a string one no longer than
+/// [`MAX_ID_BYTES`] (a longer one is not echoed: the answer has an empty id).
 fn request_id(payload: &[u8]) -> String {
     serde_json::from_slice::<Value>(payload)
         .ok()
         .and_then(|v| {
             v.get("id")
                 .and_then(Value::as_str)
-                .map(|s| s.chars().take(200).collect())
+                .filter(|s| s.len() <= MAX_ID_BYTES)
+                .map(str::to_owned)
         })
         .unwrap_or_default()
 }
@@ -280,6 +318,8 @@ impl Service {
             mqtt,
             state_file,
             metrics,
+            limits,
+            pending_max_age,
         } = setup;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // Session changes of every PLC, merged.
@@ -294,6 +334,12 @@ impl Service {
                     checked: false,
                     ever_linked: false,
                     signatures: HashMap::new(),
+                    running: 0,
+                    limit: limits
+                        .get(&plc)
+                        .copied()
+                        .unwrap_or(DEFAULT_MAX_CONCURRENT_COMMANDS)
+                        .max(1),
                 },
             );
             let tx = link_tx.clone();
@@ -332,6 +378,8 @@ impl Service {
             twin_get: None,
             started: Instant::now(),
             held: Vec::new(),
+            acks: twin::Acks::new(),
+            pending_max_age,
         };
         let inputs = Inputs {
             hub_in,
@@ -349,7 +397,7 @@ impl Service {
 
     fn publish_hub(&self, topic: String, body: &Value) {
         if let Some(out) = &self.hub_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic,
                 payload: body.to_string().into_bytes(),
                 correlation: None,
@@ -359,7 +407,7 @@ impl Service {
 
     fn reply(&self, to: &Reply, body: &Value) {
         if let Some(out) = &self.mqtt_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic: to.topic.clone(),
                 payload: body.to_string().into_bytes(),
                 correlation: to.correlation.clone(),
@@ -367,15 +415,48 @@ impl Service {
         }
     }
 
+    /// A request that cannot be understood: counted, and logged the first time and then once
+    /// a minute with the count left out (a flood cannot fill the log).
     fn malformed(&self, what: &str, error: &dyn std::fmt::Display) {
+        static LOG: RateLog = RateLog::per_minute();
         add(&self.metrics.malformed);
-        warn!(target: "audit", what, error = %error, result = 400, "malformed request ignored: nothing written");
+        if let Some(suppressed) = LOG.hit() {
+            let error = cut(&error.to_string(), MAX_ERROR_CHARS);
+            warn!(target: "audit", what, error = %error, result = 400, suppressed, "malformed request ignored: nothing written");
+        }
     }
 
     /// Just started and some PLC not connected (and checked) yet: requests wait a little
     /// rather than fail.
     fn starting(&self) -> bool {
         self.started.elapsed() < STARTUP_GRACE && self.plcs.values().any(|s| !s.checked)
+    }
+
+    /// The PLC `plc` runs `max_concurrent_commands` writes and calls already: counted, and
+    /// logged (rate-limited); the text of the 503 answer.
+    fn busy(&self, plc: &str) -> Option<String> {
+        static LOG: RateLog = RateLog::per_minute();
+        let s = self.plcs.get(plc).filter(|s| s.busy())?;
+        add(&self.metrics.busy);
+        let detail = format!(
+            "busy: plc {plc} is running {} writes and calls (max_concurrent_commands); ask again later",
+            s.running
+        );
+        if let Some(suppressed) = LOG.hit() {
+            warn!(target: "audit", plc = %plc, result = 503, suppressed, "{detail}");
+        }
+        Some(detail)
+    }
+
+    /// A write or call on `plc` started (`+1`) or ended (`-1`).
+    fn running(&mut self, plc: &str, started: bool) {
+        if let Some(s) = self.plcs.get_mut(plc) {
+            s.running = if started {
+                s.running + 1
+            } else {
+                s.running.saturating_sub(1)
+            };
+        }
     }
 
     // ---- routing ----
@@ -395,7 +476,9 @@ impl Service {
                 self.twin_response(status, rid, &msg.payload)
             }
             Ok(Incoming::DesiredPatch { .. }) => self.desired_patched(&msg.payload),
-            Ok(Incoming::MethodRequest { .. }) if self.starting() => {
+            Ok(Incoming::MethodRequest { .. })
+                if self.starting() && self.held.len() < INBOUND_QUEUE =>
+            {
                 self.held.push((true, Inbound::Message(msg)));
             }
             Ok(Incoming::MethodRequest { name, rid }) => {
@@ -412,6 +495,21 @@ impl Service {
         let Some(topics) = self.topics.clone() else {
             return;
         };
+        let mut msg = msg;
+        if let Some(rt) = msg.response_topic.take() {
+            if topics.response_allowed(&rt) {
+                msg.response_topic = Some(rt);
+            } else {
+                self.malformed(
+                    "mqtt 5 response topic",
+                    &format!(
+                        "{:?} is not under {}/: ignored, answered on the default topic",
+                        cut(&rt, 64),
+                        topics.base
+                    ),
+                );
+            }
+        }
         if msg.topic == topics.write {
             self.write_request(msg, &topics);
         } else if let Some(name) = msg.topic.strip_prefix(&topics.method_prefix) {
@@ -525,6 +623,7 @@ impl Service {
             }
         }
         self.twin_get_overdue();
+        self.acks_due();
         let waiting: Vec<String> = self
             .props
             .iter()

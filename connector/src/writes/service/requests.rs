@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::write::rate_wait;
 use super::{add, request_id, text, who, CommandTopics, Origin, Reply, Service};
-use crate::cloud::control::{Inbound, Message};
+use crate::cloud::control::{Inbound, Message, INBOUND_QUEUE};
 use crate::writes::ack::write_response;
 use crate::writes::coerce::coerce;
 use crate::writes::requests::{expired, find_mapping, parse_request};
@@ -59,10 +59,14 @@ impl Service {
             .plcs
             .get(&mapping.plc)
             .is_some_and(|s| s.link.is_some() && !s.checked);
-        if checking {
+        if checking && self.held.len() < INBOUND_QUEUE {
             // Just connected, its nodes being checked: answered right after.
             self.held.push((false, Inbound::Message(msg)));
             return;
+        }
+        if let Some(detail) = self.busy(&mapping.plc) {
+            // Not remembered: the same id may ask again.
+            return self.reply(&reply, &write_response(&req.id, 503, &detail, None));
         }
         self.state.begin(&req.id);
         if expired(&req, Utc::now()) {

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use super::twin::TWIN_GET_TIMEOUT;
 use super::write::rate_wait;
 use super::{run, CommandTopics, Inputs, Service, Setup, STARTUP_GRACE};
-use crate::cloud::control::{Inbound, Message, Outbound, ServiceEnds};
+use crate::cloud::control::{Answers, Inbound, Message, Outbound, ServiceEnds};
 use crate::metrics::WriteMetrics;
 use crate::opcua::link::Link;
+use crate::writes::MAX_ID_BYTES;
 
 /// The expanded `command_topic` of the line.
 const BASE: &str = "opcua/plant-1/line-a/cmd";
@@ -70,9 +71,9 @@ const NOT_CONNECTED_REQUEST: &str = "BadNotConnected: plc filler is not connecte
 /// The service's far ends: what the cloud connections and the PLC session task hold.
 struct Ends {
     hub: mpsc::Sender<Inbound>,
-    hub_out: mpsc::UnboundedReceiver<Outbound>,
+    hub_out: mpsc::Receiver<Outbound>,
     mqtt: mpsc::Sender<Inbound>,
-    mqtt_out: mpsc::UnboundedReceiver<Outbound>,
+    mqtt_out: mpsc::Receiver<Outbound>,
     metrics: Arc<WriteMetrics>,
     /// The PLC's session as its session task publishes it: `None`, never connected.
     _plc: watch::Sender<Option<Link>>,
@@ -82,9 +83,9 @@ struct Ends {
 fn setup(state_file: &Path) -> (Setup, Ends) {
     let config = crate::config::parse(Path::new("t.toml"), LINE).unwrap_or_else(|e| panic!("{e}"));
     let (hub_in_tx, hub_in) = mpsc::channel(16);
-    let (hub_out, hub_out_rx) = mpsc::unbounded_channel();
+    let (hub_out, hub_out_rx) = Answers::channel(1024, Arc::default());
     let (mqtt_in_tx, mqtt_in) = mpsc::channel(16);
-    let (mqtt_out, mqtt_out_rx) = mpsc::unbounded_channel();
+    let (mqtt_out, mqtt_out_rx) = Answers::channel(1024, Arc::default());
     let (plc_tx, plc_rx) = watch::channel(None);
     let metrics = Arc::new(WriteMetrics::default());
     let setup = Setup {
@@ -92,18 +93,24 @@ fn setup(state_file: &Path) -> (Setup, Ends) {
         methods: config.methods,
         links: vec![("filler".to_owned(), plc_rx)],
         hub: Some(ServiceEnds {
-            inbound: hub_in,
+            inbound: hub_in.into(),
             outbound: hub_out,
         }),
         mqtt: Some((
             ServiceEnds {
-                inbound: mqtt_in,
+                inbound: mqtt_in.into(),
                 outbound: mqtt_out,
             },
             CommandTopics::new(BASE),
         )),
         state_file: state_file.to_owned(),
         metrics: metrics.clone(),
+        limits: config
+            .plcs
+            .iter()
+            .map(|p| (p.id.clone(), p.max_concurrent_commands))
+            .collect(),
+        pending_max_age: crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE,
     };
     let ends = Ends {
         hub: hub_in_tx,
@@ -144,7 +151,7 @@ fn message(topic: &str, payload: &[u8]) -> Message {
 }
 
 /// What was published since the last look: (topic, body as JSON, `Null` when empty).
-fn sent(out: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(String, Value)> {
+fn sent(out: &mut mpsc::Receiver<Outbound>) -> Vec<(String, Value)> {
     let mut all = Vec::new();
     while let Ok(o) = out.try_recv() {
         let body = if o.payload.is_empty() {
@@ -186,7 +193,12 @@ struct Line {
 
 impl Line {
     async fn start(state_file: &Path) -> Line {
-        let (setup, ends) = setup(state_file);
+        Line::start_with(state_file, |_| {}).await
+    }
+
+    async fn start_with(state_file: &Path, tweak: impl FnOnce(&mut Setup)) -> Line {
+        let (mut setup, ends) = setup(state_file);
+        tweak(&mut setup);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(run(setup, shutdown.clone()));
         let started = Instant::now();
@@ -260,7 +272,7 @@ impl Line {
 #[tokio::test(start_paused = true)]
 async fn twin_get_after_connack_is_asked_again_after_its_timeout_not_before() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     assert!(line.hub_sent().is_empty(), "nothing before the ConnAck");
     line.hub_connected().await;
     assert_eq!(line.hub_sent(), [twin_get("1")]);
@@ -289,7 +301,7 @@ async fn twin_get_after_connack_is_asked_again_after_its_timeout_not_before() {
 #[tokio::test(start_paused = true)]
 async fn twin_get_refused_by_the_hub_is_asked_again_after_2_s() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.hub_connected().await;
     assert_eq!(line.hub_sent(), [twin_get("1")]);
     line.hub("$iothub/twin/res/429/?$rid=1", b"").await;
@@ -308,7 +320,7 @@ async fn twin_get_refused_by_the_hub_is_asked_again_after_2_s() {
 #[tokio::test(start_paused = true)]
 async fn twin_get_answer_is_reconciled_with_the_acks_already_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.hub_connected().await;
     assert_eq!(line.hub_sent(), [twin_get("1")]);
     let twin = json!({
@@ -355,7 +367,7 @@ async fn twin_get_answer_is_reconciled_with_the_acks_already_reported() {
 #[tokio::test(start_paused = true)]
 async fn twin_write_to_a_plc_not_connected_is_answered_500_after_the_startup_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.desired(json!({"speed": 100, "$version": 3})).await;
     let mut answered = None;
     for _ in 0..100 {
@@ -399,7 +411,7 @@ async fn twin_write_to_a_plc_not_connected_is_answered_500_after_the_startup_gra
 #[tokio::test(start_paused = true)]
 async fn twin_unmapped_desired_property_is_refused_400_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.desired(json!({"$version": 4, "color": "red", "gone": null, "recipe": {"size": 2}}))
         .await;
     assert_eq!(
@@ -420,7 +432,7 @@ async fn twin_unmapped_desired_property_is_refused_400_at_once() {
 #[tokio::test(start_paused = true)]
 async fn twin_version_already_handled_is_not_answered_again() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
+    let state = dir.path().join("state.jsonl");
     let mut line = Line::start(&state).await;
     // Out of range: refused (400) before any PLC is needed, so handled at version 5.
     line.desired(json!({"speed": 5000, "$version": 5})).await;
@@ -457,7 +469,7 @@ async fn twin_version_already_handled_is_not_answered_again() {
 #[tokio::test(start_paused = true)]
 async fn hub_message_on_an_unknown_topic_is_counted_malformed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.hub("$iothub/something/else", b"{}").await;
     let patch = "$iothub/twin/PATCH/properties/desired/?$version=1";
     line.hub(patch, b"{").await;
@@ -473,7 +485,7 @@ async fn hub_message_on_an_unknown_topic_is_counted_malformed() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_requests_wait_for_the_startup_grace_then_are_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.write(json!({"id": "r1", "property": "speed", "value": 10}))
         .await;
     line.mqtt(&format!("{BASE}/method/reset"), br#"{"id": "m1"}"#)
@@ -503,7 +515,7 @@ async fn mqtt_requests_wait_for_the_startup_grace_then_are_answered() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_expired_request_is_refused_400() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.after_grace().await;
     line.write(json!({"id": "r1", "property": "speed", "value": 10,
         "expires": "2020-01-01T00:00:00Z"}))
@@ -522,7 +534,7 @@ async fn mqtt_expired_request_is_refused_400() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_malformed_request_is_counted_and_answered_400() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.after_grace().await;
     let topic = format!("{BASE}/write");
     line.mqtt(&topic, b"{not json").await;
@@ -540,11 +552,11 @@ async fn mqtt_malformed_request_is_counted_and_answered_400() {
     // With a readable id, the answer carries it; with an MQTT 5 response topic, it goes there
     // with the correlation data.
     let mut m = message(&topic, br#"{"id": "r2", "property": "speed"}"#);
-    m.response_topic = Some("replies/r2".into());
+    m.response_topic = Some(format!("{BASE}/replies/r2"));
     m.correlation = Some(b"c-2".to_vec());
     line.mqtt_message(m).await;
     let out = line.ends.mqtt_out.try_recv().unwrap();
-    assert_eq!(out.topic, "replies/r2");
+    assert_eq!(out.topic, format!("{BASE}/replies/r2"));
     assert_eq!(out.correlation.as_deref(), Some(&b"c-2"[..]));
     let body: Value = serde_json::from_slice(&out.payload).unwrap();
     assert_eq!(body["id"], "r2");
@@ -560,14 +572,78 @@ async fn mqtt_malformed_request_is_counted_and_answered_400() {
     line.mqtt(&format!("{BASE}/other"), b"{}").await;
     assert!(line.mqtt_sent().is_empty());
     assert_eq!(count(&line.metrics().malformed), 3);
+    // An MQTT 5 response topic outside {base}/ is ignored (counted): the answer goes to the
+    // default topic.
+    for outside in [
+        "elsewhere/r3",
+        "opcua/plant-1/line-a/cmdx/r3",
+        &format!("{BASE}/#"),
+    ] {
+        let mut m = message(&topic, br#"{"id": "r3", "property": "speed"}"#);
+        m.response_topic = Some(outside.to_owned());
+        line.mqtt_message(m).await;
+        let out = line.ends.mqtt_out.try_recv().unwrap();
+        assert_eq!(out.topic, format!("{BASE}/write/response"), "{outside}");
+    }
+    assert_eq!(count(&line.metrics().malformed), 9);
     assert_eq!(count(&line.metrics().writes_refused), 0);
     line.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
+async fn mqtt_oversized_ids_and_properties_are_refused_400_and_not_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.jsonl");
+    let mut line = Line::start(&state).await;
+    line.after_grace().await;
+    let long = "i".repeat(MAX_ID_BYTES + 1);
+    let fits = "i".repeat(MAX_ID_BYTES);
+    line.write(json!({"id": long, "property": "speed", "value": "v".repeat(100_000)}))
+        .await;
+    line.write(json!({"id": "r1", "property": "p".repeat(129), "value": 1}))
+        .await;
+    line.write(json!({"id": fits, "property": "speed", "value": 5000}))
+        .await;
+    let out = line.mqtt_sent();
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert_eq!(
+        out[0].1,
+        json!({"id": "", "status": 400, "detail": "malformed: id is 129 bytes; at most 128"})
+    );
+    assert_eq!(
+        out[1].1,
+        json!({"id": "r1", "status": 400, "detail": "malformed: property is 129 bytes; at most 128"})
+    );
+    assert_eq!(out[2].1["id"], json!(fits));
+    assert_eq!(out[2].1["status"], 400);
+    assert_eq!(count(&line.metrics().malformed), 2);
+    // A method call with a long id, or a long method name: refused, not remembered.
+    line.mqtt(
+        &format!("{BASE}/method/reset"),
+        json!({"id": long}).to_string().as_bytes(),
+    )
+    .await;
+    line.mqtt(
+        &format!("{BASE}/method/{}", "m".repeat(200)),
+        br#"{"id": "m1"}"#,
+    )
+    .await;
+    let out = line.mqtt_sent();
+    assert_eq!(out.len(), 1, "the long name is not answered: {out:?}");
+    assert_eq!(out[0].1["id"], "");
+    assert_eq!(out[0].1["error"], "malformed: id is 129 bytes; at most 128");
+    assert_eq!(count(&line.metrics().malformed), 4);
+    line.stop().await;
+    let kept = std::fs::read_to_string(&state).unwrap();
+    assert!(!kept.contains(&long), "the long id is not kept");
+    assert!(!kept.contains("vvvv"), "no value is kept");
+    assert!(kept.contains(&fits));
+}
+
+#[tokio::test(start_paused = true)]
 async fn mqtt_repeated_request_id_is_answered_as_duplicate_not_applied_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.json");
+    let state = dir.path().join("state.jsonl");
     let mut line = Line::start(&state).await;
     line.after_grace().await;
     line.write(json!({"id": "r3", "property": "speed", "value": 10}))
@@ -577,8 +653,10 @@ async fn mqtt_repeated_request_id_is_answered_as_duplicate_not_applied_twice() {
     // The same id, even with another value: the first answer, marked.
     line.write(json!({"id": "r3", "property": "speed", "value": 20}))
         .await;
+    // Remembered without the value (the state keeps id, status and detail).
     let mut again = first.clone();
     again["duplicate"] = json!(true);
+    again.as_object_mut().unwrap().remove("value");
     assert_eq!(line.mqtt_sent(), [write_answer(again.clone())]);
     assert_eq!(count(&line.metrics().duplicates), 1);
     assert_eq!(
@@ -600,7 +678,7 @@ async fn mqtt_repeated_request_id_is_answered_as_duplicate_not_applied_twice() {
 #[tokio::test(start_paused = true)]
 async fn mqtt_request_for_an_unmapped_or_unfit_value_is_refused_400() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.after_grace().await;
     line.write(json!({"id": "r4", "property": "nope", "value": 1}))
         .await;
@@ -658,7 +736,7 @@ fn request(body: Value) -> Inbound {
 #[tokio::test(start_paused = true)]
 async fn mqtt_request_within_max_rate_of_the_last_write_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut svc, _inputs, mut ends) = service(&dir.path().join("state.json"));
+    let (mut svc, _inputs, mut ends) = service(&dir.path().join("state.jsonl"));
     let rate_limited = "malformed: rate limited: at most one write per 1000 ms to speed";
     svc.mqtt(request(
         json!({"id": "a", "property": "speed", "value": 10}),
@@ -691,7 +769,7 @@ async fn mqtt_request_within_max_rate_of_the_last_write_is_refused() {
 #[tokio::test(start_paused = true)]
 async fn twin_value_within_max_rate_waits_for_the_interval_and_the_latest_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut svc, _inputs, mut ends) = service(&dir.path().join("state.json"));
+    let (mut svc, _inputs, mut ends) = service(&dir.path().join("state.jsonl"));
     let patch = |version: i64, speed: i64| {
         let body = json!({"speed": speed, "$version": version});
         Inbound::Message(message(
@@ -731,7 +809,7 @@ async fn twin_value_within_max_rate_waits_for_the_interval_and_the_latest_wins()
 #[tokio::test(start_paused = true)]
 async fn unknown_method_is_404_over_the_hub_and_mqtt() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.after_grace().await;
     line.hub("$iothub/methods/POST/nope/?$rid=7", b"{}").await;
     assert_eq!(
@@ -759,7 +837,7 @@ async fn unknown_method_is_404_over_the_hub_and_mqtt() {
 #[tokio::test(start_paused = true)]
 async fn method_of_a_plc_not_connected_is_500() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     // Held during the startup grace, then answered.
     line.hub("$iothub/methods/POST/reset/?$rid=8", b"").await;
     step(STARTUP_GRACE - Duration::from_millis(100)).await;
@@ -796,7 +874,7 @@ async fn method_of_a_plc_not_connected_is_500() {
 #[tokio::test(start_paused = true)]
 async fn method_with_bad_json_or_expired_is_400() {
     let dir = tempfile::tempdir().unwrap();
-    let mut line = Line::start(&dir.path().join("state.json")).await;
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
     line.after_grace().await;
     line.hub("$iothub/methods/POST/reset/?$rid=9", b"{oops")
         .await;
@@ -836,7 +914,7 @@ async fn method_with_bad_json_or_expired_is_400() {
         errors[0]
     );
     assert!(errors[1].starts_with("malformed: "), "{}", errors[1]);
-    assert_eq!(errors[2], "empty id");
+    assert_eq!(errors[2], "malformed: empty id");
     assert_eq!(errors[3], "expired");
     assert_eq!(count(&line.metrics().calls_bad_arguments), 5);
     assert_eq!(
@@ -861,4 +939,84 @@ fn command_topics_of_a_base() {
         t.subscriptions(),
         [format!("{BASE}/write"), format!("{BASE}/method/+")]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttled_or_unanswered_acknowledgements_are_sent_again_latest_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut line = Line::start(&dir.path().join("state.jsonl")).await;
+    line.desired(json!({"speed": 5000, "$version": 5})).await;
+    let v5 = json!({"speed": {"value": 5000, "ac": 400, "av": 5,
+        "ad": "out of range: 5000 not in [0, 1200]"}});
+    assert_eq!(line.hub_sent(), [reported("1", v5.clone())]);
+    // Throttled: sent again after the back-off (1 s + jitter), with a new request id.
+    line.hub("$iothub/twin/res/429/?$rid=1", b"").await;
+    step(Duration::from_millis(900)).await;
+    assert!(line.hub_sent().is_empty(), "not before the back-off");
+    step(Duration::from_millis(500)).await;
+    assert_eq!(line.hub_sent(), [reported("2", v5.clone())]);
+    assert_eq!(count(&line.metrics().acks_retried), 1);
+    // A 5xx for it, and a newer acknowledgement of the same property meanwhile: only the
+    // newer one exists; the old one is not sent again.
+    line.hub("$iothub/twin/res/503/?$rid=2", b"").await;
+    line.desired(json!({"speed": 6000, "$version": 6})).await;
+    let v6 = json!({"speed": {"value": 6000, "ac": 400, "av": 6,
+        "ad": "out of range: 6000 not in [0, 1200]"}});
+    assert_eq!(line.hub_sent(), [reported("3", v6.clone())]);
+    step(Duration::from_secs(5)).await;
+    assert!(
+        line.hub_sent().is_empty(),
+        "the older ack is not sent again"
+    );
+    // Accepted (204): nothing more. No answer at all: sent again after 30 s.
+    line.hub("$iothub/twin/res/204/?$rid=3&$version=2", b"")
+        .await;
+    line.desired(json!({"speed": 7000, "$version": 7})).await;
+    assert_eq!(line.hub_sent().len(), 1);
+    step(Duration::from_secs(29)).await;
+    assert!(line.hub_sent().is_empty());
+    step(Duration::from_secs(4)).await;
+    let again = line.hub_sent();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1["speed"]["av"], 7);
+    // Another 4xx: logged and counted, not sent again.
+    line.hub("$iothub/twin/res/400/?$rid=5", b"").await;
+    step(Duration::from_secs(120)).await;
+    assert!(line.hub_sent().is_empty());
+    assert_eq!(count(&line.metrics().acks_refused), 1);
+    assert_eq!(count(&line.metrics().acks_retried), 3);
+    line.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_twin_write_waiting_longer_than_pending_write_max_age_is_acknowledged_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut line = Line::start_with(&dir.path().join("state.jsonl"), |s| {
+        s.pending_max_age = Duration::from_secs(60);
+    })
+    .await;
+    // The PLC never connects: answered 500 after the grace, kept.
+    line.desired(json!({"speed": 300, "$version": 3})).await;
+    line.after_grace().await;
+    let out = line.hub_sent();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1["speed"]["ac"], 500);
+    line.hub("$iothub/twin/res/204/?$rid=1", b"").await;
+    // Past the maximum age: acknowledged 400 expired (same av), no longer waiting.
+    step(Duration::from_secs(50)).await;
+    assert!(line.hub_sent().is_empty(), "not before 60 s");
+    step(Duration::from_secs(5)).await;
+    let out = line.hub_sent();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1["speed"]["ac"], 400);
+    assert_eq!(out[0].1["speed"]["av"], 3);
+    let ad = out[0].1["speed"]["ad"].as_str().unwrap();
+    assert!(ad.starts_with("expired: waited 60 s for the plc"), "{ad}");
+    let rid = out[0].0.rsplit('=').next().unwrap().to_owned();
+    line.hub(&format!("$iothub/twin/res/204/?$rid={rid}"), b"")
+        .await;
+    step(Duration::from_secs(120)).await;
+    assert!(line.hub_sent().is_empty(), "handled: nothing more");
+    assert_eq!(count(&line.metrics().writes_refused), 1);
+    line.stop().await;
 }

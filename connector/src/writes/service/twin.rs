@@ -3,20 +3,23 @@
 //! twin write of each mapped desired property (when it may go: rate, PLC session, startup
 //! grace), answered in reported properties.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::write::rate_wait;
 use super::{add, text, Origin, Service, Want, STARTUP_GRACE};
+use crate::backoff::Backoff;
 use crate::cloud::control::Outbound;
 use crate::cloud::hub::topics;
+use crate::ratelog::RateLog;
 use crate::writes::ack::{reported_patch, TwinAck};
 use crate::writes::coerce::coerce;
 use crate::writes::requests::{desired_patch, find_mapping};
-use crate::writes::Refusal;
+use crate::writes::{Refusal, MAX_PROPERTY_BYTES};
 
 /// A twin GET without an answer is asked again after this.
 pub(super) const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,7 +33,7 @@ impl Service {
         let rid = self.next_rid();
         info!(rid = %rid, "asking the hub for the twin");
         if let Some(out) = &self.hub_out {
-            let _ = out.send(Outbound {
+            out.send(Outbound {
                 topic: topics::twin_get(&rid),
                 payload: Vec::new(),
                 correlation: None,
@@ -54,12 +57,7 @@ impl Service {
     pub(super) fn twin_response(&mut self, status: u16, rid: String, payload: &[u8]) {
         let ours = self.twin_get.as_ref().is_some_and(|(r, _)| *r == rid);
         if !ours {
-            if status >= 300 {
-                warn!(status, rid = %rid, "hub refused a reported-properties update");
-            } else {
-                debug!(status, rid = %rid, "reported properties updated");
-            }
-            return;
+            return self.ack_response(status, &rid);
         }
         if status == 200 {
             self.twin_get = None;
@@ -168,12 +166,25 @@ impl Service {
                 // A desired property removed from the twin: nothing was asked.
                 continue;
             }
+            if path.len() > MAX_PROPERTY_BYTES {
+                // Not a name anyone mapped, and too long to echo into reported properties.
+                self.malformed(
+                    "desired property",
+                    &format!(
+                        "name is {} bytes; at most {MAX_PROPERTY_BYTES}: not acknowledged",
+                        path.len()
+                    ),
+                );
+                continue;
+            }
             add(&self.metrics.writes_refused);
             let refusal = Refusal::NotMapped {
                 property: path.clone(),
             };
             info!(target: "audit", who = %format!("twin v{version}"), property = %path, new = %text(&value), result = 400, detail = %refusal, "write refused");
-            self.state.set_handled(&path, version);
+            // In memory only: unmapped names are not kept in the state file (at the next
+            // start the 400 acknowledgement in the twin's reported section counts).
+            self.state.raise_handled(&path, version);
             acks.push(TwinAck {
                 property: path,
                 value,
@@ -196,6 +207,9 @@ impl Service {
                 p.pending = None;
                 self.state.set_handled(&property, version);
                 continue;
+            }
+            if p.arrived.is_none_or(|(v, _)| v != version) {
+                p.arrived = Some((version, Instant::now()));
             }
             p.pending = Some(Want {
                 version,
@@ -225,6 +239,19 @@ impl Service {
             version: want.version,
         };
         let now = Instant::now();
+        let waited = p
+            .arrived
+            .filter(|(v, _)| *v == want.version)
+            .map(|(_, at)| now.saturating_duration_since(at));
+        if let Some(waited) = waited.filter(|w| *w > self.pending_max_age) {
+            // Too old to be what anyone wants now: not written, acknowledged as expired.
+            p.pending = None;
+            let r = Refusal::TooOld {
+                waited_s: waited.as_secs(),
+                max_s: self.pending_max_age.as_secs(),
+            };
+            return self.refused(&mapping, origin, want.value, &r);
+        }
         if want.not_before.is_some_and(|t| now < t) {
             return;
         }
@@ -247,6 +274,10 @@ impl Service {
             return;
         }
         let plc = self.plcs.get(&mapping.plc);
+        if plc.is_some_and(|s| s.busy() && s.link.is_some()) {
+            // max_concurrent_commands running on this PLC: tried again at the tick.
+            return;
+        }
         let ready = plc.and_then(|s| s.link.clone().filter(|_| s.checked));
         let Some(link) = ready else {
             let grace_end = self.started + STARTUP_GRACE;
@@ -280,12 +311,132 @@ impl Service {
         self.start_write(&mapping, origin, want.value, variant, link);
     }
 
+    /// Acknowledges `acks` in reported properties; each becomes the latest of its property
+    /// (replacing one waiting to be sent again).
     pub(super) fn twin_ack(&mut self, acks: &[TwinAck]) {
-        if acks.is_empty() {
+        let acks: Vec<(TwinAck, u64)> = acks
+            .iter()
+            .map(|a| {
+                self.acks.seq += 1;
+                self.acks.latest.insert(a.property.clone(), self.acks.seq);
+                self.acks.retry.remove(&a.property);
+                (a.clone(), self.acks.seq)
+            })
+            .collect();
+        self.send_acks(acks);
+    }
+
+    fn send_acks(&mut self, acks: Vec<(TwinAck, u64)>) {
+        if acks.is_empty() || self.hub_out.is_none() {
             return;
         }
         let rid = self.next_rid();
-        self.publish_hub(topics::twin_patch_reported(&rid), &reported_patch(acks));
+        let body: Vec<TwinAck> = acks.iter().map(|(a, _)| a.clone()).collect();
+        self.publish_hub(topics::twin_patch_reported(&rid), &reported_patch(&body));
+        self.acks
+            .in_flight
+            .insert(rid, (acks, Instant::now() + ACK_TIMEOUT));
+    }
+
+    /// The hub's answer to a reported-properties PATCH: 2xx done; 429 (throttled) or 5xx
+    /// (or no answer within [`ACK_TIMEOUT`]): its acknowledgements that are still the latest
+    /// of their property are sent again after a back-off; another 4xx: logged, not sent again
+    /// (the same document would be refused again).
+    fn ack_response(&mut self, status: u16, rid: &str) {
+        let Some((acks, _)) = self.acks.in_flight.remove(rid) else {
+            debug!(status, rid = %rid, "answer to an unknown request id");
+            return;
+        };
+        if (200..300).contains(&status) {
+            debug!(status, rid = %rid, "reported properties updated");
+            self.acks.backoff.reset();
+            return;
+        }
+        if status == 429 || status >= 500 {
+            self.ack_failed(acks, &format!("hub answered {status}"));
+        } else {
+            static LOG: RateLog = RateLog::per_minute();
+            add(&self.metrics.acks_refused);
+            if let Some(suppressed) = LOG.hit() {
+                let properties: Vec<&str> = acks.iter().map(|(a, _)| a.property.as_str()).collect();
+                error!(status, rid = %rid, properties = ?properties, suppressed,
+                    "hub refused a reported-properties update; not sent again");
+            }
+        }
+    }
+
+    /// A PATCH throttled, failed or unanswered: its latest acknowledgements wait for a retry.
+    fn ack_failed(&mut self, acks: Vec<(TwinAck, u64)>, why: &str) {
+        static LOG: RateLog = RateLog::per_minute();
+        add(&self.metrics.acks_retried);
+        for (ack, seq) in acks {
+            if self.acks.latest.get(&ack.property) == Some(&seq) {
+                self.acks.retry.insert(ack.property.clone(), (ack, seq));
+            }
+        }
+        let wait = self.acks.backoff.next_wait();
+        self.acks.retry_at = Instant::now() + wait;
+        if let Some(suppressed) = LOG.hit() {
+            warn!(
+                why,
+                retry_in_ms = wait.as_millis() as u64,
+                waiting = self.acks.retry.len(),
+                suppressed,
+                "reported-properties update not accepted; sent again after a back-off"
+            );
+        }
+    }
+
+    /// At the tick: PATCHes without an answer count as failed; waiting acknowledgements go
+    /// out again once their back-off has passed.
+    pub(super) fn acks_due(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<String> = self
+            .acks
+            .in_flight
+            .iter()
+            .filter(|(_, (_, deadline))| now >= *deadline)
+            .map(|(rid, _)| rid.clone())
+            .collect();
+        for rid in overdue {
+            if let Some((acks, _)) = self.acks.in_flight.remove(&rid) {
+                self.ack_failed(acks, "no answer from the hub");
+            }
+        }
+        if !self.acks.retry.is_empty() && now >= self.acks.retry_at {
+            let acks: Vec<(TwinAck, u64)> =
+                std::mem::take(&mut self.acks.retry).into_values().collect();
+            self.send_acks(acks);
+        }
+    }
+}
+
+/// A reported-properties PATCH without an answer counts as failed after this.
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The twin acknowledgements on their way to the hub.
+pub(super) struct Acks {
+    seq: u64,
+    /// The sequence number of the latest acknowledgement of each property.
+    latest: HashMap<String, u64>,
+    /// PATCHes sent, by request id: their acknowledgements and when to give up waiting.
+    in_flight: HashMap<String, (Vec<(TwinAck, u64)>, Instant)>,
+    /// Acknowledgements to send again (the latest of their property only), and when.
+    retry: BTreeMap<String, (TwinAck, u64)>,
+    retry_at: Instant,
+    backoff: Backoff,
+}
+
+impl Acks {
+    pub(super) fn new() -> Acks {
+        Acks {
+            seq: 0,
+            latest: HashMap::new(),
+            in_flight: HashMap::new(),
+            retry: BTreeMap::new(),
+            retry_at: Instant::now(),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+        }
     }
 }
 

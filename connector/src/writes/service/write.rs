@@ -68,7 +68,7 @@ impl Service {
             }
             Origin::Request(reply) => {
                 let body = write_response(&reply.id, code, &detail, Some(&value));
-                self.state.finish(&reply.id, body.clone());
+                self.state.finish(&reply.id, &body);
                 self.reply(&reply, &body);
             }
         }
@@ -116,6 +116,7 @@ impl Service {
                 return self.answer_write(&mapping.property.clone(), origin, value, 500, detail);
             }
         };
+        self.running(&mapping.plc, true);
         if let Some(p) = self.props.get_mut(&mapping.property) {
             p.last_write = Some(Instant::now());
             if matches!(origin, Origin::Twin { .. }) {
@@ -145,6 +146,7 @@ impl Service {
         let Some(mapping) = find_mapping(&self.writes, &property).cloned() else {
             return;
         };
+        self.running(&mapping.plc, false);
         let twin = matches!(origin, Origin::Twin { .. });
         if twin {
             if let Some(p) = self.props.get_mut(&property) {

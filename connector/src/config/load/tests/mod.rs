@@ -245,6 +245,7 @@ listen = "127.0.0.1:9464"
                         }],
                     },
                 ],
+                max_concurrent_commands: 4,
             },
             Plc {
                 id: "labeler".into(),
@@ -256,6 +257,7 @@ listen = "127.0.0.1:9464"
                     key_file: "certs/labeler.pem".into(),
                 },
                 groups: vec![],
+                max_concurrent_commands: 4,
             },
         ],
         pki: Pki {
@@ -311,6 +313,7 @@ listen = "127.0.0.1:9464"
             max_message_bytes: 128 << 10,
             payload: Payload::JsonGzip,
             keep_alive: Duration::from_secs(60),
+            allow_insecure_commands: false,
         }),
         hub: Some(HubConfig {
             auth: HubAuth::ConnectionString(Secret::File("/run/secrets/iothub".into())),
@@ -320,6 +323,7 @@ listen = "127.0.0.1:9464"
             batch_max_samples: NonZeroUsize::new(250).unwrap(),
             batch_max_delay: Duration::from_secs(1),
             payload: Payload::JsonGzip,
+            pending_write_max_age: Duration::from_secs(3600),
         }),
         buffer: BufferConfig {
             dir: "/var/lib/opcua-connector/buffer".into(),
@@ -328,6 +332,7 @@ listen = "127.0.0.1:9464"
             segment_bytes: 64 << 20,
             min_free: 256 << 20,
         },
+        warnings: vec![],
     };
     assert_eq!(config, expected);
 }

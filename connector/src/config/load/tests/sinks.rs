@@ -56,6 +56,7 @@ fn mqtt_defaults_fill_in_everything_but_the_url() {
             max_message_bytes: 256 << 10,
             payload: Payload::Json,
             keep_alive: Duration::from_secs(30),
+            allow_insecure_commands: false,
         }
     );
     let with_site = with_table("sink.mqtt", "url = \"mqtt://b\"")
@@ -342,6 +343,7 @@ fn hub_defaults_and_connection_string_sources() {
             batch_max_samples: NonZeroUsize::new(500).unwrap(),
             batch_max_delay: Duration::from_millis(200),
             payload: Payload::Json,
+            pending_write_max_age: Duration::from_secs(3600),
         }
     );
     // The variable is not read while loading: IOTHUB_CS does not exist here.
