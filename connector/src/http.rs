@@ -41,7 +41,7 @@ pub fn render(state: &State) -> String {
     let mut out = String::with_capacity(4096);
     let line = esc(&state.line);
     type Get = fn(&PlcMetrics) -> &AtomicU64;
-    let per_plc: [(&str, &str, &str, Get); 15] = [
+    let per_plc: [(&str, &str, &str, Get); 16] = [
         (
             "samples_received_total",
             "Samples received from the PLC.",
@@ -68,9 +68,15 @@ pub fn render(state: &State) -> String {
         ),
         (
             "write_errors_total",
-            "Failed sink writes (each logged).",
+            "Failed sink writes (logged: the first, then once a minute with the count).",
             "counter",
             |p| &p.write_errors,
+        ),
+        (
+            "samples_dropped_total",
+            "Samples that found no writer thread (it died or had stopped).",
+            "counter",
+            |p| &p.samples_dropped,
         ),
         (
             "reconnects_total",

@@ -96,6 +96,9 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
+    // Keys, certificates, state, buffers and chunks are the owner's only (0600 / 0700); a
+    // reader of the data (an upload agent) is given access by group ACLs, deliberately.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     // The demo shows its own progress; only warnings and errors interleave with it.
     let quiet = matches!(cli.command, Command::Demo { .. });

@@ -13,8 +13,11 @@ pub async fn run(path: &Path, hooks: &runner::Hooks) -> Outcome {
     for w in &config.warnings {
         warn!(file = %w.file.display(), line = w.line, key = %w.key, "insecure set-up: {}", w.message);
     }
-    let running =
-        runner::start_with(&config, hooks).map_err(|e| Failure::Runtime(e.to_string()))?;
+    let running = runner::start_with(&config, hooks).map_err(|e| match e {
+        // Another instance on the same directories: a set-up error (exit 2), not a fault.
+        runner::RunError::Locked(e) => Failure::Usage(e.to_string()),
+        e => Failure::Runtime(e.to_string()),
+    })?;
     info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");
     let fatal = running.fatal.clone();
     tokio::select! {

@@ -2,6 +2,7 @@
 //! thread per PLC and the write service, serves `/metrics`; stops it all in order
 //! ([`shutdown`]). Nothing here decides how data is handled: each piece lives in its stage.
 
+pub mod lock;
 pub mod shutdown;
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use crate::sinks::parquet::ParquetSink;
 use crate::sinks::telemetry::{Encoder, EncoderSettings};
 use crate::writes::{self, channels::Controls};
 use shutdown::{Shutdown, Stage};
-pub use shutdown::{DRAIN, GRACE};
+pub use shutdown::{BUDGET, DRAIN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -37,6 +38,8 @@ pub enum RunError {
     Hub(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Locked(#[from] lock::LockError),
 }
 
 /// A running line.
@@ -56,6 +59,7 @@ pub struct Running {
     /// exit non-zero, so that the service manager starts it afresh.
     pub fatal: CancellationToken,
     shutdown: Shutdown,
+    _locks: Vec<lock::DirLock>,
 }
 
 /// Test hooks: faults injected on purpose (none by default).
@@ -83,6 +87,7 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
         return Err(RunError::NoSink);
     }
+    let locks = lock::acquire_all(written_dirs(config))?;
     let shutdown = Shutdown::new();
     let started = shutdown.abort_on_drop();
     let fatal = CancellationToken::new();
@@ -147,9 +152,22 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         writes: write_metrics,
         metrics_addr,
         fatal,
+        _locks: locks,
         metrics,
         shutdown,
     })
+}
+
+/// The directories the line writes: PKI, Parquet, and the buffer (telemetry and write state).
+fn written_dirs(config: &Config) -> Vec<&std::path::Path> {
+    let mut dirs = vec![config.pki.dir.as_path()];
+    if let Some(p) = &config.parquet {
+        dirs.push(p.dir.as_path());
+    }
+    if config.mqtt.is_some() || config.hub.is_some() {
+        dirs.push(config.buffer.dir.as_path());
+    }
+    dirs
 }
 
 /// The telemetry destinations (broker first, then hub): per destination one outbox and one
@@ -344,8 +362,8 @@ fn serve_http(
 
 impl Running {
     /// Stops the write service and the sessions, drains every writer into its outputs, lets
-    /// the cloud connections deliver what they can ([`DRAIN`]): each stage within [`GRACE`].
+    /// the cloud connections deliver what they can ([`DRAIN`]): all within [`BUDGET`].
     pub async fn stop(self) {
-        self.shutdown.stop(GRACE).await;
+        self.shutdown.stop(BUDGET).await;
     }
 }

@@ -5,6 +5,10 @@
 //! Order: the write service (no new PLC writes), the PLC sessions (no new samples), the
 //! writer threads (queues drained into the open chunks and outboxes, chunks closed), the
 //! cloud connections (deliver what they can, the rest stays on disk), the HTTP endpoint.
+//!
+//! The whole stop fits in [`BUDGET`] (5 s: Docker, IoT Edge and systemd's defaults kill after
+//! about 10 s): each stage gets a share, and the writers (which complete the open chunks) get
+//! the most. A stage that overruns its share costs only its share.
 
 use std::time::Duration;
 
@@ -12,12 +16,22 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
-/// How long each stage may take to stop.
-pub const GRACE: Duration = Duration::from_secs(10);
+/// How long a whole stop may take.
+pub const BUDGET: Duration = Duration::from_secs(5);
 
-/// How long the cloud connections keep delivering what is buffered after their stop: half of
-/// [`GRACE`], so that a connection that gives up (broker away) still ends within it.
-pub const DRAIN: Duration = Duration::from_secs(GRACE.as_secs() / 2);
+/// Each stage's share of [`BUDGET`], in stop order: write service, PLC sessions, writers,
+/// cloud connections, HTTP endpoint.
+const SHARES: [Duration; 5] = [
+    Duration::from_millis(500),
+    Duration::from_millis(1_000),
+    Duration::from_millis(2_300),
+    Duration::from_millis(1_000),
+    Duration::from_millis(200),
+];
+
+/// How long the cloud connections keep delivering what is buffered after their stop (what
+/// is left stays on disk for the next start); within their share.
+pub const DRAIN: Duration = Duration::from_millis(700);
 
 /// The tasks of one stage and the token that tells them to stop.
 pub struct Stage {
@@ -90,15 +104,18 @@ impl Shutdown {
         self.root.clone().drop_guard()
     }
 
-    /// Stops every stage in order, each within `grace`.
-    pub async fn stop(&self, grace: Duration) {
-        for stage in [
+    /// Stops every stage in order, each within its share of `budget` ([`BUDGET`] scaled).
+    pub async fn stop(&self, budget: Duration) {
+        let total: Duration = SHARES.iter().sum();
+        let stages = [
             &self.writes,
             &self.sessions,
             &self.writers,
             &self.senders,
             &self.http,
-        ] {
+        ];
+        for (stage, share) in stages.into_iter().zip(SHARES) {
+            let grace = budget.mul_f64(share.as_secs_f64() / total.as_secs_f64());
             stage.stop(grace).await;
         }
     }
@@ -129,9 +146,10 @@ mod tests {
             .tasks
             .spawn(tokio::time::sleep(Duration::from_secs(3600)));
         let start = tokio::time::Instant::now();
-        s.stop(Duration::from_secs(2)).await;
+        s.stop(BUDGET).await;
         assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
-        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        // The stuck stage cost its share (the writers': 2.3 s of 5 s); the others none.
+        assert_eq!(start.elapsed(), Duration::from_millis(2_300));
         assert!(
             !s.root.is_cancelled(),
             "each stage was stopped by its own token"

@@ -23,6 +23,7 @@ struct Connect {
     username: String,
     password: String,
     accepted: bool,
+    at: std::time::Instant,
 }
 
 fn field(buf: &[u8], at: &mut usize) -> Option<String> {
@@ -127,6 +128,7 @@ async fn hub_double(broker: u16) -> (u16, Arc<Mutex<Vec<Connect>>>) {
                     username,
                     password,
                     accepted,
+                    at: std::time::Instant::now(),
                 });
                 if packet[0] != 0x10 || !accepted {
                     // CONNACK "not authorized", then close.
@@ -281,4 +283,69 @@ async fn a_token_signed_with_the_wrong_key_is_refused_and_telemetry_stays_buffer
     assert_eq!(sub.count(), 0, "nothing reaches the hub with a bad token");
     assert!(!hub.connected.load(std::sync::atomic::Ordering::Relaxed));
     running.stop().await;
+}
+
+/// A wrong key, for minutes: the connector backs off to at most 2 CONNECTs a minute after the
+/// first minute (IoT Hub throttles and may block a device that retries every second) and says
+/// why once, not per attempt. The connector runs as a process so that its log is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_is_retried_at_most_twice_a_minute_with_one_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let broker = start_broker();
+    let (hub_port, seen) = hub_double(broker).await;
+    let env = "E2E_HUB_CS_WRONG_PACING";
+    let text = format!(
+        "[line]\nid = \"line-p\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{}\"\n\n  [[plc.group]]\n  name = \"fast\"\n  \
+         publishing_interval = \"100ms\"\n  nodes = [\"{}\"]\n\n[pki]\ndir = \"{}\"\ntrust_unknown_servers = true\n\n\
+         [hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\n\n[buffer]\ndir = \"{}\"\n",
+        sim.sim.endpoint_url(),
+        counter_id(COUNTERS[0]),
+        dir.path().join("pki").display(),
+        dir.path().join("buffer").display(),
+    );
+    let path = dir.path().join("line.toml");
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("connector.log");
+    let start = std::time::Instant::now();
+    let mut child = std::process::Command::new(connector_bin())
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env(
+            env,
+            format!("HostName={HOST};DeviceId={DEVICE};SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="),
+        )
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawn connector");
+    // Two minutes and a bit: the second minute is the one that counts.
+    eventually(
+        "two minutes of refusals",
+        Duration::from_secs(150),
+        || async { (start.elapsed() >= Duration::from_secs(125)).then_some(()) },
+    )
+    .await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let connects = seen.lock().unwrap().clone();
+    let offsets: Vec<f64> = connects
+        .iter()
+        .map(|c| c.at.duration_since(start).as_secs_f64())
+        .collect();
+    let second_minute = offsets
+        .iter()
+        .filter(|t| (60.0..120.0).contains(*t))
+        .count();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let lines = log.matches("refused the credentials").count();
+    eprintln!(
+        "wrong key: CONNECTs at {offsets:.1?} s; {second_minute} in the second minute; {lines} log line(s)"
+    );
+    assert!(connects.iter().all(|c| !c.accepted));
+    assert!(connects.len() >= 3, "it kept trying: {offsets:?}");
+    assert!(second_minute <= 2, "{offsets:?}");
+    assert_eq!(lines, 1, "one line for the one cause:\n{log}");
 }

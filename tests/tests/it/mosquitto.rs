@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use connector::config;
@@ -179,4 +180,61 @@ async fn plain_and_mutual_tls_to_mosquitto_deliver_every_sample_in_order() {
     sim.sim.inject(FaultKind::Freeze {
         duration: Duration::from_secs(1),
     });
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// A broker that hangs (SIGSTOP: the socket stays open, nothing answers) is noticed within
+/// 1.5 x keep_alive; after SIGCONT the connector reconnects and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_is_noticed_within_one_and_a_half_keep_alives() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (broker, port) = plain_mosquitto(dir.path());
+    let sub = Subscriber::start(port, "opcua/#").await;
+    let cfg = counters_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!(
+            "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\nqos = 1\nkeep_alive = \"2s\"\nbatch_max_delay = \"100ms\"\n\n[buffer]\ndir = \"{}\"\n",
+            dir.path().join("buffer").display()
+        ),
+    );
+    let running = runner::start(&cfg).expect("runner");
+    let m = running.mqtt.clone().unwrap();
+    eventually("messages acknowledged", Duration::from_secs(20), || {
+        let n = m.messages_acked.load(Ordering::Relaxed);
+        async move { (n >= 10).then_some(()) }
+    })
+    .await;
+    signal(broker.pid(), "-STOP");
+    let stopped = std::time::Instant::now();
+    eventually("the hung broker noticed", Duration::from_secs(10), || {
+        let up = m.connected.load(Ordering::Relaxed);
+        async move { (!up).then_some(()) }
+    })
+    .await;
+    let noticed = stopped.elapsed();
+    signal(broker.pid(), "-CONT");
+    eprintln!(
+        "hung broker noticed after {:.2} s (keep_alive 2 s)",
+        noticed.as_secs_f64()
+    );
+    assert!(noticed <= Duration::from_secs(3), "{noticed:?}");
+    eventually("reconnected", Duration::from_secs(20), || {
+        let back = m.connected.load(Ordering::Relaxed) && m.reconnects.load(Ordering::Relaxed) >= 1;
+        async move { back.then_some(()) }
+    })
+    .await;
+    freeze_and_settle(&sim, || sub.count()).await;
+    running.stop().await;
+    let unique = unique_by_seq(&sub.messages.lock().unwrap());
+    decode(&unique).assert_complete(&sim);
 }

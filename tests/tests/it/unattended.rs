@@ -125,3 +125,118 @@ async fn the_process_exits_1_when_a_writer_thread_dies() {
     assert!(log.contains("writer thread died"), "{log}");
     assert!(log.contains("stopped after a fatal error"), "{log}");
 }
+
+fn spawn(path: &Path, log: &Path) -> Child {
+    Child(
+        Command::new(connector_bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn connector"),
+    )
+}
+
+async fn exit_status(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    eventually("the connector exits", within, || {
+        let s = child.0.try_wait().unwrap();
+        async move { s }
+    })
+    .await
+}
+
+/// Two instances on the same directories: the second exits 2 naming the directory and the
+/// first one's pid; the first stops on SIGTERM within 5 s with every chunk complete, and
+/// everything it created is its owner's only (umask 077).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_exits_2_and_sigterm_stops_the_first_within_5_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let port = free_port();
+    let path = dir.path().join("line.toml");
+    let text = line_text(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!("127.0.0.1:{port}"),
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut first = spawn(&path, &dir.path().join("first.log"));
+    let pid = first.0.id();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(
+        "the first one writes samples",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => http_get(addr, "/metrics").await,
+                Err(_) => (0, String::new()),
+            };
+            let written = body
+                .lines()
+                .find(|l| l.starts_with("opcua_connector_samples_received_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            (status == 200 && written > 100).then_some(())
+        },
+    )
+    .await;
+
+    // The metrics port differs so that only the directories collide.
+    let other = dir.path().join("other.toml");
+    let text = line_text(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &format!("127.0.0.1:{}", free_port()),
+    );
+    std::fs::write(&other, text).unwrap();
+    let second_log = dir.path().join("second.log");
+    let mut second = spawn(&other, &second_log);
+    let status = exit_status(&mut second, Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&second_log).unwrap();
+    eprintln!("second instance: {status}: {}", log.trim());
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains(&format!("pid {pid}")), "{log}");
+    assert!(
+        log.contains(&dir.path().join("pki").display().to_string()),
+        "{log}"
+    );
+
+    let term = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = exit_status(&mut first, Duration::from_secs(30)).await;
+    let took = term.elapsed();
+    eprintln!("SIGTERM to exit: {:.2} s, {status}", took.as_secs_f64());
+    assert!(status.success(), "{status}");
+    assert!(took <= Duration::from_secs(5), "stopped in {took:?}");
+    let rows = read_all(&dir.path().join("parquet"));
+    assert!(
+        rows.len() > 100,
+        "every chunk complete and readable: {}",
+        rows.len()
+    );
+
+    // Owner-only: every file and directory the connector made.
+    let mut stack = vec![dir.path().join("parquet"), dir.path().join("pki")];
+    let mut checked = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.ends_with("simulator") {
+                continue; // the in-process simulator's, made by this test
+            }
+            let mode =
+                std::os::unix::fs::PermissionsExt::mode(&e.metadata().unwrap().permissions());
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", p.display(), mode & 0o777);
+            checked += 1;
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    assert!(checked >= 3, "{checked} files checked");
+}

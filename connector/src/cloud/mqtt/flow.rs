@@ -65,6 +65,16 @@ pub struct Flow {
     pub connected: bool,
     ever_connected: bool,
     backoff: Backoff,
+    /// After refused credentials: 5 s doubling to 5 min, so that a wrong key does not get
+    /// the device throttled or blocked (IoT Hub) or an account locked.
+    refusals: Backoff,
+    /// The last refusal logged (one line per cause, not per attempt).
+    refused_cause: Option<String>,
+    /// The connection's keep-alive and when the last PINGREQ went out without an answer yet:
+    /// a broker that does not answer within 0.4 x keep-alive is taken as gone, so a hung
+    /// broker is noticed within 1.4 x keep-alive.
+    keep_alive: Duration,
+    ping_sent: Option<Instant>,
     draining_until: Option<Instant>,
     last_report: Instant,
     renew: Option<Renewer>,
@@ -104,6 +114,10 @@ impl Flow {
             connected: false,
             ever_connected: false,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+            refusals: Backoff::new(Duration::from_secs(5), Duration::from_secs(300)),
+            refused_cause: None,
+            keep_alive: Duration::ZERO,
+            ping_sent: None,
             draining_until: None,
             last_report: Instant::now(),
             renew,
@@ -116,6 +130,40 @@ impl Flow {
     /// The largest packet the client may send.
     pub fn set_limit(&mut self, limit: usize) {
         self.limit = limit;
+    }
+
+    /// The keep-alive the client pings with (zero: none).
+    pub fn set_keep_alive(&mut self, keep_alive: Duration) {
+        self.keep_alive = keep_alive;
+    }
+
+    /// A PINGREQ went out.
+    pub fn ping_sent(&mut self) {
+        self.ping_sent.get_or_insert_with(Instant::now);
+    }
+
+    /// Something came from the broker: it is alive.
+    pub fn heard(&mut self) {
+        self.ping_sent = None;
+    }
+
+    /// Sleeps until an unanswered PINGREQ is overdue (forever if none is out).
+    pub async fn ping_overdue(&self) {
+        match self.ping_sent {
+            Some(t) if !self.keep_alive.is_zero() && self.connected => {
+                tokio::time::sleep_until(t + self.keep_alive.mul_f64(0.4)).await
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// The text of a hung broker, for [`Flow::after_failure`].
+    pub fn hung(&self) -> String {
+        format!(
+            "the broker did not answer a ping within {:.1} s (keep_alive {} s): taking the connection as lost",
+            self.keep_alive.mul_f64(0.4).as_secs_f64(),
+            self.keep_alive.as_secs()
+        )
     }
 
     /// New credentials if a renewer is set (None otherwise, or on failure: retried in 5 s).
@@ -226,6 +274,11 @@ impl Flow {
         let m = &self.outbox.metrics;
         self.connected = true;
         self.backoff.reset();
+        self.refusals.reset();
+        self.ping_sent = None;
+        if self.refused_cause.take().is_some() {
+            info!("{}: credentials accepted again", self.tag);
+        }
         m.connected.store(true, Ordering::Relaxed);
         if self.ever_connected {
             m.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -330,10 +383,41 @@ impl Flow {
         self.backoff.next_wait()
     }
 
+    /// The broker refused the credentials (`cause`): the long back-off, one log line per
+    /// distinct cause.
+    fn refused_login(&mut self, cause: &str) -> Duration {
+        self.disconnected();
+        let wait = self.refusals.next_wait();
+        if self.refused_cause.as_deref() != Some(cause) {
+            warn!(
+                cause,
+                "{}: the broker refused the credentials; retrying with a back-off up to 5 min (check the key, token, username or certificate)",
+                self.tag
+            );
+            self.refused_cause = Some(cause.to_owned());
+        }
+        wait
+    }
+
+    /// Login attempts refused since the last accepted one.
+    pub fn refused_logins(&self) -> u32 {
+        self.refusals.failures()
+    }
+
     /// After a connection error: waits the back-off (cut short by a shutdown request) and
-    /// says whether the sender should stop.
-    pub async fn after_failure(&mut self, error: String, shutdown: &CancellationToken) -> bool {
-        let wait = self.failed(&error);
+    /// says whether the sender should stop. `refused`: the broker refused the credentials.
+    pub async fn after_failure(
+        &mut self,
+        error: String,
+        refused: bool,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        self.ping_sent = None;
+        let wait = if refused {
+            self.refused_login(&error)
+        } else {
+            self.failed(&error)
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.cancelled(), if !self.draining() => {}
@@ -343,7 +427,9 @@ impl Flow {
 
     /// During the drain, a broker that stays away ends the sender: the rest stays on disk.
     fn give_up(&self) -> bool {
-        let stop = self.draining() && !self.connected && self.backoff.failures() > 3;
+        let stop = self.draining()
+            && !self.connected
+            && (self.backoff.failures() > 3 || self.refusals.failures() > 0);
         if stop {
             warn!(
                 "{}: broker unreachable at shutdown; messages stay buffered on disk",

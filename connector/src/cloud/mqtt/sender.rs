@@ -72,7 +72,7 @@ pub fn rustls_config(
 
 pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)));
+    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     o.set_clean_session(true);
     o.set_inflight(WINDOW as u16);
     o.set_max_packet_size(cfg.max_message_bytes + 4096, cfg.max_message_bytes + 4096);
@@ -130,6 +130,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     }
     // What rumqttc refuses to send ("Cannot send packet of size ..."): moved aside before.
     flow.set_limit(opts.max_packet_size());
+    flow.set_keep_alive(opts.keep_alive());
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {
@@ -156,9 +157,19 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 continue;
             }
             _ = outbox.wake.notified(), if flow.connected => continue,
+            _ = flow.ping_overdue() => {
+                eventloop.clean();
+                if flow.after_failure(flow.hung(), false, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)), if flow.draining() => continue,
             _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
+        if matches!(event, Ok(Event::Incoming(_))) {
+            flow.heard();
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 flow.connack();
@@ -175,6 +186,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 correlation: None,
             }),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
+            Ok(Event::Outgoing(Outgoing::PingReq)) => flow.ping_sent(),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
                 if let Some(id) = flow.puback(p.pkid) {
                     flow.ack(id);
@@ -182,7 +194,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             }
             Ok(_) => {}
             Err(e) => {
-                if flow.after_failure(e.to_string(), &shutdown).await {
+                let refused = refused_login(&e);
+                if flow.after_failure(e.to_string(), refused, &shutdown).await {
                     break;
                 }
             }
@@ -190,4 +203,13 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     }
     let _ = client.try_disconnect();
     flow.shut();
+}
+
+/// The broker (or hub) refused the credentials: retried with the long back-off.
+fn refused_login(e: &rumqttc::ConnectionError) -> bool {
+    use rumqttc::ConnectReturnCode as C;
+    matches!(
+        e,
+        rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized)
+    )
 }

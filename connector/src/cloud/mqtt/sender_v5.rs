@@ -42,7 +42,7 @@ fn reject_backoff() -> Backoff {
 pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
     let v3 = super::sender::options(cfg)?;
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)));
+    o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     o.set_clean_start(true);
     o.set_outgoing_inflight_upper_limit(WINDOW as u16);
     // The largest packet we accept; what we may send is the broker's limit from its ConnAck.
@@ -112,6 +112,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     }
     let own_limit = opts.max_packet_size().map_or(usize::MAX, |m| m as usize);
     flow.set_limit(own_limit);
+    flow.set_keep_alive(opts.keep_alive());
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections = reject_backoff();
     while flow.keep_going(&shutdown, grace) {
@@ -149,9 +150,19 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 continue;
             }
             _ = outbox.wake.notified(), if flow.connected => continue,
+            _ = flow.ping_overdue() => {
+                eventloop.clean();
+                if flow.after_failure(flow.hung(), false, &shutdown).await {
+                    break;
+                }
+                continue;
+            }
             _ = tokio::time::sleep(Duration::from_millis(100)), if flow.draining() => continue,
             _ = shutdown.cancelled(), if !flow.draining() => continue,
         };
+        if matches!(event, Ok(Event::Incoming(_))) {
+            flow.heard();
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(c))) => {
                 let broker = c.properties.and_then(|p| p.max_packet_size);
@@ -176,6 +187,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 });
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
+            Ok(Event::Outgoing(Outgoing::PingReq)) => flow.ping_sent(),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
                 let Some(id) = flow.puback(p.pkid) else {
                     continue;
@@ -216,7 +228,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 if let Some(code) = undecodable_refusal(&e) {
                     flow.refused_unmatched(code);
                 }
-                if flow.after_failure(e.to_string(), &shutdown).await {
+                let refused = refused_login(&e);
+                if flow.after_failure(e.to_string(), refused, &shutdown).await {
                     break;
                 }
             }
@@ -237,6 +250,17 @@ fn undecodable_refusal(e: &ConnectionError) -> Option<u8> {
         )) if permanent(*code) => Some(*code),
         _ => None,
     }
+}
+
+/// The broker refused the credentials: retried with the long back-off.
+fn refused_login(e: &ConnectionError) -> bool {
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
+    matches!(
+        e,
+        ConnectionError::ConnectionRefused(
+            C::BadUserNamePassword | C::NotAuthorized | C::Banned | C::BadAuthenticationMethod
+        )
+    )
 }
 
 fn warn_rejected(p: &PubAck, id: u64, wait: Duration) {
