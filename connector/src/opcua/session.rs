@@ -437,7 +437,9 @@ async fn connect_and_serve(
             },
             _ = retry => {
                 resubscribe_at = None;
-                match setup(&session, plc, tx, &gap_tx, metrics).await {
+                // A new subscription, a new outage: its first loss is logged at once.
+                let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
+                match setup(&session, plc, tx, &recovery, metrics).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
@@ -466,11 +468,11 @@ async fn setup(
     session: &Session,
     plc: &Plc,
     tx: &SampleSender,
-    gaps: &subscribe::GapSender,
+    recovery: &subscribe::Recovery,
     metrics: &Arc<PlcMetrics>,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
-    let created = subscribe::subscribe_all(session, plc, &ns, tx, gaps, metrics).await?;
+    let created = subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics).await?;
     info!(
         plc = %plc.id,
         monitored_items = metrics.monitored_items.load(Ordering::Relaxed),
@@ -490,18 +492,23 @@ async fn recover(
     metrics: &Arc<PlcMetrics>,
 ) {
     let Some(c) = subscriptions.iter().find(|c| c.id == sub) else {
+        // The subscription is gone (deleted after a new session): its messages with it.
         PlcMetrics::add(&metrics.lost_messages, 1);
+        PlcMetrics::add(&metrics.loss_events, 1);
         return;
     };
     match session.republish(sub, seq).await {
         Ok(msg) => {
             PlcMetrics::add(&metrics.republished, 1);
-            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns);
+            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns, &c.losses);
             tx.send(batch);
         }
         Err(e) => {
             PlcMetrics::add(&metrics.lost_messages, 1);
-            warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), "notification message lost: the server no longer has it");
+            PlcMetrics::add(&metrics.loss_events, 1);
+            if let Some(more) = c.losses.gaps.hit() {
+                warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), suppressed = more, "notification message lost: the server no longer has it");
+            }
         }
     }
 }
