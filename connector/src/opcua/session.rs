@@ -23,7 +23,7 @@ use opcua::types::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{Auth, Pki, Plc, SecurityMode, SecurityPolicy};
@@ -57,6 +57,125 @@ pub enum SessionError {
     Auth { plc: String, message: String },
     #[error("plc {plc}: cannot connect: {status}")]
     Connect { plc: String, status: StatusCode },
+    #[error("plc {plc}: the {session} session was refused: {cause} ({status})")]
+    Refused {
+        plc: String,
+        session: &'static str,
+        status: StatusCode,
+        cause: String,
+    },
+}
+
+/// Why the server (or we) refused the session, in words a person can act on; `None` for
+/// failures that a quick retry may fix (network, a server starting up). A refusal is retried
+/// slowly: many PLCs lock an account after a few failed logins.
+pub fn refusal(status: StatusCode, pki: &Pki) -> Option<String> {
+    let dir = pki.dir.display();
+    let cause = match status {
+        StatusCode::BadUserAccessDenied
+        | StatusCode::BadIdentityTokenInvalid
+        | StatusCode::BadIdentityTokenRejected => {
+            "the server refused the user identity (wrong user name or password, or a user \
+             certificate it does not accept); check [plc.auth]"
+                .to_owned()
+        }
+        StatusCode::BadCertificateUntrusted => format!(
+            "the server certificate is not trusted; it was copied to {dir}/rejected/. If it is \
+             the right server, move that file to {dir}/trusted/ (or set \
+             pki.trust_unknown_servers = true)"
+        ),
+        StatusCode::BadCertificateTimeInvalid | StatusCode::BadCertificateIssuerTimeInvalid => {
+            "a certificate is expired or not yet valid (the server's, or ours as the server \
+             sees it: check both clocks and both certificates)"
+                .to_owned()
+        }
+        StatusCode::BadCertificateHostNameInvalid => {
+            "the server certificate does not name the host in the endpoint URL (use the host \
+             name the certificate was issued for)"
+                .to_owned()
+        }
+        StatusCode::BadCertificateUriInvalid => {
+            "the application URI in the server certificate does not match the server's \
+             description"
+                .to_owned()
+        }
+        StatusCode::BadCertificateRevoked
+        | StatusCode::BadCertificateIssuerRevoked
+        | StatusCode::BadCertificateRevocationUnknown
+        | StatusCode::BadCertificateIssuerRevocationUnknown => {
+            "a certificate is revoked (or its revocation cannot be checked)".to_owned()
+        }
+        StatusCode::BadCertificateInvalid
+        | StatusCode::BadCertificateUseNotAllowed
+        | StatusCode::BadCertificateIssuerUseNotAllowed
+        | StatusCode::BadCertificatePolicyCheckFailed
+        | StatusCode::BadSecurityPolicyRejected
+        | StatusCode::BadNoValidCertificates => {
+            "a certificate is not acceptable (invalid, wrong key usage or key length for the \
+             security policy)"
+                .to_owned()
+        }
+        StatusCode::BadSecurityChecksFailed => format!(
+            "the server refused our certificate or the secure channel (if the server keeps a \
+             trust list, trust our certificate {dir}/own/cert.der there)"
+        ),
+        _ => return None,
+    };
+    Some(cause)
+}
+
+/// How a session retries after a failure: at the network pace for what a retry may fix
+/// soon, slowly for refusals (credentials, certificates), and each refusal's cause logged
+/// once per outage, not per attempt.
+#[derive(Debug)]
+struct Pacing {
+    network: Backoff,
+    refused: Backoff,
+    logged: std::collections::HashSet<StatusCode>,
+}
+
+impl Pacing {
+    fn new() -> Pacing {
+        Pacing {
+            network: session_backoff(),
+            refused: refusal_backoff(),
+            logged: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The session is up: the next failure starts a new outage.
+    fn connected(&mut self) {
+        self.network.reset();
+        self.refused.reset();
+        self.logged.clear();
+    }
+
+    /// The wait before the next attempt after `e`, and whether `e` is news (to be logged
+    /// as an error; a repeated refusal is logged at debug level).
+    fn failed(&mut self, e: &SessionError) -> (Duration, bool) {
+        match e {
+            SessionError::Refused { status, .. } => {
+                (self.refused.next_wait(), self.logged.insert(*status))
+            }
+            _ => (self.network.next_wait(), true),
+        }
+    }
+}
+
+/// The failure of a session's connect attempt as the event loop reports it: a refusal ends
+/// the attempt (retried slowly by our loop), anything else is retried by the event loop.
+fn refused(
+    plc: &Plc,
+    pki: &Pki,
+    session: &'static str,
+    status: StatusCode,
+) -> Option<SessionError> {
+    refusal(status, pki).map(|cause| SessionError::Refused {
+        plc: plc.id.clone(),
+        session,
+        status,
+        cause,
+    })
 }
 
 pub fn ua_policy(p: SecurityPolicy) -> UaPolicy {
@@ -101,6 +220,28 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
             plc: plc.to_owned(),
             message: e.join("; "),
         })
+}
+
+/// Creates our application certificate and key (`pki/own`, `pki/private`) if they are
+/// missing, once, before the sessions start: the data and write sessions of a first start
+/// would otherwise race to create them, and the loser logs a spurious error.
+pub fn prepare_pki(pki: &Pki) -> Result<(), SessionError> {
+    client(pki, "(all)").map(|_| ())
+}
+
+static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once a session is being closed by us (shutdown): what async-opcua then logs as
+/// errors (a server answering the pending Publish requests with BadSessionClosed) is the
+/// close we asked for, and the log filter of `main` leaves it out.
+pub fn closing() -> bool {
+    CLOSING.load(Ordering::Relaxed)
+}
+
+/// Closes a session we are done with (shutdown), within 3 s.
+async fn close(session: &Session) {
+    CLOSING.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
 }
 
 pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
@@ -260,15 +401,22 @@ fn drive(
 /// write under 100,000 samples/s was ~30 ms, most of it waiting). It publishes the session
 /// for the write service while connected (namespaces read), `None` otherwise.
 pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: CancellationToken) {
-    let mut backoff = session_backoff();
+    let mut pacing = Pacing::new();
     while !shutdown.is_cancelled() {
-        let served = serve_writes(&plc, &pki, &link, &shutdown).await;
+        let served = serve_writes(&plc, &pki, &link, &shutdown, &mut pacing).await;
         link.send_replace(None);
         match served {
             Ok(()) => break,
             Err(e) => {
-                let wait = backoff.next_wait();
-                warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
+                let (wait, news) = pacing.failed(&e);
+                let retry_in_s = wait.as_secs_f64().round();
+                if !news {
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "write session still refused");
+                } else if matches!(e, SessionError::Refused { .. }) {
+                    error!(plc = %plc.id, error = %e, retry_in_s, "write session refused, retrying slowly (up to every 5 min)");
+                } else {
+                    warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
+                }
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
                 }
@@ -282,6 +430,7 @@ async fn serve_writes(
     pki: &Pki,
     link: &LinkSender,
     shutdown: &CancellationToken,
+    pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop) = open(plc, pki).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
@@ -296,8 +445,13 @@ async fn serve_writes(
                 Some(Event::Lost(_)) => {
                     link.send_replace(None);
                 }
-                Some(Event::ReconnectFailed(_)) => {}
+                Some(Event::ReconnectFailed(status)) => {
+                    if let Some(e) = refused(plc, pki, "write", status) {
+                        break Err(e);
+                    }
+                }
                 Some(Event::Reconnected(new_session)) => {
+                    pacing.connected();
                     match (&namespaces, new_session) {
                         // The same session: the namespaces are still valid.
                         (Some(ns), false) => publish_link(link, &session, ns),
@@ -322,7 +476,7 @@ async fn serve_writes(
     };
     link.send_replace(None);
     if result.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
+        close(&session).await;
     }
     driver.abort();
     result
@@ -336,15 +490,22 @@ pub async fn run(
     metrics: Arc<PlcMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = session_backoff();
+    let mut pacing = Pacing::new();
     while !shutdown.is_cancelled() {
-        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown).await {
+        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown, &mut pacing).await {
             Ok(()) => break,
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
-                let wait = backoff.next_wait();
-                error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
+                let (wait, news) = pacing.failed(&e);
+                let retry_in_s = wait.as_secs_f64().round();
+                if !news {
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "plc still refuses the session");
+                } else if matches!(e, SessionError::Refused { .. }) {
+                    error!(plc = %plc.id, error = %e, retry_in_s, "plc refused the session, retrying slowly (up to every 5 min)");
+                } else {
+                    error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
+                }
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
                 }
@@ -367,6 +528,12 @@ fn session_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(500), Duration::from_secs(5))
 }
 
+/// 10 s doubling to 5 min (plus jitter) after a refusal: a few logins an hour, not one a
+/// second, against a PLC that locks accounts.
+fn refusal_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(10), Duration::from_secs(300))
+}
+
 /// Sleeps `wait`; false when shut down meanwhile.
 async fn sleep_unless_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -381,6 +548,7 @@ async fn connect_and_serve(
     tx: &SampleSender,
     metrics: &Arc<PlcMetrics>,
     shutdown: &CancellationToken,
+    pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop) = open(plc, pki).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
@@ -389,7 +557,6 @@ async fn connect_and_serve(
     let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();
     let mut subscriptions: Vec<Created> = Vec::new();
     let mut first = true;
-    let mut warned_trust = false;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let result = loop {
         let retry = sleep_until_set(resubscribe_at);
@@ -402,17 +569,12 @@ async fn connect_and_serve(
                     warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
                 }
                 Some(Event::ReconnectFailed(status)) => {
-                    if status == StatusCode::BadCertificateUntrusted && !warned_trust {
-                        warned_trust = true;
-                        error!(
-                            plc = %plc.id,
-                            "the server certificate is not trusted; it was copied to {}/rejected/. \
-                             If it is the right server, move that file to {}/trusted/ (or set pki.trust_unknown_servers = true)",
-                            pki.dir.display(), pki.dir.display()
-                        );
+                    if let Some(e) = refused(plc, pki, "data", status) {
+                        break Err(e);
                     }
                 }
                 Some(Event::Reconnected(new_session)) => {
+                    pacing.connected();
                     metrics.connected.store(true, Ordering::Relaxed);
                     if first {
                         info!(plc = %plc.id, endpoint = %plc.endpoint, "connected");
@@ -457,7 +619,7 @@ async fn connect_and_serve(
     };
     if result.is_ok() {
         // Shutting down: delete our subscriptions and close the session politely.
-        let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
+        close(&session).await;
     }
     driver.abort();
     metrics.connected.store(false, Ordering::Relaxed);

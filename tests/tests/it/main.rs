@@ -10,4 +10,5 @@ mod hub;
 mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
+mod refusals;
 mod writes;
