@@ -557,6 +557,7 @@ async fn connect_and_serve(
     let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();
     let mut subscriptions: Vec<Created> = Vec::new();
     let mut first = true;
+    let mut spread = true;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let result = loop {
         let retry = sleep_until_set(resubscribe_at);
@@ -601,10 +602,17 @@ async fn connect_and_serve(
                 resubscribe_at = None;
                 // A new subscription, a new outage: its first loss is logged at once.
                 let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
-                match setup(&session, plc, tx, &recovery, metrics).await {
+                match setup(&session, plc, tx, &recovery, metrics, spread).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
+                    }
+                    Err(StatusCode::BadTooManySubscriptions) if spread => {
+                        // The server allows fewer subscriptions than it announced (or than
+                        // we assumed): one per group, at once.
+                        spread = false;
+                        warn!(plc = %plc.id, "the server refused more subscriptions: one subscription per group from now on");
+                        resubscribe_at = Some(tokio::time::Instant::now());
                     }
                     Err(status) => {
                         warn!(plc = %plc.id, status = %status, "subscribing failed, retrying in 1 s");
@@ -632,9 +640,11 @@ async fn setup(
     tx: &SampleSender,
     recovery: &subscribe::Recovery,
     metrics: &Arc<PlcMetrics>,
+    spread: bool,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
-    let created = subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics).await?;
+    let created =
+        subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics, spread).await?;
     info!(
         plc = %plc.id,
         monitored_items = metrics.monitored_items.load(Ordering::Relaxed),

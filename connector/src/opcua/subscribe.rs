@@ -30,6 +30,7 @@ pub struct ServerLimits {
     pub max_monitored_items_per_subscription: usize,
     pub max_nodes_per_browse: usize,
     pub max_nodes_per_read: usize,
+    pub max_subscriptions_per_session: usize,
 }
 
 impl ServerLimits {
@@ -49,6 +50,7 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
         VariableId::Server_ServerCapabilities_MaxMonitoredItemsPerSubscription,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        VariableId::Server_ServerCapabilities_MaxSubscriptionsPerSession,
     ];
     let reads: Vec<ReadValueId> = ids
         .iter()
@@ -72,6 +74,7 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
         max_monitored_items_per_subscription: n(1),
         max_nodes_per_browse: n(2),
         max_nodes_per_read: n(3),
+        max_subscriptions_per_session: n(4),
     }
 }
 
@@ -466,8 +469,11 @@ pub async fn subscribe_group(
                 true,
                 callback,
             )
-            .await
-            .map_err(|e| e.status())?;
+            .await;
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => return Err(undo(session, &created, None, e.status()).await),
+        };
         sub_id.store(id, Ordering::Relaxed);
         let mut overflow: Vec<Target> = Vec::new();
         let mut ok = 0u64;
@@ -487,10 +493,13 @@ pub async fn subscribe_group(
                     },
                 })
                 .collect();
-            let results = session
+            let results = match session
                 .create_monitored_items(id, TimestampsToReturn::Both, requests)
                 .await
-                .map_err(|e| e.status())?;
+            {
+                Ok(r) => r,
+                Err(e) => return Err(undo(session, &created, Some(id), e.status()).await),
+            };
             for (t, r) in chunk.iter().zip(results) {
                 let status = r.result.status_code;
                 if status.is_good() {
@@ -520,7 +529,56 @@ pub async fn subscribe_group(
     Ok(created)
 }
 
-/// Subscribes every group of a PLC. Returns the subscriptions and how long it took.
+/// Deletes the subscriptions of a group that could not be subscribed completely (the caller
+/// retries from scratch); returns `status`.
+async fn undo(
+    session: &Session,
+    created: &[Created],
+    current: Option<u32>,
+    status: StatusCode,
+) -> StatusCode {
+    let ids: Vec<u32> = created.iter().map(|c| c.id).chain(current).collect();
+    if !ids.is_empty() {
+        let _ = session.delete_subscriptions(&ids).await;
+    }
+    status
+}
+
+/// Items per subscription above which a group is spread over several subscriptions (when the
+/// server allows them). async-opcua keeps two Publish requests in flight per subscription,
+/// and servers cap the notifications of one Publish response (node-opcua: 1000): a group of
+/// 5,000 items changing 10 times a second needs 25 responses per 500 ms, one round trip each
+/// with a single subscription, and the server's queues overflow while they queue up.
+pub const SPREAD_ITEMS: usize = 1000;
+
+/// Subscriptions per session assumed when the server does not announce its limit
+/// (MaxSubscriptionsPerSession): the default of async-opcua and node-opcua servers.
+pub const ASSUMED_MAX_SUBSCRIPTIONS: usize = 10;
+
+/// At most how many items one subscription of a group of `items` gets: [`SPREAD_ITEMS`] while
+/// the group's share of the server's subscriptions lasts (`spread`), all of them otherwise.
+pub fn items_per_subscription(
+    items: usize,
+    groups: usize,
+    limits: &ServerLimits,
+    spread: bool,
+) -> usize {
+    if !spread {
+        return items.max(1);
+    }
+    let max_subs = ServerLimits::or(
+        limits.max_subscriptions_per_session,
+        ASSUMED_MAX_SUBSCRIPTIONS,
+    );
+    let share = (max_subs / groups.max(1)).max(1);
+    let parts = items.div_ceil(SPREAD_ITEMS).clamp(1, share);
+    items.div_ceil(parts).max(1)
+}
+
+/// Subscribes every group of a PLC. Returns the subscriptions and how long it took. With
+/// `spread`, large groups are spread over several subscriptions ([`items_per_subscription`]).
+/// On failure, the subscriptions created so far are deleted again.
+#[allow(clippy::too_many_arguments)]
 pub async fn subscribe_all(
     session: &Session,
     plc: &crate::config::Plc,
@@ -528,25 +586,34 @@ pub async fn subscribe_all(
     tx: &SampleSender,
     recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
+    spread: bool,
 ) -> Result<Vec<Created>, StatusCode> {
     let started = Instant::now();
     let limits = read_limits(session).await;
     let shared_ns = Arc::new(ns.clone());
     metrics.monitored_items.store(0, Ordering::Relaxed);
-    let mut all = Vec::new();
+    let mut all: Vec<Created> = Vec::new();
     for group in &plc.groups {
         let t = targets(session, &plc.id, group, ns, &limits, metrics).await;
         let n = t.len();
+        let mut group_limits = limits;
+        let per_sub = items_per_subscription(n, plc.groups.len(), &limits, spread);
+        group_limits.max_monitored_items_per_subscription =
+            ServerLimits::or(limits.max_monitored_items_per_subscription, usize::MAX).min(per_sub);
         let created = subscribe_group(
             session,
             group,
             t,
-            (&shared_ns, &limits),
+            (&shared_ns, &group_limits),
             tx,
             recovery,
             metrics,
         )
-        .await?;
+        .await;
+        let created = match created {
+            Ok(c) => c,
+            Err(status) => return Err(undo(session, &all, None, status).await),
+        };
         info!(plc = %plc.id, group = %group.name, nodes = n, subscriptions = created.len(), "group subscribed");
         all.extend(created);
     }
@@ -607,6 +674,28 @@ mod tests {
         assert_eq!(PlcMetrics::get(&metrics.sequence_gaps), 999_999);
         assert_eq!(PlcMetrics::get(&metrics.lost_messages), 999_999 - 16);
         assert_eq!(PlcMetrics::get(&metrics.loss_events), 999_999 - 16);
+    }
+
+    #[test]
+    fn large_groups_are_spread_within_the_servers_subscriptions() {
+        let limits = |max_subs| ServerLimits {
+            max_monitored_items_per_call: 0,
+            max_monitored_items_per_subscription: 0,
+            max_nodes_per_browse: 0,
+            max_nodes_per_read: 0,
+            max_subscriptions_per_session: max_subs,
+        };
+        // 5,000 items, one group, limit not announced (10 assumed): 5 x 1,000.
+        assert_eq!(items_per_subscription(5000, 1, &limits(0), true), 1000);
+        assert_eq!(items_per_subscription(999, 1, &limits(0), true), 999);
+        // 100,000 items share 10 subscriptions; 5 groups get 2 each.
+        assert_eq!(items_per_subscription(100_000, 1, &limits(0), true), 10_000);
+        assert_eq!(items_per_subscription(100_000, 5, &limits(0), true), 50_000);
+        // More groups than subscriptions: one each (the server decides).
+        assert_eq!(items_per_subscription(5000, 20, &limits(10), true), 5000);
+        // An announced limit counts; no spreading after the server refused.
+        assert_eq!(items_per_subscription(5000, 1, &limits(2), true), 2500);
+        assert_eq!(items_per_subscription(5000, 1, &limits(0), false), 5000);
     }
 
     #[test]

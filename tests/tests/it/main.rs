@@ -5,6 +5,7 @@
 // Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
 #![allow(clippy::unwrap_used)]
 
+mod busy;
 mod e2e;
 mod hub;
 mod mosquitto;
