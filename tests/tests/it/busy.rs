@@ -278,3 +278,104 @@ async fn a_busy_server_loses_nothing_beside_a_second_client() {
         );
     }
 }
+
+/// The connector process with a data and a write session on a node-opcua server: a first
+/// start (empty pki dir) and a clean shutdown log no ERROR (#10: the two sessions raced to
+/// create the certificate; node-opcua answers the pending Publish requests of a closed
+/// session with BadSessionClosed, which async-opcua logs as an error).
+#[tokio::test]
+async fn a_first_start_and_a_clean_shutdown_log_no_error() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Peer::start(
+        "busy_server.js",
+        &[port.to_string(), "200".into(), "2000".into(), "0".into()],
+    );
+    server.line("ready", Duration::from_secs(60)).await;
+    let broker = start_broker();
+    let text = format!(
+        r#"
+[line]
+id = "line-quiet"
+site = "test-site"
+
+[[plc]]
+id = "busy"
+endpoint = "opc.tcp://127.0.0.1:{port}"
+
+  [[plc.group]]
+  name = "busy"
+  publishing_interval = "100ms"
+  sampling_interval = "0ms"
+  browse = [{{ root = "ns=1;s=Busy", recursive = false }}]
+
+[pki]
+dir = "{pki}"
+trust_unknown_servers = true
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{broker}"
+
+[buffer]
+dir = "{buffer}"
+
+[[write]]
+property = "busy0"
+plc = "busy"
+node = "ns=1;s=Busy.0"
+type = "UInt32"
+"#,
+        pki = dir.path().join("pki").display(),
+        buffer = dir.path().join("buffer").display(),
+    );
+    let config = dir.path().join("line.toml");
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("connector.log");
+    let mut child = std::process::Command::new(connector_bin())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn connector");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("the connector subscribed", Duration::from_secs(60), || {
+        let done = read().contains("subscribed");
+        async move { done.then_some(()) }
+    })
+    .await;
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    server.stop("final").await;
+    let text = read();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    println!(
+        "first start and shutdown: exit {status}, {} log lines, {} ERROR",
+        text.lines().count(),
+        errors.len()
+    );
+    assert!(status.success(), "exit {status}\n{text}");
+    assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
+}
+
+fn connector_bin() -> PathBuf {
+    // target/debug/deps/it-* -> target/debug/opcua-connector (tests/run builds it first).
+    let exe = std::env::current_exe().expect("test exe");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .join("opcua-connector");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
