@@ -82,7 +82,8 @@ pub fn refusal(status: StatusCode, pki: &Pki) -> Option<String> {
         StatusCode::BadCertificateUntrusted => format!(
             "the server certificate is not trusted; it was copied to {dir}/rejected/. If it is \
              the right server, move that file to {dir}/trusted/ (or set \
-             pki.trust_unknown_servers = true)"
+             pki.trust_unknown_servers = true); while it stays in rejected/ the attempts fail \
+             with BadSecurityChecksFailed"
         ),
         StatusCode::BadCertificateTimeInvalid | StatusCode::BadCertificateIssuerTimeInvalid => {
             "a certificate is expired or not yet valid (the server's, or ours as the server \
@@ -116,8 +117,9 @@ pub fn refusal(status: StatusCode, pki: &Pki) -> Option<String> {
                 .to_owned()
         }
         StatusCode::BadSecurityChecksFailed => format!(
-            "the server refused our certificate or the secure channel (if the server keeps a \
-             trust list, trust our certificate {dir}/own/cert.der there)"
+            "security checks failed: the server certificate is in {dir}/rejected/ (move it to \
+             {dir}/trusted/ to trust it), or its key is too short for the security policy, or \
+             the server refused our certificate (trust {dir}/own/cert.der on the server)"
         ),
         _ => return None,
     };
@@ -155,7 +157,14 @@ impl Pacing {
     fn failed(&mut self, e: &SessionError) -> (Duration, bool) {
         match e {
             SessionError::Refused { status, .. } => {
-                (self.refused.next_wait(), self.logged.insert(*status))
+                // async-opcua reports a server certificate that is already in rejected/ as
+                // BadSecurityChecksFailed: the same outage as the BadCertificateUntrusted
+                // that put it there, said once.
+                let cause = match *status {
+                    StatusCode::BadSecurityChecksFailed => StatusCode::BadCertificateUntrusted,
+                    s => s,
+                };
+                (self.refused.next_wait(), self.logged.insert(cause))
             }
             _ => (self.network.next_wait(), true),
         }
@@ -682,5 +691,80 @@ async fn recover(
                 warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), suppressed = more, "notification message lost: the server no longer has it");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_with(status: StatusCode) -> SessionError {
+        SessionError::Refused {
+            plc: "p".into(),
+            session: "data",
+            status,
+            cause: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_certificate_and_credential_failure_is_a_refusal_network_failures_are_not() {
+        let pki = Pki {
+            dir: "pki".into(),
+            trust_unknown_servers: false,
+        };
+        for s in [
+            StatusCode::BadUserAccessDenied,
+            StatusCode::BadIdentityTokenInvalid,
+            StatusCode::BadIdentityTokenRejected,
+            StatusCode::BadCertificateUntrusted,
+            StatusCode::BadCertificateTimeInvalid,
+            StatusCode::BadCertificateHostNameInvalid,
+            StatusCode::BadCertificateUriInvalid,
+            StatusCode::BadCertificateRevoked,
+            StatusCode::BadCertificateInvalid,
+            StatusCode::BadSecurityChecksFailed,
+        ] {
+            assert!(refusal(s, &pki).is_some(), "{s} is a refusal");
+        }
+        for s in [
+            StatusCode::BadTimeout,
+            StatusCode::BadConnectionClosed,
+            StatusCode::BadCommunicationError,
+            StatusCode::BadTooManySessions,
+        ] {
+            assert!(refusal(s, &pki).is_none(), "{s} is retried quickly");
+        }
+    }
+
+    #[test]
+    fn each_cause_is_news_once_per_outage_and_refusals_wait_10s_to_5min() {
+        let mut p = Pacing::new();
+        let expired = refused_with(StatusCode::BadCertificateTimeInvalid);
+        let host = refused_with(StatusCode::BadCertificateHostNameInvalid);
+        let (wait, news) = p.failed(&expired);
+        assert!(news && wait >= Duration::from_secs(10) && wait <= Duration::from_secs(12));
+        assert!(!p.failed(&expired).1, "the same cause again is not news");
+        assert!(p.failed(&host).1, "another cause is");
+        let waits: Vec<Duration> = (0..10).map(|_| p.failed(&host).0).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(360)));
+        assert!(waits[9] >= Duration::from_secs(300));
+        // Untrusted, then the same certificate found in rejected/: one outage, one line.
+        assert!(
+            p.failed(&refused_with(StatusCode::BadCertificateUntrusted))
+                .1
+        );
+        assert!(
+            !p.failed(&refused_with(StatusCode::BadSecurityChecksFailed))
+                .1
+        );
+        // A network failure keeps the quick pace.
+        let net = SessionError::Connect {
+            plc: "p".into(),
+            status: StatusCode::BadTimeout,
+        };
+        assert!(p.failed(&net).0 <= Duration::from_secs(1));
+        p.connected();
+        assert!(p.failed(&expired).1, "a new outage says it again");
     }
 }

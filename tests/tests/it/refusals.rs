@@ -39,6 +39,14 @@ impl Captured {
 fn plc_config(dir: &Path, endpoint: &str) -> config::Config {
     let pw = dir.join("password");
     std::fs::write(&pw, "wrong\n").unwrap();
+    let auth = format!(
+        "auth = {{ username = \"operator\", password_file = \"{}\" }}",
+        pw.display()
+    );
+    line_config(dir, endpoint, &auth, true)
+}
+
+fn line_config(dir: &Path, endpoint: &str, plc_extra: &str, trust: bool) -> config::Config {
     let text = format!(
         r#"
 [line]
@@ -48,7 +56,7 @@ site = "test-site"
 [[plc]]
 id = "locked"
 endpoint = "{endpoint}"
-auth = {{ username = "operator", password_file = "{pw}" }}
+{plc_extra}
 
   [[plc.group]]
   name = "fast"
@@ -57,12 +65,11 @@ auth = {{ username = "operator", password_file = "{pw}" }}
 
 [pki]
 dir = "{pki}"
-trust_unknown_servers = true
+trust_unknown_servers = {trust}
 
 [sink.parquet]
 dir = "{out}"
 "#,
-        pw = pw.display(),
         node = counter_id(COUNTERS[0]),
         pki = dir.join("connector-pki").display(),
         out = dir.join("out").display(),
@@ -70,10 +77,8 @@ dir = "{out}"
     config::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
-/// Must-show of #10: ~2 minutes. The data and the write session of a PLC with a wrong
-/// password: logins counted by the simulator after the first minute, and our log lines.
-#[tokio::test(flavor = "current_thread")]
-async fn a_wrong_password_is_retried_slowly_and_said_once_per_session() {
+/// Captures the connector's log lines (DEBUG and up) of the current thread from now on.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let sink = captured.clone();
     let subscriber = tracing_subscriber::registry().with(
@@ -85,8 +90,14 @@ async fn a_wrong_password_is_retried_slowly_and_said_once_per_session() {
                     .with_target("connector", tracing::Level::DEBUG),
             ),
     );
-    // On a current-thread runtime every task of this test logs through this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+/// Must-show of #10: ~2 minutes. The data and the write session of a PLC with a wrong
+/// password: logins counted by the simulator after the first minute, and our log lines.
+#[tokio::test(flavor = "current_thread")]
+async fn a_wrong_password_is_retried_slowly_and_said_once_per_session() {
+    let (captured, _guard) = capture();
 
     let dir = tempfile::tempdir().unwrap();
     let sim_pki = dir.path().join("sim");
@@ -170,4 +181,91 @@ async fn a_wrong_password_is_retried_slowly_and_said_once_per_session() {
         errors[0]
     );
     assert_eq!(errors.len(), 2, "nothing else logged per attempt");
+}
+
+/// An untrusted server certificate: both sessions refuse the server, each says so once
+/// (naming the rejected/ and trusted/ folders) and tries again only after 10 s.
+#[tokio::test(flavor = "current_thread")]
+async fn an_untrusted_server_certificate_is_said_once_per_session_and_retried_slowly() {
+    let (captured, _guard) = capture();
+    let dir = tempfile::tempdir().unwrap();
+    let token = CancellationToken::new();
+    let sim_config = simulator::SimConfig::bottling_line(dir.path().join("sim"));
+    let sim = simulator::start(sim_config, token.clone()).await.unwrap();
+    let config = line_config(
+        dir.path(),
+        sim.endpoint_url(),
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"",
+        false,
+    );
+    let plc = config.plcs[0].clone();
+    let stop = CancellationToken::new();
+    let metrics = PlcMetrics::new(&plc.id);
+    let (tx, _rx) = connector::pipeline::channel(16, metrics.clone());
+    let data = tokio::spawn(session::run(
+        plc.clone(),
+        config.pki.clone(),
+        tx,
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let (link, _link_rx) = tokio::sync::watch::channel(None);
+    let writes = tokio::spawn(session::run_writes(
+        plc.clone(),
+        config.pki.clone(),
+        link,
+        stop.clone(),
+    ));
+    let refused = |who: &str| {
+        let needle = format!("the {who} session was refused");
+        captured
+            .lines()
+            .iter()
+            .filter(|l| l.contains(&needle))
+            .count()
+    };
+    eventually("both sessions refused", Duration::from_secs(30), || {
+        let both = refused("data") >= 1 && refused("write") >= 1;
+        async move { both.then_some(()) }
+    })
+    .await;
+    let first = Instant::now();
+    // A measured window, not a synchronisation: no second attempt may come within it.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let failures_9s = PlcMetrics::get(&metrics.connect_failures);
+    eventually("the second attempt", Duration::from_secs(20), || {
+        let n = PlcMetrics::get(&metrics.connect_failures);
+        async move { (n >= 2).then_some(()) }
+    })
+    .await;
+    let second_after = first.elapsed();
+    stop.cancel();
+    data.await.unwrap();
+    writes.await.unwrap();
+    token.cancel();
+
+    let lines = captured.lines();
+    let errors: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    println!(
+        "untrusted server: data-session failures 9 s after the first {failures_9s}, second \
+         attempt after {second_after:?}; error lines {}",
+        errors.len()
+    );
+    for l in &errors {
+        println!("  {l}");
+    }
+    assert_eq!(failures_9s, 1, "no second attempt within 9 s");
+    assert!(second_after >= Duration::from_secs(9), "{second_after:?}");
+    assert_eq!(errors.len(), 2, "one line per session");
+    for l in errors {
+        assert!(
+            (l.contains("BadCertificateUntrusted") || l.contains("BadSecurityChecksFailed"))
+                && l.contains("rejected/")
+                && l.contains("trusted/"),
+            "the line says what to do: {l}"
+        );
+    }
 }
