@@ -6,7 +6,8 @@
 //! The peers are scripts of ours in `tests/node/` (`.ci/run` installs node-opcua there with
 //! `npm ci`). Rate, items, runs and the length of a run are parameters (`BUSY_RATE`,
 //! `BUSY_ITEMS`, `BUSY_RUNS`, `BUSY_SECONDS`) to measure what a machine sustains; the
-//! assertion of 0 lost is not one of them.
+//! assertion of 0 lost is not one of them. It loads both cores of a small machine: `tests/run`
+//! runs this module after the others, alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
