@@ -127,13 +127,13 @@ pub fn refusal(status: StatusCode, pki: &Pki) -> Option<String> {
 }
 
 /// How a session retries after a failure: at the network pace for what a retry may fix
-/// soon, slowly for refusals (credentials, certificates), and each refusal's cause logged
-/// once per outage, not per attempt.
+/// soon, slowly for refusals (credentials, certificates), and each cause logged once per
+/// outage, not per attempt (the attempts are counted).
 #[derive(Debug)]
 struct Pacing {
     network: Backoff,
     refused: Backoff,
-    logged: std::collections::HashSet<StatusCode>,
+    logged: std::collections::HashSet<String>,
 }
 
 impl Pacing {
@@ -164,9 +164,15 @@ impl Pacing {
                     StatusCode::BadSecurityChecksFailed => StatusCode::BadCertificateUntrusted,
                     s => s,
                 };
-                (self.refused.next_wait(), self.logged.insert(cause))
+                (
+                    self.refused.next_wait(),
+                    self.logged.insert(cause.to_string()),
+                )
             }
-            _ => (self.network.next_wait(), true),
+            other => (
+                self.network.next_wait(),
+                self.logged.insert(other.to_string()),
+            ),
         }
     }
 }
@@ -420,7 +426,7 @@ pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: Cancella
                 let (wait, news) = pacing.failed(&e);
                 let retry_in_s = wait.as_secs_f64().round();
                 if !news {
-                    debug!(plc = %plc.id, error = %e, retry_in_s, "write session still refused");
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "write session still not connected");
                 } else if matches!(e, SessionError::Refused { .. }) {
                     error!(plc = %plc.id, error = %e, retry_in_s, "write session refused, retrying slowly (up to every 5 min)");
                 } else {
@@ -509,7 +515,7 @@ pub async fn run(
                 let (wait, news) = pacing.failed(&e);
                 let retry_in_s = wait.as_secs_f64().round();
                 if !news {
-                    debug!(plc = %plc.id, error = %e, retry_in_s, "plc still refuses the session");
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "plc still not connected");
                 } else if matches!(e, SessionError::Refused { .. }) {
                     error!(plc = %plc.id, error = %e, retry_in_s, "plc refused the session, retrying slowly (up to every 5 min)");
                 } else {
@@ -763,7 +769,12 @@ mod tests {
             plc: "p".into(),
             status: StatusCode::BadTimeout,
         };
-        assert!(p.failed(&net).0 <= Duration::from_secs(1));
+        let (wait, news) = p.failed(&net);
+        assert!(wait <= Duration::from_secs(1) && news);
+        assert!(
+            !p.failed(&net).1,
+            "the same network failure is said once per outage too"
+        );
         p.connected();
         assert!(p.failed(&expired).1, "a new outage says it again");
     }
