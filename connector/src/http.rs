@@ -41,7 +41,7 @@ pub fn render(state: &State) -> String {
     let mut out = String::with_capacity(4096);
     let line = esc(&state.line);
     type Get = fn(&PlcMetrics) -> &AtomicU64;
-    let per_plc: [(&str, &str, &str, Get); 16] = [
+    let per_plc: [(&str, &str, &str, Get); 17] = [
         (
             "samples_received_total",
             "Samples received from the PLC.",
@@ -127,6 +127,12 @@ pub fn render(state: &State) -> String {
             |p| &p.overflows,
         ),
         (
+            "loss_events_total",
+            "Values lost for good: lost notification messages plus samples with the Overflow bit.",
+            "counter",
+            |p| &p.loss_events,
+        ),
+        (
             "backpressure_waits_total",
             "Waits of the OPC UA side for a full sink queue.",
             "counter",
@@ -172,7 +178,7 @@ pub fn render(state: &State) -> String {
     counter(
         &mut out,
         "last_sample_age_seconds",
-        "Age of the newest sample's source time.",
+        "Time since the newest sample was received (our clock).",
         "gauge",
     );
     let now = chrono::Utc::now().timestamp_micros();

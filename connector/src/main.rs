@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, Failure};
 use connector::config::{SecurityMode, SecurityPolicy};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
 #[derive(Debug, Parser)]
@@ -171,17 +173,25 @@ fn init_logs(format: LogFormat, level: &str) {
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
+    // While we close our own sessions (shutdown), async-opcua's errors are the close we asked
+    // for (e.g. `publish failed ... BadSessionClosed` from the pending Publish requests).
+    let not_our_close = tracing_subscriber::filter::filter_fn(|m| {
+        !(*m.level() == tracing::Level::ERROR
+            && m.target().starts_with("opcua_client")
+            && connector::opcua::session::closing())
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
+        LogFormat::Json => fmt.json().boxed(),
         // Colours only on a terminal; every field escaped (see `escaped_fields`).
-        LogFormat::Text => builder
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .fmt_fields(escaped_fields())
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter).with_filter(not_our_close))
+        .init();
 }
 
 /// Text-log fields with control characters escaped: a line break or a terminal escape in a

@@ -26,13 +26,17 @@ pub struct PlcMetrics {
     pub sequence_gaps: AtomicU64,
     pub republished: AtomicU64,
     pub lost_messages: AtomicU64,
+    /// Everything lost for good, in one count: notification messages lost (the server no
+    /// longer had them, or they were past the republish cap) plus samples with the Overflow
+    /// bit (each stands for at least one value the server's queue dropped).
+    pub loss_events: AtomicU64,
     /// Times the OPC UA side had to wait because the sink's queue was full (slow disk).
     pub backpressure_waits: AtomicU64,
     pub samples_written: AtomicU64,
     pub chunks_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub write_errors: AtomicU64,
-    /// Source time of the newest sample received, µs since the epoch.
+    /// When the newest sample was received (our clock, not the server's), µs since the epoch.
     pub last_sample_us: AtomicI64,
     /// Samples handed on after the PLC's writer thread had stopped: counted, never silent.
     pub samples_dropped: AtomicU64,

@@ -30,7 +30,8 @@ pub mod server;
 pub use error::{Problem, SimError};
 pub use faults::{Fault, FaultKind};
 pub use runtime::{
-    all_security, parse_security, run, start, GroupStats, Limits, NodeStats, SimConfig, Simulator,
-    Source, Stats, BOTTLING_LINE_NAMESPACE, BOTTLING_LINE_NODESET, BOTTLING_LINE_PROFILE,
+    all_security, parse_security, run, start, GroupStats, Limits, LoginStats, Logins, NodeStats,
+    SimConfig, Simulator, Source, Stats, BOTTLING_LINE_NAMESPACE, BOTTLING_LINE_NODESET,
+    BOTTLING_LINE_PROFILE,
 };
 pub use scale::ScaleSpec;

@@ -4,8 +4,8 @@ use std::collections::{HashSet, VecDeque};
 
 use opcua::client::Session;
 use opcua::types::{
-    BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeClassMask, NodeId,
-    ReferenceDescription, ReferenceTypeId,
+    BrowseDescription, BrowseDirection, BrowseResult, BrowseResultMask, ByteString, NodeClass,
+    NodeClassMask, NodeId, ReferenceDescription, ReferenceTypeId, StatusCode,
 };
 
 /// A variable found by browsing, with its path of browse names from the root.
@@ -24,6 +24,46 @@ pub enum BrowseError {
         node: NodeId,
         status: opcua::types::StatusCode,
     },
+    #[error("browse of {node}: the server still offered more references after {pages} continuation pages, gave up (a broken server?)")]
+    EndlessContinuation { node: NodeId, pages: usize },
+}
+
+/// At most this many BrowseNext pages for the references of one node. A broken or hostile
+/// server can hand out continuation points forever.
+pub const MAX_CONTINUATIONS: usize = 1000;
+
+/// Fetches the pages after `cp` with `next` (a BrowseNext of one continuation point), at most
+/// [`MAX_CONTINUATIONS`] of them, appending their references to `refs`.
+async fn follow<F, Fut>(
+    node: &NodeId,
+    mut cp: ByteString,
+    refs: &mut Vec<ReferenceDescription>,
+    mut next: F,
+) -> Result<(), BrowseError>
+where
+    F: FnMut(ByteString) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<BrowseResult>, StatusCode>>,
+{
+    let mut pages = 0;
+    while !cp.is_null_or_empty() {
+        if pages == MAX_CONTINUATIONS {
+            return Err(BrowseError::EndlessContinuation {
+                node: node.clone(),
+                pages,
+            });
+        }
+        pages += 1;
+        let Some(r) = next(cp).await.map_err(|status| BrowseError::Service {
+            node: node.clone(),
+            status,
+        })?
+        else {
+            break;
+        };
+        refs.extend(r.references.unwrap_or_default());
+        cp = r.continuation_point;
+    }
+    Ok(())
 }
 
 /// Variables below `root` (its components and organized children; properties such as
@@ -63,21 +103,19 @@ pub async fn variables(
                 });
             }
             let mut refs = result.references.unwrap_or_default();
-            let mut cp = result.continuation_point;
-            while !cp.is_null_or_empty() {
-                let next = session
-                    .browse_next(false, std::slice::from_ref(&cp))
-                    .await
-                    .map_err(|e| BrowseError::Service {
-                        node: parent.clone(),
-                        status: e.status(),
-                    })?;
-                let Some(r) = next.into_iter().next() else {
-                    break;
-                };
-                refs.extend(r.references.unwrap_or_default());
-                cp = r.continuation_point;
-            }
+            follow(
+                &parent,
+                result.continuation_point,
+                &mut refs,
+                |cp| async move {
+                    session
+                        .browse_next(false, std::slice::from_ref(&cp))
+                        .await
+                        .map(|r| r.into_iter().next())
+                        .map_err(|e| e.status())
+                },
+            )
+            .await?;
             for r in refs {
                 if !wanted(&r) {
                     continue;
@@ -153,7 +191,32 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::*;
+
+    /// A server that always has one more page: the walk stops with an error naming the node.
+    #[tokio::test]
+    async fn endless_continuation_points_stop_with_an_error_naming_the_node() {
+        let node = NodeId::new(2, "Endless");
+        let mut refs = Vec::new();
+        let mut asked = 0usize;
+        let err = follow(&node, ByteString::from(vec![1u8]), &mut refs, |_| {
+            asked += 1;
+            async {
+                Ok(Some(BrowseResult {
+                    status_code: StatusCode::Good,
+                    continuation_point: ByteString::from(vec![1u8]),
+                    references: Some(vec![ReferenceDescription::default()]),
+                }))
+            }
+        })
+        .await
+        .expect_err("must give up");
+        assert_eq!(asked, MAX_CONTINUATIONS);
+        assert_eq!(refs.len(), MAX_CONTINUATIONS);
+        let text = err.to_string();
+        assert!(text.contains("ns=2;s=Endless"), "{text}");
+        assert!(text.contains("1000 continuation pages"), "{text}");
+    }
 
     #[test]
     fn globs_match_like_a_shell() {

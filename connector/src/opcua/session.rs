@@ -23,7 +23,7 @@ use opcua::types::{
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{Auth, Pki, Plc, SecurityMode, SecurityPolicy};
@@ -57,6 +57,140 @@ pub enum SessionError {
     Auth { plc: String, message: String },
     #[error("plc {plc}: cannot connect: {status}")]
     Connect { plc: String, status: StatusCode },
+    #[error("plc {plc}: the {session} session was refused: {cause} ({status})")]
+    Refused {
+        plc: String,
+        session: &'static str,
+        status: StatusCode,
+        cause: String,
+    },
+}
+
+/// Why the server (or we) refused the session, in words a person can act on; `None` for
+/// failures that a quick retry may fix (network, a server starting up). A refusal is retried
+/// slowly: many PLCs lock an account after a few failed logins.
+pub fn refusal(status: StatusCode, pki: &Pki) -> Option<String> {
+    let dir = pki.dir.display();
+    let cause = match status {
+        StatusCode::BadUserAccessDenied
+        | StatusCode::BadIdentityTokenInvalid
+        | StatusCode::BadIdentityTokenRejected => {
+            "the server refused the user identity (wrong user name or password, or a user \
+             certificate it does not accept); check [plc.auth]"
+                .to_owned()
+        }
+        StatusCode::BadCertificateUntrusted => format!(
+            "the server certificate is not trusted; it was copied to {dir}/rejected/. If it is \
+             the right server, move that file to {dir}/trusted/ (or set \
+             pki.trust_unknown_servers = true); while it stays in rejected/ the attempts fail \
+             with BadSecurityChecksFailed"
+        ),
+        StatusCode::BadCertificateTimeInvalid | StatusCode::BadCertificateIssuerTimeInvalid => {
+            "a certificate is expired or not yet valid (the server's, or ours as the server \
+             sees it: check both clocks and both certificates)"
+                .to_owned()
+        }
+        StatusCode::BadCertificateHostNameInvalid => {
+            "the server certificate does not name the host in the endpoint URL (use the host \
+             name the certificate was issued for)"
+                .to_owned()
+        }
+        StatusCode::BadCertificateUriInvalid => {
+            "the application URI in the server certificate does not match the server's \
+             description"
+                .to_owned()
+        }
+        StatusCode::BadCertificateRevoked
+        | StatusCode::BadCertificateIssuerRevoked
+        | StatusCode::BadCertificateRevocationUnknown
+        | StatusCode::BadCertificateIssuerRevocationUnknown => {
+            "a certificate is revoked (or its revocation cannot be checked)".to_owned()
+        }
+        StatusCode::BadCertificateInvalid
+        | StatusCode::BadCertificateUseNotAllowed
+        | StatusCode::BadCertificateIssuerUseNotAllowed
+        | StatusCode::BadCertificatePolicyCheckFailed
+        | StatusCode::BadSecurityPolicyRejected
+        | StatusCode::BadNoValidCertificates => {
+            "a certificate is not acceptable (invalid, wrong key usage or key length for the \
+             security policy)"
+                .to_owned()
+        }
+        StatusCode::BadSecurityChecksFailed => format!(
+            "security checks failed: the server certificate is in {dir}/rejected/ (move it to \
+             {dir}/trusted/ to trust it), or its key is too short for the security policy, or \
+             the server refused our certificate (trust {dir}/own/cert.der on the server)"
+        ),
+        _ => return None,
+    };
+    Some(cause)
+}
+
+/// How a session retries after a failure: at the network pace for what a retry may fix
+/// soon, slowly for refusals (credentials, certificates), and each cause logged once per
+/// outage, not per attempt (the attempts are counted).
+#[derive(Debug)]
+struct Pacing {
+    network: Backoff,
+    refused: Backoff,
+    logged: std::collections::HashSet<String>,
+}
+
+impl Pacing {
+    fn new() -> Pacing {
+        Pacing {
+            network: session_backoff(),
+            refused: refusal_backoff(),
+            logged: std::collections::HashSet::new(),
+        }
+    }
+
+    /// The session is up: the next failure starts a new outage.
+    fn connected(&mut self) {
+        self.network.reset();
+        self.refused.reset();
+        self.logged.clear();
+    }
+
+    /// The wait before the next attempt after `e`, and whether `e` is news (to be logged
+    /// as an error; a repeated refusal is logged at debug level).
+    fn failed(&mut self, e: &SessionError) -> (Duration, bool) {
+        match e {
+            SessionError::Refused { status, .. } => {
+                // async-opcua reports a server certificate that is already in rejected/ as
+                // BadSecurityChecksFailed: the same outage as the BadCertificateUntrusted
+                // that put it there, said once.
+                let cause = match *status {
+                    StatusCode::BadSecurityChecksFailed => StatusCode::BadCertificateUntrusted,
+                    s => s,
+                };
+                (
+                    self.refused.next_wait(),
+                    self.logged.insert(cause.to_string()),
+                )
+            }
+            other => (
+                self.network.next_wait(),
+                self.logged.insert(other.to_string()),
+            ),
+        }
+    }
+}
+
+/// The failure of a session's connect attempt as the event loop reports it: a refusal ends
+/// the attempt (retried slowly by our loop), anything else is retried by the event loop.
+fn refused(
+    plc: &Plc,
+    pki: &Pki,
+    session: &'static str,
+    status: StatusCode,
+) -> Option<SessionError> {
+    refusal(status, pki).map(|cause| SessionError::Refused {
+        plc: plc.id.clone(),
+        session,
+        status,
+        cause,
+    })
 }
 
 pub fn ua_policy(p: SecurityPolicy) -> UaPolicy {
@@ -101,6 +235,28 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
             plc: plc.to_owned(),
             message: e.join("; "),
         })
+}
+
+/// Creates our application certificate and key (`pki/own`, `pki/private`) if they are
+/// missing, once, before the sessions start: the data and write sessions of a first start
+/// would otherwise race to create them, and the loser logs a spurious error.
+pub fn prepare_pki(pki: &Pki) -> Result<(), SessionError> {
+    client(pki, "(all)").map(|_| ())
+}
+
+static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once a session is being closed by us (shutdown): what async-opcua then logs as
+/// errors (a server answering the pending Publish requests with BadSessionClosed) is the
+/// close we asked for, and the log filter of `main` leaves it out.
+pub fn closing() -> bool {
+    CLOSING.load(Ordering::Relaxed)
+}
+
+/// Closes a session we are done with (shutdown), within 3 s.
+async fn close(session: &Session) {
+    CLOSING.store(true, Ordering::Relaxed);
+    let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
 }
 
 pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
@@ -260,15 +416,22 @@ fn drive(
 /// write under 100,000 samples/s was ~30 ms, most of it waiting). It publishes the session
 /// for the write service while connected (namespaces read), `None` otherwise.
 pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: CancellationToken) {
-    let mut backoff = session_backoff();
+    let mut pacing = Pacing::new();
     while !shutdown.is_cancelled() {
-        let served = serve_writes(&plc, &pki, &link, &shutdown).await;
+        let served = serve_writes(&plc, &pki, &link, &shutdown, &mut pacing).await;
         link.send_replace(None);
         match served {
             Ok(()) => break,
             Err(e) => {
-                let wait = backoff.next_wait();
-                warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
+                let (wait, news) = pacing.failed(&e);
+                let retry_in_s = wait.as_secs_f64().round();
+                if !news {
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "write session still not connected");
+                } else if matches!(e, SessionError::Refused { .. }) {
+                    error!(plc = %plc.id, error = %e, retry_in_s, "write session refused, retrying slowly (up to every 5 min)");
+                } else {
+                    warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
+                }
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
                 }
@@ -282,6 +445,7 @@ async fn serve_writes(
     pki: &Pki,
     link: &LinkSender,
     shutdown: &CancellationToken,
+    pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop) = open(plc, pki).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
@@ -296,8 +460,13 @@ async fn serve_writes(
                 Some(Event::Lost(_)) => {
                     link.send_replace(None);
                 }
-                Some(Event::ReconnectFailed(_)) => {}
+                Some(Event::ReconnectFailed(status)) => {
+                    if let Some(e) = refused(plc, pki, "write", status) {
+                        break Err(e);
+                    }
+                }
                 Some(Event::Reconnected(new_session)) => {
+                    pacing.connected();
                     match (&namespaces, new_session) {
                         // The same session: the namespaces are still valid.
                         (Some(ns), false) => publish_link(link, &session, ns),
@@ -322,7 +491,7 @@ async fn serve_writes(
     };
     link.send_replace(None);
     if result.is_ok() {
-        let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
+        close(&session).await;
     }
     driver.abort();
     result
@@ -336,15 +505,22 @@ pub async fn run(
     metrics: Arc<PlcMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = session_backoff();
+    let mut pacing = Pacing::new();
     while !shutdown.is_cancelled() {
-        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown).await {
+        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown, &mut pacing).await {
             Ok(()) => break,
             Err(e) => {
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
-                let wait = backoff.next_wait();
-                error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
+                let (wait, news) = pacing.failed(&e);
+                let retry_in_s = wait.as_secs_f64().round();
+                if !news {
+                    debug!(plc = %plc.id, error = %e, retry_in_s, "plc still not connected");
+                } else if matches!(e, SessionError::Refused { .. }) {
+                    error!(plc = %plc.id, error = %e, retry_in_s, "plc refused the session, retrying slowly (up to every 5 min)");
+                } else {
+                    error!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "plc not connected");
+                }
                 if !sleep_unless_shutdown(wait, &shutdown).await {
                     break;
                 }
@@ -367,6 +543,12 @@ fn session_backoff() -> Backoff {
     Backoff::new(Duration::from_millis(500), Duration::from_secs(5))
 }
 
+/// 10 s doubling to 5 min (plus jitter) after a refusal: a few logins an hour, not one a
+/// second, against a PLC that locks accounts.
+fn refusal_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(10), Duration::from_secs(300))
+}
+
 /// Sleeps `wait`; false when shut down meanwhile.
 async fn sleep_unless_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -381,6 +563,7 @@ async fn connect_and_serve(
     tx: &SampleSender,
     metrics: &Arc<PlcMetrics>,
     shutdown: &CancellationToken,
+    pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop) = open(plc, pki).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
@@ -389,7 +572,7 @@ async fn connect_and_serve(
     let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();
     let mut subscriptions: Vec<Created> = Vec::new();
     let mut first = true;
-    let mut warned_trust = false;
+    let mut spread = true;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
     let result = loop {
         let retry = sleep_until_set(resubscribe_at);
@@ -402,17 +585,12 @@ async fn connect_and_serve(
                     warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
                 }
                 Some(Event::ReconnectFailed(status)) => {
-                    if status == StatusCode::BadCertificateUntrusted && !warned_trust {
-                        warned_trust = true;
-                        error!(
-                            plc = %plc.id,
-                            "the server certificate is not trusted; it was copied to {}/rejected/. \
-                             If it is the right server, move that file to {}/trusted/ (or set pki.trust_unknown_servers = true)",
-                            pki.dir.display(), pki.dir.display()
-                        );
+                    if let Some(e) = refused(plc, pki, "data", status) {
+                        break Err(e);
                     }
                 }
                 Some(Event::Reconnected(new_session)) => {
+                    pacing.connected();
                     metrics.connected.store(true, Ordering::Relaxed);
                     if first {
                         info!(plc = %plc.id, endpoint = %plc.endpoint, "connected");
@@ -437,10 +615,19 @@ async fn connect_and_serve(
             },
             _ = retry => {
                 resubscribe_at = None;
-                match setup(&session, plc, tx, &gap_tx, metrics).await {
+                // A new subscription, a new outage: its first loss is logged at once.
+                let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
+                match setup(&session, plc, tx, &recovery, metrics, spread).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
+                    }
+                    Err(StatusCode::BadTooManySubscriptions) if spread => {
+                        // The server allows fewer subscriptions than it announced (or than
+                        // we assumed): one per group, at once.
+                        spread = false;
+                        warn!(plc = %plc.id, "the server refused more subscriptions: one subscription per group from now on");
+                        resubscribe_at = Some(tokio::time::Instant::now());
                     }
                     Err(status) => {
                         warn!(plc = %plc.id, status = %status, "subscribing failed, retrying in 1 s");
@@ -455,7 +642,7 @@ async fn connect_and_serve(
     };
     if result.is_ok() {
         // Shutting down: delete our subscriptions and close the session politely.
-        let _ = tokio::time::timeout(Duration::from_secs(3), session.disconnect()).await;
+        close(&session).await;
     }
     driver.abort();
     metrics.connected.store(false, Ordering::Relaxed);
@@ -466,11 +653,13 @@ async fn setup(
     session: &Session,
     plc: &Plc,
     tx: &SampleSender,
-    gaps: &subscribe::GapSender,
+    recovery: &subscribe::Recovery,
     metrics: &Arc<PlcMetrics>,
+    spread: bool,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
-    let created = subscribe::subscribe_all(session, plc, &ns, tx, gaps, metrics).await?;
+    let created =
+        subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics, spread).await?;
     info!(
         plc = %plc.id,
         monitored_items = metrics.monitored_items.load(Ordering::Relaxed),
@@ -490,18 +679,103 @@ async fn recover(
     metrics: &Arc<PlcMetrics>,
 ) {
     let Some(c) = subscriptions.iter().find(|c| c.id == sub) else {
+        // The subscription is gone (deleted after a new session): its messages with it.
         PlcMetrics::add(&metrics.lost_messages, 1);
+        PlcMetrics::add(&metrics.loss_events, 1);
         return;
     };
     match session.republish(sub, seq).await {
         Ok(msg) => {
             PlcMetrics::add(&metrics.republished, 1);
-            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns);
+            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns, &c.losses);
             tx.send(batch);
         }
         Err(e) => {
             PlcMetrics::add(&metrics.lost_messages, 1);
-            warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), "notification message lost: the server no longer has it");
+            PlcMetrics::add(&metrics.loss_events, 1);
+            if let Some(more) = c.losses.gaps.hit() {
+                warn!(plc = %metrics.plc, subscription = sub, sequence = seq, status = %e.status(), suppressed = more, "notification message lost: the server no longer has it");
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused_with(status: StatusCode) -> SessionError {
+        SessionError::Refused {
+            plc: "p".into(),
+            session: "data",
+            status,
+            cause: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_certificate_and_credential_failure_is_a_refusal_network_failures_are_not() {
+        let pki = Pki {
+            dir: "pki".into(),
+            trust_unknown_servers: false,
+        };
+        for s in [
+            StatusCode::BadUserAccessDenied,
+            StatusCode::BadIdentityTokenInvalid,
+            StatusCode::BadIdentityTokenRejected,
+            StatusCode::BadCertificateUntrusted,
+            StatusCode::BadCertificateTimeInvalid,
+            StatusCode::BadCertificateHostNameInvalid,
+            StatusCode::BadCertificateUriInvalid,
+            StatusCode::BadCertificateRevoked,
+            StatusCode::BadCertificateInvalid,
+            StatusCode::BadSecurityChecksFailed,
+        ] {
+            assert!(refusal(s, &pki).is_some(), "{s} is a refusal");
+        }
+        for s in [
+            StatusCode::BadTimeout,
+            StatusCode::BadConnectionClosed,
+            StatusCode::BadCommunicationError,
+            StatusCode::BadTooManySessions,
+        ] {
+            assert!(refusal(s, &pki).is_none(), "{s} is retried quickly");
+        }
+    }
+
+    #[test]
+    fn each_cause_is_news_once_per_outage_and_refusals_wait_10s_to_5min() {
+        let mut p = Pacing::new();
+        let expired = refused_with(StatusCode::BadCertificateTimeInvalid);
+        let host = refused_with(StatusCode::BadCertificateHostNameInvalid);
+        let (wait, news) = p.failed(&expired);
+        assert!(news && wait >= Duration::from_secs(10) && wait <= Duration::from_secs(12));
+        assert!(!p.failed(&expired).1, "the same cause again is not news");
+        assert!(p.failed(&host).1, "another cause is");
+        let waits: Vec<Duration> = (0..10).map(|_| p.failed(&host).0).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(360)));
+        assert!(waits[9] >= Duration::from_secs(300));
+        // Untrusted, then the same certificate found in rejected/: one outage, one line.
+        assert!(
+            p.failed(&refused_with(StatusCode::BadCertificateUntrusted))
+                .1
+        );
+        assert!(
+            !p.failed(&refused_with(StatusCode::BadSecurityChecksFailed))
+                .1
+        );
+        // A network failure keeps the quick pace.
+        let net = SessionError::Connect {
+            plc: "p".into(),
+            status: StatusCode::BadTimeout,
+        };
+        let (wait, news) = p.failed(&net);
+        assert!(wait <= Duration::from_secs(1) && news);
+        assert!(
+            !p.failed(&net).1,
+            "the same network failure is said once per outage too"
+        );
+        p.connected();
+        assert!(p.failed(&expired).1, "a new outage says it again");
     }
 }

@@ -20,6 +20,7 @@ use crate::opcua::browse;
 use crate::opcua::convert;
 use crate::opcua::resolve::Namespaces;
 use crate::pipeline::SampleSender;
+use crate::ratelog::RateLog;
 use crate::sample::Item;
 
 /// The server's limits that shape how we subscribe (0 = no limit announced).
@@ -29,6 +30,7 @@ pub struct ServerLimits {
     pub max_monitored_items_per_subscription: usize,
     pub max_nodes_per_browse: usize,
     pub max_nodes_per_read: usize,
+    pub max_subscriptions_per_session: usize,
 }
 
 impl ServerLimits {
@@ -48,6 +50,7 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
         VariableId::Server_ServerCapabilities_MaxMonitoredItemsPerSubscription,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse,
         VariableId::Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
+        VariableId::Server_ServerCapabilities_MaxSubscriptionsPerSession,
     ];
     let reads: Vec<ReadValueId> = ids
         .iter()
@@ -71,6 +74,7 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
         max_monitored_items_per_subscription: n(1),
         max_nodes_per_browse: n(2),
         max_nodes_per_read: n(3),
+        max_subscriptions_per_session: n(4),
     }
 }
 
@@ -254,6 +258,54 @@ fn filter(deadband: Deadband) -> ExtensionObject {
 /// A sequence-number gap to recover: (subscription, missing sequence number).
 pub type GapSender = UnboundedSender<(u32, u32)>;
 
+/// At most this many missing notification messages of one gap are asked for with Republish
+/// (the newest ones: a server keeps only its latest messages); the older ones are counted
+/// lost. A broken or hostile server can announce a gap of billions of messages.
+pub const MAX_REPUBLISH_PER_GAP: u32 = 16;
+
+/// Losses of one PLC's session, logged once and then at most once a minute per cause.
+#[derive(Debug)]
+pub struct LossLog {
+    /// Notification messages lost (not republished, or the server no longer had them).
+    pub gaps: RateLog,
+    /// Values with the Overflow bit.
+    pub overflows: RateLog,
+}
+
+impl LossLog {
+    pub fn new() -> Arc<LossLog> {
+        Arc::new(LossLog {
+            gaps: RateLog::per_minute(),
+            overflows: RateLog::per_minute(),
+        })
+    }
+}
+
+/// What a new sequence number means after `last`: the missing messages to ask for with
+/// Republish (the newest, at most [`MAX_REPUBLISH_PER_GAP`]) and how many more are lost.
+/// A number at or before `last` (a reset or a duplicate) is no gap.
+pub fn gap(last: u32, seq: u32) -> (std::ops::Range<u32>, u64) {
+    let ahead = seq.wrapping_sub(last);
+    if !(2..=u32::MAX / 2).contains(&ahead) {
+        return (seq..seq, 0);
+    }
+    let missing = ahead - 1;
+    let asked = missing.min(MAX_REPUBLISH_PER_GAP);
+    // Sequence numbers wrap from u32::MAX to 1; a gap across the wrap is asked for in part.
+    let from = seq.wrapping_sub(asked);
+    let range = if from < seq { from..seq } else { 1..seq };
+    let lost = u64::from(missing) - u64::from(range.end - range.start);
+    (range, lost)
+}
+
+/// Where a PLC's subscriptions report what went missing: the gaps to recover and the lines
+/// that say what was lost.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub gaps: GapSender,
+    pub losses: Arc<LossLog>,
+}
+
 /// Hands notifications of one subscription to the pipeline; never blocks for long.
 struct Callback {
     items: Arc<Vec<Arc<Item>>>,
@@ -263,6 +315,33 @@ struct Callback {
     subscription: Arc<AtomicU32>,
     last_seq: Option<u32>,
     gaps: GapSender,
+    losses: Arc<LossLog>,
+}
+
+impl Callback {
+    /// Counts the messages missing before `seq` and asks for the newest of them.
+    fn check_sequence(&mut self, seq: u32) {
+        if let Some(last) = self.last_seq {
+            let (ask, lost) = gap(last, seq);
+            let missing = u64::from(ask.end - ask.start) + lost;
+            if missing > 0 {
+                let sub = self.subscription.load(Ordering::Relaxed);
+                PlcMetrics::add(&self.metrics.sequence_gaps, missing);
+                for n in ask.clone() {
+                    let _ = self.gaps.send((sub, n));
+                }
+                if lost > 0 {
+                    PlcMetrics::add(&self.metrics.lost_messages, lost);
+                    PlcMetrics::add(&self.metrics.loss_events, lost);
+                    if let Some(more) = self.losses.gaps.hit() {
+                        warn!(plc = %self.metrics.plc, subscription = sub, last, sequence = seq, missing, lost, republish = ask.end - ask.start, suppressed = more,
+                            "notification messages lost: the server skipped more sequence numbers than are asked for again");
+                    }
+                }
+            }
+        }
+        self.last_seq = Some(seq);
+    }
 }
 
 impl OnSubscriptionNotificationCore for Callback {
@@ -276,19 +355,9 @@ impl OnSubscriptionNotificationCore for Callback {
             .as_ref()
             .is_some_and(|d| !d.is_empty());
         if has_data {
-            if let Some(last) = self.last_seq {
-                let seq = msg.sequence_number;
-                if seq > last.wrapping_add(1) && seq.wrapping_sub(last) < 1_000_000 {
-                    let sub = self.subscription.load(Ordering::Relaxed);
-                    for missing in last.wrapping_add(1)..seq {
-                        PlcMetrics::add(&self.metrics.sequence_gaps, 1);
-                        let _ = self.gaps.send((sub, missing));
-                    }
-                }
-            }
-            self.last_seq = Some(msg.sequence_number);
+            self.check_sequence(msg.sequence_number);
         }
-        let batch = samples(&self.items, msg, &self.metrics, &self.ns);
+        let batch = samples(&self.items, msg, &self.metrics, &self.ns, &self.losses);
         if !batch.is_empty() {
             self.tx.send(batch);
         }
@@ -301,6 +370,7 @@ pub fn samples(
     msg: NotificationMessage,
     metrics: &PlcMetrics,
     ns: &Namespaces,
+    losses: &LossLog,
 ) -> Vec<crate::sample::Sample> {
     let Some(data) = msg.notification_data else {
         return Vec::new();
@@ -325,11 +395,22 @@ pub fn samples(
             out.push(convert::sample(item, n.value, received, ns));
         }
     }
-    if let Some(last) = out.iter().map(|s| s.time_us).max() {
-        metrics.last_sample_us.fetch_max(last, Ordering::Relaxed);
+    if !out.is_empty() {
+        // Staleness is measured on our clock: a server clock that is wrong (or one far-future
+        // source timestamp) must not make a dead PLC look fresh.
+        metrics
+            .last_sample_us
+            .fetch_max(received, Ordering::Relaxed);
     }
     PlcMetrics::add(&metrics.samples_received, out.len() as u64);
-    PlcMetrics::add(&metrics.overflows, overflows);
+    if overflows > 0 {
+        PlcMetrics::add(&metrics.overflows, overflows);
+        PlcMetrics::add(&metrics.loss_events, overflows);
+        if let Some(more) = losses.overflows.hit() {
+            warn!(plc = %metrics.plc, samples = overflows, suppressed = more,
+                "values lost: the server's queue overflowed (samples with the Overflow bit); the subscription's publishing falls behind the changes");
+        }
+    }
     out
 }
 
@@ -339,6 +420,7 @@ pub struct Created {
     pub id: u32,
     pub items: Arc<Vec<Arc<Item>>>,
     pub ns: Arc<Namespaces>,
+    pub losses: Arc<LossLog>,
 }
 
 /// Creates the subscriptions of one group: split by the server's per-subscription limit,
@@ -350,7 +432,7 @@ pub async fn subscribe_group(
     mut targets: Vec<Target>,
     (ns, limits): (&Arc<Namespaces>, &ServerLimits),
     tx: &SampleSender,
-    gaps: &GapSender,
+    recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
 ) -> Result<Vec<Created>, StatusCode> {
     let per_sub = ServerLimits::or(limits.max_monitored_items_per_subscription, usize::MAX);
@@ -374,7 +456,8 @@ pub async fn subscribe_group(
             metrics: metrics.clone(),
             subscription: sub_id.clone(),
             last_seq: None,
-            gaps: gaps.clone(),
+            gaps: recovery.gaps.clone(),
+            losses: recovery.losses.clone(),
         };
         let id = session
             .create_subscription(
@@ -386,8 +469,11 @@ pub async fn subscribe_group(
                 true,
                 callback,
             )
-            .await
-            .map_err(|e| e.status())?;
+            .await;
+        let id = match id {
+            Ok(id) => id,
+            Err(e) => return Err(undo(session, &created, None, e.status()).await),
+        };
         sub_id.store(id, Ordering::Relaxed);
         let mut overflow: Vec<Target> = Vec::new();
         let mut ok = 0u64;
@@ -407,10 +493,13 @@ pub async fn subscribe_group(
                     },
                 })
                 .collect();
-            let results = session
+            let results = match session
                 .create_monitored_items(id, TimestampsToReturn::Both, requests)
                 .await
-                .map_err(|e| e.status())?;
+            {
+                Ok(r) => r,
+                Err(e) => return Err(undo(session, &created, Some(id), e.status()).await),
+            };
             for (t, r) in chunk.iter().zip(results) {
                 let status = r.result.status_code;
                 if status.is_good() {
@@ -428,6 +517,7 @@ pub async fn subscribe_group(
             id,
             items,
             ns: ns.clone(),
+            losses: recovery.losses.clone(),
         });
         if !overflow.is_empty() {
             info!(group = %group.name, items = overflow.len(), "server subscription full, opening another one");
@@ -439,25 +529,91 @@ pub async fn subscribe_group(
     Ok(created)
 }
 
-/// Subscribes every group of a PLC. Returns the subscriptions and how long it took.
+/// Deletes the subscriptions of a group that could not be subscribed completely (the caller
+/// retries from scratch); returns `status`.
+async fn undo(
+    session: &Session,
+    created: &[Created],
+    current: Option<u32>,
+    status: StatusCode,
+) -> StatusCode {
+    let ids: Vec<u32> = created.iter().map(|c| c.id).chain(current).collect();
+    if !ids.is_empty() {
+        let _ = session.delete_subscriptions(&ids).await;
+    }
+    status
+}
+
+/// Items per subscription above which a group is spread over several subscriptions (when the
+/// server allows them). async-opcua keeps two Publish requests in flight per subscription,
+/// and servers cap the notifications of one Publish response (node-opcua: 1000): a group of
+/// 5,000 items changing 10 times a second needs 25 responses per 500 ms, one round trip each
+/// with a single subscription, and the server's queues overflow while they queue up.
+pub const SPREAD_ITEMS: usize = 1000;
+
+/// Subscriptions per session assumed when the server does not announce its limit
+/// (MaxSubscriptionsPerSession): the default of async-opcua and node-opcua servers.
+pub const ASSUMED_MAX_SUBSCRIPTIONS: usize = 10;
+
+/// At most how many items one subscription of a group of `items` gets: [`SPREAD_ITEMS`] while
+/// the group's share of the server's subscriptions lasts (`spread`), all of them otherwise.
+pub fn items_per_subscription(
+    items: usize,
+    groups: usize,
+    limits: &ServerLimits,
+    spread: bool,
+) -> usize {
+    if !spread {
+        return items.max(1);
+    }
+    let max_subs = ServerLimits::or(
+        limits.max_subscriptions_per_session,
+        ASSUMED_MAX_SUBSCRIPTIONS,
+    );
+    let share = (max_subs / groups.max(1)).max(1);
+    let parts = items.div_ceil(SPREAD_ITEMS).clamp(1, share);
+    items.div_ceil(parts).max(1)
+}
+
+/// Subscribes every group of a PLC. Returns the subscriptions and how long it took. With
+/// `spread`, large groups are spread over several subscriptions ([`items_per_subscription`]).
+/// On failure, the subscriptions created so far are deleted again.
+#[allow(clippy::too_many_arguments)]
 pub async fn subscribe_all(
     session: &Session,
     plc: &crate::config::Plc,
     ns: &Namespaces,
     tx: &SampleSender,
-    gaps: &GapSender,
+    recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
+    spread: bool,
 ) -> Result<Vec<Created>, StatusCode> {
     let started = Instant::now();
     let limits = read_limits(session).await;
     let shared_ns = Arc::new(ns.clone());
     metrics.monitored_items.store(0, Ordering::Relaxed);
-    let mut all = Vec::new();
+    let mut all: Vec<Created> = Vec::new();
     for group in &plc.groups {
         let t = targets(session, &plc.id, group, ns, &limits, metrics).await;
         let n = t.len();
-        let created =
-            subscribe_group(session, group, t, (&shared_ns, &limits), tx, gaps, metrics).await?;
+        let mut group_limits = limits;
+        let per_sub = items_per_subscription(n, plc.groups.len(), &limits, spread);
+        group_limits.max_monitored_items_per_subscription =
+            ServerLimits::or(limits.max_monitored_items_per_subscription, usize::MAX).min(per_sub);
+        let created = subscribe_group(
+            session,
+            group,
+            t,
+            (&shared_ns, &group_limits),
+            tx,
+            recovery,
+            metrics,
+        )
+        .await;
+        let created = match created {
+            Ok(c) => c,
+            Err(status) => return Err(undo(session, &all, None, status).await),
+        };
         info!(plc = %plc.id, group = %group.name, nodes = n, subscriptions = created.len(), "group subscribed");
         all.extend(created);
     }
@@ -465,4 +621,152 @@ pub async fn subscribe_all(
         .subscribe_us
         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opcua::types::{DataValue, DateTime, MonitoredItemNotification};
+
+    fn item() -> Arc<Item> {
+        Arc::new(Item {
+            plc: "p".into(),
+            group: "g".into(),
+            node: "n".into(),
+            name: "n".into(),
+        })
+    }
+
+    fn callback(
+        metrics: &Arc<PlcMetrics>,
+    ) -> (
+        Callback,
+        tokio::sync::mpsc::UnboundedReceiver<(u32, u32)>,
+        std::sync::mpsc::Receiver<crate::pipeline::Batch>,
+    ) {
+        let (gaps, gap_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = crate::pipeline::channel(16, metrics.clone());
+        let cb = Callback {
+            items: Arc::new(vec![item()]),
+            ns: Arc::new(Namespaces(vec![])),
+            tx,
+            metrics: metrics.clone(),
+            subscription: Arc::new(AtomicU32::new(7)),
+            last_seq: None,
+            gaps,
+            losses: LossLog::new(),
+        };
+        (cb, gap_rx, rx)
+    }
+
+    #[test]
+    fn a_gap_of_999999_messages_asks_for_the_newest_16_and_counts_the_rest_lost() {
+        let metrics = PlcMetrics::new("p");
+        let (mut cb, mut gaps, _rx) = callback(&metrics);
+        cb.check_sequence(1);
+        cb.check_sequence(1_000_001);
+        let mut asked = Vec::new();
+        while let Ok(g) = gaps.try_recv() {
+            asked.push(g);
+        }
+        let expected: Vec<(u32, u32)> = (999_985..=1_000_000).map(|s| (7, s)).collect();
+        assert_eq!(asked, expected);
+        assert_eq!(PlcMetrics::get(&metrics.sequence_gaps), 999_999);
+        assert_eq!(PlcMetrics::get(&metrics.lost_messages), 999_999 - 16);
+        assert_eq!(PlcMetrics::get(&metrics.loss_events), 999_999 - 16);
+    }
+
+    #[test]
+    fn large_groups_are_spread_within_the_servers_subscriptions() {
+        let limits = |max_subs| ServerLimits {
+            max_monitored_items_per_call: 0,
+            max_monitored_items_per_subscription: 0,
+            max_nodes_per_browse: 0,
+            max_nodes_per_read: 0,
+            max_subscriptions_per_session: max_subs,
+        };
+        // 5,000 items, one group, limit not announced (10 assumed): 5 x 1,000.
+        assert_eq!(items_per_subscription(5000, 1, &limits(0), true), 1000);
+        assert_eq!(items_per_subscription(999, 1, &limits(0), true), 999);
+        // 100,000 items share 10 subscriptions; 5 groups get 2 each.
+        assert_eq!(items_per_subscription(100_000, 1, &limits(0), true), 10_000);
+        assert_eq!(items_per_subscription(100_000, 5, &limits(0), true), 50_000);
+        // More groups than subscriptions: one each (the server decides).
+        assert_eq!(items_per_subscription(5000, 20, &limits(10), true), 5000);
+        // An announced limit counts; no spreading after the server refused.
+        assert_eq!(items_per_subscription(5000, 1, &limits(2), true), 2500);
+        assert_eq!(items_per_subscription(5000, 1, &limits(0), false), 5000);
+    }
+
+    #[test]
+    fn gaps_small_wrapped_and_backwards() {
+        assert_eq!(gap(5, 6), (6..6, 0));
+        assert_eq!(gap(5, 8), (6..8, 0));
+        assert_eq!(gap(5, 5), (5..5, 0), "a duplicate is no gap");
+        assert_eq!(gap(500, 3), (3..3, 0), "a reset is no gap");
+        // Across the wrap (u32::MAX -> 1) only the part after it is asked for.
+        assert_eq!(gap(u32::MAX - 1, 3), (1..3, 2));
+        // A huge jump is a gap, not ignored.
+        let (ask, lost) = gap(1, u32::MAX / 2);
+        assert_eq!(ask.end - ask.start, MAX_REPUBLISH_PER_GAP);
+        assert_eq!(lost + 16, u64::from(u32::MAX / 2 - 2));
+    }
+
+    fn message(source: DateTime, status: StatusCode) -> NotificationMessage {
+        let change = DataChangeNotification {
+            monitored_items: Some(vec![MonitoredItemNotification {
+                client_handle: 1,
+                value: DataValue {
+                    value: Some(Variant::Int32(1)),
+                    status: Some(status),
+                    source_timestamp: Some(source),
+                    server_timestamp: Some(source),
+                    ..Default::default()
+                },
+            }]),
+            diagnostic_infos: None,
+        };
+        NotificationMessage {
+            sequence_number: 1,
+            publish_time: source,
+            notification_data: Some(vec![ExtensionObject::from_message(change)]),
+        }
+    }
+
+    #[test]
+    fn staleness_is_measured_on_the_receive_time_not_a_far_future_server_clock() {
+        let metrics = PlcMetrics::new("p");
+        let future = DateTime::from(chrono::Utc::now() + chrono::Duration::days(3650));
+        let before = chrono::Utc::now().timestamp_micros();
+        let batch = samples(
+            &[item()],
+            message(future, StatusCode::Good),
+            &metrics,
+            &Namespaces(vec![]),
+            &LossLog::new(),
+        );
+        let after = chrono::Utc::now().timestamp_micros();
+        assert_eq!(batch.len(), 1);
+        let last = metrics.last_sample_us.load(Ordering::Relaxed);
+        assert!(
+            (before..=after).contains(&last),
+            "{last} not in {before}..={after}"
+        );
+    }
+
+    #[test]
+    fn an_overflow_bit_counts_as_a_loss() {
+        let metrics = PlcMetrics::new("p");
+        let status = StatusCode::Good.set_overflow(true);
+        let batch = samples(
+            &[item()],
+            message(DateTime::now(), status),
+            &metrics,
+            &Namespaces(vec![]),
+            &LossLog::new(),
+        );
+        assert_eq!(batch.len(), 1);
+        assert_eq!(PlcMetrics::get(&metrics.overflows), 1);
+        assert_eq!(PlcMetrics::get(&metrics.loss_events), 1);
+    }
 }

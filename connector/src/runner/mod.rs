@@ -107,6 +107,9 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         (Controls::default(), None)
     };
     let destinations = open_destinations(config, controls, &shutdown.senders)?;
+    if let Err(e) = session::prepare_pki(&config.pki) {
+        tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
+    }
     let mut metrics = Metrics::default();
     let mut links = Vec::new();
     let mut write_sessions = Vec::new();

@@ -29,6 +29,7 @@ use crate::model::Model;
 use crate::profile::{NodeInfo, Profile};
 use crate::server::{is_method, variable_info};
 
+mod auth;
 mod config;
 mod nodeset_check;
 mod server_build;
@@ -37,6 +38,7 @@ mod stats;
 mod supervisor;
 mod ticker;
 
+pub use auth::{LoginStats, Logins};
 pub use config::{
     all_security, parse_security, Limits, SimConfig, Source, BOTTLING_LINE_NAMESPACE,
     BOTTLING_LINE_NODESET, BOTTLING_LINE_PROFILE,
@@ -83,6 +85,11 @@ impl Simulator {
     pub fn method_calls(&self, id: &str) -> Option<u64> {
         let model = self.shared.model.lock().unwrap_or_else(|e| e.into_inner());
         Some(model.methods[model.method_index(id)?].calls)
+    }
+
+    /// Logins with a user name or certificate so far, and how many were refused.
+    pub fn logins(&self) -> LoginStats {
+        self.shared.logins.stats()
     }
 
     /// Ground truth of every node and group, now.
@@ -140,7 +147,8 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         .port();
     let endpoint = format!("opc.tcp://{}:{}/", config.host, port);
 
-    let (server, handle, nm) = build_server(&config, imports, port, &model, &online)?;
+    let logins = Arc::new(Logins::default());
+    let (server, handle, nm) = build_server(&config, imports, port, &model, &online, &logins)?;
     check_imported(&config.nodesets, &handle)?;
     {
         let asp = nm.address_space().read();
@@ -177,6 +185,7 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         tys,
         started: Instant::now(),
         endpoint: endpoint.clone(),
+        logins,
     });
     let server_task = go_live(&shared, server, handle.clone(), nm, listener);
     info!(endpoint = %endpoint, "simulator listening");

@@ -15,6 +15,7 @@ use opcua::types::NodeId;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::auth::{CountingAuth, Logins};
 use super::config::SimConfig;
 use super::shared::{Live, Shared};
 use crate::error::SimError;
@@ -46,6 +47,7 @@ pub(super) fn build_server(
     port: u16,
     model: &Arc<Mutex<Model>>,
     online: &Arc<AtomicBool>,
+    logins: &Arc<Logins>,
 ) -> Result<(Server, ServerHandle, Arc<PlcNodeManager>), SimError> {
     let url = format!("opc.tcp://{}:{}/", config.host, port);
     let mut token_ids: Vec<String> = Vec::new();
@@ -68,6 +70,7 @@ pub(super) fn build_server(
         .max_array_length(1_000_000)
         .max_sessions(config.limits.max_sessions)
         .diagnostics_enabled(false)
+        .with_authenticator(Arc::new(CountingAuth::new(&config.users, logins.clone())))
         .with_node_manager(InMemoryNodeManagerBuilder::new(PlcNodeManagerBuilder {
             imports,
             scale: config.scale,

@@ -40,6 +40,7 @@ pub(super) struct Shared {
     pub(super) tys: Vec<VarType>,
     pub(super) started: Instant,
     pub(super) endpoint: String,
+    pub(super) logins: Arc<super::auth::Logins>,
 }
 
 impl Shared {

@@ -145,7 +145,14 @@ async fn restart(
     port: u16,
 ) -> Result<(ServerHandle, JoinHandle<Result<(), String>>), SimError> {
     let imports = load_imports(&config.nodesets)?;
-    let (server, handle, nm) = build_server(config, imports, port, &shared.model, &shared.online)?;
+    let (server, handle, nm) = build_server(
+        config,
+        imports,
+        port,
+        &shared.model,
+        &shared.online,
+        &shared.logins,
+    )?;
     let addr = format!("{}:{}", config.host, port);
     let deadline = Instant::now() + Duration::from_secs(10);
     let listener = loop {

@@ -5,11 +5,13 @@
 // Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
 #![allow(clippy::unwrap_used)]
 
+mod busy;
 mod e2e;
 mod hub;
 mod limits;
 mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
+mod refusals;
 mod unattended;
 mod writes;
