@@ -317,6 +317,8 @@ trust_unknown_servers = true
 
 [sink.mqtt]
 url = "mqtt://127.0.0.1:{broker}"
+# Loopback test broker without users: the explicit opt-in for writes over plain MQTT.
+allow_insecure_commands = true
 
 [buffer]
 dir = "{buffer}"
