@@ -193,6 +193,40 @@ pub fn render(state: &State) -> String {
             );
         }
     }
+    let r = &state.metrics.retention;
+    for (name, help, kind, value) in [
+        (
+            "parquet_retention_deleted_chunks_total",
+            "Completed chunks deleted by retention (max_bytes, max_age, min_free).",
+            "counter",
+            &r.chunks_deleted,
+        ),
+        (
+            "parquet_retention_deleted_bytes_total",
+            "Bytes of chunks deleted by retention.",
+            "counter",
+            &r.bytes_deleted,
+        ),
+        (
+            "parquet_retention_deleted_for_space_total",
+            "Chunks deleted because the disk was below min_free.",
+            "counter",
+            &r.deleted_for_space,
+        ),
+        (
+            "parquet_kept_bytes",
+            "Bytes of completed chunks on disk.",
+            "gauge",
+            &r.bytes_kept,
+        ),
+    ] {
+        counter(&mut out, name, help, kind);
+        let _ = writeln!(
+            out,
+            "opcua_connector_{name}{{line=\"{line}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
     let per_sink: [(&str, &str, Sink); 9] = [
         (

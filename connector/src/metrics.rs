@@ -65,6 +65,19 @@ impl PlcMetrics {
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
     pub plcs: Vec<Arc<PlcMetrics>>,
+    /// Local retention of the line's Parquet chunks.
+    pub retention: Arc<RetentionMetrics>,
+}
+
+/// Counters of the Parquet retention (one per line).
+#[derive(Debug, Default)]
+pub struct RetentionMetrics {
+    pub chunks_deleted: AtomicU64,
+    pub bytes_deleted: AtomicU64,
+    /// Deleted because the disk was below `min_free` (the others: `max_bytes`, `max_age`).
+    pub deleted_for_space: AtomicU64,
+    /// Bytes of completed chunks kept on disk.
+    pub bytes_kept: AtomicU64,
 }
 
 impl Metrics {

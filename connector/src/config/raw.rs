@@ -137,6 +137,9 @@ pub struct RawParquet {
     pub roll_bytes: Option<Spanned<RawSize>>,
     pub roll_interval: Option<Spanned<RawDuration>>,
     pub queue_samples: Option<Spanned<i64>>,
+    pub max_bytes: Option<Spanned<RawSize>>,
+    pub max_age: Option<Spanned<RawDuration>>,
+    pub min_free: Option<Spanned<RawSize>>,
 }
 
 /// `[sink.mqtt]`: a generic MQTT 3.1.1 / 5 broker.

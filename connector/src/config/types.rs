@@ -190,6 +190,27 @@ pub struct ParquetSinkConfig {
     /// Samples buffered between the OPC UA side and the writer; when full, the OPC UA side
     /// waits (backpressure) and the wait is counted.
     pub queue_samples: NonZeroUsize,
+    /// Local retention of completed chunks.
+    pub retention: ParquetRetention,
+}
+
+/// `[sink.parquet]` `max_bytes`, `max_age`, `min_free`: the oldest completed chunks are
+/// deleted while one is exceeded. Zero: no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParquetRetention {
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub min_free: u64,
+}
+
+impl Default for ParquetRetention {
+    fn default() -> Self {
+        ParquetRetention {
+            max_bytes: 0,
+            max_age: Duration::ZERO,
+            min_free: 256 << 20,
+        }
+    }
 }
 
 /// OPC UA built-in types a cloud write may be coerced to.

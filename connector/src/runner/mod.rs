@@ -20,6 +20,7 @@ use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::link::LinkReceiver;
 use crate::opcua::session;
 use crate::pipeline::{self, Output, Writer};
+use crate::sinks::parquet::retention::Retention;
 use crate::sinks::parquet::ParquetSink;
 use crate::sinks::telemetry::{Encoder, EncoderSettings};
 use crate::writes::{self, channels::Controls};
@@ -111,12 +112,27 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
     let mut metrics = Metrics::default();
+    let retention = config.parquet.as_ref().map(|p| {
+        let r = &p.retention;
+        let limits = crate::sinks::parquet::retention::Limits {
+            max_bytes: r.max_bytes,
+            max_age: r.max_age,
+            min_free: r.min_free,
+        };
+        let base = p.dir.join(format!("line={}", config.line.id));
+        Retention::open(&base, limits, metrics.retention.clone())
+    });
+    let line_wide = LineWide {
+        hooks,
+        fatal: &fatal,
+        retention,
+    };
     let mut links = Vec::new();
     let mut write_sessions = Vec::new();
     for plc in &config.plcs {
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
-        spawn_plc(config, plc, &destinations, m, &shutdown, hooks, &fatal)?;
+        spawn_plc(config, plc, &destinations, m, &shutdown, &line_wide)?;
         let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
             || config.methods.iter().any(|w| w.plc == plc.id);
         if serve_writes && writes_here {
@@ -195,10 +211,10 @@ fn open_destinations(
         let s = sending(&outbox, mc.qos, controls.mqtt.take());
         if mc.version == MqttVersion::V5 {
             let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            senders.tasks.spawn(sender_v5::run(opts, s));
+            spawn_sender(senders, "mqtt", sender_v5::run(opts, s))?;
         } else {
             let opts = sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            senders.tasks.spawn(sender::run(opts, s));
+            spawn_sender(senders, "mqtt", sender::run(opts, s))?;
         }
         let site = config.line.site.as_deref().unwrap_or("");
         out.push(Destination {
@@ -216,7 +232,7 @@ fn open_destinations(
             renew: hub.renewer(),
             ..sending(&outbox, 1, controls.hub.take())
         };
-        senders.tasks.spawn(sender::run(opts, s));
+        spawn_sender(senders, "hub", sender::run(opts, s))?;
         out.push(Destination {
             name: "hub",
             settings: EncoderSettings::hub(hc, hub.telemetry_topics()),
@@ -226,6 +242,37 @@ fn open_destinations(
     Ok(out)
 }
 
+/// A cloud connection on a thread of its own (a current-thread runtime): its buffer reads,
+/// fsyncs and segment deletes block only itself, never the runtime that serves the PLC
+/// sessions and `/metrics`. Tracked by the senders' stage like a task.
+fn spawn_sender(
+    stage: &Stage,
+    name: &str,
+    run: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Sink(format!("cannot start the {name} runtime: {e}")))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(format!("send-{name}"))
+        .spawn(move || {
+            rt.block_on(run);
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| RunError::Sink(format!("cannot start the {name} thread: {e}")))?;
+    stage.tasks.spawn(done_rx);
+    Ok(())
+}
+
+/// What every PLC of the line shares.
+struct LineWide<'a> {
+    hooks: &'a Hooks,
+    fatal: &'a CancellationToken,
+    retention: Option<Arc<Retention>>,
+}
+
 /// One PLC: its outputs on a writer thread of its own, fed by its session task.
 fn spawn_plc(
     config: &Config,
@@ -233,13 +280,16 @@ fn spawn_plc(
     destinations: &[Destination],
     m: Arc<PlcMetrics>,
     shutdown: &Shutdown,
-    hooks: &Hooks,
-    fatal: &CancellationToken,
+    line: &LineWide<'_>,
 ) -> Result<(), RunError> {
+    let (hooks, fatal) = (line.hooks, line.fatal);
     let mut outputs = Vec::new();
     if let Some(p) = &config.parquet {
-        let sink = ParquetSink::new(p.clone(), config.line.clone(), &plc.id)
+        let mut sink = ParquetSink::new(p.clone(), config.line.clone(), &plc.id)
             .map_err(|e| RunError::Sink(e.to_string()))?;
+        if let Some(r) = &line.retention {
+            sink = sink.with_retention(r.clone());
+        }
         outputs.push(Output::Parquet(sink));
     }
     for d in destinations {

@@ -240,3 +240,177 @@ async fn a_second_instance_exits_2_and_sigterm_stops_the_first_within_5_s() {
     }
     assert!(checked >= 3, "{checked} files checked");
 }
+
+/// A tmpfs of `mib` MiB at `at` (removed when dropped), or why it cannot be made.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, mib: u32) -> Result<SmallFs, String> {
+        std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(SmallFs(at.to_owned()))
+    }
+
+    fn free(&self) -> u64 {
+        connector::sinks::parquet::retention::free_bytes(&self.0)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The value of an unlabelled-by-sink metric line `name{...}` in a /metrics text (summed).
+fn metric(body: &str, name: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("opcua_connector_{name}{{")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// A small file system (tmpfs, 16 MiB) for Parquet and the buffer while the broker is away,
+/// then filled to the last byte by another program: retention and the buffer's policy keep
+/// the connector writing, nothing crashes, and the repeated errors are logged a few times,
+/// not once per batch (they are counted in full). Needs root to mount; skipped otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_file_system_is_kept_in_bounds_and_a_full_one_does_not_stop_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = match SmallFs::mount(&dir.path().join("small"), 16) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs here ({why}); run the suite as root");
+            return;
+        }
+    };
+    let sim = start_sim(dir.path(), |c| c.scale = Some("500@100ms".parse().unwrap())).await;
+    let broker = start_broker();
+    let relay = Relay::start(broker).await;
+    relay.set_down(true);
+    let port = free_port();
+    let text = format!(
+        r#"[line]
+id = "line-f"
+
+[[plc]]
+id = "sim"
+endpoint = "{opc}"
+
+  [[plc.group]]
+  name = "scale"
+  publishing_interval = "100ms"
+  sampling_interval = "0ms"
+  browse = [{{ root = "nsu=urn:opcua-connector:simulator:scale;s=Scale" }}]
+
+[pki]
+dir = "{pki}"
+trust_unknown_servers = true
+
+[sink.parquet]
+dir = "{small}/parquet"
+roll_interval = "1s"
+max_bytes = "256KiB"
+min_free = "2MiB"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{relay}"
+qos = 1
+batch_max_samples = 1000
+
+[buffer]
+dir = "{small}/buffer"
+max_bytes = "64MiB"
+segment_bytes = "512KiB"
+min_free = "4MiB"
+when_full = "drop_oldest"
+
+[metrics]
+listen = "127.0.0.1:{port}"
+"#,
+        opc = sim.sim.endpoint_url(),
+        pki = dir.path().join("pki").display(),
+        small = small.0.display(),
+        relay = relay.port,
+    );
+    let path = dir.path().join("line.toml");
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("connector.log");
+    let mut child = spawn(&path, &log_path);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let metrics = || async move {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => http_get(addr, "/metrics").await.1,
+            Err(_) => String::new(),
+        }
+    };
+    // Phase 1: the limits hold while data piles up (broker away).
+    let body = eventually(
+        "retention deletes chunks and the buffer drops its oldest",
+        Duration::from_secs(90),
+        || async {
+            let b = metrics().await;
+            (metric(&b, "parquet_retention_deleted_chunks_total") >= 3
+                && metric(&b, "buffer_dropped_total") > 0)
+                .then_some(b)
+        },
+    )
+    .await;
+    let free = small.free();
+    eprintln!(
+        "small fs: {free} bytes free; parquet kept {} B, {} chunks deleted; buffer {} B, {} dropped",
+        metric(&body, "parquet_kept_bytes"),
+        metric(&body, "parquet_retention_deleted_chunks_total"),
+        metric(&body, "buffer_bytes"),
+        metric(&body, "buffer_dropped_total"),
+    );
+    assert!(free >= 1 << 20, "the limits left room: {free}");
+    assert!(metric(&body, "buffer_bytes") <= 12 << 20);
+
+    // Phase 2: another program takes every byte left.
+    let filler = small.0.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let full_at = metric(&metrics().await, "samples_received_total");
+    let errors_at = metric(&metrics().await, "write_errors_total");
+    eventually("30,000 more samples received on a full disk", Duration::from_secs(60), || async {
+        (metric(&metrics().await, "samples_received_total") > full_at + 30_000).then_some(())
+    })
+    .await;
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+    let body = metrics().await;
+    let errors = metric(&body, "write_errors_total") - errors_at;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let error_lines = log.lines().filter(|l| l.contains("ERROR")).count();
+    eprintln!(
+        "full disk: {errors} write errors counted, {error_lines} ERROR lines logged in all; written {}",
+        metric(&body, "samples_written_total")
+    );
+    assert!(error_lines <= 20, "errors are rate-limited:\n{log}");
+
+    // Phase 3: the space comes back: chunks are completed again.
+    std::fs::remove_file(&filler).unwrap();
+    let written = metric(&metrics().await, "samples_written_total");
+    eventually("chunks again", Duration::from_secs(30), || async {
+        (metric(&metrics().await, "samples_written_total") > written + 10_000).then_some(())
+    })
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let status = exit_status(&mut child, Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", std::fs::read_to_string(&log_path).unwrap());
+}

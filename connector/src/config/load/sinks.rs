@@ -73,6 +73,19 @@ impl Check<'_> {
             None => NonZeroUsize::new(DEFAULT_QUEUE_SAMPLES),
             Some(q) => self.count(q, &k("queue_samples")),
         };
+        let defaults = ParquetRetention::default();
+        let max_bytes = match &raw.max_bytes {
+            None => Some(defaults.max_bytes),
+            Some(b) => self.size(b, &k("max_bytes")),
+        };
+        let max_age = match &raw.max_age {
+            None => Some(defaults.max_age),
+            Some(d) => self.duration(d, &k("max_age")),
+        };
+        let min_free = match &raw.min_free {
+            None => Some(defaults.min_free),
+            Some(b) => self.size(b, &k("min_free")),
+        };
         Some(ParquetSinkConfig {
             dir: dir?,
             compression: compression?,
@@ -80,6 +93,11 @@ impl Check<'_> {
             roll_bytes: roll_bytes?,
             roll_interval: roll_interval?,
             queue_samples: queue_samples?,
+            retention: ParquetRetention {
+                max_bytes: max_bytes?,
+                max_age: max_age?,
+                min_free: min_free?,
+            },
         })
     }
 

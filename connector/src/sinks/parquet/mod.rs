@@ -3,11 +3,13 @@
 //! - [`schema`]: the Arrow schema, footer metadata keys, and the column builders.
 //! - [`writer`]: one chunk file (temporary name, fsync, rename) and the tuned writer settings.
 //! - [`sink`]: [`ParquetSink`], one per PLC: rolling, naming, Hive partitions, crash cleanup.
+//! - [`retention`]: the line's completed chunks kept within `max_bytes`, `max_age`, `min_free`.
 //! - [`error`]: [`ParquetError`], naming path and operation.
 //!
 //! See `docs/parquet.md` for the file layout and queries.
 
 pub mod error;
+pub mod retention;
 pub mod schema;
 pub mod sink;
 pub mod writer;

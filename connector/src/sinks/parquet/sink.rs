@@ -76,6 +76,8 @@ pub struct ParquetSink {
     /// The partition directory whose existing chunks were last scanned for the sequence.
     scanned_dir: Option<PathBuf>,
     stats: ParquetSinkStats,
+    /// The line's retention, told of every completed chunk.
+    retention: Option<std::sync::Arc<super::retention::Retention>>,
 }
 
 impl std::fmt::Debug for ParquetSink {
@@ -128,11 +130,23 @@ impl ParquetSink {
             chunk: None,
             next_seq: 1,
             scanned_dir: None,
+            retention: None,
             stats: ParquetSinkStats {
                 temp_files_removed: removed,
                 ..Default::default()
             },
         })
+    }
+
+    /// Completed chunks are added to the line's `retention`, which applies its limits.
+    pub fn with_retention(mut self, retention: std::sync::Arc<super::retention::Retention>) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// `DIR/line=<line>`, where this line's chunks go.
+    pub fn base(&self) -> &Path {
+        &self.base
     }
 
     /// Rows per record batch (default [`BATCH_ROWS`]); smaller values bound memory further.
@@ -172,6 +186,9 @@ impl ParquetSink {
     /// Rolls the open chunk if it has been open for `roll_interval`; returns it if it did.
     /// Call it periodically (e.g. every second) so that a quiet PLC's chunk is completed too.
     pub fn tick(&mut self, now: SystemTime) -> Result<Option<ChunkInfo>, ParquetError> {
+        if let Some(r) = &self.retention {
+            r.tick();
+        }
         self.roll_if_old(now)
     }
 
@@ -321,6 +338,9 @@ impl ParquetSink {
         tracing::debug!(path = %info.path.display(), rows = info.rows, bytes = info.bytes, "parquet chunk written");
         if let Some(dir) = info.path.parent() {
             writer::sync_dir(dir)?;
+        }
+        if let Some(r) = &self.retention {
+            r.add(&info.path, info.bytes);
         }
         Ok(Some(info))
     }

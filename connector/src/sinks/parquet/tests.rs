@@ -29,6 +29,7 @@ fn config(dir: &Path, roll_rows: usize) -> ParquetSinkConfig {
         roll_bytes: 128 * 1024 * 1024,
         roll_interval: Duration::from_secs(300),
         queue_samples: NonZeroUsize::new(10_000).unwrap(),
+        retention: crate::config::ParquetRetention::default(),
     }
 }
 

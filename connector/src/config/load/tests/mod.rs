@@ -271,6 +271,7 @@ listen = "127.0.0.1:9464"
             roll_bytes: 64 << 20,
             roll_interval: Duration::from_secs(60),
             queue_samples: NonZeroUsize::new(200_000).unwrap(),
+            retention: crate::config::ParquetRetention::default(),
         }),
         writes: vec![WriteMapping {
             property: "fillerSpeedSetpoint".into(),
