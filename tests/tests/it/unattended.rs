@@ -248,7 +248,13 @@ impl SmallFs {
     fn mount(at: &Path, mib: u32) -> Result<SmallFs, String> {
         std::fs::create_dir_all(at).map_err(|e| e.to_string())?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .map_err(|e| e.to_string())?;
@@ -385,9 +391,13 @@ listen = "127.0.0.1:{port}"
     }
     let full_at = metric(&metrics().await, "samples_received_total");
     let errors_at = metric(&metrics().await, "write_errors_total");
-    eventually("30,000 more samples received on a full disk", Duration::from_secs(60), || async {
-        (metric(&metrics().await, "samples_received_total") > full_at + 30_000).then_some(())
-    })
+    eventually(
+        "30,000 more samples received on a full disk",
+        Duration::from_secs(60),
+        || async {
+            (metric(&metrics().await, "samples_received_total") > full_at + 30_000).then_some(())
+        },
+    )
     .await;
     assert!(child.0.try_wait().unwrap().is_none(), "still running");
     let body = metrics().await;
@@ -412,5 +422,9 @@ listen = "127.0.0.1:{port}"
         .status()
         .unwrap();
     let status = exit_status(&mut child, Duration::from_secs(30)).await;
-    assert!(status.success(), "{status}\n{}", std::fs::read_to_string(&log_path).unwrap());
+    assert!(
+        status.success(),
+        "{status}\n{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
 }

@@ -103,10 +103,7 @@ impl Retention {
 
     /// Applies the limits if the last check is [`EVERY`] old.
     pub fn tick(&self) {
-        let due = self
-            .lock()
-            .checked
-            .is_none_or(|t| t.elapsed() >= EVERY);
+        let due = self.lock().checked.is_none_or(|t| t.elapsed() >= EVERY);
         if due {
             self.enforce(SystemTime::now());
         }
@@ -117,10 +114,7 @@ impl Retention {
         let mut inner = self.lock();
         inner.checked = Some(Instant::now());
         let mut deleted = 0;
-        loop {
-            let Some((at, _, _)) = inner.chunks.front() else {
-                break;
-            };
+        while let Some((at, _, _)) = inner.chunks.front() {
             let l = &self.limits;
             let why = if l.max_bytes > 0 && inner.bytes > l.max_bytes {
                 Why::Bytes
@@ -166,7 +160,9 @@ impl Retention {
                 let _ = std::fs::remove_dir(dir);
             }
         }
-        self.metrics.bytes_kept.store(inner.bytes, Ordering::Relaxed);
+        self.metrics
+            .bytes_kept
+            .store(inner.bytes, Ordering::Relaxed);
         deleted
     }
 
@@ -218,7 +214,11 @@ mod tests {
             min_free: 0,
         };
         let r = Retention::open(dir.path(), limits, m.clone());
-        assert_eq!(m.bytes_kept.load(Ordering::Relaxed), 300, "the temp file is not a chunk");
+        assert_eq!(
+            m.bytes_kept.load(Ordering::Relaxed),
+            300,
+            "the temp file is not a chunk"
+        );
         assert_eq!(r.enforce(SystemTime::now()), 1);
         assert!(!old.exists() && mid.exists() && new.exists());
         // Ten more minutes than max_age for the middle one.
@@ -229,7 +229,10 @@ mod tests {
         assert_eq!(m.bytes_deleted.load(Ordering::Relaxed), 200);
         let added = chunk(dir.path(), "p-5.parquet", 200, Duration::ZERO);
         r.add(&added, 200);
-        assert!(!new.exists() && added.exists(), "over max_bytes: the oldest went");
+        assert!(
+            !new.exists() && added.exists(),
+            "over max_bytes: the oldest went"
+        );
     }
 
     #[test]

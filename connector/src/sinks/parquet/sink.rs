@@ -139,7 +139,10 @@ impl ParquetSink {
     }
 
     /// Completed chunks are added to the line's `retention`, which applies its limits.
-    pub fn with_retention(mut self, retention: std::sync::Arc<super::retention::Retention>) -> Self {
+    pub fn with_retention(
+        mut self,
+        retention: std::sync::Arc<super::retention::Retention>,
+    ) -> Self {
         self.retention = Some(retention);
         self
     }
