@@ -500,17 +500,29 @@ impl Buffer {
     /// The file system is full or below `min_free`: `drop_oldest` evicts the oldest segment
     /// (if anything is stored), `pause` refuses.
     fn evict_for_space(&mut self, detail: &str) -> Result<(), BufferError> {
-        let nothing_stored = self.segments.len() == 1 && self.segments[0].is_empty();
-        if self.when_full == WhenFull::Pause || nothing_stored {
+        let active = self.segments.back().expect(ACTIVE);
+        let nothing_stored = self.segments.len() == 1 && active.is_empty();
+        if nothing_stored {
             self.full = true;
             return Err(BufferError::NoSpace {
                 name: self.name.clone(),
                 detail: detail.to_owned(),
             });
         }
-        self.evict_oldest()?;
         self.free = None;
-        Ok(())
+        if self.pending == 0 {
+            // Everything stored is delivered: a new segment lets the old ones go (whatever
+            // the policy); nothing pending is dropped.
+            return self.roll();
+        }
+        if self.when_full == WhenFull::Pause {
+            self.full = true;
+            return Err(BufferError::NoSpace {
+                name: self.name.clone(),
+                detail: detail.to_owned(),
+            });
+        }
+        self.evict_oldest()
     }
 
     /// Deletes the oldest segment, counting its pending messages as dropped.
@@ -524,6 +536,11 @@ impl Buffer {
                 });
             }
             self.roll()?;
+            if self.segments.len() == 1 {
+                // The old segment was all acknowledged and is gone already; never drop the
+                // new active one.
+                return Ok(());
+            }
         }
         let Some(seg) = self.segments.pop_front() else {
             return Ok(());

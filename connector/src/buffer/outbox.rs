@@ -69,9 +69,10 @@ impl Outbox {
         name: &str,
         max_body: usize,
     ) -> Result<Arc<Outbox>, OutboxError> {
-        let b = Buffer::open(buffer, name)?;
+        // The seq state first: a directory with nothing in it yet is a first start.
         let dir = buffer_dir(buffer, name);
         let (seq, found) = SeqState::load(&dir);
+        let b = Buffer::open(buffer, name)?;
         match &found {
             Found::Continued => {}
             Found::First => info!(buffer = name, epoch = seq.epoch(), "seq epoch started"),
@@ -128,7 +129,10 @@ impl Outbox {
             }
         }
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain_held(&mut held)?;
+        if let Err(e) = self.drain_held(&mut held) {
+            // Held messages go first; this one waits behind them (the error is counted).
+            tracing::warn!(buffer = %self.name, error = %e, "cannot move held messages into the buffer");
+        }
         if held.frames.is_empty() {
             match self.append(&framed) {
                 Ok(()) => return Ok(()),
@@ -187,8 +191,24 @@ impl Outbox {
                 Err(e) => return Err(e),
             }
         }
-        self.log_held.reset();
         Ok(())
+    }
+
+    /// At the end (shutdown): what still waits in memory is given up, counted as refused and
+    /// logged with its count.
+    pub fn give_up_held(&self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.drain_held(&mut held);
+        let n = held.frames.len();
+        if n > 0 {
+            held.frames.clear();
+            held.bytes = 0;
+            self.metrics
+                .refused_full
+                .fetch_add(n as u64, Ordering::Relaxed);
+            error!(buffer = %self.name, messages = n,
+                "stopping with telemetry messages held in memory (the buffer was full): not buffered, counted as refused; Parquet has their samples");
+        }
     }
 
     fn append(&self, framed: &[u8]) -> Result<(), OutboxError> {

@@ -5,8 +5,8 @@
 //! crash between the two leaves an unused seq (a gap without missing data).
 //!
 //! The epoch is a random id created with the state and carried in every message. If the state
-//! is lost (file deleted, unreadable, a restored backup), a new epoch starts at seq 1: a
-//! consumer that de-duplicates on (epoch, seq) takes the new messages as new, never as repeats.
+//! is lost (file deleted, unreadable, damaged), a new epoch starts at seq 1: a consumer that
+//! de-duplicates on (epoch, seq) takes the new messages as new, never as repeats.
 //!
 //! File `seq`: a line `epoch <16 hex digits>`, then one line `<plc>/<group> <next seq>` per
 //! stream.

@@ -430,6 +430,28 @@ fn a_full_disk_with_drop_oldest_evicts_like_a_full_buffer() {
 }
 
 #[test]
+fn a_full_disk_with_everything_delivered_frees_the_segment_and_drops_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    for when_full in [WhenFull::DropOldest, WhenFull::Pause] {
+        let cfg = BufferConfig {
+            when_full,
+            ..roomy(&tmp.path().join(format!("{when_full:?}")))
+        };
+        let mut buffer = Buffer::open(&cfg, "mqtt").unwrap();
+        append_n(&mut buffer, 1..=2);
+        for id in unsent_ids(&mut buffer) {
+            buffer.ack(id).unwrap();
+        }
+        buffer.writer = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        // ENOSPC with nothing pending: a new segment, the old one deleted, the record stored.
+        assert_eq!(buffer.append(&msg(3)).unwrap(), 3, "{when_full:?}");
+        assert_eq!(buffer.stats().dropped, 0);
+        assert_eq!(unsent_ids(&mut buffer), [3]);
+        assert_eq!(buffer.segments.len(), 1);
+    }
+}
+
+#[test]
 fn oversized_messages_and_bad_names_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = roomy(tmp.path());

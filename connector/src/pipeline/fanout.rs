@@ -126,9 +126,10 @@ impl Writer {
         while let Ok(batch) = self.rx.try_recv() {
             self.write(&batch);
         }
-        // Telemetry first: a flush only appends to the outbox, closing a chunk fsyncs.
+        // Parquet first: completing the open chunk (one fsync and a rename) is what a short
+        // stop must not miss; the telemetry flush appends its last batches after it.
         self.outputs
-            .sort_by_key(|o| matches!(o, Output::Parquet(_)));
+            .sort_by_key(|o| matches!(o, Output::Telemetry(_)));
         for o in self.outputs.iter_mut() {
             if let Err(failed) = o.close(&self.metrics) {
                 fail(&self.metrics, &mut self.log, failed, 0);

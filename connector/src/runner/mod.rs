@@ -88,7 +88,8 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     if config.parquet.is_none() && config.mqtt.is_none() && config.hub.is_none() {
         return Err(RunError::NoSink);
     }
-    let locks = lock::acquire_all(written_dirs(config))?;
+    let dirs = written_dirs(config);
+    let locks = lock::acquire_all(dirs.iter().map(|d| d.as_path()))?;
     let shutdown = Shutdown::new();
     let started = shutdown.abort_on_drop();
     let fatal = CancellationToken::new();
@@ -177,14 +178,15 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     })
 }
 
-/// The directories the line writes: PKI, Parquet, and the buffer (telemetry and write state).
-fn written_dirs(config: &Config) -> Vec<&std::path::Path> {
-    let mut dirs = vec![config.pki.dir.as_path()];
+/// The directories the line writes: PKI, its own Parquet partition (lines may share one
+/// data directory), and the buffer (telemetry and write state).
+fn written_dirs(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![config.pki.dir.clone()];
     if let Some(p) = &config.parquet {
-        dirs.push(p.dir.as_path());
+        dirs.push(p.dir.join(format!("line={}", config.line.id)));
     }
     if config.mqtt.is_some() || config.hub.is_some() {
-        dirs.push(config.buffer.dir.as_path());
+        dirs.push(config.buffer.dir.clone());
     }
     dirs
 }

@@ -110,19 +110,21 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     (cpu, rss)
 }
 
-fn terminate(child: &mut Child) {
+/// SIGTERM, then waits (at most 30 s, then SIGKILL): how long it took and the exit code.
+fn terminate(child: &mut Child) -> (Duration, Option<i32>) {
+    let start = Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (start.elapsed(), status.code());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let _ = child.kill();
     let _ = child.wait();
+    (start.elapsed(), None)
 }
 
 struct Row {
@@ -135,6 +137,8 @@ struct Row {
     bytes_per_sample: f64,
     mqtt_bytes_per_sample: Option<f64>,
     subscribe_s: f64,
+    /// SIGTERM to exit of the connector under load, and its exit code.
+    stop: (Duration, Option<i32>),
     /// Twin write round trip p50 / p99 / max, ms (S6).
     write_ms: Option<(f64, f64, f64)>,
 }
@@ -359,7 +363,7 @@ dir = "{}"
         (sim_cpu1 - sim_cpu0) / window * 100.0,
         sim_rss as f64 / 1e6
     );
-    terminate(&mut conn);
+    let stop = terminate(&mut conn);
     terminate(&mut sim);
 
     let rows = read_all(&out);
@@ -420,6 +424,7 @@ dir = "{}"
             (n > 0).then(|| b as f64 / n as f64)
         },
         subscribe_s,
+        stop,
         write_ms,
     })
 }
@@ -430,8 +435,8 @@ fn main() -> Result<()> {
     if ids.is_empty() {
         ids = vec!["S1".into(), "S3p".into(), "S2".into()];
     }
-    println!("| scenario | samples/s offered | samples/s written | lost | duplicated | connector CPU µs/sample | connector peak RSS MB | Parquet bytes/sample | MQTT bytes/sample | subscribe time s | p50/p99 latency ms |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| scenario | samples/s offered | samples/s written | lost | duplicated | connector CPU µs/sample | connector peak RSS MB | Parquet bytes/sample | MQTT bytes/sample | subscribe time s | SIGTERM to exit s (code) | p50/p99 latency ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for id in ids {
         let Some(s) = scenario(&id) else {
             eprintln!("unknown scenario {id} (S1, S2, S3p, S3, S3g, S5, S6, S6idle)");
@@ -439,7 +444,7 @@ fn main() -> Result<()> {
         };
         match run(&s, args.duration, args.keep) {
             Ok(r) => println!(
-                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | {} |",
+                "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | {:.2} ({}) | {} |",
                 s.id,
                 r.offered,
                 r.written,
@@ -451,6 +456,8 @@ fn main() -> Result<()> {
                 r.mqtt_bytes_per_sample
                     .map_or("-".to_owned(), |b| format!("{b:.1}")),
                 r.subscribe_s,
+                r.stop.0.as_secs_f64(),
+                r.stop.1.map_or("killed".to_owned(), |c| c.to_string()),
                 r.write_ms.map_or("-".to_owned(), |(p50, p99, _)| format!(
                     "write {p50:.2} / {p99:.2}"
                 ))

@@ -81,10 +81,10 @@ pub struct Flow {
     pub renew_at: Option<Instant>,
     /// The largest packet the client may send (its own limit, or the broker's from ConnAck).
     limit: usize,
-    /// The buffer id that was the oldest in flight when the broker refused a message with a
-    /// permanent reason that could not be matched to a packet id (see
-    /// [`Flow::refused_unmatched`]).
-    suspect: Option<u64>,
+    /// Probe mode, after a permanent refusal that could not be matched to a packet id (see
+    /// [`Flow::refused_unmatched`]): one message in flight at a time, for this many more
+    /// acknowledgements.
+    probe: Option<usize>,
 }
 
 impl Flow {
@@ -123,7 +123,7 @@ impl Flow {
             renew,
             renew_at: None,
             limit: usize::MAX,
-            suspect: None,
+            probe: None,
         }
     }
 
@@ -236,7 +236,8 @@ impl Flow {
         if !self.connected {
             return;
         }
-        let room = WINDOW.saturating_sub(self.sent.len() + self.inflight.len());
+        let window = if self.probe.is_some() { 1 } else { WINDOW };
+        let room = window.saturating_sub(self.sent.len() + self.inflight.len());
         if room == 0 {
             return;
         }
@@ -312,14 +313,18 @@ impl Flow {
 
     /// Whether the in-flight window has room for a control message.
     pub fn has_room(&self) -> bool {
-        self.connected && self.sent.len() + self.inflight.len() < WINDOW
+        // While probing, only telemetry goes out, one message at a time.
+        self.connected && self.probe.is_none() && self.sent.len() + self.inflight.len() < WINDOW
     }
 
     /// The buffer id a PUBACK answers, if it is one of ours.
     pub fn puback(&mut self, pkid: u16) -> Option<u64> {
         let id = self.inflight.remove(&pkid);
-        if id.is_some() && id == self.suspect {
-            self.suspect = None;
+        if id.is_some() {
+            self.probe = match self.probe {
+                Some(n) if n > 1 => Some(n - 1),
+                _ => None,
+            };
         }
         id
     }
@@ -340,22 +345,23 @@ impl Flow {
     }
 
     /// A PUBACK refused a message with reason `code`, but the client could not decode it (the
-    /// connection failed; rumqttc 0.25 knows no 0x95 in a PUBACK). Brokers acknowledge QoS 1
-    /// messages in the order received (MQTT 5, 4.6), so it is the oldest in flight. The first
-    /// time it is only noted; the message goes out again after the reconnect, and if the same
-    /// message is refused again it is moved to the dead letters. Returns that id then.
+    /// connection failed; rumqttc 0.25 knows no 0x95 in a PUBACK), so which message is not
+    /// known: the connection dropped with several in flight. The sender then probes: after the
+    /// reconnect it sends one message at a time (for [`WINDOW`] acknowledgements), so that a
+    /// refusal with exactly one message in flight names it; that one is moved to the dead
+    /// letters. Returns its id then.
     pub fn refused_unmatched(&mut self, code: u8) -> Option<u64> {
-        let oldest = self.inflight.values().min().copied()?;
-        if self.suspect == Some(oldest) {
-            self.suspect = None;
-            self.refused(
-                oldest,
-                &format!("refused by the broker with reason {code:#04x}"),
-            );
-            return Some(oldest);
-        }
-        self.suspect = Some(oldest);
-        None
+        let only = match (self.probe, self.inflight.len(), self.sent.len()) {
+            (Some(_), 1, 0) => self.inflight.values().next().copied(),
+            _ => None,
+        };
+        self.probe = Some(WINDOW);
+        let id = only?;
+        self.refused(
+            id,
+            &format!("refused by the broker with reason {code:#04x}"),
+        );
+        Some(id)
     }
 
     /// Forgets what is in flight (a reconnect follows; the buffer rewinds at its ConnAck).

@@ -110,13 +110,18 @@ impl Encoder {
         Ok(())
     }
 
-    /// Flushes everything (shutdown).
+    /// Flushes everything (shutdown); what the buffer cannot take by now is given up and
+    /// counted.
     pub fn flush(&mut self) -> Result<(), OutboxError> {
         let groups: Vec<Arc<str>> = self.pending.keys().cloned().collect();
+        let mut result = Ok(());
         for g in groups {
-            self.flush_group(&g)?;
+            if let Err(e) = self.flush_group(&g) {
+                result = Err(e);
+            }
         }
-        Ok(())
+        self.outbox.give_up_held();
+        result
     }
 
     fn flush_group(&mut self, group: &Arc<str>) -> Result<(), OutboxError> {
