@@ -121,11 +121,19 @@ async fn a_broker_outage_loses_nothing_and_the_backlog_drains_in_order() {
     }
 }
 
-/// The next seq of stream `sim/fast` in a seq file (`epoch <hex>`, then `<stream> <next>`).
-fn next_seq(text: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("sim/fast "))
-        .and_then(|n| n.parse().ok())
+/// The next seq of stream `sim/fast` in the seq state of `dir` (the higher of its two slot
+/// files, `seq.a` and `seq.b`: each line `<stream> <next>`).
+fn next_seq(dir: &Path) -> Option<u64> {
+    connector::buffer::seq::FILES
+        .iter()
+        .filter_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("sim/fast "))
+                .and_then(|n| n.parse().ok())
+        })
+        .max()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,17 +165,17 @@ async fn kill_9_while_the_broker_is_down_then_restart_delivers_the_backlog() {
             .spawn()
             .expect("spawn connector")
     };
-    let seq_file = dir.path().join("buffer/mqtt/seq");
+    let seq_dir = dir.path().join("buffer/mqtt");
     let mut child = spawn();
     // Let it buffer ~40 messages with the broker away, then kill -9.
     let reserved = eventually("40 messages buffered", Duration::from_secs(30), || async {
-        let next = next_seq(&std::fs::read_to_string(&seq_file).ok()?)?;
+        let next = next_seq(&seq_dir)?;
         (next > 40).then_some(next)
     })
     .await;
     child.kill().expect("kill -9");
     let _ = child.wait();
-    let reserved_at_kill = next_seq(&std::fs::read_to_string(&seq_file).unwrap()).unwrap();
+    let reserved_at_kill = next_seq(&seq_dir).unwrap();
     assert!(reserved_at_kill >= reserved);
 
     relay.set_down(false);
@@ -477,7 +485,9 @@ async fn a_lost_seq_file_starts_a_new_epoch_and_a_consumer_loses_nothing() {
     .await;
     running.stop().await;
     let first_run = sub.count();
-    std::fs::remove_file(dir.path().join("buffer/mqtt/seq")).unwrap();
+    for f in connector::buffer::seq::FILES {
+        std::fs::remove_file(dir.path().join("buffer/mqtt").join(f)).unwrap();
+    }
 
     let running = runner::start(&cfg).expect("runner");
     eventually("20 more messages", Duration::from_secs(20), || async {
