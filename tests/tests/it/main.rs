@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod busy;
+mod chaos;
 mod e2e;
 mod hub;
 mod limits;
