@@ -217,6 +217,8 @@ listen = "127.0.0.1:{metrics}"
     })
     .await;
     freeze_and_settle(&sim, || sub.count()).await;
+    // SIGTERM: a clean stop within the 5 s budget, every chunk completed (read below).
+    let term = Instant::now();
     let _ = Command::new("kill")
         .args(["-TERM", &conn.0.id().to_string()])
         .status();
@@ -225,8 +227,13 @@ listen = "127.0.0.1:{metrics}"
         async move { s }
     })
     .await;
+    let stopped_in = term.elapsed();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{status}\n{log_text}");
+    assert!(
+        stopped_in <= Duration::from_secs(5),
+        "stopped in {stopped_in:?}"
+    );
 
     // MQTT: de-duplicated on (topic, epoch, seq); the counters' samples.
     let messages = sub.messages.lock().unwrap().clone();
@@ -278,7 +285,8 @@ listen = "127.0.0.1:{metrics}"
     }
     let total: i32 = parquet.values().sum();
     eprintln!(
-        "chaos: {} kills; {total} counter samples in Parquet; {only_mqtt} only in MQTT (open chunks at a kill), {only_parquet} only in Parquet (batches not yet buffered at a kill); {} unexplained",
+        "chaos: SIGTERM to exit {:.2} s; {} kills; {total} counter samples in Parquet; {only_mqtt} only in MQTT (open chunks at a kill), {only_parquet} only in Parquet (batches not yet buffered at a kill); {} unexplained",
+        stopped_in.as_secs_f64(),
         kills.len(),
         unexplained.len()
     );

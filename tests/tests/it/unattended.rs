@@ -301,6 +301,7 @@ async fn a_small_file_system_is_kept_in_bounds_and_a_full_one_does_not_stop_the_
     let broker = start_broker();
     let relay = Relay::start(broker).await;
     relay.set_down(true);
+    let sub = Subscriber::start(broker, "opcua/#").await;
     let port = free_port();
     let text = format!(
         r#"[line]
@@ -417,6 +418,55 @@ listen = "127.0.0.1:{port}"
         (metric(&metrics().await, "samples_written_total") > written + 10_000).then_some(())
     })
     .await;
+
+    // Phase 4: the broker back. No seq lost silently: every seq reserved is delivered, or
+    // counted as dropped (drop_oldest), refused (buffer and memory hold full) or dead-lettered.
+    relay.set_down(false);
+    sim.sim.inject(simulator::FaultKind::Freeze {
+        duration: Duration::from_secs(300),
+    });
+    let body = eventually("the buffer delivered", Duration::from_secs(60), || async {
+        let b = metrics().await;
+        let idle = b.contains("opcua_connector_buffer_pending_messages{")
+            && metric(&b, "buffer_pending_messages") == 0
+            && metric(&b, "telemetry_connected") == 1;
+        idle.then_some(b)
+    })
+    .await;
+    let next = connector::buffer::seq::FILES
+        .iter()
+        .filter_map(|f| {
+            std::fs::read_to_string(small.0.join("buffer/mqtt").join(f))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("sim/scale "))?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .expect("seq state");
+    let delivered: std::collections::BTreeSet<u64> = sub
+        .messages
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            serde_json::from_slice::<serde_json::Value>(b).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let (dropped, refused, dead) = (
+        metric(&body, "buffer_dropped_total"),
+        metric(&body, "telemetry_refused_full_total"),
+        metric(&body, "telemetry_dead_letters_total"),
+    );
+    eprintln!(
+        "seqs: {} reserved = {} delivered + {dropped} dropped + {refused} refused + {dead} dead letters",
+        next - 1,
+        delivered.len()
+    );
+    assert_eq!(next - 1, delivered.len() as u64 + dropped + refused + dead);
     Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
