@@ -40,6 +40,18 @@ fn esc(v: &str) -> String {
 pub fn render(state: &State) -> String {
     let mut out = String::with_capacity(4096);
     let line = esc(&state.line);
+    counter(
+        &mut out,
+        "build_info",
+        "The connector's version and git commit (value 1).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "opcua_connector_build_info{{line=\"{line}\",version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        esc(env!("OPCUA_CONNECTOR_COMMIT"))
+    );
     type Get = fn(&PlcMetrics) -> &AtomicU64;
     let per_plc: [(&str, &str, &str, Get); 17] = [
         (

@@ -28,6 +28,17 @@
 //! and outboxes; only `runner` and `commands` see the whole, and nothing imports them. A unit
 //! test (`layout_tests`) keeps it so.
 
+/// The version and the git commit built from, e.g. `0.1.0 (1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("OPCUA_CONNECTOR_COMMIT"),
+    ")"
+);
+
+/// The git commit built from (`unknown` outside a checkout; `-modified` with local changes).
+pub const COMMIT: &str = env!("OPCUA_CONNECTOR_COMMIT");
+
 pub mod backoff;
 pub mod buffer;
 pub mod cloud;

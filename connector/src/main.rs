@@ -12,7 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
 #[derive(Debug, Parser)]
-#[command(name = "opcua-connector", version)]
+#[command(name = "opcua-connector", version = connector::VERSION)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -26,6 +26,25 @@ fn configs_dir() -> PathBuf {
 }
 
 #[test]
+fn version_names_the_git_commit() {
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    let want = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let prefix = format!("opcua-connector {} ({want}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        out.starts_with(&prefix),
+        "{out:?} should start with {prefix:?}"
+    );
+}
+
+#[test]
 fn check_accepts_every_config_in_configs_and_prints_the_plan() {
     let mut n = 0;
     for e in std::fs::read_dir(configs_dir()).expect("configs/") {

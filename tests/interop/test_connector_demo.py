@@ -180,6 +180,14 @@ def test_demo_exits_zero_with_summary_on_stdout(demo: DemoRun) -> None:
     assert demo.stderr.strip(), "demo printed no progress on stderr"
 
 
+def test_demo_progress_is_plain_lines_when_not_on_a_terminal(demo: DemoRun) -> None:
+    # stderr is a pipe here, as under systemd or in CI: no redrawn line, no colour codes.
+    assert "\r" not in demo.stderr, f"carriage returns in a non-terminal log\n{demo.diag()}"
+    assert "\x1b[" not in demo.stderr, f"ANSI codes in a non-terminal log\n{demo.diag()}"
+    progress = [l for l in demo.stderr.splitlines() if l.startswith("demo: ") and "samples/s" in l]
+    assert len(progress) >= 2, f"a progress line every 10 s\n{demo.diag()}"
+
+
 def test_chunks_are_hive_partitioned_and_complete(demo: DemoRun) -> None:
     assert demo.chunks, f"no *.parquet chunk under {demo.out}\n{demo.diag()}"
     for f in demo.chunks:

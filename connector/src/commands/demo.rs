@@ -63,7 +63,9 @@ pub async fn demo(args: DemoArgs) -> Outcome {
     let running = runner::start(&config).map_err(|e| runtime(e.to_string()))?;
     let metrics = running.metrics.clone();
 
-    // 3. Live progress once a second until the duration is over or Ctrl-C.
+    // 3. Live progress once a second until the duration is over or Ctrl-C: a line redrawn in
+    // place on a terminal; elsewhere (a service log, a CI run) a plain line every 10 s.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -74,21 +76,29 @@ pub async fn demo(args: DemoArgs) -> Outcome {
             _ = super::signal() => { eprintln!(); eprintln!("demo: interrupted"); break; }
             _ = tick.tick() => {
                 let received = metrics.total(|p| &p.samples_received);
-                eprint!(
-                    "\r  {:>4.0} s  {:>7} samples/s  {:>9} samples  {:>3} items  {:>3} files  {:>9} on disk   ",
-                    started.elapsed().as_secs_f64(),
+                let elapsed = started.elapsed().as_secs_f64();
+                let line = format!(
+                    "{:>4.0} s  {:>7} samples/s  {:>9} samples  {:>3} items  {:>3} files  {:>9} on disk",
+                    elapsed,
                     received - last,
                     received,
                     metrics.total(|p| &p.monitored_items),
                     metrics.total(|p| &p.chunks_written),
                     bytes(metrics.total(|p| &p.bytes_written)),
                 );
-                let _ = std::io::stderr().flush();
+                if terminal {
+                    eprint!("\r  {line}   ");
+                    let _ = std::io::stderr().flush();
+                } else if (elapsed.round() as u64).is_multiple_of(10) && elapsed >= 1.0 {
+                    eprintln!("demo: {line}");
+                }
                 last = received;
             }
         }
     }
-    eprintln!();
+    if terminal {
+        eprintln!();
+    }
     // Stop the simulated values and let the last notifications land, so the files end at
     // the simulator's ground truth; then stop and drain.
     sim.inject(simulator::FaultKind::Freeze {

@@ -377,6 +377,12 @@ async fn metrics_endpoint_reports_counters_and_health() {
     .await;
     let (status, body) = http_get(addr, "/metrics").await;
     assert_eq!(status, 200);
+    let build = format!(
+        "opcua_connector_build_info{{line=\"line-t\",version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        connector::COMMIT
+    );
+    assert!(body.contains(&build), "{build} in {body}");
     let value = |name: &str| -> f64 {
         let prefix = format!("opcua_connector_{name}{{line=\"line-t\",plc=\"sim\"}} ");
         body.lines()
