@@ -3,7 +3,9 @@
 //!
 //! - [`Buffer`]: append (fsynced before it returns), hand out in order, acknowledge (in any
 //!   order), rewind after a reconnect, bounded by `max_bytes` with the `when_full` policy.
-//! - `segment`: segment files and the record format; `cursor`: the persisted ack low-water mark.
+//! - `segment`: segment files and the record format; `cursor`: the persisted ack low-water mark;
+//!   `files`: the directory scan, durable creates and deletes, reads, free space.
+//! - [`outbox`]: what encoders and senders share (seq and epoch: [`seq`], dead letters: [`dead`]).
 //! - [`error`]: [`BufferError`], naming path and operation.
 //!
 //! A message leaves the buffer only when it is acknowledged. After a crash, messages that were
@@ -13,20 +15,23 @@
 mod cursor;
 pub mod dead;
 pub mod error;
+mod files;
 pub mod outbox;
 mod segment;
 pub mod seq;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
 use crate::config::{BufferConfig, WhenFull};
 pub use error::BufferError;
+use files::*;
+pub use files::{free_bytes, is_no_space};
 use segment::{Segment, HEADER_LEN};
 
 /// The ack cursor is written at most this often (and on `close` / drop).
@@ -486,9 +491,7 @@ impl Buffer {
             }
         };
         if stale {
-            let free = rustix::fs::statvfs(&self.dir)
-                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-                .unwrap_or(u64::MAX);
+            let free = free_bytes(&self.dir);
             self.free = Some((Instant::now(), free));
             self.appended_since_free = 0;
         }
@@ -691,150 +694,6 @@ impl Drop for Buffer {
             }
         }
     }
-}
-
-/// Sink names become directory names: plain ASCII, not hidden.
-fn check_name(name: &str) -> Result<(), BufferError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(BufferError::Config(format!(
-            "buffer name {name:?} must be ASCII letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
-    }
-}
-
-/// Scans every segment file in `dir` in id order, cutting torn or corrupt tails.
-fn recover_segments(dir: &Path, stats: &mut BufferStats) -> Result<VecDeque<Segment>, BufferError> {
-    let entries = fs::read_dir(dir).map_err(|e| BufferError::io("list directory", dir, e))?;
-    let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| BufferError::io("list directory", dir, e))?;
-        let name = entry.file_name();
-        if let Some(first_id) = name.to_str().and_then(segment::parse_file_name) {
-            found.push((first_id, entry.path()));
-        }
-    }
-    found.sort();
-
-    let mut segments: VecDeque<Segment> = VecDeque::with_capacity(found.len());
-    for (first_id, path) in found {
-        let (seg, torn) = segment::scan(&path, first_id)
-            .map_err(|e| BufferError::io("read segment", &path, e))?;
-        if let Some(torn) = torn {
-            warn!(
-                file = %path.display(),
-                offset = torn.offset,
-                cut_bytes = torn.file_len - torn.offset,
-                reason = torn.reason,
-                "buffer segment ends in a torn or corrupt record; cutting it there"
-            );
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| BufferError::io("open segment", &path, e))?;
-            file.set_len(torn.offset)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| BufferError::io("truncate segment", &path, e))?;
-            stats.truncated += 1;
-        }
-        if let Some(prev) = segments.back() {
-            if !prev.is_empty() && seg.first_id < prev.end_id() {
-                return Err(BufferError::Corrupt {
-                    path,
-                    detail: format!(
-                        "segment overlaps the one before (ids up to {})",
-                        prev.end_id() - 1
-                    ),
-                });
-            }
-        }
-        segments.push_back(seg);
-    }
-    Ok(segments)
-}
-
-fn create_segment(dir: &Path, path: &Path) -> Result<File, BufferError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| BufferError::io("create segment", path, e))?;
-    // A left-over empty or torn file of the same name holds nothing to keep.
-    file.set_len(0)
-        .map_err(|e| BufferError::io("truncate segment", path, e))?;
-    file.sync_all()
-        .map_err(|e| BufferError::io("fsync", path, e))?;
-    sync_dir(dir)?;
-    Ok(file)
-}
-
-fn remove_segment_file(path: &Path) -> Result<(), BufferError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BufferError::io("delete segment", path, e)),
-    }
-}
-
-/// Makes created and renamed entries of `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), BufferError> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| BufferError::io("fsync directory", dir, e))?;
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
-}
-
-fn write_record(file: &mut File, bytes: &[u8]) -> Result<(), (&'static str, io::Error)> {
-    file.write_all(bytes).map_err(|e| ("write record to", e))?;
-    file.sync_data().map_err(|e| ("fsync", e))
-}
-
-/// Reads bytes `[start, end)` of `seg`, through a cached read handle.
-fn read_span(
-    reader: &mut Option<(u64, File)>,
-    seg: &Segment,
-    start: u64,
-    end: u64,
-) -> Result<Vec<u8>, BufferError> {
-    if reader
-        .as_ref()
-        .is_none_or(|(first, _)| *first != seg.first_id)
-    {
-        let file =
-            File::open(&seg.path).map_err(|e| BufferError::io("open segment", &seg.path, e))?;
-        *reader = Some((seg.first_id, file));
-    }
-    let Some((_, file)) = reader.as_mut() else {
-        return Ok(Vec::new());
-    };
-    let mut bytes = vec![0; (end - start) as usize];
-    file.seek(SeekFrom::Start(start))
-        .and_then(|_| file.read_exact(&mut bytes))
-        .map_err(|e| BufferError::io("read segment", &seg.path, e))?;
-    Ok(bytes)
-}
-
-/// ENOSPC or EDQUOT.
-pub fn is_no_space(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    )
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

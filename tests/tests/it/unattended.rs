@@ -265,7 +265,7 @@ impl SmallFs {
     }
 
     fn free(&self) -> u64 {
-        connector::sinks::parquet::retention::free_bytes(&self.0)
+        connector::buffer::free_bytes(&self.0)
     }
 }
 

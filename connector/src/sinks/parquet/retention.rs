@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::buffer::free_bytes;
 use crate::metrics::RetentionMetrics;
 use crate::ratelog::RateLog;
 
@@ -177,13 +178,6 @@ fn is_chunk(path: &Path) -> bool {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| !n.starts_with('.'))
-}
-
-/// Free bytes for an unprivileged writer on the file system of `dir` (u64::MAX if unknown).
-pub fn free_bytes(dir: &Path) -> u64 {
-    rustix::fs::statvfs(dir)
-        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-        .unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
