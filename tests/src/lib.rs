@@ -701,3 +701,84 @@ pub fn connector_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// `opcua-connector run --config CONFIG` as a process, stderr appended to `log`, with `env`
+/// set; killed (SIGKILL) and reaped if the test ends first.
+pub struct ConnectorProcess(pub std::process::Child);
+
+impl ConnectorProcess {
+    pub fn run(config: &Path, log: &Path, env: &[(&str, &str)]) -> ConnectorProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the connector log");
+        let mut cmd = std::process::Command::new(connector_bin());
+        cmd.args(["run", "--config", &config.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        ConnectorProcess(cmd.spawn().expect("spawn the connector"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM: stop and drain.
+    pub fn terminate(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM {}", self.pid());
+    }
+
+    /// SIGKILL, and reaped.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Its exit status, waiting at most `within`.
+    pub async fn exit_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        eventually("the connector exits", within, || {
+            let s = self.0.try_wait().expect("wait for the connector");
+            async move { s }
+        })
+        .await
+    }
+}
+
+impl Drop for ConnectorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `/metrics` text at `addr`, empty while nothing listens there (the process starting).
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    match TcpStream::connect(addr).await {
+        Ok(_) => http_get(addr, "/metrics").await.1,
+        Err(_) => String::new(),
+    }
+}
+
+/// The sum of the samples of metric `opcua_connector_<name>{...}` in a `/metrics` text, `None`
+/// if it has none.
+pub fn metric_opt(body: &str, name: &str) -> Option<u64> {
+    let prefix = format!("opcua_connector_{name}{{");
+    let values: Vec<f64> = body
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() as u64)
+}
+
+/// [`metric_opt`], 0 when absent.
+pub fn metric(body: &str, name: &str) -> u64 {
+    metric_opt(body, name).unwrap_or(0)
+}

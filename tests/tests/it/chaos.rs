@@ -10,8 +10,6 @@
 //! - Nothing else differs, and each kill's cost stays within that bound.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use simulator::FaultKind;
@@ -35,32 +33,6 @@ impl Rng {
     fn ms(&mut self, from: u64, to: u64) -> Duration {
         Duration::from_millis(from + self.next() % (to - from + 1))
     }
-}
-
-struct Connector(std::process::Child);
-
-impl Drop for Connector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(path: &Path, log: &Path) -> Connector {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    Connector(
-        Command::new(connector_bin())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn connector"),
-    )
 }
 
 fn now_us() -> i64 {
@@ -156,7 +128,8 @@ listen = "127.0.0.1:{metrics}"
     let path = dir.path().join("line.toml");
     std::fs::write(&path, text).unwrap();
     let log = dir.path().join("connector.log");
-    let mut conn = spawn(&path, &log);
+    let spawn = || ConnectorProcess::run(&path, &log, &[("RUST_LOG", "warn")]);
+    let mut conn = spawn();
     eventually("first messages", Duration::from_secs(30), || async {
         (sub.count() >= 10).then_some(())
     })
@@ -185,12 +158,11 @@ listen = "127.0.0.1:{metrics}"
                 done.push(format!("simulator restart, {} ms down", down.as_millis()));
             }
             _ => {
-                let _ = conn.0.kill();
-                let _ = conn.0.wait();
+                conn.kill();
                 kills.push(now_us());
                 let pause = rng.ms(100, 1_500);
                 tokio::time::sleep(pause).await;
-                conn = spawn(&path, &log);
+                conn = spawn();
                 done.push(format!("SIGKILL, restarted after {} ms", pause.as_millis()));
             }
         }
@@ -202,31 +174,15 @@ listen = "127.0.0.1:{metrics}"
     // Everything buffered is delivered (a reconnect may still be under way).
     let addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     eventually("the buffer empty", Duration::from_secs(60), || async {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            return None;
-        }
-        let body = http_get(addr, "/metrics").await.1;
-        let pending = body
-            .lines()
-            .find(|l| l.starts_with("opcua_connector_buffer_pending_messages{"))?
-            .rsplit(' ')
-            .next()?
-            .parse::<f64>()
-            .ok()?;
-        (pending == 0.0).then_some(())
+        let pending = metric_opt(&metrics_text(addr).await, "buffer_pending_messages");
+        (pending == Some(0)).then_some(())
     })
     .await;
     freeze_and_settle(&sim, || sub.count()).await;
     // SIGTERM: a clean stop within the 5 s budget, every chunk completed (read below).
     let term = Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &conn.0.id().to_string()])
-        .status();
-    let status = eventually("a clean stop", Duration::from_secs(30), || {
-        let s = conn.0.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    conn.terminate();
+    let status = conn.exit_within(Duration::from_secs(30)).await;
     let stopped_in = term.elapsed();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{status}\n{log_text}");

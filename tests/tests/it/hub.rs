@@ -308,17 +308,14 @@ async fn a_wrong_key_is_retried_at_most_twice_a_minute_with_one_log_line() {
     std::fs::write(&path, text).unwrap();
     let log_path = dir.path().join("connector.log");
     let start = std::time::Instant::now();
-    let mut child = std::process::Command::new(connector_bin())
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env(
-            env,
-            format!("HostName={HOST};DeviceId={DEVICE};SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="),
-        )
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("spawn connector");
+    let connection = format!(
+        "HostName={HOST};DeviceId={DEVICE};SharedAccessKey=d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+    );
+    let mut child = ConnectorProcess::run(
+        &path,
+        &log_path,
+        &[(env, connection.as_str()), ("RUST_LOG", "info")],
+    );
     // Two minutes and a bit: the second minute is the one that counts.
     eventually(
         "two minutes of refusals",
@@ -326,10 +323,8 @@ async fn a_wrong_key_is_retried_at_most_twice_a_minute_with_one_log_line() {
         || async { (start.elapsed() >= Duration::from_secs(125)).then_some(()) },
     )
     .await;
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    child.terminate();
+    child.exit_within(Duration::from_secs(30)).await;
     let connects = seen.lock().unwrap().clone();
     let offsets: Vec<f64> = connects
         .iter()

@@ -3,22 +3,12 @@
 //! budget with every chunk complete.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use connector::runner;
 use tests::*;
-
-/// A connector process, killed if the test ends first.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The counters to Parquet, with `/metrics` on `metrics` (`127.0.0.1:0` in-process).
 fn line_text(dir: &Path, opc: &str, metrics: &str) -> String {
@@ -100,21 +90,15 @@ async fn the_process_exits_1_when_a_writer_thread_dies() {
     .unwrap();
     let started = Instant::now();
     let log_path = dir.path().join("connector.log");
-    let mut child = Child(
-        Command::new(connector_bin())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env("OPCUA_CONNECTOR_FAULT_WRITER_PANIC_AFTER", "20")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("spawn connector"),
+    let mut child = ConnectorProcess::run(
+        &path,
+        &log_path,
+        &[
+            ("OPCUA_CONNECTOR_FAULT_WRITER_PANIC_AFTER", "20"),
+            ("RUST_LOG", "warn"),
+        ],
     );
-    let status = eventually("the connector exits", Duration::from_secs(60), || {
-        let s = child.0.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = child.exit_within(Duration::from_secs(60)).await;
     let log = std::fs::read_to_string(&log_path).unwrap();
     eprintln!(
         "exit {:?} after {:.1} s",
@@ -126,24 +110,8 @@ async fn the_process_exits_1_when_a_writer_thread_dies() {
     assert!(log.contains("stopped after a fatal error"), "{log}");
 }
 
-fn spawn(path: &Path, log: &Path) -> Child {
-    Child(
-        Command::new(connector_bin())
-            .args(["run", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("spawn connector"),
-    )
-}
-
-async fn exit_status(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    eventually("the connector exits", within, || {
-        let s = child.0.try_wait().unwrap();
-        async move { s }
-    })
-    .await
+fn spawn(path: &Path, log: &Path) -> ConnectorProcess {
+    ConnectorProcess::run(path, log, &[("RUST_LOG", "info")])
 }
 
 /// Two instances on the same directories: the second exits 2 naming the directory and the
@@ -162,23 +130,14 @@ async fn a_second_instance_exits_2_and_sigterm_stops_the_first_within_5_s() {
     );
     std::fs::write(&path, text).unwrap();
     let mut first = spawn(&path, &dir.path().join("first.log"));
-    let pid = first.0.id();
+    let pid = first.pid();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     eventually(
         "the first one writes samples",
         Duration::from_secs(30),
         || async {
-            let (status, body) = match tokio::net::TcpStream::connect(addr).await {
-                Ok(_) => http_get(addr, "/metrics").await,
-                Err(_) => (0, String::new()),
-            };
-            let written = body
-                .lines()
-                .find(|l| l.starts_with("opcua_connector_samples_received_total"))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-            (status == 200 && written > 100).then_some(())
+            let received = metric(&metrics_text(addr).await, "samples_received_total");
+            (received > 100).then_some(())
         },
     )
     .await;
@@ -193,7 +152,7 @@ async fn a_second_instance_exits_2_and_sigterm_stops_the_first_within_5_s() {
     std::fs::write(&other, text).unwrap();
     let second_log = dir.path().join("second.log");
     let mut second = spawn(&other, &second_log);
-    let status = exit_status(&mut second, Duration::from_secs(20)).await;
+    let status = second.exit_within(Duration::from_secs(20)).await;
     let log = std::fs::read_to_string(&second_log).unwrap();
     eprintln!("second instance: {status}: {}", log.trim());
     assert_eq!(status.code(), Some(2), "{log}");
@@ -204,11 +163,8 @@ async fn a_second_instance_exits_2_and_sigterm_stops_the_first_within_5_s() {
     );
 
     let term = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = exit_status(&mut first, Duration::from_secs(30)).await;
+    first.terminate();
+    let status = first.exit_within(Duration::from_secs(30)).await;
     let took = term.elapsed();
     eprintln!("SIGTERM to exit: {:.2} s, {status}", took.as_secs_f64());
     assert!(status.success(), "{status}");
@@ -273,14 +229,6 @@ impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
-}
-
-/// The value of an unlabelled-by-sink metric line `name{...}` in a /metrics text (summed).
-fn metric(body: &str, name: &str) -> u64 {
-    body.lines()
-        .filter(|l| l.starts_with(&format!("opcua_connector_{name}{{")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// A small file system (tmpfs, 16 MiB) for Parquet and the buffer while the broker is away,
@@ -352,12 +300,7 @@ listen = "127.0.0.1:{port}"
     let log_path = dir.path().join("connector.log");
     let mut child = spawn(&path, &log_path);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let metrics = || async move {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(_) => http_get(addr, "/metrics").await.1,
-            Err(_) => String::new(),
-        }
-    };
+    let metrics = || metrics_text(addr);
     // Phase 1: the limits hold while data piles up (broker away).
     let body = eventually(
         "retention deletes chunks and the buffer drops its oldest",
@@ -427,8 +370,7 @@ listen = "127.0.0.1:{port}"
     });
     let body = eventually("the buffer delivered", Duration::from_secs(60), || async {
         let b = metrics().await;
-        let idle = b.contains("opcua_connector_buffer_pending_messages{")
-            && metric(&b, "buffer_pending_messages") == 0
+        let idle = metric_opt(&b, "buffer_pending_messages") == Some(0)
             && metric(&b, "telemetry_connected") == 1;
         idle.then_some(b)
     })
@@ -467,11 +409,8 @@ listen = "127.0.0.1:{port}"
         delivered.len()
     );
     assert_eq!(next - 1, delivered.len() as u64 + dropped + refused + dead);
-    Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    let status = exit_status(&mut child, Duration::from_secs(30)).await;
+    child.terminate();
+    let status = child.exit_within(Duration::from_secs(30)).await;
     assert!(
         status.success(),
         "{status}\n{}",
