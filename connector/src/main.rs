@@ -5,16 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, Failure};
+use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, logs, Failure};
 use connector::config::{SecurityMode, SecurityPolicy};
-use tracing_subscriber::layer::{Layer, SubscriberExt};
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
 #[derive(Debug, Parser)]
 #[command(name = "opcua-connector", version = connector::VERSION)]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr. Text is plain unless stderr is a terminal (colours) or the
+    /// systemd journal (each line prefixed with its syslog priority, no timestamp).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -104,7 +103,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo shows its own progress; only warnings and errors interleave with it.
     let quiet = matches!(cli.command, Command::Demo { .. });
-    init_logs(cli.log_format, if quiet { "warn" } else { "info" });
+    let format = match cli.log_format {
+        LogFormat::Text => logs::Format::Text,
+        LogFormat::Json => logs::Format::Json,
+    };
+    logs::init(format, if quiet { "warn" } else { "info" });
     let outcome = match cli.command {
         Command::Check { config } => commands::check::check(&config),
         other => match tokio::runtime::Builder::new_multi_thread()
@@ -165,75 +168,6 @@ async fn async_command(command: Command) -> commands::Outcome {
     }
 }
 
-fn init_logs(format: LogFormat, level: &str) {
-    // async-opcua logs routine events (keep-alives, reconnect attempts) as warnings; ours say
-    // what matters with the plc named. Audit records of cloud-to-PLC writes stay at any level.
-    let default = format!(
-        "{level},audit=info,opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error,opcua_types=error,opcua_nodes=error"
-    );
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // While we close our own sessions (shutdown), async-opcua's errors are the close we asked
-    // for (e.g. `publish failed ... BadSessionClosed` from the pending Publish requests).
-    let not_our_close = tracing_subscriber::filter::filter_fn(|m| {
-        !(*m.level() == tracing::Level::ERROR
-            && m.target().starts_with("opcua_client")
-            && connector::opcua::session::closing())
-    });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
-        LogFormat::Json => fmt.json().boxed(),
-        // Colours only on a terminal; every field escaped (see `escaped_fields`).
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .fmt_fields(escaped_fields())
-            .boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter).with_filter(not_our_close))
-        .init();
-}
-
-/// Text-log fields with control characters escaped: a line break or a terminal escape in a
-/// request id, a property name or any other field taken from the cloud or a PLC is written as
-/// `\n`, `\u{1b}`, ..., so it can neither start a forged log line (a fake `audit: written`)
-/// nor drive the reader's terminal. One event, one line.
-fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(
-        |w: &mut tracing_subscriber::fmt::format::Writer<'_>,
-         field: &tracing::field::Field,
-         value: &dyn std::fmt::Debug| {
-            let raw = format!("{value:?}");
-            let text = escape_controls(&raw);
-            if field.name() == "message" {
-                write!(w, "{text}")
-            } else {
-                write!(w, "{}={text}", field.name())
-            }
-        },
-    )
-    .delimited(" ")
-}
-
-/// `s` with every control character (and the Unicode line and paragraph separators) written
-/// as its Rust escape.
-fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
-    let bad = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
-    if !s.contains(bad) {
-        return s.into();
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if bad(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out.into()
-}
-
 /// Faults injected by tests through the environment, only in builds with the
 /// `fault-injection` feature (the test suite's; never a release package).
 #[cfg(feature = "fault-injection")]
@@ -242,59 +176,12 @@ fn hooks() -> connector::runner::Hooks {
         writer_panic_after: std::env::var("OPCUA_CONNECTOR_FAULT_WRITER_PANIC_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
+        writer_hang_when: std::env::var_os("OPCUA_CONNECTOR_FAULT_WRITER_HANG_WHEN")
+            .map(Into::into),
     }
 }
 
 #[cfg(not(feature = "fault-injection"))]
 fn hooks() -> connector::runner::Hooks {
     connector::runner::Hooks::default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_in_fields_cannot_break_a_log_line() {
-        let forged = "r-1\nINFO audit: written who=twin result=200\u{1b}[2J\r\u{2028}";
-        let text = escape_controls(forged);
-        assert_eq!(
-            text,
-            "r-1\\nINFO audit: written who=twin result=200\\u{1b}[2J\\r\\u{2028}"
-        );
-        assert_eq!(
-            escape_controls("plain text, ünïcode"),
-            "plain text, ünïcode"
-        );
-        // Through a real subscriber, the way `run` formats text logs.
-        #[derive(Clone, Default)]
-        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .fmt_fields(escaped_fields())
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let who = format!("request {forged}");
-            tracing::info!(target: "audit", who = %who, result = 400, "write refused");
-        });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        assert_eq!(out.lines().count(), 1, "{out}");
-        assert!(!out.contains('\u{1b}'), "{out}");
-        assert!(
-            out.contains("audit: write refused who=request r-1\\nINFO audit: written"),
-            "{out}"
-        );
-    }
 }

@@ -42,6 +42,49 @@ pub struct PlcMetrics {
     pub samples_dropped: AtomicU64,
     /// The PLC's writer thread died (a panic): `/healthz` fails and the process exits 1.
     pub writer_dead: AtomicBool,
+    /// The writer thread's loop went round (at least every 50 ms while it is healthy, busy or
+    /// idle): what the service watchdog checks.
+    pub writer_beat: Arc<Beat>,
+}
+
+/// The last time a loop went round, for the service watchdog: a thread that stops beating
+/// is stuck (a deadlock, a write that never returns), not merely idle.
+#[derive(Debug)]
+pub struct Beat {
+    /// Milliseconds since [`Beat::origin`].
+    last_ms: AtomicU64,
+}
+
+impl Default for Beat {
+    /// A beat taken now: a stage that has just been created has not stalled.
+    fn default() -> Self {
+        let b = Beat {
+            last_ms: AtomicU64::new(0),
+        };
+        b.beat();
+        b
+    }
+}
+
+impl Beat {
+    /// One clock for every beat of the process.
+    fn origin() -> std::time::Instant {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *ORIGIN.get_or_init(std::time::Instant::now)
+    }
+
+    pub fn beat(&self) {
+        let ms = u64::try_from(Self::origin().elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the last beat.
+    pub fn age(&self) -> std::time::Duration {
+        let now = Self::origin().elapsed();
+        now.saturating_sub(std::time::Duration::from_millis(
+            self.last_ms.load(Ordering::Relaxed),
+        ))
+    }
 }
 
 impl PlcMetrics {

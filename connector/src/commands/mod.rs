@@ -4,6 +4,7 @@
 pub mod browse;
 pub mod check;
 pub mod demo;
+pub mod logs;
 pub mod run;
 
 use std::fmt;

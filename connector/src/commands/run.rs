@@ -6,7 +6,8 @@ use tracing::{info, warn};
 
 use super::{Failure, Outcome};
 use crate::config;
-use crate::runner;
+use crate::runner::{self, watchdog};
+use tokio_util::sync::CancellationToken;
 
 pub async fn run(path: &Path, hooks: &runner::Hooks) -> Outcome {
     let config = config::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
@@ -19,11 +20,16 @@ pub async fn run(path: &Path, hooks: &runner::Hooks) -> Outcome {
         e => Failure::Runtime(e.to_string()),
     })?;
     info!(line = %config.line.id, plcs = config.plcs.len(), "running; SIGINT or SIGTERM stops and drains");
+    watchdog::ready(&config.line.id, config.plcs.len());
+    let watching = CancellationToken::new();
+    tokio::spawn(watchdog::watch(running.watched.clone(), watching.clone()));
     let fatal = running.fatal.clone();
     tokio::select! {
         _ = super::signal() => info!("stopping: closing sessions, draining sinks"),
         _ = fatal.cancelled() => warn!("stopping after a fatal error: closing sessions, draining sinks"),
     }
+    watching.cancel();
+    watchdog::stopping();
     running.stop().await;
     if fatal.is_cancelled() {
         return Err(Failure::Runtime(

@@ -4,6 +4,7 @@
 
 pub mod lock;
 pub mod shutdown;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use crate::cloud::hub::sender::Hub;
 use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
 use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
-use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
+use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::link::LinkReceiver;
 use crate::opcua::session;
 use crate::pipeline::{self, Output, Writer};
@@ -26,6 +27,7 @@ use crate::sinks::telemetry::{Encoder, EncoderSettings};
 use crate::writes::{self, channels::Controls};
 use shutdown::{Shutdown, Stage};
 pub use shutdown::{BUDGET, DRAIN};
+use watchdog::Watched;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -59,6 +61,9 @@ pub struct Running {
     /// Cancelled when the line can no longer do its work (a writer thread died): stop it and
     /// exit non-zero, so that the service manager starts it afresh.
     pub fatal: CancellationToken,
+    /// What the service watchdog checks for progress: writer threads, cloud connections, the
+    /// write service.
+    pub watched: Vec<Watched>,
     shutdown: Shutdown,
     _locks: Vec<lock::DirLock>,
 }
@@ -68,6 +73,8 @@ pub struct Running {
 pub struct Hooks {
     /// Every PLC's writer thread panics after this many batches.
     pub writer_panic_after: Option<u64>,
+    /// Every PLC's writer thread hangs once this file exists.
+    pub writer_hang_when: Option<std::path::PathBuf>,
 }
 
 /// A telemetry destination: its name in `/metrics`, its batching and its outbox.
@@ -108,7 +115,8 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     } else {
         (Controls::default(), None)
     };
-    let destinations = open_destinations(config, controls, &shutdown.senders)?;
+    let mut watched = Vec::new();
+    let destinations = open_destinations(config, controls, &shutdown.senders, &mut watched)?;
     if let Err(e) = session::prepare_pki(&config.pki) {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
@@ -133,6 +141,10 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     for plc in &config.plcs {
         let m = PlcMetrics::new(&plc.id);
         metrics.plcs.push(m.clone());
+        watched.push((
+            format!("the writer thread of plc {}", plc.id),
+            m.writer_beat.clone(),
+        ));
         spawn_plc(config, plc, &destinations, m, &shutdown, &line_wide)?;
         let writes_here = config.writes.iter().any(|w| w.plc == plc.id)
             || config.methods.iter().any(|w| w.plc == plc.id);
@@ -149,7 +161,9 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         }
     }
     if let Some(ends) = ends {
-        spawn_writes(config, ends, links, write_sessions, &shutdown)?;
+        let beat = Arc::new(Beat::default());
+        watched.push(("the write service".into(), beat.clone()));
+        spawn_writes(config, ends, links, write_sessions, &shutdown, beat)?;
     }
     let metrics_addr = serve_http(
         config,
@@ -172,6 +186,7 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         writes: write_metrics,
         metrics_addr,
         fatal,
+        watched,
         _locks: locks,
         metrics,
         shutdown,
@@ -197,6 +212,7 @@ fn open_destinations(
     config: &Config,
     mut controls: Controls,
     senders: &Stage,
+    watched: &mut Vec<Watched>,
 ) -> Result<Vec<Destination>, RunError> {
     let sending = |outbox: &Arc<Outbox>, qos, control: Option<Control>| Sending {
         qos,
@@ -213,10 +229,10 @@ fn open_destinations(
         let s = sending(&outbox, mc.qos, controls.mqtt.take());
         if mc.version == MqttVersion::V5 {
             let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            spawn_sender(senders, "mqtt", sender_v5::run(opts, s))?;
+            spawn_sender(senders, "mqtt", sender_v5::run(opts, s), watched)?;
         } else {
             let opts = sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
-            spawn_sender(senders, "mqtt", sender::run(opts, s))?;
+            spawn_sender(senders, "mqtt", sender::run(opts, s), watched)?;
         }
         let site = config.line.site.as_deref().unwrap_or("");
         out.push(Destination {
@@ -234,7 +250,7 @@ fn open_destinations(
             renew: hub.renewer(),
             ..sending(&outbox, 1, controls.hub.take())
         };
-        spawn_sender(senders, "hub", sender::run(opts, s))?;
+        spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
         out.push(Destination {
             name: "hub",
             settings: EncoderSettings::hub(hc, hub.telemetry_topics()),
@@ -246,12 +262,15 @@ fn open_destinations(
 
 /// A cloud connection on a thread of its own (a current-thread runtime): its buffer reads,
 /// fsyncs and segment deletes block only itself, never the runtime that serves the PLC
-/// sessions and `/metrics`. Tracked by the senders' stage like a task.
+/// sessions and `/metrics`. Tracked by the senders' stage like a task; watched for progress.
 fn spawn_sender(
     stage: &Stage,
     name: &str,
     run: impl std::future::Future<Output = ()> + Send + 'static,
+    watched: &mut Vec<Watched>,
 ) -> Result<(), RunError> {
+    let beat = Arc::new(Beat::default());
+    watched.push((format!("the {name} connection"), beat.clone()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -260,7 +279,7 @@ fn spawn_sender(
     std::thread::Builder::new()
         .name(format!("send-{name}"))
         .spawn(move || {
-            rt.block_on(run);
+            rt.block_on(watchdog::beating(beat, run));
             let _ = done_tx.send(());
         })
         .map_err(|e| RunError::Sink(format!("cannot start the {name} thread: {e}")))?;
@@ -310,6 +329,7 @@ fn spawn_plc(
         rx,
         metrics: m.clone(),
         panic_after: hooks.writer_panic_after,
+        hang_when: hooks.writer_hang_when.clone(),
         log: Default::default(),
     };
     let stop = shutdown.writers.token.clone();
@@ -352,6 +372,7 @@ fn spawn_writes<S>(
     links: Vec<(String, LinkReceiver)>,
     write_sessions: Vec<S>,
     shutdown: &Shutdown,
+    beat: Arc<Beat>,
 ) -> Result<(), RunError>
 where
     S: std::future::Future<Output = ()> + Send + 'static,
@@ -368,14 +389,14 @@ where
     std::thread::Builder::new()
         .name("writes".into())
         .spawn(move || {
-            rt.block_on(async move {
+            rt.block_on(watchdog::beating(beat, async move {
                 let service = tokio::spawn(service);
                 let tasks: Vec<_> = write_sessions.into_iter().map(tokio::spawn).collect();
                 for t in tasks {
                     let _ = t.await;
                 }
                 let _ = service.await;
-            })
+            }))
         })
         .map_err(|e| RunError::Sink(format!("cannot start the write thread: {e}")))?;
     Ok(())

@@ -14,5 +14,6 @@ mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
 mod refusals;
+mod service;
 mod unattended;
 mod writes;

@@ -11,7 +11,7 @@ use connector::runner;
 use tests::*;
 
 /// The counters to Parquet, with `/metrics` on `metrics` (`127.0.0.1:0` in-process).
-fn line_text(dir: &Path, opc: &str, metrics: &str) -> String {
+pub fn line_text(dir: &Path, opc: &str, metrics: &str) -> String {
     let nodes: Vec<String> = COUNTERS
         .iter()
         .map(|c| format!("\"{}\"", counter_id(c)))
@@ -35,6 +35,7 @@ async fn a_dead_writer_thread_makes_the_line_unhealthy_at_once_and_fatal() {
     let config = connector::config::parse(Path::new("line.toml"), &text).unwrap();
     let hooks = runner::Hooks {
         writer_panic_after: Some(20),
+        ..Default::default()
     };
     let running = runner::start_with(&config, &hooks).expect("runner");
     let addr = running.metrics_addr.unwrap();
