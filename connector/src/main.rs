@@ -2,10 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use connector::commands::{self, browse::BrowseArgs, demo::DemoArgs, logs, Failure};
+#[cfg(feature = "demo")]
+use connector::commands::demo::DemoArgs;
+use connector::commands::{self, browse::BrowseArgs, logs, Failure};
 use connector::config::{SecurityMode, SecurityPolicy};
 
 /// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
@@ -64,10 +65,11 @@ enum Command {
         trust_server: bool,
     },
     /// The newcomer's first run: bundled simulator + connector writing Parquet.
+    #[cfg(feature = "demo")]
     Demo {
         /// How long to run.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        duration: std::time::Duration,
         /// Output directory.
         #[arg(long, default_value = "data/demo")]
         out: PathBuf,
@@ -102,7 +104,10 @@ fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     // The demo shows its own progress; only warnings and errors interleave with it.
+    #[cfg(feature = "demo")]
     let quiet = matches!(cli.command, Command::Demo { .. });
+    #[cfg(not(feature = "demo"))]
+    let quiet = false;
     let format = match cli.log_format {
         LogFormat::Text => logs::Format::Text,
         LogFormat::Json => logs::Format::Json,
@@ -163,6 +168,7 @@ async fn async_command(command: Command) -> commands::Outcome {
             })
             .await
         }
+        #[cfg(feature = "demo")]
         Command::Demo { duration, out } => commands::demo::demo(DemoArgs { duration, out }).await,
         Command::Check { config } => commands::check::check(&config),
     }

@@ -3,6 +3,7 @@
 
 pub mod browse;
 pub mod check;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod logs;
 pub mod run;

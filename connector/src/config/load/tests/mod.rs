@@ -621,3 +621,13 @@ fn every_file_in_configs_is_valid() {
         dir.display()
     );
 }
+
+#[test]
+fn the_packaged_example_is_valid_and_secure() {
+    // Installed as /etc/opcua-connector/example.toml by the .deb.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/example.toml");
+    let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // The service runs in the line's state directory: relative paths land there.
+    assert!(config.pki.dir.is_relative() && config.buffer.dir.is_relative());
+}
