@@ -4,6 +4,7 @@
 //! that reports every problem at once with file, line and key path.
 //!
 //! - `raw`: the file as written: serde structs with spans, unknown keys refused.
+//! - `keypath`: the key path at a byte offset, for serde errors that carry only a span.
 //! - `types`: the validated configuration every other module reads.
 //! - `load`: reading and checking a file: [`load()`], [`parse()`], [`ConfigError`], [`Problem`],
 //!   the check's state with the helpers every concern uses, and the assembly of a
@@ -22,6 +23,7 @@
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
 mod ids;
+mod keypath;
 pub mod load;
 pub mod plan;
 pub mod raw;
