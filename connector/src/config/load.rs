@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Spanned;
+use super::raw::Spanned;
 
 use super::keypath::key_path_at;
 use super::raw::{Quantity, RawConfig, RawDuration, RawSize};

@@ -7,10 +7,47 @@
 //! fields or, for array-of-tables elements (`[[plc]]`), from the element span.
 
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use toml::Spanned;
+
+/// A value and its byte range in the file: [`toml::Spanned`] behind a type of our own, so
+/// that the config's JSON Schema can say what it holds (its value's schema, see
+/// `config::schema`). Deserializes exactly as `toml::Spanned` does.
+#[derive(Clone)]
+pub struct Spanned<T>(toml::Spanned<T>);
+
+impl<T> Spanned<T> {
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Spanned(toml::Spanned::new(span, value))
+    }
+
+    /// The byte range of the value in the file.
+    pub fn span(&self) -> Range<usize> {
+        self.0.span()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        self.0.get_ref()
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Spanned<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        toml::Spanned::<T>::deserialize(d).map(Spanned)
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
