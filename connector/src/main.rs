@@ -64,6 +64,8 @@ enum Command {
         #[arg(long)]
         trust_server: bool,
     },
+    /// Print the JSON Schema of the config file (editor completion and checks of keys).
+    Schema,
     /// The newcomer's first run: bundled simulator + connector writing Parquet.
     Demo {
         /// How long to run.
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
     init_logs(cli.log_format, if quiet { "warn" } else { "info" });
     let outcome = match cli.command {
         Command::Check { config } => commands::check::check(&config),
+        Command::Schema => commands::schema::schema(),
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -162,6 +165,7 @@ async fn async_command(command: Command) -> commands::Outcome {
         }
         Command::Demo { duration, out } => commands::demo::demo(DemoArgs { duration, out }).await,
         Command::Check { config } => commands::check::check(&config),
+        Command::Schema => commands::schema::schema(),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod browse;
 pub mod check;
 pub mod demo;
 pub mod run;
+pub mod schema;
 
 use std::fmt;
 

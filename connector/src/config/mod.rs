@@ -19,6 +19,8 @@
 //!   - `tests/`: the check's tests, one file per concern.
 //! - `ids`: the rule for IoT Hub device and module ids ([`is_valid_id`]).
 //! - `plan`: renders a validated config for `opcua-connector check`.
+//! - `schema`: the JSON Schema of the file, derived from `raw` (`opcua-connector schema`,
+//!   `configs/opcua-connector.schema.json`), for editors.
 //!
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
@@ -27,6 +29,7 @@ mod keypath;
 pub mod load;
 pub mod plan;
 pub mod raw;
+pub mod schema;
 pub mod types;
 
 pub use ids::is_valid_id;
