@@ -103,7 +103,7 @@ fn toml_to_json(text: &str) -> Value {
 }
 
 #[test]
-fn every_config_in_configs_is_valid() {
+fn every_config_in_configs_is_valid_and_starts_with_the_schema_line() {
     let schema = schema();
     let mut seen = 0;
     for entry in std::fs::read_dir(workspace_file("configs")).unwrap() {
@@ -112,6 +112,11 @@ fn every_config_in_configs_is_valid() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("#:schema ./opcua-connector.schema.json\n"),
+            "{}: the first line is `#:schema ./opcua-connector.schema.json` (editors read it)",
+            path.display()
+        );
         assert!(
             valid(&schema, &toml_to_json(&text)),
             "{} does not follow the schema",
