@@ -64,6 +64,8 @@ enum Command {
         #[arg(long)]
         trust_server: bool,
     },
+    /// Print the JSON Schema of the config file (editor completion and checks of keys).
+    Schema,
     /// The newcomer's first run: bundled simulator + connector writing Parquet.
     #[cfg(feature = "demo")]
     Demo {
@@ -115,6 +117,7 @@ fn main() -> ExitCode {
     logs::init(format, if quiet { "warn" } else { "info" });
     let outcome = match cli.command {
         Command::Check { config } => commands::check::check(&config),
+        Command::Schema => commands::schema::schema(),
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -171,6 +174,7 @@ async fn async_command(command: Command) -> commands::Outcome {
         #[cfg(feature = "demo")]
         Command::Demo { duration, out } => commands::demo::demo(DemoArgs { duration, out }).await,
         Command::Check { config } => commands::check::check(&config),
+        Command::Schema => commands::schema::schema(),
     }
 }
 

@@ -64,6 +64,21 @@ fn check_accepts_every_config_in_configs_and_prints_the_plan() {
     assert!(n >= 2, "configs/ has the demo and an example line");
 }
 
+#[test]
+fn schema_prints_the_committed_schema() {
+    let (code, out, err) = run(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let committed = std::fs::read_to_string(configs_dir().join("opcua-connector.schema.json"))
+        .expect("configs/opcua-connector.schema.json");
+    assert!(
+        out == committed,
+        "`opcua-connector schema` is not configs/opcua-connector.schema.json: regenerate it with \
+         `cargo run -p connector -- schema > configs/opcua-connector.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+}
+
 const GOOD: &str = r#"[line]
 id = "l"
 

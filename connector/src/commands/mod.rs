@@ -7,6 +7,7 @@ pub mod check;
 pub mod demo;
 pub mod logs;
 pub mod run;
+pub mod schema;
 
 use std::fmt;
 

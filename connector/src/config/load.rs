@@ -12,9 +12,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml::Spanned;
+use super::raw::Spanned;
 
-use super::raw::{self, Quantity, RawConfig, RawDuration, RawSize};
+use super::keypath::key_path_at;
+use super::raw::{Quantity, RawConfig, RawDuration, RawSize};
 use super::types::*;
 
 // The checks by concern, each an `impl Check` block; this file has what they share.
@@ -277,7 +278,7 @@ impl Check<'_> {
         let span = e.span();
         let key = span
             .as_ref()
-            .and_then(|s| raw::key_path_at(self.text, s.start))
+            .and_then(|s| key_path_at(self.text, s.start))
             .unwrap_or_default();
         let message = e
             .message()

@@ -4,6 +4,7 @@
 //! that reports every problem at once with file, line and key path.
 //!
 //! - `raw`: the file as written: serde structs with spans, unknown keys refused.
+//! - `keypath`: the key path at a byte offset, for serde errors that carry only a span.
 //! - `types`: the validated configuration every other module reads.
 //! - `load`: reading and checking a file: [`load()`], [`parse()`], [`ConfigError`], [`Problem`],
 //!   the check's state with the helpers every concern uses, and the assembly of a
@@ -18,13 +19,17 @@
 //!   - `tests/`: the check's tests, one file per concern.
 //! - `ids`: the rule for IoT Hub device and module ids ([`is_valid_id`]).
 //! - `plan`: renders a validated config for `opcua-connector check`.
+//! - `schema`: the JSON Schema of the file, derived from `raw` (`opcua-connector schema`,
+//!   `configs/opcua-connector.schema.json`), for editors.
 //!
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
 mod ids;
+mod keypath;
 pub mod load;
 pub mod plan;
 pub mod raw;
+pub mod schema;
 pub mod types;
 
 pub use ids::is_valid_id;

@@ -5,49 +5,118 @@
 //! Scalars are wrapped in [`Spanned`] for line numbers. Tables are not: toml 0.8 cannot span a
 //! table written with dotted keys (`deadband.absolute = 1`), so a table's line comes from its
 //! fields or, for array-of-tables elements (`[[plc]]`), from the element span.
-//!
-//! [`key_path_at`] names the key at a byte offset (`plc[0].group[1].nodes[2]`): serde errors
-//! carry a span but no path.
 
 use std::fmt;
+use std::ops::Range;
 
+use schemars::JsonSchema;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
-use toml::Spanned;
 
-#[derive(Debug, Deserialize)]
+use super::schema::{
+    CompressionName, PayloadName, Refused, SecurityModeName, SecurityPolicyName, WhenFullName,
+    WriteTypeName,
+};
+
+/// A value and its byte range in the file: [`toml::Spanned`] behind a type of our own, so
+/// that the config's JSON Schema can say what it holds (its value's schema, see
+/// `config::schema`). Deserializes exactly as `toml::Spanned` does.
+#[derive(Clone)]
+pub struct Spanned<T>(toml::Spanned<T>);
+
+impl<T> Spanned<T> {
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Spanned(toml::Spanned::new(span, value))
+    }
+
+    /// The byte range of the value in the file.
+    pub fn span(&self) -> Range<usize> {
+        self.0.span()
+    }
+
+    pub fn get_ref(&self) -> &T {
+        self.0.get_ref()
+    }
+
+    pub fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Spanned<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        toml::Spanned::<T>::deserialize(d).map(Spanned)
+    }
+}
+
+/// An opcua-connector config file: one production line.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("required" = ["line", "plc"]))]
 pub struct RawConfig {
+    /// The production line this file configures; required.
     pub line: Option<RawLine>,
+    /// `[[plc]]`: one OPC UA server (PLC, gateway or simulator); at least one.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     pub plc: Vec<Spanned<RawPlc>>,
+    /// The connector's OPC UA application certificate and trust lists.
     pub pki: Option<RawPki>,
+    /// The outputs: `[sink.parquet]` files and a `[sink.mqtt]` broker.
     pub sink: Option<RawSinks>,
+    /// Azure IoT Hub: the connector as one device or IoT Edge module; absent: no hub.
     pub hub: Option<RawHub>,
+    /// Store-and-forward on disk for `[sink.mqtt]` and `[hub]`; absent: the defaults.
     pub buffer: Option<RawBuffer>,
+    /// `[[write]]`: a node the cloud may write (an allow-list).
     #[serde(default)]
     pub write: Vec<Spanned<RawWrite>>,
+    /// `[[method]]`: a cloud direct method mapped to an OPC UA method call.
     #[serde(default)]
     pub method: Vec<Spanned<RawMethod>>,
+    /// Prometheus `/metrics` and `/healthz` over HTTP; absent: no listener.
     pub metrics: Option<RawMetrics>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[line]`: the production line.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLine {
+    /// Line id (letters, digits, `_ . -`), in file paths, topics and every row; required.
+    #[schemars(required)]
     pub id: Option<Spanned<String>>,
+    /// Plant or site (letters, digits, `_ . -`); default none.
     pub site: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[[plc]]`: one OPC UA server (PLC, gateway or the simulator).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPlc {
+    /// PLC id (letters, digits, `_ . -`), unique in the file; required.
+    #[schemars(required)]
     pub id: Option<Spanned<String>>,
+    /// OPC UA endpoint, `opc.tcp://host[:port][/path]`; required.
+    #[schemars(required)]
     pub endpoint: Option<Spanned<String>>,
+    /// Security policy; default "None" (which goes only with security_mode "None").
+    #[schemars(with = "Option<SecurityPolicyName>")]
     pub security_policy: Option<Spanned<String>>,
+    /// Message security mode; default "None" (which goes only with security_policy "None").
+    #[schemars(with = "Option<SecurityModeName>")]
     pub security_mode: Option<Spanned<String>>,
+    /// "anonymous" (default), { username, password_env | password_file } or { cert_file, key_file }.
     pub auth: Option<RawAuth>,
+    /// Cloud writes and method calls running at once on this PLC at most; default 4.
+    #[schemars(range(min = 1))]
     pub max_concurrent_commands: Option<Spanned<i64>>,
+    /// `[[plc.group]]`: one OPC UA subscription of this PLC.
     #[serde(default)]
     pub group: Vec<Spanned<RawGroup>>,
 }
@@ -59,34 +128,59 @@ pub enum RawAuth {
     Table(RawAuthTable),
 }
 
-#[derive(Debug, Deserialize)]
+/// `{ username, password_env | password_file }` or `{ cert_file, key_file }`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthTable {
+    /// User name; with password_env or password_file.
     pub username: Option<Spanned<String>>,
+    /// Environment variable holding the password, read at connect.
     pub password_env: Option<Spanned<String>>,
+    /// File holding the password (trailing newline stripped), read at connect.
     pub password_file: Option<Spanned<String>>,
-    /// Known only to be refused with a helpful message; the value is never kept.
+    // Known only to be refused with a helpful message; the value is never kept.
+    /// Refused: no password in the file; use password_env or password_file.
+    #[schemars(with = "Option<Refused>")]
     pub password: Option<Spanned<de::IgnoredAny>>,
+    /// X.509 user certificate file, with key_file.
     pub cert_file: Option<Spanned<String>>,
+    /// Private key file of cert_file.
     pub key_file: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[[plc.group]]`: one OPC UA subscription.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
+    /// Group name (letters, digits, `_ . -`), unique in the plc; required.
+    #[schemars(required)]
     pub name: Option<Spanned<String>>,
+    /// How often the server publishes changes, e.g. "100ms"; required, greater than 0.
+    #[schemars(required)]
     pub publishing_interval: Option<Spanned<RawDuration>>,
+    /// How often the server samples; "0ms" = its fastest rate; default publishing_interval.
     pub sampling_interval: Option<Spanned<RawDuration>>,
+    /// Server queue per node: 0 = auto (one publishing interval of samples); default 0.
+    #[schemars(range(min = 0, max = 4_294_967_295_u32))]
     pub queue_size: Option<Spanned<i64>>,
+    /// Report a change only past { absolute = x } or { percent = x }; default none.
     pub deadband: Option<RawDeadband>,
+    /// Node ids, or { id = "...", name = "alias" }; default none (then browse).
     pub nodes: Option<Vec<Spanned<RawNode>>>,
+    /// Variables found under a root at connect; default none (then nodes).
     pub browse: Option<Vec<Spanned<RawBrowse>>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `{ absolute = x }` or `{ percent = x }`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
 pub struct RawDeadband {
+    /// A change of at least this much, in the value's unit (0 or more).
+    #[schemars(range(min = 0))]
     pub absolute: Option<Spanned<f64>>,
+    /// A change of at least this percent of the EURange (0 to 100).
+    #[schemars(range(min = 0, max = 100))]
     pub percent: Option<Spanned<f64>>,
 }
 
@@ -97,151 +191,260 @@ pub enum RawNode {
     Table(RawNodeTable),
 }
 
-#[derive(Debug, Deserialize)]
+/// `{ id = "nsu=...;s=...", name = "alias" }`.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNodeTable {
+    /// Node id, e.g. "nsu=urn:example:filler;s=Filler.Speed"; required.
+    #[schemars(required)]
     pub id: Option<Spanned<String>>,
+    /// Tag name in rows instead of the browse path; unique in the plc.
     pub name: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `{ root, recursive, include, exclude }`: the variables under a root, found at connect.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBrowse {
+    /// Node id to start from; required.
+    #[schemars(required)]
     pub root: Option<Spanned<String>>,
+    /// The whole tree below root; default false (its direct children only).
     pub recursive: Option<Spanned<bool>>,
+    /// Glob on the browse path, e.g. "*Temp*"; default all.
     pub include: Option<Spanned<String>>,
+    /// Glob on the browse path, applied after include; default none.
     pub exclude: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[pki]`: the connector's OPC UA application certificate and trust lists.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPki {
+    /// Directory of own/ trusted/ rejected/ issuers/; default "pki".
     pub dir: Option<Spanned<String>>,
+    /// Accept unknown server certificates; default false (refused, copied to rejected/).
     pub trust_unknown_servers: Option<Spanned<bool>>,
 }
 
 /// `[sink.*]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSinks {
+    /// Parquet chunk files; absent: no Parquet output.
     pub parquet: Option<RawParquet>,
+    /// An MQTT 3.1.1 or 5 broker; absent: no broker output.
     pub mqtt: Option<RawMqtt>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[sink.parquet]`: Parquet chunk files.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawParquet {
+    /// Directory of the chunk files; default "data".
     pub dir: Option<Spanned<String>>,
+    /// zstd, zstd:LEVEL (1..=22), snappy, gzip or none; default "zstd" (level 3).
+    #[schemars(with = "Option<CompressionName>")]
     pub compression: Option<Spanned<String>>,
+    /// Close a chunk after this many rows; default 1000000.
+    #[schemars(range(min = 1))]
     pub roll_rows: Option<Spanned<i64>>,
+    /// ... or this many bytes; default "128MiB".
     pub roll_bytes: Option<Spanned<RawSize>>,
+    /// ... or this long after it was opened; default "5m".
     pub roll_interval: Option<Spanned<RawDuration>>,
+    /// Samples buffered before the writer (then backpressure); default 1000000.
+    #[schemars(range(min = 1))]
     pub queue_samples: Option<Spanned<i64>>,
+    /// Completed chunks together at most this, oldest deleted first; default 0 (no limit).
     pub max_bytes: Option<Spanned<RawSize>>,
+    /// Completed chunks older than this are deleted; default "0s" (no limit).
     pub max_age: Option<Spanned<RawDuration>>,
+    /// Free space to leave, oldest chunks deleted below it; default "256MiB" (0: off).
     pub min_free: Option<Spanned<RawSize>>,
 }
 
 /// `[sink.mqtt]`: a generic MQTT 3.1.1 / 5 broker.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
+    /// mqtt://host[:port] (plain, 1883) or mqtts://host[:port] (TLS, 8883); required.
+    #[schemars(required)]
     pub url: Option<Spanned<String>>,
+    /// MQTT protocol version, "3.1.1" or "5"; default "3.1.1".
     pub version: Option<Spanned<RawVersion>>,
+    /// Client id, unique on the broker; default "opcua-connector-{line.id}".
     pub client_id: Option<Spanned<String>>,
+    /// User name; default none.
     pub username: Option<Spanned<String>>,
+    /// Environment variable holding the password; only with username.
     pub password_env: Option<Spanned<String>>,
+    /// File holding the password; only with username.
     pub password_file: Option<Spanned<String>>,
-    /// Known only to be refused with a helpful message; the value is never kept.
+    // Known only to be refused with a helpful message; the value is never kept.
+    /// Refused: no password in the file; use password_env or password_file.
+    #[schemars(with = "Option<Refused>")]
     pub password: Option<Spanned<de::IgnoredAny>>,
+    /// Telemetry topic with {site}, {line}, {plc}, {group}; default "opcua/{site}/{line}/{plc}/{group}".
     pub topic: Option<Spanned<String>>,
+    /// Base of the cloud-to-PLC topics, {site} and {line} only; default "opcua/{site}/{line}/cmd".
     pub command_topic: Option<Spanned<String>>,
+    /// 0 (at most once) or 1 (at least once); default 1.
+    #[schemars(extend("enum" = [0, 1]))]
     pub qos: Option<Spanned<i64>>,
+    /// Samples of one group per message at most; default 1000.
+    #[schemars(range(min = 1))]
     pub batch_max_samples: Option<Spanned<i64>>,
+    /// Longest wait for more samples, greater than 0; default "200ms".
     pub batch_max_delay: Option<Spanned<RawDuration>>,
+    /// Largest message body, from "1KiB" to 268435455 bytes; default "256KiB".
     pub max_message_bytes: Option<Spanned<RawSize>>,
+    /// json or json+gzip; default "json".
+    #[schemars(with = "Option<PayloadName>")]
     pub payload: Option<Spanned<String>>,
+    /// Keep-alive, whole seconds from "1s" to "65535s"; default "30s".
     pub keep_alive: Option<Spanned<RawDuration>>,
+    /// { ca_file, cert_file, key_file }: TLS of an mqtts:// url, which needs it.
     pub tls: Option<RawTls>,
+    /// Serve [[write]] / [[method]] over plain mqtt:// without a username; default false.
     pub allow_insecure_commands: Option<Spanned<bool>>,
 }
 
 /// `tls = { ca_file, cert_file, key_file }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// PEM file of the CA(s) of the broker's certificate (the system's are not used); required.
+    #[schemars(required)]
     pub ca_file: Option<Spanned<String>>,
+    /// PEM client certificate, with key_file; default none.
     pub cert_file: Option<Spanned<String>>,
+    /// PEM private key of cert_file.
     pub key_file: Option<Spanned<String>>,
 }
 
 /// `[hub]`: an Azure IoT Hub device or IoT Edge module identity.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHub {
+    /// Environment variable holding the device or module connection string.
     pub connection_string_env: Option<Spanned<String>>,
+    /// File holding the device or module connection string.
     pub connection_string_file: Option<Spanned<String>>,
-    /// Known only to be refused with a helpful message; the value is never kept.
+    // Known only to be refused with a helpful message; the value is never kept.
+    /// Refused (it holds the device key): use connection_string_env or connection_string_file.
+    #[schemars(with = "Option<Refused>")]
     pub connection_string: Option<Spanned<de::IgnoredAny>>,
+    /// An X.509 identity: { host, device_id, module_id, cert_file, key_file }.
     pub x509: Option<RawX509>,
+    /// Lifetime of the SAS tokens, at least "2s"; default "1h"; not with x509.
     pub sas_ttl: Option<Spanned<RawDuration>>,
+    /// Tests only: plain MQTT to this loopback host:port instead of the hub; default none.
     pub insecure_endpoint: Option<Spanned<String>>,
+    /// PEM file of the hub's root CA (the system's are not used); required unless insecure_endpoint.
     pub ca_file: Option<Spanned<String>>,
+    /// Samples of one group per message at most; default 500.
+    #[schemars(range(min = 1))]
     pub batch_max_samples: Option<Spanned<i64>>,
+    /// Longest wait for more samples, greater than 0; default "200ms".
     pub batch_max_delay: Option<Spanned<RawDuration>>,
+    /// json or json+gzip; default "json".
+    #[schemars(with = "Option<PayloadName>")]
     pub payload: Option<Spanned<String>>,
+    /// A desired value still waiting for its PLC after this long is not written; default "1h".
     pub pending_write_max_age: Option<Spanned<RawDuration>>,
 }
 
 /// `x509 = { host, device_id, module_id, cert_file, key_file }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawX509 {
+    /// The hub's host name, e.g. "myhub.azure-devices.net"; required.
+    #[schemars(required)]
     pub host: Option<Spanned<String>>,
+    /// IoT Hub device id; required.
+    #[schemars(required)]
     pub device_id: Option<Spanned<String>>,
+    /// IoT Edge module id; default none (a device identity).
     pub module_id: Option<Spanned<String>>,
+    /// PEM certificate of the identity; required.
+    #[schemars(required)]
     pub cert_file: Option<Spanned<String>>,
+    /// PEM private key of cert_file; required.
+    #[schemars(required)]
     pub key_file: Option<Spanned<String>>,
 }
 
 /// `[buffer]`: store-and-forward for the broker and hub sinks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBuffer {
+    /// Directory of the segment files; default "data/buffer".
     pub dir: Option<Spanned<String>>,
+    /// Disk space the buffer may use, greater than 0; default "2GiB".
     pub max_bytes: Option<Spanned<RawSize>>,
+    /// drop_oldest (evict the oldest) or pause (hold, then refuse new telemetry); default "drop_oldest".
+    #[schemars(with = "Option<WhenFullName>")]
     pub when_full: Option<Spanned<String>>,
+    /// Size of one segment file, at most max_bytes; default "16MiB".
     pub segment_bytes: Option<Spanned<RawSize>>,
+    /// Free space to leave, else the buffer counts as full; default "256MiB" (0: off).
     pub min_free: Option<Spanned<RawSize>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[[write]]`: a node the cloud may write, with its limits.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWrite {
+    /// Desired property (a dotted path when nested) or write-topic key, unique; required.
+    #[schemars(required)]
     pub property: Option<Spanned<String>>,
+    /// The id of a [[plc]] in this file; required.
+    #[schemars(required)]
     pub plc: Option<Spanned<String>>,
+    /// Node id to write; required.
+    #[schemars(required)]
     pub node: Option<Spanned<String>>,
+    /// OPC UA built-in type the value is written as; required.
     #[serde(rename = "type")]
+    #[schemars(required, with = "Option<WriteTypeName>")]
     pub write_type: Option<Spanned<String>>,
+    /// Smallest value accepted (numeric types only); default none.
     pub min: Option<Spanned<f64>>,
+    /// Largest value accepted (numeric types only); default none.
     pub max: Option<Spanned<f64>>,
+    /// Read the node after writing and report what the PLC holds; default true.
     pub readback: Option<Spanned<bool>>,
+    /// At most one write to the node per this interval; default none.
     pub max_rate: Option<Spanned<RawDuration>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[[method]]`: a direct method mapped to an OPC UA method call.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMethod {
+    /// Direct method name, unique; required.
+    #[schemars(required)]
     pub name: Option<Spanned<String>>,
+    /// The id of a [[plc]] in this file; required.
+    #[schemars(required)]
     pub plc: Option<Spanned<String>>,
+    /// Node id of the object the method belongs to; required.
+    #[schemars(required)]
     pub object: Option<Spanned<String>>,
+    /// Node id of the method; required.
+    #[schemars(required)]
     pub method: Option<Spanned<String>>,
+    /// Longest wait for the call, greater than 0; default "10s".
     pub timeout: Option<Spanned<RawDuration>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `[metrics]`: the HTTP endpoint of Prometheus metrics and health.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
+    /// IP:PORT of /metrics and /healthz, e.g. "127.0.0.1:9464"; required.
+    #[schemars(required)]
     pub listen: Option<Spanned<String>>,
 }
 
@@ -366,336 +569,5 @@ impl<'de> Deserialize<'de> for RawAuth {
             }
         }
         d.deserialize_any(V)
-    }
-}
-
-/// The key path (`plc[0].group[1].nodes[2]`, `sink.parquet.bogus`) of the key or value at byte
-/// `offset` of a TOML document, for errors that only carry a span.
-///
-/// A lenient scanner, not a parser: it understands table headers (counting `[[array]]`
-/// elements), dotted and quoted keys, inline tables, arrays, strings and comments, and gives up
-/// (`None`) on anything it does not recognise.
-pub fn key_path_at(text: &str, offset: usize) -> Option<String> {
-    let mut s = Scanner {
-        src: text.as_bytes(),
-        pos: 0,
-        target: offset,
-        aot: Vec::new(),
-    };
-    match s.document() {
-        Scan::Found(path) if !path.is_empty() => Some(path),
-        _ => None,
-    }
-}
-
-enum Scan {
-    /// Scanned past this item without reaching the target.
-    Continue,
-    Found(String),
-    GiveUp,
-}
-
-macro_rules! scan {
-    ($e:expr) => {
-        match $e {
-            Scan::Continue => {}
-            other => return other,
-        }
-    };
-}
-
-struct Scanner<'a> {
-    src: &'a [u8],
-    pos: usize,
-    target: usize,
-    /// Array-of-tables seen so far (indexed path such as `plc[0].group`) and their lengths.
-    aot: Vec<(String, usize)>,
-}
-
-fn join(base: &str, key: &str) -> String {
-    if base.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{base}.{key}")
-    }
-}
-
-impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.src.get(self.pos).copied()
-    }
-
-    fn at(&self, s: &str) -> bool {
-        self.src[self.pos.min(self.src.len())..].starts_with(s.as_bytes())
-    }
-
-    fn hit(&self, start: usize, end: usize) -> bool {
-        (start..end.max(start + 1)).contains(&self.target)
-    }
-
-    /// Spaces, tabs and comments; newlines too when `newlines`.
-    fn skip_blank(&mut self, newlines: bool) {
-        while let Some(c) = self.peek() {
-            match c {
-                b' ' | b'\t' | b'\r' => self.pos += 1,
-                b'\n' if newlines => self.pos += 1,
-                b'#' => {
-                    while !matches!(self.peek(), None | Some(b'\n')) {
-                        self.pos += 1;
-                    }
-                }
-                _ => break,
-            }
-        }
-    }
-
-    fn document(&mut self) -> Scan {
-        let mut table = String::new();
-        loop {
-            self.skip_blank(true);
-            match self.peek() {
-                None => return Scan::Continue,
-                Some(b'[') => match self.header() {
-                    Ok(path) => table = path,
-                    Err(scan) => return scan,
-                },
-                Some(_) => scan!(self.keyval(&table)),
-            }
-        }
-    }
-
-    /// `[a.b]` or `[[a.b]]`: the indexed path of the table it opens.
-    fn header(&mut self) -> Result<String, Scan> {
-        let array = self.at("[[");
-        self.pos += if array { 2 } else { 1 };
-        let mut path = String::new();
-        loop {
-            self.skip_blank(false);
-            let start = self.pos;
-            let Some(name) = self.key_segment() else {
-                return Err(Scan::GiveUp);
-            };
-            let end = self.pos;
-            path = join(&path, &name);
-            self.skip_blank(false);
-            let last = self.peek() == Some(b']');
-            if last && array {
-                let n = match self.aot.iter_mut().find(|(p, _)| *p == path) {
-                    Some((_, n)) => {
-                        *n += 1;
-                        *n - 1
-                    }
-                    None => {
-                        self.aot.push((path.clone(), 1));
-                        0
-                    }
-                };
-                // A new element: forget the arrays nested in the previous one.
-                let prefix = format!("{path}[");
-                self.aot.retain(|(p, _)| !p.starts_with(&prefix));
-                path = format!("{path}[{n}]");
-            } else if let Some((_, n)) = self.aot.iter().find(|(p, _)| *p == path) {
-                path = format!("{path}[{}]", n.saturating_sub(1));
-            }
-            if self.hit(start, end) {
-                return Err(Scan::Found(path));
-            }
-            match self.peek() {
-                Some(b'.') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += if array { 2 } else { 1 };
-                    return Ok(path);
-                }
-                _ => return Err(Scan::GiveUp),
-            }
-        }
-    }
-
-    /// One bare or quoted key segment.
-    fn key_segment(&mut self) -> Option<String> {
-        match self.peek()? {
-            b'"' | b'\'' => {
-                let (start, end) = self.string()?;
-                let raw = std::str::from_utf8(&self.src[start..end]).ok()?;
-                Some(raw.trim_matches(|c| c == '"' || c == '\'').to_owned())
-            }
-            _ => {
-                let start = self.pos;
-                while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
-                {
-                    self.pos += 1;
-                }
-                (self.pos > start)
-                    .then(|| String::from_utf8_lossy(&self.src[start..self.pos]).into_owned())
-            }
-        }
-    }
-
-    /// `a.b = value` under `base`.
-    fn keyval(&mut self, base: &str) -> Scan {
-        let mut path = base.to_owned();
-        loop {
-            self.skip_blank(false);
-            let start = self.pos;
-            let Some(name) = self.key_segment() else {
-                return Scan::GiveUp;
-            };
-            path = join(&path, &name);
-            if self.hit(start, self.pos) {
-                return Scan::Found(path);
-            }
-            self.skip_blank(false);
-            match self.peek() {
-                Some(b'.') => self.pos += 1,
-                Some(b'=') => {
-                    self.pos += 1;
-                    self.skip_blank(false);
-                    return self.value(&path);
-                }
-                _ => return Scan::GiveUp,
-            }
-        }
-    }
-
-    fn value(&mut self, path: &str) -> Scan {
-        let start = self.pos;
-        match self.peek() {
-            Some(b'{') => {
-                self.pos += 1;
-                loop {
-                    self.skip_blank(true);
-                    match self.peek() {
-                        Some(b'}') => {
-                            self.pos += 1;
-                            break;
-                        }
-                        Some(b',') => self.pos += 1,
-                        None => return Scan::GiveUp,
-                        Some(_) => scan!(self.keyval(path)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.pos += 1;
-                let mut index = 0;
-                loop {
-                    self.skip_blank(true);
-                    match self.peek() {
-                        Some(b']') => {
-                            self.pos += 1;
-                            break;
-                        }
-                        Some(b',') => {
-                            self.pos += 1;
-                            index += 1;
-                        }
-                        None => return Scan::GiveUp,
-                        Some(_) => scan!(self.value(&format!("{path}[{index}]"))),
-                    }
-                }
-            }
-            Some(b'"' | b'\'') => {
-                if self.string().is_none() {
-                    return Scan::GiveUp;
-                }
-            }
-            Some(_) => {
-                while !matches!(self.peek(), None | Some(b',' | b']' | b'}' | b'\n' | b'#')) {
-                    self.pos += 1;
-                }
-            }
-            None => return Scan::GiveUp,
-        }
-        if self.hit(start, self.pos) {
-            Scan::Found(path.to_owned())
-        } else {
-            Scan::Continue
-        }
-    }
-
-    /// A basic, literal or multi-line string starting at `pos`; its span with the quotes.
-    fn string(&mut self) -> Option<(usize, usize)> {
-        let start = self.pos;
-        let quote = self.peek()?;
-        let triple = if quote == b'"' { "\"\"\"" } else { "'''" };
-        if self.at(triple) {
-            self.pos += 3;
-            while !self.at(triple) {
-                if quote == b'"' && self.peek() == Some(b'\\') {
-                    self.pos += 1;
-                }
-                self.peek()?;
-                self.pos += 1;
-            }
-            self.pos += 3;
-            // Up to two more quotes may close the content.
-            while self.peek() == Some(quote) {
-                self.pos += 1;
-            }
-        } else {
-            self.pos += 1;
-            loop {
-                match self.peek()? {
-                    b'\\' if quote == b'"' => self.pos += 2,
-                    b'\n' => return None,
-                    c if c == quote => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => self.pos += 1,
-                }
-            }
-        }
-        Some((start, self.pos))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn path_of(text: &str, needle: &str) -> Option<String> {
-        key_path_at(text, text.find(needle).unwrap())
-    }
-
-    #[test]
-    fn key_path_counts_array_of_tables_per_parent() {
-        let text = "[line]\nid = \"a\"\n\n[[plc]]\nid = \"x\"\n[[plc.group]]\nname = \"g0\"\n\
-                    [[plc.group]]\nname = \"g1\"\n\n[[plc]]\nid = \"y\"\n[[plc.group]]\nbogus = 1\n";
-        assert_eq!(path_of(text, "id = \"a\"").as_deref(), Some("line.id"));
-        assert_eq!(
-            path_of(text, "\"g1\"").as_deref(),
-            Some("plc[0].group[1].name")
-        );
-        assert_eq!(
-            path_of(text, "bogus").as_deref(),
-            Some("plc[1].group[0].bogus")
-        );
-        assert_eq!(path_of(text, "\"y\"").as_deref(), Some("plc[1].id"));
-    }
-
-    #[test]
-    fn key_path_enters_inline_tables_and_arrays() {
-        let text = "[[plc]]\nauth = { username = \"u\", bogus = 1 }\n[[plc.group]]\n\
-                    nodes = [\n  \"i=85\", # comment, with [brackets]\n  { id = \"i=1\", nam = \"x\" },\n]\n";
-        assert_eq!(path_of(text, "bogus").as_deref(), Some("plc[0].auth.bogus"));
-        assert_eq!(
-            path_of(text, "nam ").as_deref(),
-            Some("plc[0].group[0].nodes[1].nam")
-        );
-        assert_eq!(
-            path_of(text, "\"i=85\"").as_deref(),
-            Some("plc[0].group[0].nodes[0]")
-        );
-    }
-
-    #[test]
-    fn key_path_of_header_segment_and_dotted_keys() {
-        let text = "[line]\nid = 'a'\n[sink.mqtt]\nurl = \"\"\"x\n]\"\"\"\n[metrics]\ndeadband.absolute = 1\n";
-        assert_eq!(path_of(text, "mqtt").as_deref(), Some("sink.mqtt"));
-        assert_eq!(
-            path_of(text, "absolute").as_deref(),
-            Some("metrics.deadband.absolute")
-        );
     }
 }

@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::config::raw::Spanned;
 
 use super::{format_size, is_loopback_host, optional, Check, Span, DEFAULT_PENDING_WRITE_MAX_AGE};
 use crate::config::is_valid_id;

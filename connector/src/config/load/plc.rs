@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use toml::Spanned;
+use crate::config::raw::Spanned;
 
 use super::{is_env_name, optional, Check, Span, DEFAULT_MAX_CONCURRENT_COMMANDS};
 use crate::config::raw::{self, RawAuth, RawBrowse, RawGroup, RawNode, RawPlc};

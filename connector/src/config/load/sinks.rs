@@ -6,7 +6,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::config::raw::Spanned;
 
 use super::{format_size, Check};
 use crate::config::raw::{RawBuffer, RawMetrics, RawParquet};

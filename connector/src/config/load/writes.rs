@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use toml::Spanned;
+use crate::config::raw::Spanned;
 
 use super::{optional, Check};
 use crate::config::raw::{RawMethod, RawWrite};
