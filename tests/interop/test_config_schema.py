@@ -33,7 +33,9 @@ REGENERATE = "cargo run -p connector -- schema > configs/opcua-connector.schema.
 
 
 def repo_configs() -> list[Path]:
-    return sorted((REPO_ROOT / "configs").glob("*.toml"))
+    """configs/*.toml, and the example line the .deb installs as /etc/opcua-connector/example.toml."""
+    packaged = REPO_ROOT / "connector" / "debian" / "example.toml"
+    return sorted((REPO_ROOT / "configs").glob("*.toml")) + [packaged]
 
 
 def extra_configs() -> list[Path]:
@@ -101,6 +103,10 @@ def test_config_follows_the_schema(validator: Draft7Validator, path: Path) -> No
     text = path.read_text(encoding="utf-8")
     if path.parent == REPO_ROOT / "configs":
         assert text.startswith(SCHEMA_LINE), f"{path}: the first line is {SCHEMA_LINE.strip()!r}"
+    if path.name == "example.toml":
+        # Installed beside no schema: it names the copy the package installs.
+        installed = "#:schema /usr/share/opcua-connector/opcua-connector.schema.json\n"
+        assert text.startswith(installed), f"{path}: the first line is {installed.strip()!r}"
     found = problems(validator, tomllib.loads(text))
     assert not found, f"{path} does not follow {SCHEMA_PATH.name}:\n" + "\n".join(found)
 
