@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("error: {f}");
+            logs::final_error(&f);
             ExitCode::from(f.exit_code())
         }
     }
@@ -186,7 +186,7 @@ fn hooks() -> connector::runner::Hooks {
         writer_panic_after: std::env::var("OPCUA_CONNECTOR_FAULT_WRITER_PANIC_AFTER")
             .ok()
             .and_then(|v| v.parse().ok()),
-        writer_hang_when: std::env::var_os("OPCUA_CONNECTOR_FAULT_WRITER_HANG_WHEN")
+        writer_hang_while: std::env::var_os("OPCUA_CONNECTOR_FAULT_WRITER_HANG_WHILE")
             .map(Into::into),
     }
 }

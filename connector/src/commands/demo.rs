@@ -70,10 +70,12 @@ pub async fn demo(args: DemoArgs) -> Outcome {
     let deadline = tokio::time::Instant::now() + args.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = 0u64;
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = super::signal() => { eprintln!(); eprintln!("demo: interrupted"); break; }
+            _ = &mut stop => { eprintln!(); eprintln!("demo: interrupted"); break; }
             _ = tick.tick() => {
                 let received = metrics.total(|p| &p.samples_received);
                 let elapsed = started.elapsed().as_secs_f64();

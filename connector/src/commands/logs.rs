@@ -36,7 +36,7 @@ pub fn init(format: Format, level: &str) {
     let fmt: Box<dyn Layer<_> + Send + Sync> = match format {
         Format::Json => fmt.json().boxed(),
         // Every field escaped (see `escaped_fields`).
-        Format::Text if stderr_is_the_journal() => fmt
+        Format::Text if to_journal() => fmt
             .with_ansi(false)
             .fmt_fields(escaped_fields())
             .event_format(Priority(
@@ -54,6 +54,9 @@ pub fn init(format: Format, level: &str) {
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter).with_filter(not_our_close))
         .init();
+    if to_journal() {
+        panics_to_the_journal();
+    }
 }
 
 /// Text-log fields with control characters escaped: a line break or a terminal escape in a
@@ -94,6 +97,35 @@ fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out.into()
+}
+
+/// Whether stderr is the systemd journal (asked once).
+pub fn to_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(stderr_is_the_journal)
+}
+
+/// What a command says when it fails (`error: ...`; an invalid file has a line per
+/// problem), every line an error on the journal.
+pub fn final_error(message: &dyn std::fmt::Display) {
+    let text = format!("error: {message}");
+    if to_journal() {
+        for line in text.lines() {
+            eprintln!("<3>{line}");
+        }
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// On the journal, a panic's message as a critical line (`<2>`) instead of an info line.
+fn panics_to_the_journal() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let text = escape_controls(&info.to_string()).into_owned();
+        eprintln!("<2>thread '{name}' {text}");
+    }));
 }
 
 /// Whether stderr is connected to the systemd journal: `JOURNAL_STREAM` names its device and

@@ -39,18 +39,24 @@ impl fmt::Display for Failure {
 
 pub type Outcome = Result<(), Failure>;
 
-/// Waits for SIGINT or SIGTERM.
-pub async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// SIGINT or SIGTERM: the handlers are installed by this call, not when the future is first
+/// polled, so a stop that comes right after start (a service manager acting on READY=1) is
+/// a drain, not the default action that kills the process.
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-            return;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

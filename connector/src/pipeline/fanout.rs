@@ -82,9 +82,9 @@ pub struct Writer {
     pub metrics: Arc<PlcMetrics>,
     /// Test hook: panic after this many batches (proves that a dead writer is noticed).
     pub panic_after: Option<u64>,
-    /// Test hook: hang for good once this file exists (proves that the service watchdog
-    /// notices a stuck writer).
-    pub hang_when: Option<std::path::PathBuf>,
+    /// Test hook: hang while this file exists (proves that the service watchdog notices a
+    /// stuck writer, and that pings resume when it goes on).
+    pub hang_while: Option<std::path::PathBuf>,
     /// Repeating failures of an output (a full disk fails every batch): logged once a minute.
     pub log: FailureLogs,
 }
@@ -106,11 +106,12 @@ impl Writer {
         let mut batches = 0u64;
         loop {
             self.metrics.writer_beat.beat();
-            if self.hang_when.as_deref().is_some_and(|p| p.exists()) {
+            if let Some(p) = self.hang_while.as_deref().filter(|p| p.exists()) {
                 tracing::warn!(plc = %self.metrics.plc, "test hook: writer thread hangs");
-                loop {
-                    std::thread::park();
+                while p.exists() {
+                    std::thread::sleep(TICK);
                 }
+                tracing::warn!(plc = %self.metrics.plc, "test hook: writer thread goes on");
             }
             match self.rx.recv_timeout(TICK) {
                 Ok(batch) => {

@@ -73,8 +73,8 @@ pub struct Running {
 pub struct Hooks {
     /// Every PLC's writer thread panics after this many batches.
     pub writer_panic_after: Option<u64>,
-    /// Every PLC's writer thread hangs once this file exists.
-    pub writer_hang_when: Option<std::path::PathBuf>,
+    /// Every PLC's writer thread hangs while this file exists.
+    pub writer_hang_while: Option<std::path::PathBuf>,
 }
 
 /// A telemetry destination: its name in `/metrics`, its batching and its outbox.
@@ -329,17 +329,26 @@ fn spawn_plc(
         rx,
         metrics: m.clone(),
         panic_after: hooks.writer_panic_after,
-        hang_when: hooks.writer_hang_when.clone(),
+        hang_while: hooks.writer_hang_while.clone(),
         log: Default::default(),
     };
     let stop = shutdown.writers.token.clone();
+    // The writer also ends when its queue has no sender left: normal once the sessions are
+    // stopping, a fault before (the session task panicked), and then fatal like a panic.
+    let sessions_stopping = shutdown.sessions.token.clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let (metrics, fatal) = (m.clone(), fatal.clone());
     std::thread::Builder::new()
         .name(format!("parquet-{}", plc.id))
         .spawn(move || {
             let run = std::panic::AssertUnwindSafe(|| writer.run(stop));
-            if let Err(panic) = std::panic::catch_unwind(run) {
+            let ended = std::panic::catch_unwind(run);
+            if ended.is_ok() && !sessions_stopping.is_cancelled() {
+                tracing::error!(plc = %metrics.plc,
+                    "the PLC's session task ended unexpectedly: no more samples can come; stopping the connector (exit 1) so that the service manager restarts it");
+                fatal.cancel();
+            }
+            if let Err(panic) = ended {
                 let why = panic
                     .downcast_ref::<String>()
                     .map(String::as_str)

@@ -1,14 +1,17 @@
 //! systemd's service protocol (`sd_notify`): `READY=1` once the line is up (configuration
 //! valid, outputs open, connections started), `STOPPING=1` when it stops, and `WATCHDOG=1`
-//! every half watchdog period while every stage of the pipeline makes progress.
+//! every quarter of the watchdog period while every thread of the pipeline keeps going.
 //!
-//! Progress, not a timer: each PLC's writer thread beats once per loop (at least every 50 ms,
-//! busy or idle), and each cloud connection and the write service beat from a task on their
-//! own runtimes, so a thread stuck in a call that never returns stops beating. This loop runs
-//! on the runtime of the PLC sessions and `/metrics`, so a stuck runtime stops it as well. A
-//! stage that has not beaten for half the watchdog period is stuck: the pings stop, `STATUS=`
-//! names the stage (shown by `systemctl status`), the log says it once, and systemd kills and
-//! restarts the service when `WatchdogSec` runs out. A stage that moves again resumes them.
+//! Not a timer alone: each PLC's writer thread beats once per loop (at least every 50 ms,
+//! busy or idle: a batch written or a tick), and each cloud connection and the write service
+//! beat from a task on their own runtimes, so a thread stuck in a call that never returns (a
+//! deadlock, a write to a hung disk) stops beating. This loop runs on the runtime of the PLC
+//! sessions and `/metrics`, so a stuck runtime stops it as well. What this cannot see is a
+//! task that waits forever on something that never comes while its runtime runs on: that is
+//! left to the tasks' own timeouts. A thread without a beat for half the period is stuck:
+//! the pings stop, `STATUS=` names it (shown by `systemctl status`), the log says it once,
+//! and systemd kills and restarts the service when `WatchdogSec` runs out. One that moves
+//! again before that (a stall shorter than about 1.25 periods) resumes them.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd as `Type=notify`) all of it does nothing.
 
@@ -102,13 +105,14 @@ pub async fn watch(stages: Vec<Watched>, stop: CancellationToken) {
     }
 }
 
-/// How often to check and ping (half the period, as systemd asks), and how long a stage may
-/// go without a beat (half the period, at least a second: a slow fsync is not a hang).
+/// How often to check and ping (a quarter of the period: more often than the half systemd
+/// asks for, so that one missed ping is not yet a restart and a stage can recover), and how
+/// long a stage may go without a beat (half the period, at least a second: a slow fsync is
+/// not a hang).
 fn timing(period: Duration) -> (Duration, Duration) {
-    let half = period / 2;
     (
-        half.max(Duration::from_millis(100)),
-        half.max(Duration::from_secs(1)),
+        (period / 4).max(Duration::from_millis(100)),
+        (period / 2).max(Duration::from_secs(1)),
     )
 }
 
@@ -149,14 +153,14 @@ mod tests {
     }
 
     #[test]
-    fn pings_every_half_period_and_tolerates_a_second_at_least() {
+    fn pings_every_quarter_period_and_tolerates_half_a_period_or_a_second() {
         assert_eq!(
             timing(Duration::from_secs(30)),
-            (Duration::from_secs(15), Duration::from_secs(15))
+            (Duration::from_millis(7_500), Duration::from_secs(15))
         );
         assert_eq!(
-            timing(Duration::from_millis(400)),
-            (Duration::from_millis(200), Duration::from_secs(1))
+            timing(Duration::from_millis(200)),
+            (Duration::from_millis(100), Duration::from_secs(1))
         );
     }
 }
