@@ -239,6 +239,60 @@ pub fn render(state: &State) -> String {
             value.load(Ordering::Relaxed)
         );
     }
+    let lost = &r.lost_before_upload;
+    if let Some(u) = &state.metrics.upload {
+        for (name, help, kind, value) in [
+            (
+                "parquet_upload_chunks_total",
+                "Chunks confirmed by the object store.",
+                "counter",
+                &u.chunks,
+            ),
+            (
+                "parquet_upload_bytes_total",
+                "Bytes of chunks confirmed by the object store.",
+                "counter",
+                &u.bytes,
+            ),
+            (
+                "parquet_upload_failures_total",
+                "Upload attempts that failed (each retried).",
+                "counter",
+                &u.failures,
+            ),
+            (
+                "parquet_upload_pending_chunks",
+                "Completed chunks not yet confirmed by the store.",
+                "gauge",
+                &u.pending,
+            ),
+            (
+                "parquet_upload_pending_bytes",
+                "Bytes of completed chunks not yet confirmed.",
+                "gauge",
+                &u.pending_bytes,
+            ),
+            (
+                "parquet_upload_oldest_pending_seconds",
+                "Age of the oldest chunk not yet confirmed.",
+                "gauge",
+                &u.oldest_pending_s,
+            ),
+            (
+                "parquet_upload_lost_chunks_total",
+                "Chunks the disk limits deleted before they were uploaded.",
+                "counter",
+                lost,
+            ),
+        ] {
+            counter(&mut out, name, help, kind);
+            let _ = writeln!(
+                out,
+                "opcua_connector_{name}{{line=\"{line}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
     let per_sink: [(&str, &str, Sink); 9] = [
         (

@@ -19,7 +19,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "sinks",
-        &["config", "metrics", "ratelog", "sample", "buffer", "cloud"],
+        &[
+            "config", "metrics", "ratelog", "sample", "backoff", "buffer", "cloud",
+        ],
     ),
     (
         "pipeline",

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub plcs: Vec<Arc<PlcMetrics>>,
     /// Local retention of the line's Parquet chunks.
     pub retention: Arc<RetentionMetrics>,
+    /// Uploads of the chunks, when configured.
+    pub upload: Option<Arc<UploadMetrics>>,
 }
 
 /// Counters of the Parquet retention (one per line).
@@ -121,6 +123,23 @@ pub struct RetentionMetrics {
     pub deleted_for_space: AtomicU64,
     /// Bytes of completed chunks kept on disk.
     pub bytes_kept: AtomicU64,
+    /// Deleted by the disk limits before they were uploaded (with `[sink.parquet.upload]`):
+    /// lost for the store.
+    pub lost_before_upload: AtomicU64,
+}
+
+/// Counters of `[sink.parquet.upload]` (one per line).
+#[derive(Debug, Default)]
+pub struct UploadMetrics {
+    /// Chunks and bytes confirmed by the store.
+    pub chunks: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Attempts that failed (each retried).
+    pub failures: AtomicU64,
+    /// Completed chunks not yet confirmed, their bytes, and the age of the oldest, in s.
+    pub pending: AtomicU64,
+    pub pending_bytes: AtomicU64,
+    pub oldest_pending_s: AtomicU64,
 }
 
 impl Metrics {

@@ -106,7 +106,8 @@ class Simulator:
 
     def stderr_tail(self, max_bytes: int = 8000) -> str:
         try:
-            self._stderr.flush()
+            if not self._stderr.closed:  # closed once the simulator was stopped
+                self._stderr.flush()
             data = self.stderr_path.read_bytes()
         except OSError as exc:
             return f"<cannot read {self.stderr_path}: {exc}>"

@@ -25,6 +25,7 @@ mod security;
 mod sinks;
 #[cfg(test)]
 mod tests;
+mod upload;
 mod writes;
 
 pub use cloud::{

@@ -297,7 +297,21 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
             format_size(p.roll_bytes),
             duration(p.roll_interval),
             p.queue_samples,
-        )?,
+        )
+        .and_then(|()| match &p.upload {
+            None => Ok(()),
+            Some(u) => writeln!(
+                out,
+                "    upload to {} ({} settings, {} secrets; local copies {})",
+                u.to,
+                u.options.len(),
+                u.secrets.len(),
+                u.keep_local.map_or("kept".to_owned(), |k| format!(
+                    "deleted {} after the upload",
+                    duration(k)
+                )),
+            ),
+        })?,
     }
     if let Some(m) = &c.mqtt {
         mqtt(out, m, &c.line)?;

@@ -262,6 +262,28 @@ pub struct RawParquet {
     pub max_age: Option<Spanned<RawDuration>>,
     /// Free space to leave, oldest chunks deleted below it; default "256MiB" (0: off).
     pub min_free: Option<Spanned<RawSize>>,
+    /// Every completed chunk uploaded to object storage; default none.
+    pub upload: Option<Spanned<RawUpload>>,
+}
+
+/// `[sink.parquet.upload]`: every completed chunk to object storage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    /// az://container/prefix, s3://bucket/prefix, gs://bucket/prefix or file:///dir; required.
+    #[schemars(required)]
+    pub to: Option<Spanned<String>>,
+    /// How long a chunk stays on disk after the store confirmed it ("0s": deleted at once); default: kept, the retention limits decide.
+    pub keep_local: Option<Spanned<RawDuration>>,
+    /// The store's settings (object_store configuration keys: aws_region, aws_endpoint, azure_storage_account_name, ...); no secrets.
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, Spanned<String>>,
+    /// Secret settings from environment variables: setting = "VARIABLE".
+    #[serde(default)]
+    pub secret_env: std::collections::BTreeMap<String, Spanned<String>>,
+    /// Secret settings from files: setting = "/path/to/file".
+    #[serde(default)]
+    pub secret_file: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 /// `[sink.mqtt]`: a generic MQTT 3.1.1 / 5 broker.

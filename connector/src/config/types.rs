@@ -192,6 +192,21 @@ pub struct ParquetSinkConfig {
     pub queue_samples: NonZeroUsize,
     /// Local retention of completed chunks.
     pub retention: ParquetRetention,
+    /// Uploads of completed chunks, when configured.
+    pub upload: Option<UploadConfig>,
+}
+
+/// `[sink.parquet.upload]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadConfig {
+    /// The store and key prefix: `az://container/prefix`, `s3://bucket/prefix`, ...
+    pub to: String,
+    /// How long a confirmed chunk stays on disk (`None`: the retention limits decide).
+    pub keep_local: Option<Duration>,
+    /// The store's settings (object_store configuration keys), in the file's order.
+    pub options: Vec<(String, String)>,
+    /// Secret settings, read when the uploader starts.
+    pub secrets: Vec<(String, Secret)>,
 }
 
 /// `[sink.parquet]` `max_bytes`, `max_age`, `min_free`: the oldest completed chunks are

@@ -127,10 +127,26 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
             max_bytes: r.max_bytes,
             max_age: r.max_age,
             min_free: r.min_free,
+            uploads: p.upload.is_some(),
+            keep_local: p.upload.as_ref().and_then(|u| u.keep_local),
         };
         let base = p.dir.join(format!("line={}", config.line.id));
         Retention::open(&base, limits, metrics.retention.clone())
     });
+    if let (Some(p), Some(r)) = (&config.parquet, &retention) {
+        if let Some(u) = &p.upload {
+            let m = Arc::new(crate::metrics::UploadMetrics::default());
+            metrics.upload = Some(m.clone());
+            spawn_uploader(
+                u,
+                p.dir.clone(),
+                r.clone(),
+                m,
+                &shutdown.senders,
+                &mut watched,
+            )?;
+        }
+    }
     let line_wide = LineWide {
         hooks,
         fatal: &fatal,
@@ -285,6 +301,29 @@ fn spawn_sender(
         .map_err(|e| RunError::Sink(format!("cannot start the {name} thread: {e}")))?;
     stage.tasks.spawn(done_rx);
     Ok(())
+}
+
+/// The uploader of the line's completed chunks, on a thread of its own like a cloud
+/// connection (its file reads and the marker fsyncs block only itself).
+fn spawn_uploader(
+    config: &crate::config::UploadConfig,
+    root: std::path::PathBuf,
+    retention: Arc<Retention>,
+    metrics: Arc<crate::metrics::UploadMetrics>,
+    stage: &Stage,
+    watched: &mut Vec<Watched>,
+) -> Result<(), RunError> {
+    use crate::sinks::parquet::upload::{Destination, Uploader};
+    let destination =
+        Destination::open(config).map_err(|e| RunError::Sink(format!("upload: {e}")))?;
+    let uploader = Uploader {
+        destination,
+        retention,
+        root,
+        metrics,
+    };
+    let token = stage.token.clone();
+    spawn_sender(stage, "upload", uploader.run(token), watched)
 }
 
 /// What every PLC of the line shares.

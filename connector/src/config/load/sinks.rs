@@ -86,7 +86,12 @@ impl Check<'_> {
             None => Some(defaults.min_free),
             Some(b) => self.size(b, &k("min_free")),
         };
+        let upload = match &raw.upload {
+            None => Some(None),
+            Some(u) => self.upload(u.get_ref(), Some(u.span())).map(Some),
+        };
         Some(ParquetSinkConfig {
+            upload: upload?,
             dir: dir?,
             compression: compression?,
             roll_rows: roll_rows?,

@@ -3,7 +3,9 @@
 //! - [`schema`]: the Arrow schema, footer metadata keys, and the column builders.
 //! - [`writer`]: one chunk file (temporary name, fsync, rename) and the tuned writer settings.
 //! - [`sink`]: [`ParquetSink`], one per PLC: rolling, naming, Hive partitions, crash cleanup.
-//! - [`retention`]: the line's completed chunks kept within `max_bytes`, `max_age`, `min_free`.
+//! - [`retention`]: the line's completed chunks kept within `max_bytes`, `max_age`, `min_free`,
+//!   `keep_local`; with uploads, also the upload queue (confirmed chunks have a marker).
+//! - [`upload`]: completed chunks to object storage (`[sink.parquet.upload]`).
 //! - [`error`]: [`ParquetError`], naming path and operation.
 //!
 //! See `docs/parquet.md` for the file layout and queries.
@@ -12,6 +14,7 @@ pub mod error;
 pub mod retention;
 pub mod schema;
 pub mod sink;
+pub mod upload;
 pub mod writer;
 
 pub use error::ParquetError;

@@ -30,6 +30,7 @@ fn config(dir: &Path, roll_rows: usize) -> ParquetSinkConfig {
         roll_interval: Duration::from_secs(300),
         queue_samples: NonZeroUsize::new(10_000).unwrap(),
         retention: crate::config::ParquetRetention::default(),
+        upload: None,
     }
 }
 

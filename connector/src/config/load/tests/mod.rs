@@ -272,6 +272,7 @@ listen = "127.0.0.1:9464"
             roll_interval: Duration::from_secs(60),
             queue_samples: NonZeroUsize::new(200_000).unwrap(),
             retention: crate::config::ParquetRetention::default(),
+            upload: None,
         }),
         writes: vec![WriteMapping {
             property: "fillerSpeedSetpoint".into(),

@@ -1,0 +1,248 @@
+//! Completed chunks to object storage (`[sink.parquet.upload]`): Azure Blob / ADLS Gen2
+//! (`az://`), S3 and S3-compatible stores (`s3://`), Google Cloud Storage (`gs://`) or a
+//! mounted file system (`file://`), through the `object_store` crate.
+//!
+//! Loss-free and resumable: the line's [`Retention`] index is the list of completed chunks;
+//! the uploader takes the oldest one not yet confirmed, uploads it under
+//! `<prefix>/line=<line>/date=<date>/<file>.parquet` (the local relative path: a key is never
+//! renamed, so an upload repeated after a crash overwrites the same object), checks the
+//! stored size, and only then marks it confirmed: a hidden marker `.<file>.uploaded` beside
+//! the chunk, written durably, so after SIGKILL or a reboot exactly the unconfirmed chunks
+//! are uploaded again. Failures are retried with back-off and jitter, one chunk at a time in
+//! completion order, forever; the rest of the line never waits for them. Local copies are
+//! deleted by the retention (`keep_local` after confirmation, or its disk limits, which count
+//! an unconfirmed chunk as lost).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::retention::Retention;
+use crate::backoff::Backoff;
+use crate::config::UploadConfig;
+use crate::metrics::UploadMetrics;
+use crate::ratelog::RateLog;
+
+/// Chunks up to this size go up in one request; larger ones in parts of this size.
+const PART: usize = 16 << 20;
+
+/// Where chunks go: the store and the key prefix within it.
+pub struct Destination {
+    store: Box<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// `az://container/prefix` as configured, for messages.
+    shown: String,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl Destination {
+    /// The store of `config`: its builder reads the cloud's standard environment variables
+    /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), then the file's `options`, then the secrets (read
+    /// here, from the environment or files; never logged).
+    pub fn open(config: &UploadConfig) -> Result<Destination, String> {
+        let url = url::Url::parse(&config.to).map_err(|e| format!("{}: {e}", config.to))?;
+        let mut settings: Vec<(String, String)> = config.options.clone();
+        for (key, secret) in &config.secrets {
+            let value = secret.read(&format!("sink.parquet.upload.secret_*.{key}"))?;
+            settings.push((key.clone(), value));
+        }
+        let (store, prefix) = build(&url, &settings)?;
+        Ok(Destination {
+            store,
+            prefix,
+            shown: config.to.clone(),
+        })
+    }
+
+    /// The object key of a chunk: the prefix, then its path relative to the Parquet
+    /// directory (`line=<line>/date=<date>/<file>.parquet`).
+    fn key(&self, relative: &Path) -> Result<ObjectPath, String> {
+        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+        for c in relative.components() {
+            let part = c.as_os_str().to_str().ok_or("a path that is not UTF-8")?;
+            parts.push(part.to_owned());
+        }
+        Ok(ObjectPath::from_iter(parts))
+    }
+}
+
+/// Builds the store for `url` with `settings` (object_store configuration keys); an unknown
+/// key is an error, never ignored.
+fn build(
+    url: &url::Url,
+    settings: &[(String, String)],
+) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
+    use object_store::ObjectStoreScheme as S;
+    let (scheme, _) = S::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    // The key prefix is the URL's whole path: `az://container/prefix` names the container by
+    // its host, as `s3://bucket/prefix` and `gs://bucket/prefix` do (object_store's own
+    // parse would take the first segment of an az:// path for the container).
+    let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| format!("{url}: {e}"))?;
+    let unknown = |k: &str| format!("unknown option {k:?} for {}", url.scheme());
+    let store: Box<dyn ObjectStore> = match scheme {
+        S::AmazonS3 => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            // The store checks what it received (x-amz-checksum-sha256) unless told otherwise.
+            b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+            for (k, v) in settings {
+                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
+            }
+            Box::new(b.build().map_err(|e| e.to_string())?)
+        }
+        S::MicrosoftAzure => {
+            let mut b =
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            for (k, v) in settings {
+                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
+            }
+            Box::new(b.build().map_err(|e| e.to_string())?)
+        }
+        S::GoogleCloudStorage => {
+            let mut b =
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            for (k, v) in settings {
+                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
+            }
+            Box::new(b.build().map_err(|e| e.to_string())?)
+        }
+        S::Local => {
+            if let Some((k, _)) = settings.first() {
+                return Err(unknown(k));
+            }
+            // The prefix is the directory; keys below it.
+            let dir = url
+                .to_file_path()
+                .map_err(|()| format!("{url}: not a local path"))?;
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| e.to_string())?;
+            return Ok((Box::new(fs), ObjectPath::default()));
+        }
+        other => return Err(format!("{url}: {other:?} is not a supported store")),
+    };
+    Ok((store, prefix))
+}
+
+/// The uploader of one line.
+pub struct Uploader {
+    pub destination: Destination,
+    pub retention: Arc<Retention>,
+    /// The Parquet directory (keys are relative to it).
+    pub root: PathBuf,
+    pub metrics: Arc<UploadMetrics>,
+}
+
+impl Uploader {
+    /// Uploads until `stop`; an upload cut by the stop is done again at the next start.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let failures_log = RateLog::per_minute();
+        info!(to = %self.destination.shown, "uploading completed chunks");
+        loop {
+            self.retention.publish_pending(&self.metrics);
+            let Some((path, bytes)) = self.retention.first_pending() else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = self.retention.added() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            let outcome = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.upload(&path, bytes) => r,
+            };
+            match outcome {
+                Ok(()) => {
+                    backoff.reset();
+                    self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+                Err(Failure::Gone) => {
+                    // Deleted locally meanwhile (the retention's disk limits): counted there.
+                    self.retention.forget(&path);
+                }
+                Err(Failure::Retry(e)) => {
+                    self.metrics.failures.fetch_add(1, Ordering::Relaxed);
+                    let wait = backoff.next_wait();
+                    if let Some(more) = failures_log.hit() {
+                        warn!(chunk = %path.display(), to = %self.destination.shown, error = %e,
+                            retry_in_s = wait.as_secs_f64(), suppressed = more,
+                            "upload failed; retrying (the chunk stays on disk until confirmed)");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Uploads one chunk, checks it, marks it confirmed.
+    async fn upload(&self, path: &Path, bytes: u64) -> Result<(), Failure> {
+        let relative = path.strip_prefix(&self.root).map_err(|_| {
+            Failure::Retry(format!(
+                "{} is not under {}",
+                path.display(),
+                self.root.display()
+            ))
+        })?;
+        let key = self.destination.key(relative).map_err(Failure::Retry)?;
+        let mut file = match tokio::fs::File::open(path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Failure::Gone),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        let store = &self.destination.store;
+        let io = |e: std::io::Error| Failure::Retry(e.to_string());
+        let os = |e: object_store::Error| Failure::Retry(e.to_string());
+        if bytes as usize <= PART {
+            let mut data = Vec::with_capacity(bytes as usize);
+            file.read_to_end(&mut data).await.map_err(io)?;
+            store.put(&key, PutPayload::from(data)).await.map_err(os)?;
+        } else {
+            let upload = store.put_multipart(&key).await.map_err(os)?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                writer.wait_for_capacity(2).await.map_err(os)?;
+                writer.write(&buf[..n]);
+            }
+            writer.finish().await.map_err(os)?;
+        }
+        // What the store holds is what we have.
+        let meta = store.head(&key).await.map_err(os)?;
+        if meta.size != bytes {
+            return Err(Failure::Retry(format!(
+                "the store holds {} bytes of {key}, the chunk has {bytes}",
+                meta.size
+            )));
+        }
+        self.retention
+            .confirmed(path)
+            .map_err(|e| Failure::Retry(format!("cannot mark {} uploaded: {e}", path.display())))
+    }
+}
+
+enum Failure {
+    /// The local chunk no longer exists.
+    Gone,
+    Retry(String),
+}
