@@ -4,6 +4,7 @@ use super::*;
 
 mod plc;
 mod sinks;
+mod upload;
 mod writes;
 
 const FILE: &str = "line.toml";
