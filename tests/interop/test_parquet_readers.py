@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from interop_helpers import REPO_ROOT, VALUE_COLUMNS, DICTIONARY_COLUMNS
+from interop_helpers import DICTIONARY_COLUMNS, REPO_ROOT, VALUE_COLUMNS
 
 FIXTURE_TEST = "sinks::parquet::tests::writes_reader_fixture"
 CARGO_TIMEOUT_S = 1800  # a cold debug build of the workspace takes minutes on 2 cores
@@ -136,7 +136,7 @@ def test_chunk_names_and_no_temporary_files(chunk_dir: Path, chunk_files: list[P
     assert leftovers == [], "completed chunks leave no temporary files"
 
 
-def test_pyarrow_schema_is_v1(chunk_files: list[Path]) -> None:
+def test_pyarrow_schema_is_v2(chunk_files: list[Path]) -> None:
     for f in chunk_files:
         schema = pq.read_schema(f)
         assert schema.remove_metadata().equals(EXPECTED_SCHEMA), f"{f}:\n{schema}"
@@ -155,7 +155,6 @@ def test_pyarrow_values(chunk_files: list[Path]) -> None:
     for i, (tag, group, t, server, status, type_name, column, value) in enumerate(EXPECTED):
         row = rows[i]
         ctx = f"row {i} ({tag})"
-        assert row["line"] == "line-a", ctx
         assert row["plc"] == "filler", ctx
         assert row["group"] == group, ctx
         assert row["node"] == NODE_PREFIX + tag, ctx
@@ -180,6 +179,29 @@ def test_pyarrow_dictionary_columns(chunk_files: list[Path]) -> None:
         assert column.type == DICT_STRING, name
         assert column.null_count == 0, name
     assert table.column("group").chunk(0).dictionary.to_pylist() == ["fast"]
+    # Schema v2: the line id is the partition key `line=` (and a footer key), not a column.
+    assert "line" not in table.schema.names
+
+
+def test_pyarrow_hive_dataset(chunk_dir: Path) -> None:
+    """`partitioning="hive"` reads the data set: no column clashes with a partition key."""
+    dataset = ds.dataset(chunk_dir, format="parquet", partitioning="hive")
+    assert dataset.schema.field("line").type == pa.string()
+    assert dataset.schema.field("date").type == pa.string()  # inferred; declare date32 to get dates
+    table = dataset.to_table(columns=["line", "date", "time"]).sort_by("time")
+    assert table.num_rows == len(EXPECTED)
+    assert set(table.column("line").to_pylist()) == {"line-a"}
+    days = table.column("date").to_pylist()
+    assert days == ["2026-11-26"] * FIRST_CHUNK_ROWS + ["2026-11-27"] * (len(EXPECTED) - FIRST_CHUNK_ROWS)
+    typed = ds.partitioning(pa.schema([("line", pa.string()), ("date", pa.date32())]), flavor="hive")
+    on_day_one = ds.dataset(chunk_dir, format="parquet", partitioning=typed).to_table(
+        filter=ds.field("date") == date(2026, 11, 26)
+    )
+    assert on_day_one.num_rows == FIRST_CHUNK_ROWS
+    # pq.read_table (and pandas.read_parquet) infer the keys as dictionaries: no clash either.
+    merged = pq.read_table(chunk_dir, columns=["line", "date"])
+    assert merged.column("line").to_pylist() == ["line-a"] * len(EXPECTED)
+    assert sorted(set(merged.column("date").to_pylist())) == ["2026-11-26", "2026-11-27"]
 
 
 def test_pyarrow_encodings_and_statistics(chunk_files: list[Path]) -> None:
@@ -206,7 +228,7 @@ def test_footer_metadata(chunk_files: list[Path]) -> None:
     ]
     for f, (first, last) in zip(chunk_files, ranges, strict=True):
         kv = {k.decode(): v.decode() for k, v in pq.read_metadata(f).metadata.items()}
-        assert kv["opcua_connector.schema_version"] == "1"
+        assert kv["opcua_connector.schema_version"] == "2"
         assert kv["opcua_connector.line"] == "line-a"
         assert kv["opcua_connector.site"] == "plant-1"
         assert kv["opcua_connector.plc"] == "filler"
@@ -223,9 +245,8 @@ def test_pyarrow_dataset_skips_temporary_files(chunk_dir: Path, tmp_path: Path) 
     # Hidden by its leading dot (pyarrow, Spark) and by its suffix (`*.parquet` globs, DuckDB).
     (partition / ".filler-20261127T000001Z-000099.parquet.tmp").write_bytes(b"PAR1 torn write")
     assert len(pq.read_table(copy)) == len(EXPECTED)
-    date_partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
-    dataset = ds.dataset(copy, format="parquet", partitioning=date_partitioning)
-    on_day_two = dataset.to_table(filter=ds.field("date") == date(2026, 11, 27))
+    dataset = ds.dataset(copy, format="parquet", partitioning="hive")
+    on_day_two = dataset.to_table(filter=ds.field("date") == "2026-11-27")
     assert on_day_two.num_rows == len(EXPECTED) - FIRST_CHUNK_ROWS
     assert len(duckdb.sql(f"SELECT * FROM read_parquet('{copy}/**/*.parquet')").fetchall()) == len(
         EXPECTED

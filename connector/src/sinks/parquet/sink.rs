@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, Utc};
 use super::error::ParquetError;
 use super::schema::{
     BatchBuilder, META_CONNECTOR_VERSION, META_LINE, META_PLC, META_SCHEMA_VERSION, META_SITE,
-    SCHEMA_VERSION,
+    PARTITION_DATE, PARTITION_LINE, SCHEMA_VERSION,
 };
 use super::writer::{self, ChunkInfo, ChunkWriter};
 use crate::config::{Line, ParquetSinkConfig};
@@ -64,7 +64,6 @@ pub struct ParquetSinkStats {
 /// `.<name>.parquet.tmp`, fsynced, renamed, and the directory fsynced.
 pub struct ParquetSink {
     cfg: ParquetSinkConfig,
-    line: Line,
     plc: String,
     /// `DIR/line=<line>`
     base: PathBuf,
@@ -115,15 +114,14 @@ impl ParquetSink {
         ));
         let props = writer::writer_properties(cfg.compression, key_value)?;
 
-        let base = cfg.dir.join(format!("line={}", line.id));
+        let base = cfg.dir.join(format!("{PARTITION_LINE}={}", line.id));
         writer::create_dir_durable(&base)?;
         let removed = remove_temp_files(&base, plc)?;
 
         Ok(ParquetSink {
-            builder: BatchBuilder::new(&line.id, BATCH_ROWS),
+            builder: BatchBuilder::new(BATCH_ROWS),
             batch_rows: BATCH_ROWS,
             cfg,
-            line,
             plc: plc.to_string(),
             base,
             props,
@@ -273,7 +271,9 @@ impl ParquetSink {
                 );
                 Utc::now()
             });
-        let dir = self.base.join(format!("date={}", t.format("%Y-%m-%d")));
+        let dir = self
+            .base
+            .join(format!("{PARTITION_DATE}={}", t.format("%Y-%m-%d")));
         writer::create_dir_durable(&dir)?;
         if self.scanned_dir.as_deref() != Some(dir.as_path()) {
             let max = max_chunk_seq(&dir, &self.plc)?;
@@ -357,7 +357,7 @@ impl ParquetSink {
         }
         self.stats.rows_discarded += lost;
         // A failed finish may leave the builders half-emptied: start afresh.
-        self.builder = BatchBuilder::new(&self.line.id, BATCH_ROWS);
+        self.builder = BatchBuilder::new(BATCH_ROWS);
     }
 }
 

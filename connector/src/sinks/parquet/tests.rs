@@ -319,7 +319,6 @@ fn assert_rows(batch: &RecordBatch, expected: &[Sample]) {
             exp.server_time_us,
             "{ctx}"
         );
-        assert_eq!(dict_value(batch, s::COL_LINE, row), "line-a", "{ctx}");
         assert_eq!(dict_value(batch, s::COL_PLC, row), &*exp.item.plc, "{ctx}");
         assert_eq!(
             dict_value(batch, s::COL_GROUP, row),
@@ -408,6 +407,12 @@ fn round_trips_every_value_kind() {
         );
         assert!(!f.is_nullable(), "{name}");
     }
+    // No column is named like a Hive partition key (schema v2): readers take `line` and `date`
+    // from the path.
+    for key in [s::PARTITION_LINE, s::PARTITION_DATE] {
+        assert!(sch.field_with_name(key).is_err(), "{key}");
+    }
+    assert_eq!(sch.fields().len(), 16);
     assert_rows(batch, &samples);
 
     let stats = sink.stats();
@@ -453,15 +458,7 @@ fn uses_the_tuned_encodings_and_statistics() {
         );
     }
     assert!(encodings("value_double").contains(&Encoding::BYTE_STREAM_SPLIT));
-    for name in [
-        "line",
-        "plc",
-        "group",
-        "node",
-        "name",
-        "type",
-        "value_string",
-    ] {
+    for name in ["plc", "group", "node", "name", "type", "value_string"] {
         assert!(
             encodings(name).contains(&Encoding::RLE_DICTIONARY),
             "{name}: {:?}",
@@ -527,7 +524,7 @@ fn footer_metadata_present() {
     sink.write(&fixture_samples()).unwrap();
     let info = sink.close().unwrap().unwrap();
     let kv = footer(&info.path);
-    assert_eq!(kv[s::META_SCHEMA_VERSION], "1");
+    assert_eq!(kv[s::META_SCHEMA_VERSION], "2");
     assert_eq!(kv[s::META_LINE], "line-a");
     assert_eq!(kv[s::META_SITE], "plant-1");
     assert_eq!(kv[s::META_PLC], "filler");
