@@ -1,8 +1,9 @@
 """Independent readers (pyarrow, DuckDB) on Parquet chunks written by the Rust sink.
 
 The Rust unit test `sinks::parquet::tests::writes_reader_fixture` writes 13 samples covering
-every value kind into `$PARQUET_FIXTURE_DIR` (two chunks, two date partitions). This module runs
-it through cargo and checks what the readers see. Nothing is skipped: without cargo, or if the
+every value kind into `$PARQUET_FIXTURE_DIR` (two chunks, two date partitions: the samples span
+a UTC midnight and the sink rolls there). The session fixture `rust_parquet_fixture`
+(conftest.py) runs it through cargo once; this module checks what the readers see. Nothing is skipped: without cargo, or if the
 test writes no files, every test here fails. EXPECTED below mirrors `fixture_samples()` in
 `connector/src/sinks/parquet/tests.rs`; keep both in step.
 """
@@ -10,9 +11,7 @@ test writes no files, every test here fails. EXPECTED below mirrors `fixture_sam
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
 import tomllib
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -24,9 +23,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from interop_helpers import DICTIONARY_COLUMNS, REPO_ROOT, VALUE_COLUMNS
-
-FIXTURE_TEST = "sinks::parquet::tests::writes_reader_fixture"
-CARGO_TIMEOUT_S = 1800  # a cold debug build of the workspace takes minutes on 2 cores
 
 NODE_PREFIX = "nsu=urn:opcua-connector:test;s=Filler."
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -91,30 +87,9 @@ def connector_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def chunk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Runs the Rust fixture test; returns the directory holding the chunks it wrote."""
-    cargo = shutil.which("cargo")
-    if cargo is None:
-        pytest.fail("cargo is not on PATH: it is needed to write the Parquet fixture")
-    out = tmp_path_factory.mktemp("parquet-fixture")
-    cmd = [cargo, "test", "--workspace", "--lib", FIXTURE_TEST, "--", "--exact"]
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PARQUET_FIXTURE_DIR": str(out)},
-        capture_output=True,
-        text=True,
-        timeout=CARGO_TIMEOUT_S,
-        check=False,
-    )
-    report = f"command: {' '.join(cmd)}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    if proc.returncode != 0:
-        pytest.fail(f"the Rust fixture test failed (exit {proc.returncode})\n{report}")
-    if "test result: ok. 1 passed" not in proc.stdout:
-        pytest.fail(f"the Rust fixture test did not run (filtered out?)\n{report}")
-    if not list(out.glob("**/*.parquet")):
-        pytest.fail(f"the Rust fixture test wrote no *.parquet file into {out}\n{report}")
-    return out
+def chunk_dir(rust_parquet_fixture: Path) -> Path:
+    """The chunks of the Rust fixture test (run once per session, see conftest.py)."""
+    return rust_parquet_fixture
 
 
 @pytest.fixture(scope="module")
