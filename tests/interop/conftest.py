@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from interop_helpers import CLIENT_APP_URI, NS_URI, OPERATOR_PASSWORD, OPERATOR_USER, REPO_ROOT
+
+# The Rust test that writes the Parquet fixture chunks (tests/interop/test_parquet_readers.py).
+PARQUET_FIXTURE_TEST = "sinks::parquet::tests::writes_reader_fixture"
+CARGO_TIMEOUT_S = 1800  # a cold debug build of the workspace takes minutes on 2 cores
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
@@ -186,6 +191,37 @@ def client_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     key_path.write_bytes(cert_gen.dump_private_key_as_pem(key))
     cert_path.write_bytes(cert.public_bytes(Encoding.DER))
     return cert_path, key_path
+
+
+@pytest.fixture(scope="session")
+def rust_parquet_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs the Rust fixture test once; returns the directory holding the chunks it wrote.
+
+    13 samples of line `line-a`, PLC `filler`, every value kind, 7 on 2026-11-26 and 6 on
+    2026-11-27 (UTC): two chunks in two `date=` partitions. Treat the directory as read-only.
+    """
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.fail("cargo is not on PATH: it is needed to write the Parquet fixture")
+    out = tmp_path_factory.mktemp("parquet-fixture")
+    cmd = [cargo, "test", "--workspace", "--lib", PARQUET_FIXTURE_TEST, "--", "--exact"]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PARQUET_FIXTURE_DIR": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=CARGO_TIMEOUT_S,
+        check=False,
+    )
+    report = f"command: {' '.join(cmd)}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    if proc.returncode != 0:
+        pytest.fail(f"the Rust fixture test failed (exit {proc.returncode})\n{report}")
+    if "test result: ok. 1 passed" not in proc.stdout:
+        pytest.fail(f"the Rust fixture test did not run (filtered out?)\n{report}")
+    if not list(out.glob("**/*.parquet")):
+        pytest.fail(f"the Rust fixture test wrote no *.parquet file into {out}\n{report}")
+    return out
 
 
 @pytest.hookimpl(hookwrapper=True)

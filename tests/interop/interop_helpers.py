@@ -188,8 +188,8 @@ async def write_status(node: Node, variant: ua.Variant) -> ua.StatusCode:
     return results[0]
 
 
-# Parquet schema v1: the typed value columns (exactly one is set per row) and the
-# dictionary-encoded string columns.
+# Parquet schema v2: the typed value columns (exactly one is set per row) and the
+# dictionary-encoded string columns. The line id is no column: it is the partition key `line=`.
 VALUE_COLUMNS = (
     "value_double",
     "value_int",
@@ -200,4 +200,4 @@ VALUE_COLUMNS = (
     "value_bytes",
     "value_json",
 )
-DICTIONARY_COLUMNS = ("line", "plc", "group", "node", "name", "type")
+DICTIONARY_COLUMNS = ("plc", "group", "node", "name", "type")

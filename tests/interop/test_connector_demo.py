@@ -48,11 +48,10 @@ COUNTERS = [
 MAX_BEHIND_TRUTH = 0
 
 TS_UTC_US = "timestamp[us, UTC]"
-# Spec "Parquet chunks (schema version 1)", in column order.
+# Spec "Parquet chunks (schema version 2)", in column order.
 EXPECTED_COLUMNS: list[tuple[str, str]] = [
     ("time", TS_UTC_US),
     ("server_time", TS_UTC_US),
-    ("line", "dict"),
     ("plc", "dict"),
     ("group", "dict"),
     ("node", "dict"),
@@ -82,7 +81,7 @@ TYPE_COLUMN = {
 # Footer keys for "schema version, line, site, connector version" (spec), as the connector names
 # them; docs/parquet.md is expected to document these (and whatever else it lists is checked too).
 REQUIRED_FOOTER_KEYS = {
-    "opcua_connector.schema_version": "1",
+    "opcua_connector.schema_version": "2",
     "opcua_connector.line": LINE_ID,
     "opcua_connector.site": SITE_ID,
     "opcua_connector.connector_version": None,  # compared with `opcua-connector --version`
@@ -256,9 +255,10 @@ def test_exactly_one_value_column_per_row(demo: DemoRun) -> None:
                 problems.append(f"row {i}: type {ty} landed in {set_columns[0]}, spec says {expected}")
     print("type -> value column (rows):", dict(sorted(counts.items())))
     assert not problems, f"{len(problems)} bad rows, first 20:\n" + "\n".join(problems[:20])
-    for col in ("line", "plc"):
-        values = set(table.column(col).cast(pa.string()).to_pylist())
-        assert values == {LINE_ID if col == "line" else PLC_ID}, f"column {col} holds {values}"
+    values = set(table.column("plc").cast(pa.string()).to_pylist())
+    assert values == {PLC_ID}, f"column plc holds {values}"
+    # Schema v2: the line id is the partition key `line=` (checked with the paths), no column.
+    assert "line" not in table.schema.names
     assert table.column("time").null_count == 0, "time is never null"
 
 

@@ -9,7 +9,7 @@ The scenario runs once per module (fixture `landed`):
 3. poll (deadline) until the finished chunks hold a row for every node, then SIGTERM and poll
    (deadline) until the connector has drained and exited; the server keeps serving meanwhile;
 4. every row of every `*.parquet` chunk is read with pyarrow and checked per node against the
-   spec's column table ("Parquet chunks (schema version 1)").
+   spec's column table ("Parquet chunks (schema version 2)").
 
 The connector binary is `$OPCUA_CONNECTOR_BIN` (default `<repo>/target/debug/opcua-connector`).
 """
@@ -201,6 +201,7 @@ def read_chunks(out: Path) -> tuple[list[Path], list[dict[str, Any]]]:
     for f in files:
         for r in pq.read_table(f).to_pylist():
             r["_file"] = f.name
+            r["line"] = f.parent.parent.name.removeprefix("line=")  # the partition key
             rows.append(r)
     return files, rows
 

@@ -1,8 +1,9 @@
 """Independent readers (pyarrow, DuckDB) on Parquet chunks written by the Rust sink.
 
 The Rust unit test `sinks::parquet::tests::writes_reader_fixture` writes 13 samples covering
-every value kind into `$PARQUET_FIXTURE_DIR` (two chunks, two date partitions). This module runs
-it through cargo and checks what the readers see. Nothing is skipped: without cargo, or if the
+every value kind into `$PARQUET_FIXTURE_DIR` (two chunks, two date partitions: the samples span
+a UTC midnight and the sink rolls there). The session fixture `rust_parquet_fixture`
+(conftest.py) runs it through cargo once; this module checks what the readers see. Nothing is skipped: without cargo, or if the
 test writes no files, every test here fails. EXPECTED below mirrors `fixture_samples()` in
 `connector/src/sinks/parquet/tests.rs`; keep both in step.
 """
@@ -10,9 +11,7 @@ test writes no files, every test here fails. EXPECTED below mirrors `fixture_sam
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
 import tomllib
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -23,10 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from interop_helpers import REPO_ROOT, VALUE_COLUMNS, DICTIONARY_COLUMNS
-
-FIXTURE_TEST = "sinks::parquet::tests::writes_reader_fixture"
-CARGO_TIMEOUT_S = 1800  # a cold debug build of the workspace takes minutes on 2 cores
+from interop_helpers import DICTIONARY_COLUMNS, REPO_ROOT, VALUE_COLUMNS
 
 NODE_PREFIX = "nsu=urn:opcua-connector:test;s=Filler."
 UTC_US = pa.timestamp("us", tz="UTC")
@@ -91,30 +87,9 @@ def connector_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def chunk_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Runs the Rust fixture test; returns the directory holding the chunks it wrote."""
-    cargo = shutil.which("cargo")
-    if cargo is None:
-        pytest.fail("cargo is not on PATH: it is needed to write the Parquet fixture")
-    out = tmp_path_factory.mktemp("parquet-fixture")
-    cmd = [cargo, "test", "--workspace", "--lib", FIXTURE_TEST, "--", "--exact"]
-    proc = subprocess.run(
-        cmd,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PARQUET_FIXTURE_DIR": str(out)},
-        capture_output=True,
-        text=True,
-        timeout=CARGO_TIMEOUT_S,
-        check=False,
-    )
-    report = f"command: {' '.join(cmd)}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-    if proc.returncode != 0:
-        pytest.fail(f"the Rust fixture test failed (exit {proc.returncode})\n{report}")
-    if "test result: ok. 1 passed" not in proc.stdout:
-        pytest.fail(f"the Rust fixture test did not run (filtered out?)\n{report}")
-    if not list(out.glob("**/*.parquet")):
-        pytest.fail(f"the Rust fixture test wrote no *.parquet file into {out}\n{report}")
-    return out
+def chunk_dir(rust_parquet_fixture: Path) -> Path:
+    """The chunks of the Rust fixture test (run once per session, see conftest.py)."""
+    return rust_parquet_fixture
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +111,7 @@ def test_chunk_names_and_no_temporary_files(chunk_dir: Path, chunk_files: list[P
     assert leftovers == [], "completed chunks leave no temporary files"
 
 
-def test_pyarrow_schema_is_v1(chunk_files: list[Path]) -> None:
+def test_pyarrow_schema_is_v2(chunk_files: list[Path]) -> None:
     for f in chunk_files:
         schema = pq.read_schema(f)
         assert schema.remove_metadata().equals(EXPECTED_SCHEMA), f"{f}:\n{schema}"
@@ -155,7 +130,6 @@ def test_pyarrow_values(chunk_files: list[Path]) -> None:
     for i, (tag, group, t, server, status, type_name, column, value) in enumerate(EXPECTED):
         row = rows[i]
         ctx = f"row {i} ({tag})"
-        assert row["line"] == "line-a", ctx
         assert row["plc"] == "filler", ctx
         assert row["group"] == group, ctx
         assert row["node"] == NODE_PREFIX + tag, ctx
@@ -180,6 +154,29 @@ def test_pyarrow_dictionary_columns(chunk_files: list[Path]) -> None:
         assert column.type == DICT_STRING, name
         assert column.null_count == 0, name
     assert table.column("group").chunk(0).dictionary.to_pylist() == ["fast"]
+    # Schema v2: the line id is the partition key `line=` (and a footer key), not a column.
+    assert "line" not in table.schema.names
+
+
+def test_pyarrow_hive_dataset(chunk_dir: Path) -> None:
+    """`partitioning="hive"` reads the data set: no column clashes with a partition key."""
+    dataset = ds.dataset(chunk_dir, format="parquet", partitioning="hive")
+    assert dataset.schema.field("line").type == pa.string()
+    assert dataset.schema.field("date").type == pa.string()  # inferred; declare date32 to get dates
+    table = dataset.to_table(columns=["line", "date", "time"]).sort_by("time")
+    assert table.num_rows == len(EXPECTED)
+    assert set(table.column("line").to_pylist()) == {"line-a"}
+    days = table.column("date").to_pylist()
+    assert days == ["2026-11-26"] * FIRST_CHUNK_ROWS + ["2026-11-27"] * (len(EXPECTED) - FIRST_CHUNK_ROWS)
+    typed = ds.partitioning(pa.schema([("line", pa.string()), ("date", pa.date32())]), flavor="hive")
+    on_day_one = ds.dataset(chunk_dir, format="parquet", partitioning=typed).to_table(
+        filter=ds.field("date") == date(2026, 11, 26)
+    )
+    assert on_day_one.num_rows == FIRST_CHUNK_ROWS
+    # pq.read_table (and pandas.read_parquet) infer the keys as dictionaries: no clash either.
+    merged = pq.read_table(chunk_dir, columns=["line", "date"])
+    assert merged.column("line").to_pylist() == ["line-a"] * len(EXPECTED)
+    assert sorted(set(merged.column("date").to_pylist())) == ["2026-11-26", "2026-11-27"]
 
 
 def test_pyarrow_encodings_and_statistics(chunk_files: list[Path]) -> None:
@@ -206,7 +203,7 @@ def test_footer_metadata(chunk_files: list[Path]) -> None:
     ]
     for f, (first, last) in zip(chunk_files, ranges, strict=True):
         kv = {k.decode(): v.decode() for k, v in pq.read_metadata(f).metadata.items()}
-        assert kv["opcua_connector.schema_version"] == "1"
+        assert kv["opcua_connector.schema_version"] == "2"
         assert kv["opcua_connector.line"] == "line-a"
         assert kv["opcua_connector.site"] == "plant-1"
         assert kv["opcua_connector.plc"] == "filler"
@@ -223,9 +220,8 @@ def test_pyarrow_dataset_skips_temporary_files(chunk_dir: Path, tmp_path: Path) 
     # Hidden by its leading dot (pyarrow, Spark) and by its suffix (`*.parquet` globs, DuckDB).
     (partition / ".filler-20261127T000001Z-000099.parquet.tmp").write_bytes(b"PAR1 torn write")
     assert len(pq.read_table(copy)) == len(EXPECTED)
-    date_partitioning = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
-    dataset = ds.dataset(copy, format="parquet", partitioning=date_partitioning)
-    on_day_two = dataset.to_table(filter=ds.field("date") == date(2026, 11, 27))
+    dataset = ds.dataset(copy, format="parquet", partitioning="hive")
+    on_day_two = dataset.to_table(filter=ds.field("date") == "2026-11-27")
     assert on_day_two.num_rows == len(EXPECTED) - FIRST_CHUNK_ROWS
     assert len(duckdb.sql(f"SELECT * FROM read_parquet('{copy}/**/*.parquet')").fetchall()) == len(
         EXPECTED

@@ -165,8 +165,22 @@ fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-/// Reads every row of one chunk file.
+/// The value of the Hive partition key `key` in `path` (its `key=value` component), if any.
+pub fn partition_value(path: &Path, key: &str) -> Option<String> {
+    path.components().rev().find_map(|c| {
+        let value = c
+            .as_os_str()
+            .to_str()?
+            .strip_prefix(key)?
+            .strip_prefix('=')?;
+        Some(value.to_owned())
+    })
+}
+
+/// Reads every row of one chunk file. `line` comes from the `line=` partition of its path, as
+/// Hive-partitioning readers take it (the chunks have no `line` column since schema v2).
 pub fn read_file(path: &Path) -> Vec<Row> {
+    let line = partition_value(path, "line").unwrap_or_default();
     let file = std::fs::File::open(path).expect("open chunk");
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .unwrap_or_else(|e| panic!("{} is not a readable parquet file: {e}", path.display()))
@@ -187,8 +201,7 @@ pub fn read_file(path: &Path) -> Vec<Row> {
         let server = server.as_primitive::<TimestampMicrosecondType>();
         let status = col("status");
         let status = status.as_primitive::<UInt32Type>();
-        let (line, plc, group, node, name, ty) = (
-            strings(&b, "line"),
+        let (plc, group, node, name, ty) = (
             strings(&b, "plc"),
             strings(&b, "group"),
             strings(&b, "node"),
@@ -232,7 +245,7 @@ pub fn read_file(path: &Path) -> Vec<Row> {
             rows.push(Row {
                 time: time.value(i),
                 server_time: server.is_valid(i).then(|| server.value(i)),
-                line: line[i].clone().unwrap_or_default(),
+                line: line.clone(),
                 plc: plc[i].clone().unwrap_or_default(),
                 group: group[i].clone().unwrap_or_default(),
                 node: node[i].clone().unwrap_or_default(),

@@ -1,4 +1,4 @@
-//! Parquet chunk sink (schema version 1).
+//! Parquet chunk sink (schema version 2).
 //!
 //! - [`schema`]: the Arrow schema, footer metadata keys, and the column builders.
 //! - [`writer`]: one chunk file (temporary name, fsync, rename) and the tuned writer settings.

@@ -1,5 +1,11 @@
-//! Schema version 1 of the Parquet chunks, and the column builders that turn [`Sample`]s into
+//! Schema version 2 of the Parquet chunks, and the column builders that turn [`Sample`]s into
 //! record batches of that schema.
+//!
+//! Version 2 is version 1 without the `line` column. The line id is the Hive partition key
+//! (`line=<id>/` in the path) and the footer key [`META_LINE`]. A column of the same name
+//! as a partition key cannot have a type that every reader unifies with its key: pyarrow's
+//! `dataset(partitioning="hive")` takes the key as `string`, `pq.read_table(dir)` and pandas
+//! as `dictionary<int32, string>`, and each refuses the other type in the files.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,7 +25,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::sample::{Item, Sample, SampleValue, TypeName};
 
 /// Value of the footer key [`META_SCHEMA_VERSION`].
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 /// Footer key-value metadata keys. All carry the `opcua_connector.` prefix so they cannot clash
 /// with keys of other tools (`ARROW:schema` is added by the writer itself).
@@ -35,7 +41,6 @@ pub const META_LAST_TIME: &str = "opcua_connector.last_sample_time";
 
 pub const COL_TIME: &str = "time";
 pub const COL_SERVER_TIME: &str = "server_time";
-pub const COL_LINE: &str = "line";
 pub const COL_PLC: &str = "plc";
 pub const COL_GROUP: &str = "group";
 pub const COL_NODE: &str = "node";
@@ -52,8 +57,12 @@ pub const COL_VALUE_BYTES: &str = "value_bytes";
 pub const COL_VALUE_JSON: &str = "value_json";
 
 /// The dictionary-encoded string id columns.
-pub const DICTIONARY_COLUMNS: [&str; 6] =
-    [COL_LINE, COL_PLC, COL_GROUP, COL_NODE, COL_NAME, COL_TYPE];
+pub const DICTIONARY_COLUMNS: [&str; 5] = [COL_PLC, COL_GROUP, COL_NODE, COL_NAME, COL_TYPE];
+
+/// Hive partition keys of the chunk paths (`line=<line id>/date=YYYY-MM-DD/`). No column has
+/// either name.
+pub const PARTITION_LINE: &str = "line";
+pub const PARTITION_DATE: &str = "date";
 
 const UTC: &str = "UTC";
 
@@ -65,7 +74,7 @@ fn dictionary_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
-/// The Arrow schema of schema version 1, in column order.
+/// The Arrow schema of schema version 2, in column order.
 pub fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -73,7 +82,6 @@ pub fn schema() -> SchemaRef {
             Arc::new(Schema::new(vec![
                 Field::new(COL_TIME, timestamp_type(), false),
                 Field::new(COL_SERVER_TIME, timestamp_type(), true),
-                Field::new(COL_LINE, dictionary_type(), false),
                 Field::new(COL_PLC, dictionary_type(), false),
                 Field::new(COL_GROUP, dictionary_type(), false),
                 Field::new(COL_NODE, dictionary_type(), false),
@@ -165,13 +173,12 @@ struct ItemKeys {
     name: i32,
 }
 
-/// Arrow builders for one record batch of schema v1.
+/// Arrow builders for one record batch of schema v2.
 pub(crate) struct BatchBuilder {
     capacity: usize,
     rows: usize,
     /// Bytes of variable-length values (strings, byte strings, JSON) in the batch.
     var_bytes: usize,
-    line: Arc<str>,
     time: Vec<i64>,
     server_time: TimestampMicrosecondBuilder,
     plc: DictColumn,
@@ -196,12 +203,11 @@ pub(crate) struct BatchBuilder {
 
 impl BatchBuilder {
     /// `capacity`: the rows a batch is expected to hold (pre-allocation only, not a limit).
-    pub(crate) fn new(line: &str, capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         BatchBuilder {
             capacity,
             rows: 0,
             var_bytes: 0,
-            line: Arc::from(line),
             time: Vec::with_capacity(capacity),
             server_time: TimestampMicrosecondBuilder::with_capacity(capacity),
             plc: DictColumn::with_capacity(capacity),
@@ -371,18 +377,12 @@ impl BatchBuilder {
     }
 
     fn finish_unsorted(&mut self) -> Result<RecordBatch, ArrowError> {
-        let rows = self.rows;
         let cap = self.capacity;
         let time = std::mem::replace(&mut self.time, Vec::with_capacity(cap));
         let status = std::mem::replace(&mut self.status, Vec::with_capacity(cap));
-        let line = DictionaryArray::<Int32Type>::try_new(
-            Int32Array::from(vec![0; rows]),
-            Arc::new(StringArray::from_iter_values([&*self.line])),
-        )?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMicrosecondArray::from(time).with_timezone(UTC)),
             Arc::new(self.server_time.finish().with_timezone(UTC)),
-            Arc::new(line),
             self.plc.finish(cap)?,
             self.group.finish(cap)?,
             self.node.finish(cap)?,

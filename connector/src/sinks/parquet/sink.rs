@@ -1,19 +1,20 @@
 //! The Parquet sink of one PLC: buffers samples into record batches, writes them into the open
-//! chunk, rolls chunks by rows / bytes / age, names and places them in Hive partitions.
+//! chunk of their UTC day, rolls chunks by rows / bytes / age / day, names and places them in
+//! Hive partitions.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ::parquet::file::metadata::KeyValue;
 use ::parquet::file::properties::WriterProperties;
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 
 use super::error::ParquetError;
 use super::schema::{
     BatchBuilder, META_CONNECTOR_VERSION, META_LINE, META_PLC, META_SCHEMA_VERSION, META_SITE,
-    SCHEMA_VERSION,
+    PARTITION_DATE, PARTITION_LINE, SCHEMA_VERSION,
 };
 use super::writer::{self, ChunkInfo, ChunkWriter};
 use crate::config::{Line, ParquetSinkConfig};
@@ -56,22 +57,40 @@ pub struct ParquetSinkStats {
     pub last_chunk: Option<ChunkInfo>,
 }
 
+/// At most this many chunks are open at once, each for samples of another UTC day. Two cover
+/// midnight (late samples of the old day beside the new one); the third takes a sample with an
+/// old source timestamp (a value unchanged for days) without closing either. Opening one more
+/// completes the chunk written least recently.
+pub const MAX_OPEN_CHUNKS: usize = 3;
+
+/// A chunk of a day that the wall clock has left is completed once no sample has reached it
+/// for this long: `date=` partitions of past days are then complete shortly after midnight,
+/// while a PLC whose clock lags still fills its chunk until its own midnight.
+pub const PAST_DAY_GRACE: Duration = Duration::from_secs(10);
+
+const US_PER_DAY: i64 = 86_400_000_000;
+/// Days since 1970-01-01 of 0000-01-01 and 9999-12-31: the days a chunk name can show.
+const FIRST_NAMEABLE_DAY: i64 = -719_528;
+const LAST_NAMEABLE_DAY: i64 = 2_932_896;
+
 /// Writes the samples of one PLC into rolling Parquet chunk files.
 ///
-/// Layout: `DIR/line=<line>/date=YYYY-MM-DD/<plc>-YYYYMMDDTHHMMSSZ-NNNNNN.parquet`; date and
-/// time are those of the chunk's first sample (UTC), `NNNNNN` is a sequence that continues
+/// Layout: `DIR/line=<line>/date=YYYY-MM-DD/<plc>-YYYYMMDDTHHMMSSZ-NNNNNN.parquet`. A chunk
+/// holds the samples of one UTC day (by their `time`), the day of its `date=` partition; date
+/// and time of the name are those of its first sample. `NNNNNN` is a sequence that continues
 /// after the existing chunks of this PLC in the directory. A chunk is written as
 /// `.<name>.parquet.tmp`, fsynced, renamed, and the directory fsynced.
 pub struct ParquetSink {
     cfg: ParquetSinkConfig,
-    line: Line,
     plc: String,
     /// `DIR/line=<line>`
     base: PathBuf,
     props: WriterProperties,
-    builder: BatchBuilder,
     batch_rows: usize,
-    chunk: Option<ChunkWriter>,
+    /// The open chunks, one per day, the one written least recently first.
+    open: Vec<OpenChunk>,
+    /// The builder of the last completed chunk, emptied, for the next one.
+    spare: Option<BatchBuilder>,
     next_seq: u64,
     /// The partition directory whose existing chunks were last scanned for the sequence.
     scanned_dir: Option<PathBuf>,
@@ -80,15 +99,29 @@ pub struct ParquetSink {
     retention: Option<std::sync::Arc<super::retention::Retention>>,
 }
 
+/// An open chunk, the rows buffered for it, and when it last got a sample.
+struct OpenChunk {
+    /// UTC day of its samples, in days since 1970-01-01.
+    day: i64,
+    writer: ChunkWriter,
+    builder: BatchBuilder,
+    last_sample_at: SystemTime,
+}
+
+impl OpenChunk {
+    /// Rows in the chunk: encoded and buffered.
+    fn rows(&self) -> u64 {
+        self.writer.rows() + self.builder.rows() as u64
+    }
+}
+
 impl std::fmt::Debug for ParquetSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open: Vec<&Path> = self.open.iter().map(|c| c.writer.path()).collect();
         f.debug_struct("ParquetSink")
             .field("base", &self.base)
             .field("plc", &self.plc)
-            .field(
-                "open_chunk",
-                &self.chunk.as_ref().map(|c| c.path().to_owned()),
-            )
+            .field("open_chunks", &open)
             .field("stats", &self.stats)
             .finish()
     }
@@ -115,19 +148,18 @@ impl ParquetSink {
         ));
         let props = writer::writer_properties(cfg.compression, key_value)?;
 
-        let base = cfg.dir.join(format!("line={}", line.id));
+        let base = cfg.dir.join(format!("{PARTITION_LINE}={}", line.id));
         writer::create_dir_durable(&base)?;
         let removed = remove_temp_files(&base, plc)?;
 
         Ok(ParquetSink {
-            builder: BatchBuilder::new(&line.id, BATCH_ROWS),
             batch_rows: BATCH_ROWS,
             cfg,
-            line,
             plc: plc.to_string(),
             base,
             props,
-            chunk: None,
+            open: Vec::with_capacity(MAX_OPEN_CHUNKS),
+            spare: None,
             next_seq: 1,
             scanned_dir: None,
             retention: None,
@@ -158,122 +190,193 @@ impl ParquetSink {
         self
     }
 
-    /// Appends samples to the open chunk (opening one if needed) and rolls it when it reaches
-    /// `roll_rows`, `roll_bytes` or `roll_interval`. On error the open chunk is given up (its
-    /// temporary file removed; its rows and the rest of `samples` are counted in
-    /// [`ParquetSinkStats::rows_discarded`]) and the next call starts a new chunk.
+    /// Appends samples to the open chunk of their UTC day (opening one if needed) and rolls a
+    /// chunk when it reaches `roll_rows`, `roll_bytes` or `roll_interval`. On error the chunk
+    /// concerned is given up (its temporary file removed; its rows and the rest of `samples`
+    /// are counted in [`ParquetSinkStats::rows_discarded`]) and the next call starts afresh.
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), ParquetError> {
-        if let Err(e) = self.roll_if_old(SystemTime::now()) {
+        self.write_at(samples, SystemTime::now())
+    }
+
+    /// [`ParquetSink::write`] with the wall clock reading `now`.
+    pub(crate) fn write_at(
+        &mut self,
+        samples: &[Sample],
+        now: SystemTime,
+    ) -> Result<(), ParquetError> {
+        if let Err(e) = self.roll_due(now) {
             self.stats.rows_discarded += samples.len() as u64;
             return Err(e);
         }
         for (i, sample) in samples.iter().enumerate() {
-            if self.chunk.is_none() {
-                if let Err(e) = self.open_chunk(sample.time_us) {
+            let idx = match self.chunk_for(sample.time_us, now) {
+                Ok(idx) => idx,
+                Err(e) => {
                     self.stats.rows_discarded += (samples.len() - i) as u64;
                     return Err(e);
                 }
-            }
+            };
             // On error the sample is already counted with its chunk.
-            if let Err(e) = self.append(sample) {
+            if let Err(e) = self.append(idx, sample, now) {
                 self.stats.rows_discarded += (samples.len() - i - 1) as u64;
                 return Err(e);
             }
         }
-        if self.chunk.is_some() && self.bytes_limit_reached() {
-            self.finish_chunk()?;
+        let mut idx = 0;
+        while idx < self.open.len() {
+            if self.bytes_limit_reached(idx) {
+                self.finish_chunk(idx)?;
+            } else {
+                idx += 1;
+            }
         }
         Ok(())
     }
 
-    /// Rolls the open chunk if it has been open for `roll_interval`; returns it if it did.
-    /// Call it periodically (e.g. every second) so that a quiet PLC's chunk is completed too.
+    /// Rolls the chunks that are due: open for `roll_interval`, or of a day the wall clock has
+    /// left and without a sample for [`PAST_DAY_GRACE`]. Returns the last one completed. Call
+    /// it periodically (e.g. every second) so that a quiet PLC's chunks are completed too.
     pub fn tick(&mut self, now: SystemTime) -> Result<Option<ChunkInfo>, ParquetError> {
         if let Some(r) = &self.retention {
             r.tick();
         }
-        self.roll_if_old(now)
+        self.roll_due(now)
     }
 
-    /// Completes the open chunk, if any.
+    /// Completes the open chunks, if any; returns the one written last.
     pub fn close(&mut self) -> Result<Option<ChunkInfo>, ParquetError> {
-        self.finish_chunk()
+        let mut last = None;
+        let mut first_error = None;
+        while !self.open.is_empty() {
+            match self.finish_chunk(0) {
+                Ok(info) => last = info.or(last),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(last),
+        }
     }
 
     pub fn stats(&self) -> ParquetSinkStats {
         let mut stats = self.stats.clone();
-        stats.rows_open =
-            self.chunk.as_ref().map_or(0, ChunkWriter::rows) + self.builder.rows() as u64;
+        stats.rows_open = self.open.iter().map(OpenChunk::rows).sum();
         stats
     }
 
-    /// The final path of the open chunk.
+    /// The final path of the open chunk written last.
     pub fn open_chunk_path(&self) -> Option<&Path> {
-        self.chunk.as_ref().map(ChunkWriter::path)
+        self.open.last().map(|c| c.writer.path())
     }
 
-    /// Appends to the open chunk's buffered batch.
-    fn append(&mut self, sample: &Sample) -> Result<(), ParquetError> {
-        self.builder.append(sample);
-        let chunk_rows =
-            self.chunk.as_ref().map_or(0, ChunkWriter::rows) + self.builder.rows() as u64;
-        let mut roll = chunk_rows >= self.cfg.roll_rows.get() as u64;
-        if self.builder.rows() >= self.batch_rows || self.builder.var_bytes() >= BATCH_VAR_BYTES {
-            self.flush_batch()?;
-            roll = roll || self.bytes_limit_reached();
+    /// The final paths of the open chunks, the one written least recently first.
+    pub fn open_chunk_paths(&self) -> Vec<&Path> {
+        self.open.iter().map(|c| c.writer.path()).collect()
+    }
+
+    /// The index of the open chunk for a sample at `time_us`, opened if needed. It becomes
+    /// the last in `open` (written most recently).
+    fn chunk_for(&mut self, time_us: i64, now: SystemTime) -> Result<usize, ParquetError> {
+        let day = sample_day(time_us).unwrap_or_else(|| clock_day(now));
+        if self.open.last().is_some_and(|c| c.day == day) {
+            return Ok(self.open.len() - 1);
+        }
+        if let Some(pos) = self.open.iter().position(|c| c.day == day) {
+            let chunk = self.open.remove(pos);
+            self.open.push(chunk);
+            return Ok(self.open.len() - 1);
+        }
+        if self.open.len() >= MAX_OPEN_CHUNKS {
+            self.finish_chunk(0)?;
+        }
+        self.open_chunk(time_us, day, now)?;
+        Ok(self.open.len() - 1)
+    }
+
+    /// Appends to the buffered batch of chunk `idx`.
+    fn append(&mut self, idx: usize, sample: &Sample, now: SystemTime) -> Result<(), ParquetError> {
+        let chunk = &mut self.open[idx];
+        chunk.builder.append(sample);
+        chunk.last_sample_at = now;
+        let mut roll = chunk.rows() >= self.cfg.roll_rows.get() as u64;
+        if chunk.builder.rows() >= self.batch_rows || chunk.builder.var_bytes() >= BATCH_VAR_BYTES {
+            self.flush_batch(idx)?;
+            roll = roll || self.bytes_limit_reached(idx);
         }
         if roll {
-            self.finish_chunk()?;
+            self.finish_chunk(idx)?;
         }
         Ok(())
     }
 
-    fn bytes_limit_reached(&self) -> bool {
-        let Some(chunk) = &self.chunk else {
-            return false;
-        };
+    fn bytes_limit_reached(&self, idx: usize) -> bool {
         if self.cfg.roll_bytes == 0 {
             return false;
         }
-        let encoded = chunk.estimated_bytes();
-        let per_row = match chunk.rows() {
+        let chunk = &self.open[idx];
+        let encoded = chunk.writer.estimated_bytes();
+        let per_row = match chunk.writer.rows() {
             0 => ASSUMED_BYTES_PER_ROW,
             rows => encoded.div_ceil(rows),
         };
-        encoded + per_row * self.builder.rows() as u64 >= self.cfg.roll_bytes
+        encoded + per_row * chunk.builder.rows() as u64 >= self.cfg.roll_bytes
     }
 
-    fn roll_if_old(&mut self, now: SystemTime) -> Result<Option<ChunkInfo>, ParquetError> {
+    /// Completes every chunk that is due at `now` (see [`ParquetSink::tick`]).
+    fn roll_due(&mut self, now: SystemTime) -> Result<Option<ChunkInfo>, ParquetError> {
         let interval = self.cfg.roll_interval;
-        let Some(chunk) = self.chunk.as_mut() else {
-            return Ok(None);
-        };
-        if interval.is_zero() {
-            return Ok(None);
-        }
-        match now.duration_since(chunk.opened_at()) {
-            Ok(age) if age >= interval => self.finish_chunk(),
-            Ok(_) => Ok(None),
-            Err(_) => {
-                // The clock went backwards: count the age from now on.
-                chunk.set_opened_at(now);
-                Ok(None)
+        let today = clock_day(now);
+        let mut last = None;
+        let mut idx = 0;
+        while idx < self.open.len() {
+            let chunk = &mut self.open[idx];
+            let old = match now.duration_since(chunk.writer.opened_at()) {
+                Ok(age) => !interval.is_zero() && age >= interval,
+                Err(_) => {
+                    // The clock went backwards: count the age from now on.
+                    chunk.writer.set_opened_at(now);
+                    false
+                }
+            };
+            let day_over = chunk.day < today
+                && now
+                    .duration_since(chunk.last_sample_at)
+                    .is_ok_and(|quiet| quiet >= PAST_DAY_GRACE);
+            if old || day_over {
+                last = self.finish_chunk(idx)?.or(last);
+            } else {
+                idx += 1;
             }
         }
+        Ok(last)
     }
 
-    fn open_chunk(&mut self, first_time_us: i64) -> Result<(), ParquetError> {
-        let t = DateTime::from_timestamp_micros(first_time_us)
-            .filter(|t| (0..=9999).contains(&t.year()))
-            .unwrap_or_else(|| {
-                tracing::warn!(
-                    time_us = first_time_us,
-                    plc = %self.plc,
-                    "sample time out of range for a chunk name; naming the chunk by the clock"
-                );
-                Utc::now()
-            });
-        let dir = self.base.join(format!("date={}", t.format("%Y-%m-%d")));
+    /// Opens a chunk for `day`, named after its first sample at `first_time_us`, as the last
+    /// in `open`.
+    fn open_chunk(
+        &mut self,
+        first_time_us: i64,
+        day: i64,
+        now: SystemTime,
+    ) -> Result<(), ParquetError> {
+        let t = match sample_day(first_time_us) {
+            Some(_) => DateTime::from_timestamp_micros(first_time_us),
+            None => None,
+        };
+        let t = t.unwrap_or_else(|| {
+            tracing::warn!(
+                time_us = first_time_us,
+                plc = %self.plc,
+                "sample time out of range for a chunk name; naming the chunk by the clock"
+            );
+            DateTime::<Utc>::from(now)
+        });
+        let dir = self
+            .base
+            .join(format!("{PARTITION_DATE}={}", t.format("%Y-%m-%d")));
         writer::create_dir_durable(&dir)?;
         if self.scanned_dir.as_deref() != Some(dir.as_path()) {
             let max = max_chunk_seq(&dir, &self.plc)?;
@@ -289,45 +392,53 @@ impl ParquetSink {
                 break (path, tmp_path);
             }
         };
-        let chunk = ChunkWriter::create(path, tmp_path, self.props.clone(), SystemTime::now())?;
-        self.chunk = Some(chunk);
+        let writer = ChunkWriter::create(path, tmp_path, self.props.clone(), now)?;
+        let builder = self
+            .spare
+            .take()
+            .unwrap_or_else(|| BatchBuilder::new(BATCH_ROWS));
+        self.open.push(OpenChunk {
+            day,
+            writer,
+            builder,
+            last_sample_at: now,
+        });
         Ok(())
     }
 
-    /// Encodes the buffered rows into the open chunk.
-    fn flush_batch(&mut self) -> Result<(), ParquetError> {
-        let Some(range) = self.builder.time_range() else {
+    /// Encodes the buffered rows of chunk `idx` into it. On error the chunk is given up.
+    fn flush_batch(&mut self, idx: usize) -> Result<(), ParquetError> {
+        let chunk = &mut self.open[idx];
+        let Some(range) = chunk.builder.time_range() else {
             return Ok(());
         };
-        let Some(chunk) = self.chunk.as_mut() else {
-            // Rows are only buffered while a chunk is open; keep them for the next one.
-            return Ok(());
-        };
-        let rows = self.builder.rows() as u64;
-        let result = match self.builder.finish() {
-            Ok(batch) => chunk.write(&batch, range),
+        let rows = chunk.builder.rows() as u64;
+        let result = match chunk.builder.finish() {
+            Ok(batch) => chunk.writer.write(&batch, range),
             Err(source) => Err(ParquetError::Arrow {
-                path: chunk.path().to_owned(),
+                path: chunk.writer.path().to_owned(),
                 source,
             }),
         };
         if let Err(e) = result {
-            self.discard_chunk(rows);
+            self.discard_chunk(idx, rows);
             return Err(e);
         }
         Ok(())
     }
 
-    fn finish_chunk(&mut self) -> Result<Option<ChunkInfo>, ParquetError> {
-        if self.chunk.is_none() {
+    /// Completes chunk `idx` and removes it from `open`.
+    fn finish_chunk(&mut self, idx: usize) -> Result<Option<ChunkInfo>, ParquetError> {
+        if idx >= self.open.len() {
             return Ok(None);
         }
-        self.flush_batch()?;
-        let Some(chunk) = self.chunk.take() else {
-            return Ok(None);
-        };
-        let rows = chunk.rows();
-        let info = match chunk.finish() {
+        self.flush_batch(idx)?;
+        let OpenChunk {
+            writer, builder, ..
+        } = self.open.remove(idx);
+        self.spare = Some(builder);
+        let rows = writer.rows();
+        let info = match writer.finish() {
             Ok(info) => info,
             Err(e) => {
                 self.stats.rows_discarded += rows;
@@ -348,28 +459,37 @@ impl ParquetSink {
         Ok(Some(info))
     }
 
-    /// Gives up the open chunk after an error; `extra` rows were taken out of the builder.
-    fn discard_chunk(&mut self, extra: u64) {
-        let mut lost = extra + self.builder.rows() as u64;
-        if let Some(chunk) = self.chunk.take() {
-            lost += chunk.rows();
-            chunk.abort();
-        }
-        self.stats.rows_discarded += lost;
-        // A failed finish may leave the builders half-emptied: start afresh.
-        self.builder = BatchBuilder::new(&self.line.id, BATCH_ROWS);
+    /// Gives up chunk `idx` after an error; `extra` rows were taken out of its builder.
+    fn discard_chunk(&mut self, idx: usize, extra: u64) {
+        // A failed finish may leave the builder half-emptied: it is dropped, not reused.
+        let chunk = self.open.remove(idx);
+        self.stats.rows_discarded += extra + chunk.rows();
+        chunk.writer.abort();
     }
 }
 
 impl Drop for ParquetSink {
-    /// Completes the open chunk if the owner did not call [`ParquetSink::close`].
+    /// Completes the open chunks if the owner did not call [`ParquetSink::close`].
     fn drop(&mut self) {
-        if self.chunk.is_some() {
-            if let Err(e) = self.finish_chunk() {
-                tracing::warn!(error = %e, "cannot complete the open parquet chunk on drop");
-            }
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "cannot complete the open parquet chunks on drop");
         }
     }
+}
+
+/// The UTC day of a sample time, in days since 1970-01-01, if a chunk name can show it.
+pub(crate) fn sample_day(time_us: i64) -> Option<i64> {
+    let day = time_us.div_euclid(US_PER_DAY);
+    (FIRST_NAMEABLE_DAY..=LAST_NAMEABLE_DAY)
+        .contains(&day)
+        .then_some(day)
+}
+
+/// The UTC day of the wall clock reading `now`.
+fn clock_day(now: SystemTime) -> i64 {
+    DateTime::<Utc>::from(now)
+        .timestamp_micros()
+        .div_euclid(US_PER_DAY)
 }
 
 fn exists(path: &Path) -> bool {

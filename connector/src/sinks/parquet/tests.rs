@@ -19,6 +19,10 @@ use super::{ParquetError, ParquetSink};
 use crate::config::{Compression, Line, ParquetSinkConfig};
 use crate::sample::{Item, Sample, SampleValue, TypeName};
 
+mod midnight;
+mod rolling;
+mod size;
+
 const PLC: &str = "filler";
 
 fn config(dir: &Path, roll_rows: usize) -> ParquetSinkConfig {
@@ -78,6 +82,9 @@ fn sample(
         value,
     }
 }
+
+/// Rows of [`fixture_samples`] on its first day.
+const FIXTURE_FIRST_DAY_ROWS: usize = 7;
 
 /// 13 samples, every value kind; the first 7 on 2026-11-26, the rest on 2026-11-27.
 /// `tests/interop/test_parquet_readers.py` checks the same values: keep both in step.
@@ -320,7 +327,6 @@ fn assert_rows(batch: &RecordBatch, expected: &[Sample]) {
             exp.server_time_us,
             "{ctx}"
         );
-        assert_eq!(dict_value(batch, s::COL_LINE, row), "line-a", "{ctx}");
         assert_eq!(dict_value(batch, s::COL_PLC, row), &*exp.item.plc, "{ctx}");
         assert_eq!(
             dict_value(batch, s::COL_GROUP, row),
@@ -382,13 +388,18 @@ fn round_trips_every_value_kind() {
     let samples = fixture_samples();
     let mut sink = ParquetSink::new(config(dir.path(), 1_000), line(), PLC).unwrap();
     sink.write(&samples).unwrap();
-    let info = sink.close().unwrap().expect("one chunk");
-    assert_eq!(info.rows, samples.len() as u64);
-    assert_eq!(info.bytes, fs::metadata(&info.path).unwrap().len());
-
+    let info = sink.close().unwrap().expect("a chunk");
+    // One chunk per UTC day; close() names the one written last.
+    let (day1, day2) = samples.split_at(FIXTURE_FIRST_DAY_ROWS);
     let files = parquet_files(dir.path());
-    assert_eq!(files, vec![info.path.clone()]);
-    let batches = read_batches(&info.path);
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(info.path, files[1]);
+    assert_eq!(info.rows, day2.len() as u64);
+    assert_eq!(info.bytes, fs::metadata(&info.path).unwrap().len());
+    let batches = read_batches(&files[1]);
+    assert_eq!(batches.len(), 1);
+    assert_rows(&batches[0], day2);
+    let batches = read_batches(&files[0]);
     assert_eq!(batches.len(), 1);
     let batch = &batches[0];
     // Exact Arrow types, incl. the UTC time zone and the dictionary columns.
@@ -409,12 +420,19 @@ fn round_trips_every_value_kind() {
         );
         assert!(!f.is_nullable(), "{name}");
     }
-    assert_rows(batch, &samples);
+    // No column is named like a Hive partition key (schema v2): readers take `line` and `date`
+    // from the path.
+    for key in [s::PARTITION_LINE, s::PARTITION_DATE] {
+        assert!(sch.field_with_name(key).is_err(), "{key}");
+    }
+    assert_eq!(sch.fields().len(), 16);
+    assert_rows(batch, day1);
 
     let stats = sink.stats();
     assert_eq!(stats.rows_written, 13);
-    assert_eq!(stats.chunks_written, 1);
-    assert_eq!(stats.bytes_written, info.bytes);
+    assert_eq!(stats.chunks_written, 2);
+    let bytes: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(stats.bytes_written, bytes);
     assert_eq!(stats.rows_open, 0);
     assert_eq!(stats.last_chunk, Some(info));
 }
@@ -454,15 +472,7 @@ fn uses_the_tuned_encodings_and_statistics() {
         );
     }
     assert!(encodings("value_double").contains(&Encoding::BYTE_STREAM_SPLIT));
-    for name in [
-        "line",
-        "plc",
-        "group",
-        "node",
-        "name",
-        "type",
-        "value_string",
-    ] {
+    for name in ["plc", "group", "node", "name", "type", "value_string"] {
         assert!(
             encodings(name).contains(&Encoding::RLE_DICTIONARY),
             "{name}: {:?}",
@@ -496,7 +506,8 @@ fn writes_reader_fixture() {
         dir.display()
     );
     let samples = fixture_samples();
-    let mut sink = ParquetSink::new(config(&dir, 7), line(), PLC).unwrap();
+    // Rolled by the UTC midnight the samples span, not by rows.
+    let mut sink = ParquetSink::new(config(&dir, 1_000), line(), PLC).unwrap();
     sink.write(&samples).unwrap();
     sink.close().unwrap();
 
@@ -516,8 +527,8 @@ fn writes_reader_fixture() {
     );
     let first = read_batches(&files[0]);
     let second = read_batches(&files[1]);
-    assert_rows(&first[0], &samples[..7]);
-    assert_rows(&second[0], &samples[7..]);
+    assert_rows(&first[0], &samples[..FIXTURE_FIRST_DAY_ROWS]);
+    assert_rows(&second[0], &samples[FIXTURE_FIRST_DAY_ROWS..]);
     assert_eq!(all_files(&dir), files, "no temporary files left");
 }
 
@@ -526,16 +537,24 @@ fn footer_metadata_present() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = ParquetSink::new(config(dir.path(), 1_000), line(), PLC).unwrap();
     sink.write(&fixture_samples()).unwrap();
-    let info = sink.close().unwrap().unwrap();
-    let kv = footer(&info.path);
-    assert_eq!(kv[s::META_SCHEMA_VERSION], "1");
-    assert_eq!(kv[s::META_LINE], "line-a");
-    assert_eq!(kv[s::META_SITE], "plant-1");
-    assert_eq!(kv[s::META_PLC], "filler");
-    assert_eq!(kv[s::META_CONNECTOR_VERSION], env!("CARGO_PKG_VERSION"));
-    assert_eq!(kv[s::META_FIRST_TIME], "2026-11-26T23:59:58.000001Z");
-    assert_eq!(kv[s::META_LAST_TIME], "2026-11-27T00:00:00.000128Z");
-    assert!(kv.contains_key("ARROW:schema"));
+    sink.close().unwrap().unwrap();
+    let files = parquet_files(dir.path());
+    let ranges = [
+        ("2026-11-26T23:59:58.000001Z", "2026-11-26T23:59:58.600001Z"),
+        ("2026-11-27T00:00:00.000123Z", "2026-11-27T00:00:00.000128Z"),
+    ];
+    assert_eq!(files.len(), ranges.len());
+    for (file, (first, last)) in files.iter().zip(ranges) {
+        let kv = footer(file);
+        assert_eq!(kv[s::META_SCHEMA_VERSION], "2");
+        assert_eq!(kv[s::META_LINE], "line-a");
+        assert_eq!(kv[s::META_SITE], "plant-1");
+        assert_eq!(kv[s::META_PLC], "filler");
+        assert_eq!(kv[s::META_CONNECTOR_VERSION], env!("CARGO_PKG_VERSION"));
+        assert_eq!(kv[s::META_FIRST_TIME], first);
+        assert_eq!(kv[s::META_LAST_TIME], last);
+        assert!(kv.contains_key("ARROW:schema"));
+    }
 
     // Without a site the key is absent.
     let dir = tempfile::tempdir().unwrap();
@@ -565,123 +584,6 @@ fn seconds(n: usize) -> Vec<Sample> {
             value: SampleValue::Int(i as i64),
         })
         .collect()
-}
-
-fn assert_increasing_names(files: &[PathBuf]) {
-    let names: Vec<String> = files.iter().map(|p| file_name(p)).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    sorted.dedup();
-    assert_eq!(names, sorted, "names are unique and sort in write order");
-}
-
-#[test]
-fn rolls_by_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sink = ParquetSink::new(config(dir.path(), 10), line(), PLC)
-        .unwrap()
-        .with_batch_rows(4);
-    let samples = seconds(35);
-    // Several calls of odd sizes: rolling does not depend on call boundaries.
-    for part in samples.chunks(6) {
-        sink.write(part).unwrap();
-    }
-    assert_eq!(parquet_files(dir.path()).len(), 3);
-    assert_eq!(sink.stats().rows_open, 5);
-    sink.close().unwrap().unwrap();
-
-    let files = parquet_files(dir.path());
-    assert_eq!(files.len(), 4);
-    assert_increasing_names(&files);
-    let seqs: Vec<u64> = files
-        .iter()
-        .map(|p| parse_chunk_name(PLC, &file_name(p)).unwrap())
-        .collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4]);
-    assert_eq!(
-        file_name(&files[1]),
-        "filler-20261126T100010Z-000002.parquet",
-        "named by the chunk's first sample"
-    );
-    let rows: Vec<usize> = files
-        .iter()
-        .map(|f| read_batches(f).iter().map(|b| b.num_rows()).sum())
-        .collect();
-    assert_eq!(rows, vec![10, 10, 10, 5]);
-    let stats = sink.stats();
-    assert_eq!((stats.rows_written, stats.chunks_written), (35, 4));
-}
-
-#[test]
-fn rolls_by_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 1_000_000);
-    cfg.roll_interval = Duration::from_secs(60);
-    let mut sink = ParquetSink::new(cfg, line(), PLC).unwrap();
-    let samples = seconds(30);
-    let mut rolled = Vec::new();
-    for (i, part) in samples.chunks(10).enumerate() {
-        sink.write(part).unwrap();
-        let now = SystemTime::now();
-        assert_eq!(sink.tick(now).unwrap(), None, "not yet due");
-        // The caller's clock says a minute and a bit has passed.
-        let info = sink
-            .tick(now + Duration::from_secs(61))
-            .unwrap()
-            .expect("rolled");
-        assert_eq!(info.rows, 10, "part {i}");
-        rolled.push(info.path);
-    }
-    assert_eq!(
-        sink.tick(SystemTime::now() + Duration::from_secs(3600))
-            .unwrap(),
-        None
-    );
-    assert_eq!(sink.close().unwrap(), None);
-    let files = parquet_files(dir.path());
-    assert_eq!(files, rolled);
-    assert_eq!(files.len(), 3);
-    assert_increasing_names(&files);
-}
-
-#[test]
-fn rolls_by_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), 1_000_000);
-    cfg.roll_bytes = 16 * 1024;
-    cfg.compression = Compression::None;
-    let mut sink = ParquetSink::new(cfg, line(), PLC)
-        .unwrap()
-        .with_batch_rows(512);
-    let it = item("fast", "Serial");
-    let mut rng = Rng(42);
-    let samples: Vec<Sample> = (0..8_000u64)
-        .map(|i| Sample {
-            item: it.clone(),
-            time_us: us("2026-11-26T10:00:00Z") + i as i64,
-            server_time_us: None,
-            status: 0,
-            type_name: ty(9, false),
-            value: SampleValue::UInt(rng.next()), // incompressible
-        })
-        .collect();
-    sink.write(&samples).unwrap();
-    sink.close().unwrap();
-    let files = parquet_files(dir.path());
-    let sizes: Vec<u64> = files
-        .iter()
-        .map(|f| fs::metadata(f).unwrap().len())
-        .collect();
-    assert!(files.len() >= 3, "{sizes:?}");
-    assert_increasing_names(&files);
-    // A chunk rolls at the first batch boundary where the estimate reaches the limit; the
-    // estimate trails the encoder by up to about one batch.
-    let full = &sizes[..sizes.len() - 1];
-    assert!(
-        full.iter().all(|len| (16 * 1024..40 * 1024).contains(len)),
-        "{sizes:?}"
-    );
-    assert_eq!(sink.stats().rows_written, 8_000);
 }
 
 #[test]
@@ -881,152 +783,11 @@ fn every_compression_is_readable() {
         .unwrap();
         let samples = fixture_samples();
         sink.write(&samples).unwrap();
-        let info = sink.close().unwrap().unwrap();
-        assert_rows(&read_batches(&info.path)[0], &samples);
-    }
-}
-
-/// Deterministic xorshift64* generator for the benchmark data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
-
-/// How the generated source data looks.
-#[derive(Clone, Copy, Debug)]
-enum Profile {
-    /// Full-precision `Double` noise and µs-resolution jitter: close to incompressible.
-    Worst,
-    /// PLC-typical: analog values are `Float` (REAL, f32 precision) and source timestamps have
-    /// ms resolution.
-    Plc,
-}
-
-/// `cycles` × 1000 samples of a packaging-line-like profile: 1000 nodes sampled every 100 ms
-/// with ±3 ms jitter on the source timestamps, the server timestamp shared by one publish
-/// cycle; 450 noisy sines, 300 counters, 200 booleans that rarely change, 50 state strings.
-/// Rows arrive in publish order (all nodes of a cycle, then the next cycle).
-fn realistic_samples(cycles: usize, profile: Profile) -> Vec<Sample> {
-    let mut rng = Rng(0x5eed_1234_abcd_ef01);
-    let items: Vec<Arc<Item>> = (0..1000)
-        .map(|i| {
-            let group = ["fast", "slow", "states"][i % 3];
-            Arc::new(Item {
-                plc: PLC.into(),
-                group: group.into(),
-                node: format!("nsu=urn:opcua-connector:bottling-line;s=Line.Tag{i:04}").into(),
-                name: format!("Line.Tag{i:04}").into(),
-            })
-        })
-        .collect();
-    let states = ["Running", "Idle", "Stopped", "Fault"];
-    let mut counters: Vec<i64> = (0..300).map(|i| i * 1000).collect();
-    let mut bools = [false; 200];
-    let mut state = [0usize; 50];
-    let t0 = us("2026-11-26T10:00:00Z");
-    let mut out = Vec::with_capacity(cycles * 1000);
-    for c in 0..cycles {
-        let cycle_t = t0 + c as i64 * 100_000;
-        let server = cycle_t + 8_000 + (rng.next() % 2_000) as i64;
-        for (i, it) in items.iter().enumerate() {
-            let jitter = match profile {
-                Profile::Worst => (rng.next() % 6_001) as i64 - 3_000,
-                Profile::Plc => ((rng.next() % 7) as i64 - 3) * 1_000,
-            };
-            let (type_name, value) = match i {
-                0..=449 => {
-                    let phase = i as f64 * 0.37;
-                    let amp = 10.0 + (i % 17) as f64 * 25.0;
-                    let x = (c as f64 * 0.05 + phase).sin() * amp + rng.unit() * amp * 0.01;
-                    match profile {
-                        Profile::Worst => (ty(11, false), SampleValue::Double(x)),
-                        Profile::Plc => (ty(10, false), SampleValue::Double(f64::from(x as f32))),
-                    }
-                }
-                450..=749 => {
-                    let k = i - 450;
-                    counters[k] += (rng.next() % 3) as i64;
-                    (ty(6, false), SampleValue::Int(counters[k]))
-                }
-                750..=949 => {
-                    let k = i - 750;
-                    if rng.next().is_multiple_of(100) {
-                        bools[k] = !bools[k];
-                    }
-                    (ty(1, false), SampleValue::Bool(bools[k]))
-                }
-                _ => {
-                    let k = i - 950;
-                    if rng.next().is_multiple_of(200) {
-                        state[k] = (state[k] + 1) % states.len();
-                    }
-                    (ty(12, false), SampleValue::String(states[state[k]].into()))
-                }
-            };
-            out.push(Sample {
-                item: it.clone(),
-                time_us: cycle_t + jitter,
-                server_time_us: Some(server),
-                status: 0,
-                type_name,
-                value,
-            });
-        }
-    }
-    out
-}
-
-/// Not a speed benchmark: measures bytes/sample of 200k realistic samples (printed with
-/// `--nocapture`) and bounds it loosely.
-#[test]
-fn realistic_bytes_per_sample() {
-    for profile in [Profile::Worst, Profile::Plc] {
-        let samples = realistic_samples(200, profile);
-        assert_eq!(samples.len(), 200_000);
-        let dir = tempfile::tempdir().unwrap();
-        let started = std::time::Instant::now();
-        let mut sink = ParquetSink::new(config(dir.path(), 1_000_000), line(), PLC).unwrap();
-        for part in samples.chunks(1_000) {
-            sink.write(part).unwrap();
-        }
-        let info = sink.close().unwrap().unwrap();
-        let elapsed = started.elapsed();
-        assert_eq!(info.rows, 200_000);
-        let per_sample = info.bytes as f64 / info.rows as f64;
-        let reader =
-            ParquetRecordBatchReaderBuilder::try_new(File::open(&info.path).unwrap()).unwrap();
-        let mut per_column = BTreeMap::<String, i64>::new();
-        for rg in reader.metadata().row_groups() {
-            for c in rg.columns() {
-                *per_column.entry(c.column_path().string()).or_default() += c.compressed_size();
-            }
-        }
-        let breakdown: Vec<String> = per_column
-            .iter()
-            .filter(|(_, v)| **v as f64 / info.rows as f64 >= 0.005)
-            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / info.rows as f64))
-            .collect();
-        eprintln!(
-            "parquet bytes/sample, profile {profile:?}: {per_sample:.2} ({} samples, {} bytes, \
-             zstd 3, written in {elapsed:?}, connector crate unoptimised); by column: {}",
-            info.rows,
-            info.bytes,
-            breakdown.join(", ")
-        );
-        assert!(
-            per_sample < 8.0,
-            "{profile:?}: {per_sample:.2} bytes/sample"
-        );
+        sink.close().unwrap().unwrap();
+        let files = parquet_files(dir.path());
+        assert_eq!(files.len(), 2, "one chunk per day: {files:?}");
+        let (day1, day2) = samples.split_at(FIXTURE_FIRST_DAY_ROWS);
+        assert_rows(&read_batches(&files[0])[0], day1);
+        assert_rows(&read_batches(&files[1])[0], day2);
     }
 }

@@ -31,7 +31,7 @@ pub struct ChunkInfo {
     pub bytes: u64,
 }
 
-/// Writer settings of schema v1 (the "tuned" encodings), with the chunk-independent footer
+/// Writer settings of schema v2 (the "tuned" encodings), with the chunk-independent footer
 /// metadata in `key_value`.
 pub(crate) fn writer_properties(
     compression: Compression,
