@@ -9,6 +9,7 @@ use super::{is_env_name, Check, Span};
 
 /// The stores, by URL scheme: what `to` may start with.
 const SCHEMES: &str = "az:// (or abfss://), s3://, gs:// or file://";
+const SCHEME_NAMES: [&str; 8] = ["az", "azure", "abfs", "abfss", "s3", "s3a", "gs", "file"];
 
 /// Words that make a setting a secret: it must come from `secret_env` or `secret_file`.
 const SECRET_WORDS: [&str; 6] = ["secret", "key", "token", "sas", "password", "credential"];
@@ -50,12 +51,18 @@ impl Check<'_> {
         let k = |name: &str| format!("sink.parquet.upload.{name}");
         let to = self.required(&raw.to, parent, &k("to"));
         let store = to.and_then(|to| {
-            let store = url::Url::parse(to.get_ref())
-                .ok()
-                .and_then(|u| Store::of(&u));
+            let url = url::Url::parse(to.get_ref()).ok();
+            let named = url.as_ref().filter(|u| SCHEME_NAMES.contains(&u.scheme()));
+            let store = named.and_then(Store::of);
             if store.is_none() {
                 let message = format!("{:?} is not a store URL: use {SCHEMES}", to.get_ref());
                 self.at(to, &k("to"), message);
+                return None;
+            }
+            if named.is_some_and(|u| u.password().is_some() || u.query().is_some() || u.fragment().is_some()) {
+                // `to` is shown in logs and the plan: credentials go by reference.
+                self.at(to, &k("to"), "the URL carries a password, a query or a fragment: give credentials (a SAS token, keys) in secret_env or secret_file");
+                return None;
             }
             store
         });

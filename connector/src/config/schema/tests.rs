@@ -82,12 +82,19 @@ fn valid(schema: &Value, v: &Value) -> bool {
                 .all(|(k, x)| rule.get(k).is_none_or(|sub| valid(sub, x)))
         }),
         "additionalProperties" => {
-            assert_eq!(rule, &Value::Bool(false), "additionalProperties");
             let known = s.get("properties").and_then(Value::as_object);
-            v.as_object().is_none_or(|o| {
-                o.keys()
-                    .all(|k| known.is_some_and(|props| props.contains_key(k)))
-            })
+            let extra = |k: &String| !known.is_some_and(|props| props.contains_key(k));
+            match rule {
+                // A table of fixed keys: no other key.
+                Value::Bool(false) => v.as_object().is_none_or(|o| !o.keys().any(extra)),
+                // A map (`options = { ... }`): every other key's value follows the schema.
+                Value::Object(_) => v.as_object().is_none_or(|o| {
+                    o.iter()
+                        .filter(|(k, _)| extra(k))
+                        .all(|(_, x)| valid(rule, x))
+                }),
+                _ => panic!("additionalProperties {rule}"),
+            }
         }
         other => panic!("keyword {other:?}: teach `valid` (and check the python test)"),
     })

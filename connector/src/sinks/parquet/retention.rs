@@ -170,6 +170,10 @@ impl Retention {
     /// The store confirmed `path`: its marker is written durably (file and directory
     /// synced), then `keep_local` applies.
     pub fn confirmed(&self, path: &Path) -> std::io::Result<()> {
+        if !self.lock().chunks.iter().any(|c| c.path == path) {
+            // Deleted meanwhile (and counted there): no marker for a chunk that is gone.
+            return Ok(());
+        }
         let m = marker(path);
         let f = std::fs::File::create(&m)?;
         f.sync_all()?;

@@ -8,8 +8,12 @@
 //! renamed, so an upload repeated after a crash overwrites the same object), checks the
 //! stored size, and only then marks it confirmed: a hidden marker `.<file>.uploaded` beside
 //! the chunk, written durably, so after SIGKILL or a reboot exactly the unconfirmed chunks
-//! are uploaded again. Failures are retried with back-off and jitter, one chunk at a time in
-//! completion order, forever; the rest of the line never waits for them. Local copies are
+//! are uploaded again. An object already under the key is never overwritten: the same bytes
+//! (an upload whose marker a crash prevented) count as uploaded; other bytes (a file name used
+//! again after the local chunks were deleted) send the chunk to `<name>.<n>.parquet`, the
+//! first free `n`. Failures are retried with back-off and jitter, one chunk at a time in
+//! completion order, forever; the rest of the line never waits for them. At a stop, what is
+//! pending (the chunk the stop closed) goes up for as long as [`DRAIN`] allows. Local copies are
 //! deleted by the retention (`keep_local` after confirmation, or its disk limits, which count
 //! an unconfirmed chunk as lost).
 
@@ -32,6 +36,19 @@ use crate::ratelog::RateLog;
 
 /// Chunks up to this size go up in one request; larger ones in parts of this size.
 const PART: usize = 16 << 20;
+
+/// How long the uploader goes on after a stop (within the cloud connections' share of it).
+const DRAIN: Duration = Duration::from_millis(700);
+
+/// object_store's own retries of one request, under the uploader's back-off: few and short,
+/// so that a failed attempt is reported (counted, logged, gauges updated) within a minute.
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(30),
+        ..Default::default()
+    }
+}
 
 /// Where chunks go: the store and the key prefix within it.
 pub struct Destination {
@@ -93,7 +110,9 @@ fn build(
     let unknown = |k: &str| format!("unknown option {k:?} for {}", url.scheme());
     let store: Box<dyn ObjectStore> = match scheme {
         S::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(url.as_str());
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retries());
             // The store checks what it received (x-amz-checksum-sha256) unless told otherwise.
             b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
             for (k, v) in settings {
@@ -102,16 +121,18 @@ fn build(
             Box::new(b.build().map_err(|e| e.to_string())?)
         }
         S::MicrosoftAzure => {
-            let mut b =
-                object_store::azure::MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retries());
             for (k, v) in settings {
                 b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
             }
             Box::new(b.build().map_err(|e| e.to_string())?)
         }
         S::GoogleCloudStorage => {
-            let mut b =
-                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .with_retry(retries());
             for (k, v) in settings {
                 b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
             }
@@ -145,8 +166,29 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    /// Uploads until `stop`; an upload cut by the stop is done again at the next start.
+    /// Uploads until `stop`, then drains for [`DRAIN`]; an upload cut by the stop is done
+    /// again at the next start.
     pub async fn run(self, stop: CancellationToken) {
+        self.work(&stop).await;
+        let _ = tokio::time::timeout(DRAIN, async {
+            while let Some((path, bytes)) = self.retention.first_pending() {
+                match self.upload(&path, bytes).await {
+                    Ok(()) => self.count(bytes),
+                    Err(Failure::Gone) => self.retention.forget(&path),
+                    Err(Failure::Retry(_)) => break,
+                }
+            }
+        })
+        .await;
+        self.retention.publish_pending(&self.metrics);
+    }
+
+    fn count(&self, bytes: u64) {
+        self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
+        self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    async fn work(&self, stop: &CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let failures_log = RateLog::per_minute();
         info!(to = %self.destination.shown, "uploading completed chunks");
@@ -167,11 +209,10 @@ impl Uploader {
             match outcome {
                 Ok(()) => {
                     backoff.reset();
-                    self.metrics.chunks.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    self.count(bytes);
                 }
                 Err(Failure::Gone) => {
-                    // Deleted locally meanwhile (the retention's disk limits): counted there.
+                    // Deleted behind the index's back (by hand): nothing left to upload.
                     self.retention.forget(&path);
                 }
                 Err(Failure::Retry(e)) => {
@@ -201,6 +242,10 @@ impl Uploader {
             ))
         })?;
         let key = self.destination.key(relative).map_err(Failure::Retry)?;
+        let Some(key) = free_key(&*self.destination.store, key, path, bytes).await? else {
+            // Already there, the same bytes.
+            return self.confirm(path);
+        };
         let mut file = match tokio::fs::File::open(path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Failure::Gone),
@@ -217,15 +262,27 @@ impl Uploader {
             let upload = store.put_multipart(&key).await.map_err(os)?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
             let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf).await.map_err(io)?;
-                if n == 0 {
-                    break;
+            let sent = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    writer.wait_for_capacity(2).await.map_err(os)?;
+                    writer.write(&buf[..n]);
                 }
-                writer.wait_for_capacity(2).await.map_err(os)?;
-                writer.write(&buf[..n]);
             }
-            writer.finish().await.map_err(os)?;
+            .await;
+            match sent {
+                // The parts sent so far are given up at the store, not left to be billed.
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+                Ok(()) => {
+                    writer.finish().await.map_err(os)?;
+                }
+            }
         }
         // What the store holds is what we have.
         let meta = store.head(&key).await.map_err(os)?;
@@ -235,14 +292,115 @@ impl Uploader {
                 meta.size
             )));
         }
+        self.confirm(path)
+    }
+
+    fn confirm(&self, path: &Path) -> Result<(), Failure> {
         self.retention
             .confirmed(path)
             .map_err(|e| Failure::Retry(format!("cannot mark {} uploaded: {e}", path.display())))
     }
 }
 
+/// Where a chunk of `bytes` at `path` goes: `key` if nothing is stored there; `None` if the
+/// same bytes are (uploaded before, its marker lost to a crash); else `<name>.<n>.parquet`
+/// for the first `n` that is free or holds the same bytes. Never an overwrite.
+async fn free_key(
+    store: &dyn ObjectStore,
+    key: ObjectPath,
+    path: &Path,
+    bytes: u64,
+) -> Result<Option<ObjectPath>, Failure> {
+    let os = |e: object_store::Error| Failure::Retry(e.to_string());
+    let name = key.filename().unwrap_or("chunk.parquet").to_owned();
+    let stem = name.strip_suffix(".parquet").unwrap_or(&name).to_owned();
+    let mut candidate = key.clone();
+    for n in 1..=100u32 {
+        match store.head(&candidate).await {
+            Err(object_store::Error::NotFound { .. }) => return Ok(Some(candidate)),
+            Err(e) => return Err(os(e)),
+            Ok(meta) if meta.size == bytes => {
+                let stored = store
+                    .get(&candidate)
+                    .await
+                    .map_err(os)?
+                    .bytes()
+                    .await
+                    .map_err(os)?;
+                let local = match tokio::fs::read(path).await {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(Failure::Gone)
+                    }
+                    Err(e) => return Err(Failure::Retry(e.to_string())),
+                };
+                if stored.as_ref() == local.as_slice() {
+                    return Ok(None);
+                }
+            }
+            Ok(_) => {}
+        }
+        let parent: Vec<_> = key.parts().collect();
+        let mut parts: Vec<String> = parent[..parent.len().saturating_sub(1)]
+            .iter()
+            .map(|p| p.as_ref().to_owned())
+            .collect();
+        parts.push(format!("{stem}.{n}.parquet"));
+        candidate = ObjectPath::from_iter(parts);
+    }
+    Err(Failure::Retry(format!("no free key for {key} (100 taken)")))
+}
+
 enum Failure {
     /// The local chunk no longer exists.
     Gone,
     Retry(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn an_object_is_never_overwritten_and_the_same_bytes_count_as_uploaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p-1.parquet");
+        std::fs::write(&path, b"new chunk").unwrap();
+        let store = InMemory::new();
+        let key = ObjectPath::from("x/line=a/date=2026-11-29/p-1.parquet");
+        // Free: the key itself.
+        assert_eq!(
+            free_key(&store, key.clone(), &path, 9).await.ok().flatten(),
+            Some(key.clone())
+        );
+        // The same bytes there: nothing to do.
+        store
+            .put(&key, PutPayload::from_static(b"new chunk"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            free_key(&store, key.clone(), &path, 9).await,
+            Ok(None)
+        ));
+        // Other bytes of the same size, then of another size: the next free names.
+        store
+            .put(&key, PutPayload::from_static(b"old chunk"))
+            .await
+            .unwrap();
+        let one = ObjectPath::from("x/line=a/date=2026-11-29/p-1.1.parquet");
+        assert_eq!(
+            free_key(&store, key.clone(), &path, 9).await.ok().flatten(),
+            Some(one.clone())
+        );
+        store
+            .put(&one, PutPayload::from_static(b"older"))
+            .await
+            .unwrap();
+        let two = ObjectPath::from("x/line=a/date=2026-11-29/p-1.2.parquet");
+        assert_eq!(
+            free_key(&store, key, &path, 9).await.ok().flatten(),
+            Some(two)
+        );
+    }
 }
