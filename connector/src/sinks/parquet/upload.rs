@@ -108,36 +108,28 @@ fn build(
     // parse would take the first segment of an az:// path for the container).
     let prefix = ObjectPath::from_url_path(url.path()).map_err(|e| format!("{url}: {e}"))?;
     let unknown = |k: &str| format!("unknown option {k:?} for {}", url.scheme());
+    // A cloud store's builder: the cloud's environment variables, the URL, our retries, one
+    // store-specific call, then the settings, each key parsed by the store's own key type.
+    macro_rules! configured {
+        ($builder:ty $(, $touch:ident($($arg:expr),*))?) => {{
+            let mut b = <$builder>::from_env()
+                .with_url(url.as_str())
+                .with_retry(retries())
+                $(.$touch($($arg),*))?;
+            for (k, v) in settings {
+                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
+            }
+            Box::new(b.build().map_err(|e| e.to_string())?)
+        }};
+    }
     let store: Box<dyn ObjectStore> = match scheme {
-        S::AmazonS3 => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retries());
-            // The store checks what it received (x-amz-checksum-sha256) unless told otherwise.
-            b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
-            for (k, v) in settings {
-                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
-            }
-            Box::new(b.build().map_err(|e| e.to_string())?)
-        }
-        S::MicrosoftAzure => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retries());
-            for (k, v) in settings {
-                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
-            }
-            Box::new(b.build().map_err(|e| e.to_string())?)
-        }
-        S::GoogleCloudStorage => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .with_retry(retries());
-            for (k, v) in settings {
-                b = b.with_config(k.parse().map_err(|_| unknown(k))?, v);
-            }
-            Box::new(b.build().map_err(|e| e.to_string())?)
-        }
+        // The store checks what it received (x-amz-checksum-sha256) unless told otherwise.
+        S::AmazonS3 => configured!(
+            object_store::aws::AmazonS3Builder,
+            with_checksum_algorithm(object_store::aws::Checksum::SHA256)
+        ),
+        S::MicrosoftAzure => configured!(object_store::azure::MicrosoftAzureBuilder),
+        S::GoogleCloudStorage => configured!(object_store::gcp::GoogleCloudStorageBuilder),
         S::Local => {
             if let Some((k, _)) = settings.first() {
                 return Err(unknown(k));
