@@ -401,3 +401,16 @@ def test_keep_local_0s_removes_a_local_file_only_once_it_is_in_the_store(
     # Locally at most the chunk closed by the stop (and one completed just before it).
     assert len([k for k in local if k not in stored]) <= 2, sorted(local)
     assert len(local) <= 2, sorted(local)
+
+
+def test_file_store_on_a_mounted_directory_gets_every_chunk(tmp_path: Path, simulator) -> None:
+    (tmp_path / "run").mkdir()
+    nas = tmp_path / "nas" / "opcua"  # created by the first upload, not before
+    c = Connector(tmp_path / "run", simulator.url, f'[sink.parquet.upload]\nto = "file://{nas}"\n', {})
+    c.start()
+    try:
+        wait_until("3 chunks uploaded", lambda: c.metrics().get("parquet_upload_chunks_total", 0) >= 3)
+    finally:
+        assert c.stop() == 0, c.log()[-3000:]
+    stored = {f"nas/{p.relative_to(nas)}": p.read_bytes() for p in nas.rglob("*.parquet")}
+    uploaded_equals_local(c, stored, "nas")

@@ -54,6 +54,9 @@ fn retries() -> object_store::RetryConfig {
 pub struct Destination {
     store: Box<dyn ObjectStore>,
     prefix: ObjectPath,
+    /// A `file://` store: its files are synced before a chunk counts as uploaded (the
+    /// store's own writes are not).
+    local: bool,
     /// `az://container/prefix` as configured, for messages.
     shown: String,
 }
@@ -79,6 +82,7 @@ impl Destination {
         Ok(Destination {
             store,
             prefix,
+            local: url.scheme() == "file",
             shown: config.to.clone(),
         })
     }
@@ -134,14 +138,14 @@ fn build(
             if let Some((k, _)) = settings.first() {
                 return Err(unknown(k));
             }
-            // The prefix is the directory; keys below it.
+            // Keys are absolute paths below the directory, which need not exist yet (a NAS
+            // that is not mounted at start is a failed upload, retried, not a failed start).
             let dir = url
                 .to_file_path()
                 .map_err(|()| format!("{url}: not a local path"))?;
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| e.to_string())?;
-            return Ok((Box::new(fs), ObjectPath::default()));
+            let prefix = ObjectPath::from_absolute_path(&dir).map_err(|e| e.to_string())?;
+            let fs = object_store::local::LocalFileSystem::new();
+            return Ok((Box::new(fs), prefix));
         }
         other => return Err(format!("{url}: {other:?} is not a supported store")),
     };
@@ -276,6 +280,10 @@ impl Uploader {
                 }
             }
         }
+        if self.destination.local {
+            let file = Path::new("/").join(key.as_ref());
+            sync(&file).map_err(|e| Failure::Retry(format!("{}: {e}", file.display())))?;
+        }
         // What the store holds is what we have.
         let meta = store.head(&key).await.map_err(os)?;
         if meta.size != bytes {
@@ -291,6 +299,15 @@ impl Uploader {
         self.retention
             .confirmed(path)
             .map_err(|e| Failure::Retry(format!("cannot mark {} uploaded: {e}", path.display())))
+    }
+}
+
+/// A file and its directory synced to the disk.
+fn sync(file: &Path) -> std::io::Result<()> {
+    std::fs::File::open(file)?.sync_all()?;
+    match file.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 
