@@ -194,6 +194,7 @@ class Connector:
     """`opcua-connector run` on a config in `workdir`, stderr in `workdir/connector.log`."""
 
     def __init__(self, workdir: Path, endpoint: str, upload: str, env: dict[str, str]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.metrics_port = free_port()
         nodes = ", ".join(f'"{NS}{c}"' for c in COUNTERS)
@@ -289,15 +290,31 @@ def az_connector(tmp_path: Path, simulator, a: Azurite, extra: str = "", port: i
     return Connector(tmp_path / "run", simulator.url, upload, {"TEST_AZURE_KEY": ACCOUNT_KEY})
 
 
+def run_until(
+    c: Connector, what: str, check: Callable[[dict[str, float]], bool], timeout: float = 60.0
+) -> dict[str, float]:
+    """Starts the connector, waits until `check` holds for its metrics, stops it (exit 0);
+    returns those metrics."""
+    def satisfied() -> dict[str, float] | None:
+        m = c.metrics()
+        return m if check(m) else None
+
+    c.start()
+    try:
+        return wait_until(what, satisfied, timeout=timeout)
+    finally:
+        assert c.stop() == 0, c.log()[-3000:]
+
+
+def uploaded(n: int) -> Callable[[dict[str, float]], bool]:
+    return lambda m: m.get("parquet_upload_chunks_total", 0) >= n
+
+
 def restart_until_nothing_pending(c: Connector) -> None:
     """Starts the connector again and stops it once nothing is pending (what a stop left
     behind goes up at the next start)."""
-    c.start()
-    try:
-        wait_until("nothing pending", lambda: c.metrics().get("parquet_upload_pending_chunks", 1) == 0
-                   and c.metrics().get("parquet_upload_chunks_total", 0) >= 1, timeout=120)
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
+    run_until(c, "nothing pending", lambda m: m.get("parquet_upload_pending_chunks", 1) == 0
+              and uploaded(1)(m), timeout=120)
 
 
 def uploaded_equals_local(c: Connector, stored: dict[str, bytes], prefix: str) -> None:
@@ -318,19 +335,13 @@ def uploaded_equals_local(c: Connector, stored: dict[str, bytes], prefix: str) -
 
 
 def test_az_every_chunk_lands_in_azurite_byte_identical(tmp_path: Path, simulator, azurite: Azurite) -> None:
-    (tmp_path / "run").mkdir()
     c = az_connector(tmp_path, simulator, azurite)
-    c.start()
-    try:
-        wait_until("5 chunks uploaded", lambda: c.metrics().get("parquet_upload_chunks_total", 0) >= 5)
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
+    run_until(c, "5 chunks uploaded", uploaded(5))
     restart_until_nothing_pending(c)
     uploaded_equals_local(c, blobs(azurite, "plant-1/"), "plant-1")
 
 
 def test_s3_every_chunk_lands_in_the_s3_server_byte_identical(tmp_path: Path, simulator, s3: str) -> None:
-    (tmp_path / "run").mkdir()
     upload = (
         '[sink.parquet.upload]\nto = "s3://chunks/plant-1/edge"\n'
         f'options = {{ aws_endpoint = "{s3}", aws_region = "us-east-1", aws_allow_http = "true" }}\n'
@@ -338,11 +349,7 @@ def test_s3_every_chunk_lands_in_the_s3_server_byte_identical(tmp_path: Path, si
     )
     c = Connector(tmp_path / "run", simulator.url, upload,
                   {"TEST_S3_KEY_ID": "testing", "TEST_S3_SECRET": "testing"})
-    c.start()
-    try:
-        wait_until("4 chunks uploaded", lambda: c.metrics().get("parquet_upload_chunks_total", 0) >= 4)
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
+    run_until(c, "4 chunks uploaded", uploaded(4))
     restart_until_nothing_pending(c)
     uploaded_equals_local(c, objects(s3, "plant-1/edge/"), "plant-1/edge")
 
@@ -350,7 +357,6 @@ def test_s3_every_chunk_lands_in_the_s3_server_byte_identical(tmp_path: Path, si
 def test_store_down_then_a_sigkill_during_uploads_loses_nothing_and_repeats_nothing(
     tmp_path: Path, simulator, azurite: Azurite
 ) -> None:
-    (tmp_path / "run").mkdir()
     relay = Relay(azurite.port)
     c = az_connector(tmp_path, simulator, azurite, port=relay.port)
     c.start()
@@ -380,14 +386,8 @@ def test_store_down_then_a_sigkill_during_uploads_loses_nothing_and_repeats_noth
 def test_keep_local_0s_removes_a_local_file_only_once_it_is_in_the_store(
     tmp_path: Path, simulator, azurite: Azurite
 ) -> None:
-    (tmp_path / "run").mkdir()
     c = az_connector(tmp_path, simulator, azurite, extra='keep_local = "0s"')
-    c.start()
-    try:
-        wait_until("6 chunks uploaded", lambda: c.metrics().get("parquet_upload_chunks_total", 0) >= 6)
-        m = c.metrics()
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
+    m = run_until(c, "6 chunks uploaded", uploaded(6))
     assert m.get("parquet_upload_lost_chunks_total", 0) == 0, m
     stored = {k.removeprefix("plant-1/"): v for k, v in blobs(azurite, "plant-1/").items()}
     local = c.chunks()
@@ -404,13 +404,8 @@ def test_keep_local_0s_removes_a_local_file_only_once_it_is_in_the_store(
 
 
 def test_file_store_on_a_mounted_directory_gets_every_chunk(tmp_path: Path, simulator) -> None:
-    (tmp_path / "run").mkdir()
     nas = tmp_path / "nas" / "opcua"  # created by the first upload, not before
     c = Connector(tmp_path / "run", simulator.url, f'[sink.parquet.upload]\nto = "file://{nas}"\n', {})
-    c.start()
-    try:
-        wait_until("3 chunks uploaded", lambda: c.metrics().get("parquet_upload_chunks_total", 0) >= 3)
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
+    run_until(c, "3 chunks uploaded", uploaded(3))
     stored = {f"nas/{p.relative_to(nas)}": p.read_bytes() for p in nas.rglob("*.parquet")}
     uploaded_equals_local(c, stored, "nas")

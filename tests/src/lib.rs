@@ -522,6 +522,20 @@ impl Subscriber {
     pub fn count(&self) -> usize {
         self.messages.lock().unwrap().len()
     }
+
+    /// The distinct `seq` values of the messages received so far, in order.
+    pub fn seqs(&self) -> std::collections::BTreeSet<u64> {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
 }
 
 impl Drop for Subscriber {

@@ -196,19 +196,7 @@ async fn kill_9_while_the_broker_is_down_then_restart_delivers_the_backlog() {
         .unwrap();
     let _ = child.wait();
 
-    let mut seqs: Vec<u64> = sub
-        .messages
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, b)| {
-            serde_json::from_slice::<serde_json::Value>(b).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    seqs.sort_unstable();
-    seqs.dedup();
+    let seqs: Vec<u64> = sub.seqs().into_iter().collect();
     // Every message buffered before the kill is delivered: seq 1 .. (reserved_at_kill - 1),
     // except at most the last few whose seq was reserved but whose append the kill cut short.
     let before: Vec<u64> = seqs

@@ -388,17 +388,7 @@ listen = "127.0.0.1:{port}"
         })
         .max()
         .expect("seq state");
-    let delivered: std::collections::BTreeSet<u64> = sub
-        .messages
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, b)| {
-            serde_json::from_slice::<serde_json::Value>(b).unwrap()["seq"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let delivered = sub.seqs();
     let (dropped, refused, dead) = (
         metric(&body, "buffer_dropped_total"),
         metric(&body, "telemetry_refused_full_total"),
