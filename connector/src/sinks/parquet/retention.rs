@@ -169,17 +169,12 @@ impl Retention {
 
     /// The store confirmed `path`: its marker is written durably (file and directory
     /// synced), then `keep_local` applies.
-    pub fn confirmed(&self, path: &Path) -> std::io::Result<()> {
+    pub fn confirmed(&self, path: &Path) -> Result<(), super::ParquetError> {
         if !self.lock().chunks.iter().any(|c| c.path == path) {
             // Deleted meanwhile (and counted there): no marker for a chunk that is gone.
             return Ok(());
         }
-        let m = marker(path);
-        let f = std::fs::File::create(&m)?;
-        f.sync_all()?;
-        if let Some(dir) = m.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        sync_new(&marker(path), true)?;
         let now = SystemTime::now();
         if let Some(c) = self.lock().chunks.iter_mut().find(|c| c.path == path) {
             c.uploaded = Some(now);
@@ -315,6 +310,23 @@ impl Retention {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Makes `file` durable, with its directory entry (created empty first when `create`): the
+/// upload marker, and a chunk copied to a `file://` store.
+pub(super) fn sync_new(file: &Path, create: bool) -> Result<(), super::ParquetError> {
+    let opened = if create {
+        std::fs::File::create(file)
+    } else {
+        std::fs::File::open(file)
+    };
+    opened
+        .and_then(|f| f.sync_all())
+        .map_err(|e| super::ParquetError::io("fsync", file, e))?;
+    match file.parent() {
+        Some(dir) => super::writer::sync_dir(dir),
+        None => Ok(()),
     }
 }
 

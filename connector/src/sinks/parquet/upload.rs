@@ -28,7 +28,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::retention::Retention;
+use super::retention::{sync_new, Retention};
 use crate::backoff::Backoff;
 use crate::config::UploadConfig;
 use crate::metrics::UploadMetrics;
@@ -282,7 +282,7 @@ impl Uploader {
         }
         if self.destination.local {
             let file = Path::new("/").join(key.as_ref());
-            sync(&file).map_err(|e| Failure::Retry(format!("{}: {e}", file.display())))?;
+            sync_new(&file, false).map_err(|e| Failure::Retry(e.to_string()))?;
         }
         // What the store holds is what we have.
         let meta = store.head(&key).await.map_err(os)?;
@@ -299,15 +299,6 @@ impl Uploader {
         self.retention
             .confirmed(path)
             .map_err(|e| Failure::Retry(format!("cannot mark {} uploaded: {e}", path.display())))
-    }
-}
-
-/// A file and its directory synced to the disk.
-fn sync(file: &Path) -> std::io::Result<()> {
-    std::fs::File::open(file)?.sync_all()?;
-    match file.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
     }
 }
 
