@@ -181,24 +181,30 @@ fn one_of(names: impl IntoIterator<Item = &'static str>) -> Schema {
 }
 
 /// Declares a marker type whose schema is `$schema`, for `#[schemars(with = ...)]`.
-macro_rules! marker {
-    ($(#[$doc:meta])* $name:ident => $schema:expr) => {
-        $(#[$doc])*
-        pub struct $name;
-
-        impl JsonSchema for $name {
+macro_rules! inline_schema {
+    ($ty:ty, $name:expr, |$generator:ident| $schema:expr) => {
+        impl JsonSchema for $ty {
             fn inline_schema() -> bool {
                 true
             }
 
             fn schema_name() -> Cow<'static, str> {
-                stringify!($name).into()
+                $name.into()
             }
 
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            fn json_schema($generator: &mut SchemaGenerator) -> Schema {
                 $schema
             }
         }
+    };
+}
+
+macro_rules! marker {
+    ($(#[$doc:meta])* $name:ident => $schema:expr) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        inline_schema!($name, stringify!($name), |_generator| $schema);
     };
 }
 
@@ -238,99 +244,41 @@ marker!(
     Refused => json_schema!({ "not": {} })
 );
 
-impl JsonSchema for RawDuration {
-    fn inline_schema() -> bool {
-        true
-    }
+// A bare number is refused by the loader (it asks for a unit): strings only.
+inline_schema!(RawDuration, "Duration", |_generator| json_schema!({
+    "type": "string",
+    "pattern": DURATION_PATTERN,
+    "description": "A duration with a unit: \"250ms\", \"5s\", \"1m\", \"1h 30m\".",
+}));
 
-    fn schema_name() -> Cow<'static, str> {
-        "Duration".into()
-    }
+inline_schema!(RawSize, "Size", |_generator| json_schema!({
+    "description": "A size with a unit (\"64MiB\", \"128MB\", \"1.5GiB\") or a number of bytes.",
+    "anyOf": [
+        { "type": "string", "pattern": SIZE_PATTERN },
+        { "type": "integer", "minimum": 0 },
+    ],
+}));
 
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        // A bare number is refused by the loader (it asks for a unit): strings only.
-        json_schema!({
+inline_schema!(RawVersion, "MqttVersion", |_generator| json_schema!({
+    "enum": ["3.1.1", "5", "5.0", 5]
+}));
+
+inline_schema!(RawAuth, "Auth", |generator| json_schema!({
+    "anyOf": [
+        { "type": "string", "enum": ["anonymous"] },
+        generator.subschema_for::<RawAuthTable>(),
+    ],
+}));
+
+inline_schema!(RawNode, "Node", |generator| json_schema!({
+    "anyOf": [
+        {
             "type": "string",
-            "pattern": DURATION_PATTERN,
-            "description": "A duration with a unit: \"250ms\", \"5s\", \"1m\", \"1h 30m\".",
-        })
-    }
-}
-
-impl JsonSchema for RawSize {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "Size".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "description": "A size with a unit (\"64MiB\", \"128MB\", \"1.5GiB\") or a number of bytes.",
-            "anyOf": [
-                { "type": "string", "pattern": SIZE_PATTERN },
-                { "type": "integer", "minimum": 0 },
-            ],
-        })
-    }
-}
-
-impl JsonSchema for RawVersion {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "MqttVersion".into()
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "enum": ["3.1.1", "5", "5.0", 5] })
-    }
-}
-
-impl JsonSchema for RawAuth {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "Auth".into()
-    }
-
-    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "anyOf": [
-                { "type": "string", "enum": ["anonymous"] },
-                generator.subschema_for::<RawAuthTable>(),
-            ],
-        })
-    }
-}
-
-impl JsonSchema for RawNode {
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn schema_name() -> Cow<'static, str> {
-        "Node".into()
-    }
-
-    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "anyOf": [
-                {
-                    "type": "string",
-                    "description": "A node id, e.g. \"nsu=urn:example:filler;s=Filler.Speed\".",
-                },
-                generator.subschema_for::<RawNodeTable>(),
-            ],
-        })
-    }
-}
+            "description": "A node id, e.g. \"nsu=urn:example:filler;s=Filler.Speed\".",
+        },
+        generator.subschema_for::<RawNodeTable>(),
+    ],
+}));
 
 #[cfg(test)]
 mod tests;
