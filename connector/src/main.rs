@@ -188,6 +188,9 @@ fn hooks() -> connector::runner::Hooks {
             .and_then(|v| v.parse().ok()),
         writer_hang_while: std::env::var_os("OPCUA_CONNECTOR_FAULT_WRITER_HANG_WHILE")
             .map(Into::into),
+        upload_part_bytes: std::env::var("OPCUA_CONNECTOR_FAULT_UPLOAD_PART_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     }
 }
 

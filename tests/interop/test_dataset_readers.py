@@ -9,6 +9,11 @@ line `bottling-demo`, today's UTC date, with the demo's other files beside the c
 (line, date) as the files hold when read one by one, give the partition columns `line` and
 `date` right, and find no row whose `time` (UTC) lies outside its `date=` partition.
 
+The same readers then read the data set as uploaded: a connector run of line `line-a` with
+`az://` upload to Azurite, the fixture's midnight chunks placed in its directory beforehand
+(uploaded as chunks found at start), every blob downloaded by the test into a directory of its
+own (the object keys are the paths).
+
 Spark needs Java 17 or later (`java` on PATH, or JAVA_HOME); the session is started once for
 the module, on one core, bound to 127.0.0.1. Nothing sleeps a fixed time.
 """
@@ -33,6 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from interop_helpers import REPO_ROOT
+from upload_helpers import Azurite, az_connector, blobs, run_until
 
 DEMO_DURATION_S = 5
 DEMO_DEADLINE_S = DEMO_DURATION_S + 90  # start, drain (the connector's stop is bounded at 10 s)
@@ -79,7 +85,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, rust_parquet_fixture: Path
     stderr = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, f"demo exited {proc.returncode}\nstderr (tail):\n{stderr[-4000:]}"
     shutil.copytree(rust_parquet_fixture, out, dirs_exist_ok=True)
+    return data_set(out)
 
+
+def data_set(out: Path) -> DataSet:
+    """The chunks under `out`, with their rows per partition counted one file at a time."""
     files = sorted(out.rglob("*.parquet"))
     expected: Counts = {}
     for f in files:
@@ -90,6 +100,41 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, rust_parquet_fixture: Path
         expected[key] = expected.get(key, 0) + pq.read_table(f).num_rows
     print(f"data set {out}: {len(files)} chunk(s), rows per partition {expected}")
     return DataSet(dir=out, files=files, expected=expected)
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory: pytest.TempPathFactory, rust_parquet_fixture: Path, simulator) -> DataSet:
+    root = tmp_path_factory.mktemp("uploaded")
+    azurite = Azurite(root / "azurite")
+    try:
+        azurite.client().create_container("chunks")
+        c = az_connector(root, simulator, azurite, line=FIXTURE_LINE)
+        shutil.copytree(rust_parquet_fixture / f"line={FIXTURE_LINE}", c.workdir / "parquet" / f"line={FIXTURE_LINE}")
+        fixture_chunks = len(list(rust_parquet_fixture.rglob("*.parquet")))
+        run_until(c, "the fixture and 3 chunks of the run uploaded, nothing pending",
+                  lambda m: m.get("parquet_upload_chunks_total", 0) >= fixture_chunks + 3
+                  and m.get("parquet_upload_pending_chunks", 1) == 0, timeout=120)
+        out = root / "downloaded"
+        for key, data in blobs(azurite, "plant-1/").items():
+            path = out / key.removeprefix("plant-1/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    finally:
+        azurite.kill()
+    return data_set(out)
+
+
+@pytest.fixture(params=["local", "uploaded"])
+def data(request: pytest.FixtureRequest) -> DataSet:
+    """The data set on disk (demo + fixture), then as downloaded from the store."""
+    return request.getfixturevalue("dataset" if request.param == "local" else "uploaded")
+
+
+def test_the_uploaded_data_set_holds_the_midnight_split_and_the_run(uploaded: DataSet) -> None:
+    for key, rows in FIXTURE_PARTITIONS.items():
+        assert uploaded.expected.get(key) == rows, f"{key}: {uploaded.expected}"
+    run = {k: n for k, n in uploaded.expected.items() if k not in FIXTURE_PARTITIONS}
+    assert run and all(k[0] == FIXTURE_LINE and n > 0 for k, n in run.items()), uploaded.expected
 
 
 def test_the_data_set_holds_both_lines_and_the_midnight_split(dataset: DataSet) -> None:
@@ -107,7 +152,8 @@ def assert_counts(reader: str, got: Counts, dataset: DataSet) -> None:
     assert sum(got.values()) == dataset.total
 
 
-def test_pyarrow_dataset_hive(dataset: DataSet) -> None:
+def test_pyarrow_dataset_hive(data: DataSet) -> None:
+    dataset = data
     d = ds.dataset(dataset.dir, format="parquet", partitioning="hive")
     assert d.schema.field("line").type == pa.string()
     assert d.schema.field("date").type == pa.string()  # inferred as text; see the typed read below
@@ -126,7 +172,8 @@ def test_pyarrow_dataset_hive(dataset: DataSet) -> None:
         assert part.num_rows == rows, (line, day)
 
 
-def test_duckdb_hive(dataset: DataSet) -> None:
+def test_duckdb_hive(data: DataSet) -> None:
+    dataset = data
     con = duckdb.connect()
     source = f"read_parquet('{dataset.glob}', hive_partitioning = true)"
     rows = con.sql(
@@ -142,7 +189,8 @@ def test_duckdb_hive(dataset: DataSet) -> None:
     assert on_day == [(FIXTURE_PARTITIONS[(FIXTURE_LINE, day)],)]
 
 
-def test_polars_hive(dataset: DataSet) -> None:
+def test_polars_hive(data: DataSet) -> None:
+    dataset = data
     lf = pl.scan_parquet(dataset.glob, hive_partitioning=True)
     schema = lf.collect_schema()
     assert schema["line"] == pl.String
@@ -186,7 +234,8 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     session.stop()
 
 
-def test_spark_hive(spark, dataset: DataSet) -> None:
+def test_spark_hive(spark, data: DataSet) -> None:
+    dataset = data
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 

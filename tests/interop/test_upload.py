@@ -12,162 +12,30 @@ Checked: every completed chunk is in the store exactly once, under
 pending gauge returns to 0; after the store was down for a while and the connector was
 SIGKILLed during uploads, a restart uploads what was left, none twice; with
 `keep_local = "0s"` a local file disappears only once its object is in the store.
+
+IoT Hub's file upload (`via = "iothub"`) goes through a double of the hub's HTTPS API
+(hub_double.py) that grants blobs in Azurite over HTTPS (a test CA the connector trusts as the
+hub's `ca_file`); the device authenticates with a SAS token or an X.509 certificate, checked on
+every request; each chunk ends in exactly one success notification naming its blob.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import signal
-import socket
-import subprocess
-import threading
+import base64
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from azure.storage.blob import BlobServiceClient
 from moto.server import ThreadedMotoServer
 
-from interop_helpers import REPO_ROOT
-
-AZURITE = REPO_ROOT / "tests" / "node" / "node_modules" / ".bin" / "azurite-blob"
-# The emulator's account and its published development key (not a secret).
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+from hub_double import HUB_HOST, PKI, HubDouble, HubState
+from upload_helpers import (
+    ACCOUNT, ACCOUNT_KEY, Azurite, Connector, Mosquitto, Relay, az_connector, blobs, free_port, objects, restart_until_nothing_pending,
+    run_until, uploaded, uploaded_equals_local, wait_until,
 )
-LINE = "line-up"
-NS = "nsu=urn:opcua-connector:bottling-line;s="
-COUNTERS = ["Filler.BottlesFilled", "Capper.CapsApplied", "Labeler.LabelsApplied"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        time.sleep(every)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def connector_binary() -> Path:
-    return Path(os.environ.get("OPCUA_CONNECTOR_BIN", REPO_ROOT / "target" / "debug" / "opcua-connector"))
-
-
-class Azurite:
-    """Azurite's blob service on a free loopback port, its data in `location`."""
-
-    def __init__(self, location: Path) -> None:
-        if not AZURITE.exists():
-            pytest.fail(f"{AZURITE} is missing: run `npm ci` in tests/node (tests/run does)")
-        self.location = location
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-             "--location", str(self.location), "--silent", "--skipApiVersionCheck", "--loose"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until("azurite listens", lambda: port_open(self.port), timeout=30)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
-
-    def client(self) -> BlobServiceClient:
-        conn = (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={self.endpoint};"
-        )
-        return BlobServiceClient.from_connection_string(conn)
-
-
-class Relay:
-    """A TCP relay on loopback in front of a store: `down()` drops every connection and
-    refuses new ones until `up()`, as a cut uplink does."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self.is_down = False
-        self.open: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.is_down:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.open += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def down(self) -> None:
-        self.is_down = True
-        with self.lock:
-            for s in self.open:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.open.clear()
-
-    def up(self) -> None:
-        self.is_down = False
 
 
 @pytest.fixture
@@ -188,150 +56,6 @@ def s3() -> Iterator[str]:
                  aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="chunks")
     yield endpoint
     server.stop()
-
-
-class Connector:
-    """`opcua-connector run` on a config in `workdir`, stderr in `workdir/connector.log`."""
-
-    def __init__(self, workdir: Path, endpoint: str, upload: str, env: dict[str, str]) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.metrics_port = free_port()
-        nodes = ", ".join(f'"{NS}{c}"' for c in COUNTERS)
-        config = workdir / "line.toml"
-        config.write_text(
-            f'[line]\nid = "{LINE}"\n\n[[plc]]\nid = "sim"\nendpoint = "{endpoint}"\n\n'
-            f'  [[plc.group]]\n  name = "fast"\n  publishing_interval = "100ms"\n'
-            f'  sampling_interval = "0ms"\n  nodes = [{nodes}]\n\n'
-            f'[pki]\ndir = "{workdir / "pki"}"\ntrust_unknown_servers = true\n\n'
-            f'[sink.parquet]\ndir = "{workdir / "parquet"}"\nroll_interval = "1s"\n\n'
-            f"{upload}\n"
-            f'[metrics]\nlisten = "127.0.0.1:{self.metrics_port}"\n'
-        )
-        self.config = config
-        self.env = {**os.environ, "RUST_LOG": "info", **env}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.workdir / "connector.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [str(connector_binary()), "run", "--config", str(self.config)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=self.env,
-        )
-        log.close()
-
-    def metrics(self) -> dict[str, float]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("opcua_connector_") and " " in line:
-                name, value = line.rsplit(" ", 1)
-                base = name.split("{", 1)[0].removeprefix("opcua_connector_")
-                out[base] = out.get(base, 0.0) + float(value)
-        return out
-
-    def log(self) -> str:
-        return (self.workdir / "connector.log").read_text(errors="replace")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def chunks(self) -> dict[str, bytes]:
-        """Completed local chunks by key (relative path), with their bytes."""
-        root = self.workdir / "parquet"
-        return {
-            str(p.relative_to(root)): p.read_bytes()
-            for p in sorted(root.rglob("*.parquet"))
-            if not p.name.startswith(".")
-        }
-
-
-def digest(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def blobs(a: Azurite, prefix: str) -> dict[str, bytes]:
-    container = a.client().get_container_client("chunks")
-    return {
-        b.name: container.download_blob(b.name).readall()
-        for b in container.list_blobs(name_starts_with=prefix)
-    }
-
-
-def objects(endpoint: str, prefix: str) -> dict[str, bytes]:
-    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing")
-    listed = c.list_objects_v2(Bucket="chunks", Prefix=prefix).get("Contents", [])
-    return {o["Key"]: c.get_object(Bucket="chunks", Key=o["Key"])["Body"].read() for o in listed}
-
-
-AZ_UPLOAD = """[sink.parquet.upload]
-to = "az://chunks/plant-1"
-options = {{ azure_storage_account_name = "{account}", azure_storage_endpoint = "{endpoint}", azure_allow_http = "true" }}
-secret_env = {{ azure_storage_account_key = "TEST_AZURE_KEY" }}
-{extra}
-"""
-
-
-def az_connector(tmp_path: Path, simulator, a: Azurite, extra: str = "", port: int | None = None) -> Connector:
-    endpoint = a.endpoint if port is None else f"http://127.0.0.1:{port}/{ACCOUNT}"
-    upload = AZ_UPLOAD.format(account=ACCOUNT, endpoint=endpoint, extra=extra)
-    return Connector(tmp_path / "run", simulator.url, upload, {"TEST_AZURE_KEY": ACCOUNT_KEY})
-
-
-def run_until(
-    c: Connector, what: str, check: Callable[[dict[str, float]], bool], timeout: float = 60.0
-) -> dict[str, float]:
-    """Starts the connector, waits until `check` holds for its metrics, stops it (exit 0);
-    returns those metrics."""
-    def satisfied() -> dict[str, float] | None:
-        m = c.metrics()
-        return m if check(m) else None
-
-    c.start()
-    try:
-        return wait_until(what, satisfied, timeout=timeout)
-    finally:
-        assert c.stop() == 0, c.log()[-3000:]
-
-
-def uploaded(n: int) -> Callable[[dict[str, float]], bool]:
-    return lambda m: m.get("parquet_upload_chunks_total", 0) >= n
-
-
-def restart_until_nothing_pending(c: Connector) -> None:
-    """Starts the connector again and stops it once nothing is pending (what a stop left
-    behind goes up at the next start)."""
-    run_until(c, "nothing pending", lambda m: m.get("parquet_upload_pending_chunks", 1) == 0
-              and uploaded(1)(m), timeout=120)
-
-
-def uploaded_equals_local(c: Connector, stored: dict[str, bytes], prefix: str) -> None:
-    """Every local chunk the connector marked uploaded is in the store, byte-identical, under
-    its key, and the store holds nothing else; unmarked is at most the chunk the last stop
-    closed (it goes up in the stop's drain or at the next start)."""
-    root = c.workdir / "parquet"
-    every = c.chunks()
-    local = {k: v for k, v in every.items() if (root / k).with_name(f".{Path(k).name}.uploaded").exists()}
-    assert local, f"no chunk was uploaded\n{c.log()[-3000:]}"
-    assert len(every) - len(local) <= 1, sorted(set(every) - set(local))
-    expected = {f"{prefix}/{k}": digest(v) for k, v in local.items()}
-    got = {k: digest(v) for k, v in stored.items()}
-    assert got == expected, f"store vs local:\nonly in store: {sorted(set(got) - set(expected))}\n" \
-        f"only local: {sorted(set(expected) - set(got))}"
-    for key in got:
-        assert key.startswith(f"{prefix}/line={LINE}/date="), key
 
 
 def test_az_every_chunk_lands_in_azurite_byte_identical(tmp_path: Path, simulator, azurite: Azurite) -> None:
@@ -409,3 +133,101 @@ def test_file_store_on_a_mounted_directory_gets_every_chunk(tmp_path: Path, simu
     run_until(c, "3 chunks uploaded", uploaded(3))
     stored = {f"nas/{p.relative_to(nas)}": p.read_bytes() for p in nas.rglob("*.parquet")}
     uploaded_equals_local(c, stored, "nas")
+
+
+# IoT Hub's file upload: the hub double (HTTPS, tests/interop/hub_double.py) grants blobs in
+# Azurite (HTTPS, a test CA), the hub's MQTT side is mosquitto.
+DEVICE = "line-7"
+DEVICE_KEY = base64.b64encode(b"the device key of line-7 (test)!").decode()
+HUB_CONTAINER = "device-uploads"
+
+
+class HubSetup:
+    def __init__(self, tmp_path: Path) -> None:
+        self.pki = PKI(tmp_path / "test-pki")
+        az_cert, az_key = self.pki.server("azurite", "127.0.0.1")
+        self.hub_cert = self.pki.server("hub", HUB_HOST)
+        self.azurite = Azurite(tmp_path / "azurite", tls=(az_cert, az_key, self.pki.ca_file))
+        self.azurite.client().create_container(HUB_CONTAINER)
+        self.mosquitto = Mosquitto(tmp_path)
+        self.doubles: list[HubDouble] = []
+
+    def hub(self, device_key: str | None) -> HubDouble:
+        state = HubState(DEVICE, device_key, self.azurite.host, ACCOUNT_KEY, ACCOUNT, HUB_CONTAINER)
+        double = HubDouble(state, *self.hub_cert, self.pki.ca_file)
+        self.doubles.append(double)
+        return double
+
+    def connector(self, tmp_path: Path, simulator, double: HubDouble, auth: str, key: str = DEVICE_KEY) -> Connector:
+        env = {"OPCUA_CONNECTOR_FAULT_UPLOAD_PART_BYTES": "1024"}  # every chunk in several blocks
+        if auth == "sas":
+            identity = 'connection_string_env = "TEST_HUB_CS"'
+            env["TEST_HUB_CS"] = f"HostName={HUB_HOST};DeviceId={DEVICE};SharedAccessKey={key}"
+        else:
+            cert, cert_key = self.pki.client("device", DEVICE)
+            identity = (f'x509 = {{ host = "{HUB_HOST}", device_id = "{DEVICE}", '
+                        f'cert_file = "{cert}", key_file = "{cert_key}" }}')
+        upload = (
+            '[sink.parquet.upload]\nvia = "iothub"\n\n'
+            f'[hub]\n{identity}\ninsecure_endpoint = "127.0.0.1:{self.mosquitto.port}"\n'
+            f'https_endpoint = "127.0.0.1:{double.port}"\nca_file = "{self.pki.ca_file}"\n'
+        )
+        return Connector(tmp_path / "run", simulator.url, upload, env)
+
+    def stored(self) -> dict[str, bytes]:
+        return blobs(self.azurite, f"{DEVICE}/", container=HUB_CONTAINER)
+
+    def close(self) -> None:
+        for d in self.doubles:
+            d.close()
+        self.azurite.kill()
+        self.mosquitto.stop()
+
+
+@pytest.fixture
+def hub_setup(tmp_path: Path) -> Iterator[HubSetup]:
+    setup = HubSetup(tmp_path)
+    yield setup
+    setup.close()
+
+
+@pytest.mark.parametrize("auth", ["sas", "x509"])
+def test_iothub_file_upload_puts_every_chunk_in_the_hubs_storage_with_one_notification_each(
+    tmp_path: Path, simulator, hub_setup: HubSetup, auth: str
+) -> None:
+    double = hub_setup.hub(DEVICE_KEY if auth == "sas" else None)
+    c = hub_setup.connector(tmp_path, simulator, double, auth)
+    run_until(c, "4 chunks uploaded", uploaded(4))
+    restart_until_nothing_pending(c)
+    stored = hub_setup.stored()
+    # Under the device's folder of the hub's container, byte-identical, as local.
+    uploaded_equals_local(c, stored, DEVICE)
+    hub = double.state
+    assert hub.rejected == [], hub.rejected
+    # One success notification per chunk, naming its blob; nothing else notified.
+    assert [n for n in hub.notifications if not (n.success and n.status == 200)] == []
+    assert Counter(n.blob for n in hub.notifications) == Counter(stored.keys())
+    # Each request authenticated; every grant notified, but for one a stop may have cut
+    # (two stops here; the hub lets such a grant expire).
+    assert len(hub.grants) <= 2, hub.grants
+    # Chunks larger than a part (1 KiB here) went up as blocks and a block list.
+    container = hub_setup.azurite.client().get_container_client(HUB_CONTAINER)
+    blocks = {k: len(container.get_blob_client(k).get_block_list("committed")[0]) for k in stored}
+    big = {k: n for k, n in blocks.items() if len(stored[k]) > 1024}
+    assert big and all(n == -(-len(stored[k]) // 1024) for k, n in big.items()), blocks
+
+
+def test_iothub_file_upload_with_a_wrong_device_key_is_refused_and_nothing_counts_as_uploaded(
+    tmp_path: Path, simulator, hub_setup: HubSetup
+) -> None:
+    double = hub_setup.hub(DEVICE_KEY)
+    wrong = base64.b64encode(b"not the key of this device (test)").decode()
+    c = hub_setup.connector(tmp_path, simulator, double, "sas", key=wrong)
+    m = run_until(c, "failed attempts", lambda m: m.get("parquet_upload_failures_total", 0) >= 2
+                  and m.get("parquet_upload_pending_chunks", 0) >= 1)
+    assert m.get("parquet_upload_chunks_total", 0) == 0, m
+    assert double.state.rejected and set(double.state.rejected) == {"bad signature"}, double.state.rejected
+    assert double.state.notifications == [] and hub_setup.stored() == {}
+    assert "401" in c.log(), c.log()[-2000:]
+    # Nothing was marked uploaded.
+    assert not list((c.workdir / "parquet").rglob(".*.uploaded"))

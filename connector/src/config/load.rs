@@ -512,7 +512,7 @@ impl Check<'_> {
             Some(sink) => (sink.parquet, sink.mqtt),
             None => (None, None),
         };
-        let parquet = parquet.map(|p| self.parquet(p));
+        let parquet = parquet.map(|p| self.parquet(p, raw.hub.as_ref()));
         let commands = !raw.write.is_empty() || !raw.method.is_empty();
         let mqtt = mqtt.map(|m| {
             let checked = self.mqtt(&m, &line_id, has_site);

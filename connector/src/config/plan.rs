@@ -158,6 +158,12 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
         (None, Some(ca)) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883, ca {}", ca.display())?,
         (None, None) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883")?,
     }
+    if let Some(endpoint) = &h.https_endpoint {
+        writeln!(
+            out,
+            "    TEST: the hub's HTTPS API (file upload) at {endpoint}, TLS checked against the hub's name"
+        )?;
+    }
     writeln!(
         out,
         "    qos 1, {}, batches of up to {} samples, 256KB or {}",
@@ -300,17 +306,26 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
         )
         .and_then(|()| match &p.upload {
             None => Ok(()),
-            Some(u) => writeln!(
-                out,
-                "    upload to {} ({} settings, {} secrets; local copies {})",
-                u.to,
-                u.options.len(),
-                u.secrets.len(),
-                u.keep_local.map_or("kept".to_owned(), |k| format!(
-                    "deleted {} after the upload",
-                    duration(k)
-                )),
-            ),
+            Some(u) => {
+                let local = u.keep_local.map_or("kept".to_owned(), |k| {
+                    format!("deleted {} after the upload", duration(k))
+                });
+                let settings = match &u.to {
+                    UploadTarget::Store(s) => {
+                        format!(
+                            "{} settings, {} secrets; ",
+                            s.options.len(),
+                            s.secrets.len()
+                        )
+                    }
+                    UploadTarget::IotHub => "the [hub] identity; ".to_owned(),
+                };
+                writeln!(
+                    out,
+                    "    upload to {} ({settings}local copies {local})",
+                    u.to
+                )
+            }
         })?,
     }
     if let Some(m) = &c.mqtt {

@@ -14,8 +14,8 @@ use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Vis
 use serde::Deserialize;
 
 use super::schema::{
-    CompressionName, PayloadName, Refused, SecurityModeName, SecurityPolicyName, WhenFullName,
-    WriteTypeName,
+    CompressionName, PayloadName, Refused, SecurityModeName, SecurityPolicyName, UploadVia,
+    WhenFullName, WriteTypeName,
 };
 
 /// A value and its byte range in the file: [`toml::Spanned`] behind a type of our own, so
@@ -266,13 +266,15 @@ pub struct RawParquet {
     pub upload: Option<Spanned<RawUpload>>,
 }
 
-/// `[sink.parquet.upload]`: every completed chunk to object storage.
+/// `[sink.parquet.upload]`: every completed chunk to object storage or through IoT Hub.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpload {
-    /// az://container/prefix, s3://bucket/prefix, gs://bucket/prefix or file:///dir; required.
-    #[schemars(required)]
+    /// az://container/prefix, s3://bucket/prefix, gs://bucket/prefix or file:///dir; this or via.
     pub to: Option<Spanned<String>>,
+    /// "iothub": IoT Hub's file upload with the [hub] identity (the hub's storage account); this or to.
+    #[schemars(with = "Option<UploadVia>")]
+    pub via: Option<Spanned<String>>,
     /// How long a chunk stays on disk after the store confirmed it ("0s": deleted at once); default: kept, the retention limits decide.
     pub keep_local: Option<Spanned<RawDuration>>,
     /// The store's settings (object_store configuration keys: aws_region, aws_endpoint, azure_storage_account_name, ...); no secrets.
@@ -363,6 +365,8 @@ pub struct RawHub {
     pub sas_ttl: Option<Spanned<RawDuration>>,
     /// Tests only: plain MQTT to this loopback host:port instead of the hub; default none.
     pub insecure_endpoint: Option<Spanned<String>>,
+    /// Tests only: the hub's HTTPS API (file upload) at this loopback host:port, TLS still checked against the hub's name; default none.
+    pub https_endpoint: Option<Spanned<String>>,
     /// PEM file of the hub's root CA (the system's are not used); required unless insecure_endpoint.
     pub ca_file: Option<Spanned<String>>,
     /// Samples of one group per message at most; default 500.

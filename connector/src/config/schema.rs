@@ -55,6 +55,8 @@ pub const ZSTD_LEVEL_PATTERN: &str = r"^zstd:\+?0*([1-9]|1[0-9]|2[0-2])$";
 pub const COMPRESSIONS: [&str; 4] = ["zstd", "snappy", "gzip", "none"];
 /// `payload` of `[sink.mqtt]` and `[hub]`.
 pub const PAYLOADS: [&str; 2] = ["json", "json+gzip"];
+/// `[sink.parquet.upload] via`.
+pub const UPLOAD_VIA: [&str; 1] = ["iothub"];
 /// `[buffer] when_full`.
 pub const WHEN_FULL: [&str; 2] = ["drop_oldest", "pause"];
 
@@ -233,6 +235,10 @@ marker!(
 marker!(
     /// `payload` of `[sink.mqtt]` and `[hub]`.
     PayloadName => one_of(PAYLOADS)
+);
+marker!(
+    /// `[sink.parquet.upload] via`.
+    UploadVia => one_of(UPLOAD_VIA)
 );
 marker!(
     /// `[buffer] when_full`.

@@ -199,14 +199,39 @@ pub struct ParquetSinkConfig {
 /// `[sink.parquet.upload]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UploadConfig {
-    /// The store and key prefix: `az://container/prefix`, `s3://bucket/prefix`, ...
-    pub to: String,
+    /// Where the chunks go.
+    pub to: UploadTarget,
     /// How long a confirmed chunk stays on disk (`None`: the retention limits decide).
     pub keep_local: Option<Duration>,
+}
+
+/// `to = "<store URL>"` or `via = "iothub"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UploadTarget {
+    /// An object store, through the `object_store` crate.
+    Store(StoreTarget),
+    /// IoT Hub's file upload, with the `[hub]` identity.
+    IotHub,
+}
+
+/// An object store: `to`, `options`, `secret_env` / `secret_file`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreTarget {
+    /// The store and key prefix: `az://container/prefix`, `s3://bucket/prefix`, ...
+    pub url: String,
     /// The store's settings (object_store configuration keys), in the file's order.
     pub options: Vec<(String, String)>,
     /// Secret settings, read when the uploader starts.
     pub secrets: Vec<(String, Secret)>,
+}
+
+impl std::fmt::Display for UploadTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadTarget::Store(s) => f.write_str(&s.url),
+            UploadTarget::IotHub => f.write_str("IoT Hub file upload"),
+        }
+    }
 }
 
 /// `[sink.parquet]` `max_bytes`, `max_age`, `min_free`: the oldest completed chunks are
@@ -591,6 +616,9 @@ pub struct HubConfig {
     pub sas_ttl: Duration,
     /// Tests only: connect to this `host:port` with plain MQTT instead of the hub's 8883/TLS.
     pub insecure_endpoint: Option<String>,
+    /// Tests only: the hub's HTTPS API (file upload) at this loopback `host:port` instead of
+    /// the hub's 443; TLS is still checked against the hub's host name.
+    pub https_endpoint: Option<String>,
     /// PEM CA bundle for the hub's TLS (default: none given = must be set for real hubs).
     pub ca_file: Option<PathBuf>,
     pub batch_max_samples: NonZeroUsize,

@@ -75,6 +75,8 @@ pub struct Hooks {
     pub writer_panic_after: Option<u64>,
     /// Every PLC's writer thread hangs while this file exists.
     pub writer_hang_while: Option<std::path::PathBuf>,
+    /// Uploads go in parts of this many bytes (a chunk larger than it in several).
+    pub upload_part_bytes: Option<usize>,
 }
 
 /// A telemetry destination: its name in `/metrics`, its batching and its outbox.
@@ -133,18 +135,11 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         let base = p.dir.join(format!("line={}", config.line.id));
         Retention::open(&base, limits, metrics.retention.clone())
     });
-    if let (Some(p), Some(r)) = (&config.parquet, &retention) {
-        if let Some(u) = &p.upload {
+    if let Some(r) = &retention {
+        if config.parquet.as_ref().is_some_and(|p| p.upload.is_some()) {
             let m = Arc::new(crate::metrics::UploadMetrics::default());
             metrics.upload = Some(m.clone());
-            spawn_uploader(
-                u,
-                p.dir.clone(),
-                r.clone(),
-                m,
-                &shutdown.senders,
-                &mut watched,
-            )?;
+            spawn_uploader(config, r.clone(), m, hooks, &shutdown.senders, &mut watched)?;
         }
     }
     let line_wide = LineWide {
@@ -306,21 +301,29 @@ fn spawn_sender(
 /// The uploader of the line's completed chunks, on a thread of its own like a cloud
 /// connection (its file reads and the marker fsyncs block only itself).
 fn spawn_uploader(
-    config: &crate::config::UploadConfig,
-    root: std::path::PathBuf,
+    config: &Config,
     retention: Arc<Retention>,
     metrics: Arc<crate::metrics::UploadMetrics>,
+    hooks: &Hooks,
     stage: &Stage,
     watched: &mut Vec<Watched>,
 ) -> Result<(), RunError> {
-    use crate::sinks::parquet::upload::{Destination, Uploader};
-    let destination =
-        Destination::open(config).map_err(|e| RunError::Sink(format!("upload: {e}")))?;
+    use crate::sinks::parquet::upload::{Destination, Uploader, PART};
+    let Some((parquet, upload)) = config
+        .parquet
+        .as_ref()
+        .and_then(|p| p.upload.as_ref().map(|u| (p, u)))
+    else {
+        return Ok(());
+    };
+    let destination = Destination::open(upload, config.hub.as_ref())
+        .map_err(|e| RunError::Sink(format!("upload: {e}")))?;
     let uploader = Uploader {
         destination,
         retention,
-        root,
+        root: parquet.dir.clone(),
         metrics,
+        part: hooks.upload_part_bytes.unwrap_or(PART),
     };
     let token = stage.token.clone();
     spawn_sender(stage, "upload", uploader.run(token), watched)

@@ -1,8 +1,9 @@
 //! Azure IoT Hub device dialect: connection strings, SAS tokens and the MQTT names IoT Hub
-//! defines (client id, username, telemetry, twin and direct-method topics). Pure functions,
-//! no network: the connection itself uses them.
+//! defines (client id, username, telemetry, twin and direct-method topics), as pure
+//! functions the connection uses; the telemetry sender; the file-upload API (HTTPS).
 
 pub mod connection;
+pub mod files;
 pub mod sas;
 pub mod sender;
 pub mod topics;

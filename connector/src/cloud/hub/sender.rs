@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 
 use super::connection::{ConnectionString, Identity, SecretKey};
+use super::files::FileUploads;
 use super::sas;
 use crate::cloud::mqtt::sender::{rustls_config, Renewer};
 use crate::cloud::mqtt::TopicFn;
@@ -23,6 +24,8 @@ pub enum HubError {
     Tls(String),
     #[error("insecure_endpoint {0:?} is not host:port")]
     Endpoint(String),
+    #[error("file upload: {0}")]
+    Files(String),
 }
 
 /// A configured hub identity, ready to connect.
@@ -88,6 +91,24 @@ impl Hub {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// The client of the hub's file-upload API, with this identity and the hub's TLS.
+    pub fn file_uploads(&self) -> Result<FileUploads, HubError> {
+        let client = self
+            .client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let tls = rustls_config(self.cfg.ca_file.as_deref(), client)
+            .map_err(|e| HubError::Tls(e.to_string()))?;
+        FileUploads::new(
+            &self.identity,
+            self.key.clone(),
+            self.cfg.sas_ttl,
+            tls,
+            self.cfg.https_endpoint.as_deref(),
+        )
+        .map_err(HubError::Files)
     }
 
     /// MQTT 3.1.1 options: client id, keep-alive, TLS on 8883 (or the test-only plain

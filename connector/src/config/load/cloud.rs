@@ -512,16 +512,34 @@ impl Check<'_> {
                         None
                     }
                 });
-        let ca_file = match (&raw.ca_file, &raw.insecure_endpoint) {
-            (Some(ca), Some(_)) => {
+        // TLS on the hub's HTTPS API (file upload), checked against the hub's name.
+        let https_endpoint =
+            raw.https_endpoint
+                .as_ref()
+                .map(|e| match parse_host_port(e.get_ref()) {
+                    Ok((host, _)) if is_loopback_host(host) => {
+                        self.warn(Some(e.span()), &k("https_endpoint"), "the hub's HTTPS API is reached at a loopback address: for tests against a local hub double only");
+                        Some(e.get_ref().clone())
+                    }
+                    Ok((host, _)) => {
+                        self.at(e, &k("https_endpoint"), format!("{host:?} is not a loopback address: https_endpoint is for tests against a local hub double (127.0.0.1, ::1 or localhost)"));
+                        None
+                    }
+                    Err(message) => {
+                        self.at(e, &k("https_endpoint"), message);
+                        None
+                    }
+                });
+        let ca_file = match (&raw.ca_file, &raw.insecure_endpoint, &raw.https_endpoint) {
+            (Some(ca), Some(_), None) => {
                 self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one");
                 None
             }
-            (Some(ca), None) => self
+            (Some(ca), _, _) => self
                 .non_empty(ca, &k("ca_file"))
                 .map(|c| Some(PathBuf::from(c))),
-            (None, Some(_)) => Some(None),
-            (None, None) => {
+            (None, Some(_), None) => Some(None),
+            (None, _, _) => {
                 self.problem(header, &k("ca_file"), "missing: give ca_file, the PEM file of the hub's root CA (DigiCert Global Root G2 for Azure IoT Hub); the system's roots are not used");
                 None
             }
@@ -546,6 +564,7 @@ impl Check<'_> {
             auth: auth?,
             sas_ttl: sas_ttl?,
             insecure_endpoint: optional(insecure_endpoint)?,
+            https_endpoint: optional(https_endpoint)?,
             ca_file: ca_file?,
             batch_max_samples: batch_max_samples?,
             batch_max_delay: batch_max_delay?,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::raw::Spanned;
 
 use super::{format_size, Check};
-use crate::config::raw::{RawBuffer, RawMetrics, RawParquet};
+use crate::config::raw::{RawBuffer, RawHub, RawMetrics, RawParquet};
 use crate::config::types::*;
 
 /// Default `[sink.parquet] dir`.
@@ -21,7 +21,12 @@ pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_QUEUE_SAMPLES: usize = 1_000_000;
 
 impl Check<'_> {
-    pub(super) fn parquet(&mut self, raw: RawParquet) -> Option<ParquetSinkConfig> {
+    /// `hub`: the file's `[hub]`, for an upload through it.
+    pub(super) fn parquet(
+        &mut self,
+        raw: RawParquet,
+        hub: Option<&RawHub>,
+    ) -> Option<ParquetSinkConfig> {
         let k = |name: &str| format!("sink.parquet.{name}");
         let dir = match &raw.dir {
             None => Some(PathBuf::from(DEFAULT_PARQUET_DIR)),
@@ -88,7 +93,7 @@ impl Check<'_> {
         };
         let upload = match &raw.upload {
             None => Some(None),
-            Some(u) => self.upload(u.get_ref(), Some(u.span())).map(Some),
+            Some(u) => self.upload(u.get_ref(), Some(u.span()), hub).map(Some),
         };
         Some(ParquetSinkConfig {
             upload: upload?,

@@ -1,9 +1,10 @@
 //! `[sink.parquet.upload]`: where completed chunks go, with the store's settings checked
 //! against the store's own configuration keys (an unknown key is a typo, never ignored) and
-//! secrets only by reference.
+//! secrets only by reference; or `via = "iothub"`, the hub's file upload with the `[hub]`
+//! identity.
 
-use crate::config::raw::{RawUpload, Spanned};
-use crate::config::types::{Secret, UploadConfig};
+use crate::config::raw::{RawHub, RawUpload, Spanned};
+use crate::config::types::{Secret, StoreTarget, UploadConfig, UploadTarget};
 
 use super::{is_env_name, Check, Span};
 
@@ -47,30 +48,110 @@ impl Store {
 }
 
 impl Check<'_> {
-    pub(super) fn upload(&mut self, raw: &RawUpload, parent: Span) -> Option<UploadConfig> {
+    /// `hub`: the file's `[hub]` section, if any (`via = "iothub"` needs it).
+    pub(super) fn upload(
+        &mut self,
+        raw: &RawUpload,
+        parent: Span,
+        hub: Option<&RawHub>,
+    ) -> Option<UploadConfig> {
         let k = |name: &str| format!("sink.parquet.upload.{name}");
-        let to = self.required(&raw.to, parent, &k("to"));
-        let store = to.and_then(|to| {
-            let url = url::Url::parse(to.get_ref()).ok();
-            let named = url.as_ref().filter(|u| SCHEME_NAMES.contains(&u.scheme()));
-            let store = named.and_then(Store::of);
-            if store.is_none() {
-                let message = format!("{:?} is not a store URL: use {SCHEMES}", to.get_ref());
-                self.at(to, &k("to"), message);
-                return None;
-            }
-            if named.is_some_and(|u| u.password().is_some() || u.query().is_some() || u.fragment().is_some()) {
-                // `to` is shown in logs and the plan: credentials go by reference.
-                self.at(to, &k("to"), "the URL carries a password, a query or a fragment: give credentials (a SAS token, keys) in secret_env or secret_file");
-                return None;
-            }
-            store
-        });
         let keep_local = match &raw.keep_local {
             None => Some(None),
             Some(d) => self.duration(d, &k("keep_local")).map(Some),
         };
+        let to = match (&raw.to, &raw.via) {
+            (None, None) => {
+                let message = "missing: give to (a store URL: az://, s3://, gs://, file://) or via = \"iothub\"";
+                self.problem(parent, &k("to"), message);
+                None
+            }
+            (Some(to), Some(_)) => {
+                self.at(to, &k("to"), "give to or via, not both");
+                None
+            }
+            (None, Some(via)) => self.via_hub(raw, via, hub),
+            (Some(_), None) => self.store(raw).map(UploadTarget::Store),
+        };
+        Some(UploadConfig {
+            to: to?,
+            keep_local: keep_local?,
+        })
+    }
+
+    /// `via = "iothub"`: no store settings; `[hub]` with a device identity.
+    fn via_hub(
+        &mut self,
+        raw: &RawUpload,
+        via: &Spanned<String>,
+        hub: Option<&RawHub>,
+    ) -> Option<UploadTarget> {
+        let k = |name: &str| format!("sink.parquet.upload.{name}");
+        if via.get_ref() != "iothub" {
+            let message = format!(
+                "{:?} is not known: the one value is \"iothub\"",
+                via.get_ref()
+            );
+            self.at(via, &k("via"), message);
+            return None;
+        }
         let mut ok = true;
+        let settings = raw
+            .options
+            .iter()
+            .map(|(key, v)| (format!("options.{key}"), v));
+        let secrets = raw.secret_env.iter().chain(&raw.secret_file);
+        for (key, value) in settings.chain(secrets.map(|(key, v)| (format!("secret_*.{key}"), v))) {
+            let message = "IoT Hub's file upload takes no store settings: the hub hands out a SAS URI of its storage account for each chunk";
+            self.at(value, &k(&key), message);
+            ok = false;
+        }
+        match hub {
+            None => {
+                let message = "via = \"iothub\" needs a [hub] section (the device identity that asks the hub for the upload)";
+                self.at(via, &k("via"), message);
+                ok = false;
+            }
+            Some(h) => {
+                if h.ca_file.is_none() && h.insecure_endpoint.is_some() {
+                    let message = "IoT Hub's file upload is HTTPS: [hub] needs ca_file (with insecure_endpoint too: give https_endpoint and ca_file for a test hub)";
+                    self.at(via, &k("via"), message);
+                    ok = false;
+                }
+                if let Some(module) = h.x509.as_ref().and_then(|x| x.module_id.as_ref()) {
+                    let message = "IoT Hub's file upload is for device identities, not modules: remove via = \"iothub\" or use a device identity";
+                    self.at(module, "hub.x509.module_id", message);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(UploadTarget::IotHub)
+    }
+
+    /// `to = "<store URL>"` with its settings and secrets.
+    fn store(&mut self, raw: &RawUpload) -> Option<StoreTarget> {
+        let k = |name: &str| format!("sink.parquet.upload.{name}");
+        let to = raw.to.as_ref()?;
+        let mut ok = true;
+        let store = {
+            let url = url::Url::parse(to.get_ref()).ok();
+            let named = url.as_ref().filter(|u| SCHEME_NAMES.contains(&u.scheme()));
+            let store = named.and_then(Store::of);
+            if store.is_none() {
+                let message = format!(
+                    "{:?} is not a store URL: use {SCHEMES} (or via = \"iothub\")",
+                    to.get_ref()
+                );
+                self.at(to, &k("to"), message);
+            } else if named.is_some_and(|u| {
+                u.password().is_some() || u.query().is_some() || u.fragment().is_some()
+            }) {
+                // `to` is shown in logs and the plan: credentials go by reference.
+                self.at(to, &k("to"), "the URL carries a password, a query or a fragment: give credentials (a SAS token, keys) in secret_env or secret_file");
+                ok = false;
+            }
+            store
+        };
         let mut options = Vec::new();
         for (key, value) in &raw.options {
             let here = k(&format!("options.{key}"));
@@ -113,13 +194,9 @@ impl Check<'_> {
                 ok = false;
             }
         }
-        let (to, _) = (to?, store?);
-        if !ok {
-            return None;
-        }
-        Some(UploadConfig {
-            to: to.get_ref().clone(),
-            keep_local: keep_local?,
+        store?;
+        ok.then(|| StoreTarget {
+            url: to.get_ref().clone(),
             options,
             secrets,
         })

@@ -1,6 +1,10 @@
 //! Completed chunks to object storage (`[sink.parquet.upload]`): Azure Blob / ADLS Gen2
 //! (`az://`), S3 and S3-compatible stores (`s3://`), Google Cloud Storage (`gs://`) or a
-//! mounted file system (`file://`), through the `object_store` crate.
+//! mounted file system (`file://`), through the `object_store` crate; or through IoT Hub's
+//! file upload (`via = "iothub"`): for each chunk the hub grants a blob of its storage account
+//! (a SAS URI, under `{device}/`), the chunk goes there through the same Azure client, and the
+//! hub is notified of the outcome; the chunk counts as uploaded once the hub took a success
+//! notification.
 //!
 //! Loss-free and resumable: the line's [`Retention`] index is the list of completed chunks;
 //! the uploader takes the oldest one not yet confirmed, uploads it under
@@ -30,12 +34,14 @@ use tracing::{info, warn};
 
 use super::retention::{sync_new, Retention};
 use crate::backoff::Backoff;
-use crate::config::UploadConfig;
+use crate::cloud::hub::files::{BlobGrant, FileUploads, Outcome};
+use crate::cloud::hub::sender::Hub;
+use crate::config::{HubConfig, StoreTarget, UploadConfig, UploadTarget};
 use crate::metrics::UploadMetrics;
 use crate::ratelog::RateLog;
 
 /// Chunks up to this size go up in one request; larger ones in parts of this size.
-const PART: usize = 16 << 20;
+pub const PART: usize = 16 << 20;
 
 /// How long the uploader goes on after a stop (within the cloud connections' share of it).
 const DRAIN: Duration = Duration::from_millis(700);
@@ -50,15 +56,28 @@ fn retries() -> object_store::RetryConfig {
     }
 }
 
-/// Where chunks go: the store and the key prefix within it.
+/// Where chunks go.
 pub struct Destination {
-    store: Box<dyn ObjectStore>,
-    prefix: ObjectPath,
-    /// A `file://` store: its files are synced before a chunk counts as uploaded (the
-    /// store's own writes are not).
-    local: bool,
-    /// `az://container/prefix` as configured, for messages.
+    target: Target,
+    /// `az://container/prefix` as configured, or "IoT Hub file upload", for messages.
     shown: String,
+}
+
+enum Target {
+    /// An object store and the key prefix within it.
+    Store {
+        store: Box<dyn ObjectStore>,
+        prefix: ObjectPath,
+        /// A `file://` store: its files are synced before a chunk counts as uploaded (the
+        /// store's own writes are not).
+        local: bool,
+    },
+    /// IoT Hub's file upload; the blobs' TLS trusts the hub's CA file besides the system's
+    /// roots (the storage account's chain is Azure's, as the hub's).
+    Hub {
+        api: FileUploads,
+        roots: Vec<object_store::Certificate>,
+    },
 }
 
 impl std::fmt::Debug for Destination {
@@ -68,35 +87,83 @@ impl std::fmt::Debug for Destination {
 }
 
 impl Destination {
-    /// The store of `config`: its builder reads the cloud's standard environment variables
-    /// (`AWS_*`, `AZURE_*`, `GOOGLE_*`), then the file's `options`, then the secrets (read
-    /// here, from the environment or files; never logged).
-    pub fn open(config: &UploadConfig) -> Result<Destination, String> {
-        let url = url::Url::parse(&config.to).map_err(|e| format!("{}: {e}", config.to))?;
-        let mut settings: Vec<(String, String)> = config.options.clone();
-        for (key, secret) in &config.secrets {
-            let value = secret.read(&format!("sink.parquet.upload.secret_*.{key}"))?;
-            settings.push((key.clone(), value));
-        }
-        let (store, prefix) = build(&url, &settings)?;
-        Ok(Destination {
-            store,
-            prefix,
-            local: url.scheme() == "file",
-            shown: config.to.clone(),
-        })
+    /// The destination of `config`. A store's builder reads the cloud's standard environment
+    /// variables (`AWS_*`, `AZURE_*`, `GOOGLE_*`), then the file's `options`, then the secrets
+    /// (read here, from the environment or files; never logged). IoT Hub's needs `hub`.
+    pub fn open(config: &UploadConfig, hub: Option<&HubConfig>) -> Result<Destination, String> {
+        let shown = config.to.to_string();
+        let target = match &config.to {
+            UploadTarget::Store(s) => store_target(s)?,
+            UploadTarget::IotHub => {
+                let hub = hub.ok_or("via = \"iothub\" needs [hub]")?;
+                let api = Hub::new(hub)
+                    .and_then(|h| h.file_uploads())
+                    .map_err(|e| e.to_string())?;
+                let roots = match &hub.ca_file {
+                    None => Vec::new(),
+                    Some(ca) => std::fs::read(ca)
+                        .map_err(|e| e.to_string())
+                        .and_then(|pem| {
+                            object_store::Certificate::from_pem_bundle(&pem)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| format!("{}: {e}", ca.display()))?,
+                };
+                Target::Hub { api, roots }
+            }
+        };
+        Ok(Destination { target, shown })
     }
+}
 
-    /// The object key of a chunk: the prefix, then its path relative to the Parquet
-    /// directory (`line=<line>/date=<date>/<file>.parquet`).
-    fn key(&self, relative: &Path) -> Result<ObjectPath, String> {
-        let mut parts: Vec<String> = self.prefix.parts().map(|p| p.as_ref().to_owned()).collect();
-        for c in relative.components() {
-            let part = c.as_os_str().to_str().ok_or("a path that is not UTF-8")?;
-            parts.push(part.to_owned());
-        }
-        Ok(ObjectPath::from_iter(parts))
+fn store_target(config: &StoreTarget) -> Result<Target, String> {
+    let url = url::Url::parse(&config.url).map_err(|e| format!("{}: {e}", config.url))?;
+    let mut settings: Vec<(String, String)> = config.options.clone();
+    for (key, secret) in &config.secrets {
+        let value = secret.read(&format!("sink.parquet.upload.secret_*.{key}"))?;
+        settings.push((key.clone(), value));
     }
+    let (store, prefix) = build(&url, &settings)?;
+    Ok(Target::Store {
+        store,
+        prefix,
+        local: url.scheme() == "file",
+    })
+}
+
+/// A chunk's path relative to the Parquet directory (`line=<line>/date=<date>/<file>.parquet`)
+/// as an object key under `prefix`.
+fn key(prefix: &ObjectPath, relative: &Path) -> Result<ObjectPath, String> {
+    let mut parts: Vec<String> = prefix.parts().map(|p| p.as_ref().to_owned()).collect();
+    for c in relative.components() {
+        let part = c.as_os_str().to_str().ok_or("a path that is not UTF-8")?;
+        parts.push(part.to_owned());
+    }
+    Ok(ObjectPath::from_iter(parts))
+}
+
+/// The blob a hub's grant names, with a client for it (the grant's SAS; nothing from the
+/// environment).
+fn granted_blob(
+    grant: &BlobGrant,
+    roots: &[object_store::Certificate],
+) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
+    let mut options = object_store::ClientOptions::new();
+    for root in roots {
+        options = options.with_root_certificate(root.clone());
+    }
+    let store = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(grant.account())
+        .with_container_name(&grant.container_name)
+        .with_endpoint(grant.endpoint())
+        .with_sas_authorization(grant.sas_pairs())
+        .with_client_options(options)
+        .with_retry(retries())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let blob = ObjectPath::parse(&grant.blob_name)
+        .map_err(|e| format!("the hub granted blob {:?}: {e}", grant.blob_name))?;
+    Ok((Box::new(store), blob))
 }
 
 /// Builds the store for `url` with `settings` (object_store configuration keys); an unknown
@@ -159,23 +226,24 @@ pub struct Uploader {
     /// The Parquet directory (keys are relative to it).
     pub root: PathBuf,
     pub metrics: Arc<UploadMetrics>,
+    /// Chunks up to this size go up in one request, larger ones in parts of it ([`PART`];
+    /// tests make it small).
+    pub part: usize,
 }
 
 impl Uploader {
-    /// Uploads until `stop`, then drains for [`DRAIN`]; an upload cut by the stop is done
-    /// again at the next start.
+    /// Uploads until `stop`, and after it for [`DRAIN`] at most: the upload in flight and
+    /// what is pending (the chunk the stop closed) go on; what the drain cuts is done again
+    /// at the next start.
     pub async fn run(self, stop: CancellationToken) {
-        self.work(&stop).await;
-        let _ = tokio::time::timeout(DRAIN, async {
-            while let Some((path, bytes)) = self.retention.first_pending() {
-                match self.upload(&path, bytes).await {
-                    Ok(()) => self.count(bytes),
-                    Err(Failure::Gone) => self.retention.forget(&path),
-                    Err(Failure::Retry(_)) => break,
-                }
-            }
-        })
-        .await;
+        let drained = async {
+            stop.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        };
+        tokio::select! {
+            () = self.work(&stop) => {}
+            () = drained => {}
+        }
         self.retention.publish_pending(&self.metrics);
     }
 
@@ -184,6 +252,7 @@ impl Uploader {
         self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Until `stop` and nothing is pending, or a failure after `stop`.
     async fn work(&self, stop: &CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
         let failures_log = RateLog::per_minute();
@@ -191,18 +260,17 @@ impl Uploader {
         loop {
             self.retention.publish_pending(&self.metrics);
             let Some((path, bytes)) = self.retention.first_pending() else {
+                if stop.is_cancelled() {
+                    return;
+                }
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {}
                     _ = self.retention.added() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             };
-            let outcome = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.upload(&path, bytes) => r,
-            };
-            match outcome {
+            match self.upload(&path, bytes).await {
                 Ok(()) => {
                     backoff.reset();
                     self.count(bytes);
@@ -218,6 +286,9 @@ impl Uploader {
                         warn!(chunk = %path.display(), to = %self.destination.shown, error = %e,
                             retry_in_s = wait.as_secs_f64(), suppressed = more,
                             "upload failed; retrying (the chunk stays on disk until confirmed)");
+                    }
+                    if stop.is_cancelled() {
+                        return;
                     }
                     tokio::select! {
                         _ = stop.cancelled() => return,
@@ -237,27 +308,122 @@ impl Uploader {
                 self.root.display()
             ))
         })?;
-        let key = self.destination.key(relative).map_err(Failure::Retry)?;
-        let Some(key) = free_key(&*self.destination.store, key, path, bytes).await? else {
-            // Already there, the same bytes.
-            return self.confirm(path);
-        };
+        match &self.destination.target {
+            Target::Store {
+                store,
+                prefix,
+                local,
+            } => {
+                let key = key(prefix, relative).map_err(Failure::Retry)?;
+                if let Some(key) = free_key(&**store, key, path, bytes).await? {
+                    self.put(&**store, &key, path, bytes).await?;
+                    if *local {
+                        let file = Path::new("/").join(key.as_ref());
+                        sync_new(&file, false).map_err(|e| Failure::Retry(e.to_string()))?;
+                    }
+                }
+                self.confirm(path)
+            }
+            Target::Hub { api, roots } => {
+                let name = key(&ObjectPath::default(), relative).map_err(Failure::Retry)?;
+                self.through_hub(api, roots, &name, path, bytes).await
+            }
+        }
+    }
+
+    /// The hub's flow for one chunk: a grant for its name (or, when a blob of other bytes
+    /// holds it, for the next free `<name>.<n>.parquet`), the upload, the notification;
+    /// confirmed once the hub took the success notification. A failed upload is notified as
+    /// such (releasing the grant) and retried with a new grant.
+    async fn through_hub(
+        &self,
+        api: &FileUploads,
+        roots: &[object_store::Certificate],
+        name: &ObjectPath,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(), Failure> {
+        for n in 0..=MAX_RENAMES {
+            let grant = api
+                .grant(numbered(name, n).as_ref())
+                .await
+                .map_err(Failure::Retry)?;
+            let result = async {
+                let (store, blob) = granted_blob(&grant, roots).map_err(Failure::Retry)?;
+                match occupant(&*store, &blob, path, bytes).await? {
+                    Occupant::Other => Ok(false),
+                    Occupant::Same => Ok(true),
+                    Occupant::Free => self.put(&*store, &blob, path, bytes).await.map(|()| true),
+                }
+            }
+            .await;
+            let outcome = match &result {
+                Ok(true) => Outcome {
+                    success: true,
+                    status: 200,
+                    description: "uploaded",
+                },
+                Ok(false) => Outcome {
+                    success: false,
+                    status: 409,
+                    description:
+                        "a blob of other bytes has this name: the chunk goes under another",
+                },
+                Err(Failure::Gone) => Outcome {
+                    success: false,
+                    status: 410,
+                    description: "the local chunk was deleted",
+                },
+                Err(Failure::Retry(e)) => Outcome {
+                    success: false,
+                    status: 500,
+                    description: e,
+                },
+            };
+            let notified = api.notify(&grant, outcome).await;
+            match result {
+                Ok(true) => {
+                    notified.map_err(|e| {
+                        Failure::Retry(format!(
+                            "uploaded, but the hub did not take the notification: {e}"
+                        ))
+                    })?;
+                    return self.confirm(path);
+                }
+                Ok(false) => continue,
+                // The upload's error says more than a failed notification.
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Failure::Retry(format!(
+            "no free name for {name} ({MAX_RENAMES} taken)"
+        )))
+    }
+
+    /// Puts the chunk at `path` under `key`: in one request, or in parts when it is larger
+    /// than a part; then checks the size the store holds.
+    async fn put(
+        &self,
+        store: &dyn ObjectStore,
+        key: &ObjectPath,
+        path: &Path,
+        bytes: u64,
+    ) -> Result<(), Failure> {
         let mut file = match tokio::fs::File::open(path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Failure::Gone),
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
-        let store = &self.destination.store;
         let io = |e: std::io::Error| Failure::Retry(e.to_string());
         let os = |e: object_store::Error| Failure::Retry(e.to_string());
-        if bytes as usize <= PART {
+        if bytes as usize <= self.part {
             let mut data = Vec::with_capacity(bytes as usize);
             file.read_to_end(&mut data).await.map_err(io)?;
-            store.put(&key, PutPayload::from(data)).await.map_err(os)?;
+            store.put(key, PutPayload::from(data)).await.map_err(os)?;
         } else {
-            let upload = store.put_multipart(&key).await.map_err(os)?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-            let mut buf = vec![0u8; 1 << 20];
+            let upload = store.put_multipart(key).await.map_err(os)?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part);
+            let mut buf = vec![0u8; self.part.min(1 << 20)];
             let sent = async {
                 loop {
                     let n = file.read(&mut buf).await.map_err(io)?;
@@ -280,19 +446,15 @@ impl Uploader {
                 }
             }
         }
-        if self.destination.local {
-            let file = Path::new("/").join(key.as_ref());
-            sync_new(&file, false).map_err(|e| Failure::Retry(e.to_string()))?;
-        }
         // What the store holds is what we have.
-        let meta = store.head(&key).await.map_err(os)?;
+        let meta = store.head(key).await.map_err(os)?;
         if meta.size != bytes {
             return Err(Failure::Retry(format!(
                 "the store holds {} bytes of {key}, the chunk has {bytes}",
                 meta.size
             )));
         }
-        self.confirm(path)
+        Ok(())
     }
 
     fn confirm(&self, path: &Path) -> Result<(), Failure> {
@@ -300,6 +462,64 @@ impl Uploader {
             .confirmed(path)
             .map_err(|e| Failure::Retry(format!("cannot mark {} uploaded: {e}", path.display())))
     }
+}
+
+/// How many other names a chunk may try when blobs of other bytes hold its name.
+const MAX_RENAMES: u32 = 100;
+
+/// What a key holds, seen from a chunk of `bytes` at `path`.
+enum Occupant {
+    Free,
+    /// The same bytes: uploaded before (its marker lost to a crash).
+    Same,
+    /// Other bytes (a file name used again after the local chunks were deleted).
+    Other,
+}
+
+async fn occupant(
+    store: &dyn ObjectStore,
+    key: &ObjectPath,
+    path: &Path,
+    bytes: u64,
+) -> Result<Occupant, Failure> {
+    let os = |e: object_store::Error| Failure::Retry(e.to_string());
+    match store.head(key).await {
+        Err(object_store::Error::NotFound { .. }) => Ok(Occupant::Free),
+        Err(e) => Err(os(e)),
+        Ok(meta) if meta.size != bytes => Ok(Occupant::Other),
+        Ok(_) => {
+            let stored = store
+                .get(key)
+                .await
+                .map_err(os)?
+                .bytes()
+                .await
+                .map_err(os)?;
+            let local = match tokio::fs::read(path).await {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Failure::Gone),
+                Err(e) => return Err(Failure::Retry(e.to_string())),
+            };
+            Ok(if stored.as_ref() == local.as_slice() {
+                Occupant::Same
+            } else {
+                Occupant::Other
+            })
+        }
+    }
+}
+
+/// `key` itself for 0, else `<name>.<n>.parquet` beside it.
+fn numbered(key: &ObjectPath, n: u32) -> ObjectPath {
+    if n == 0 {
+        return key.clone();
+    }
+    let name = key.filename().unwrap_or("chunk.parquet");
+    let stem = name.strip_suffix(".parquet").unwrap_or(name);
+    let mut parts: Vec<String> = key.parts().map(|p| p.as_ref().to_owned()).collect();
+    parts.pop();
+    parts.push(format!("{stem}.{n}.parquet"));
+    ObjectPath::from_iter(parts)
 }
 
 /// Where a chunk of `bytes` at `path` goes: `key` if nothing is stored there; `None` if the
@@ -311,44 +531,17 @@ async fn free_key(
     path: &Path,
     bytes: u64,
 ) -> Result<Option<ObjectPath>, Failure> {
-    let os = |e: object_store::Error| Failure::Retry(e.to_string());
-    let name = key.filename().unwrap_or("chunk.parquet").to_owned();
-    let stem = name.strip_suffix(".parquet").unwrap_or(&name).to_owned();
-    let mut candidate = key.clone();
-    for n in 1..=100u32 {
-        match store.head(&candidate).await {
-            Err(object_store::Error::NotFound { .. }) => return Ok(Some(candidate)),
-            Err(e) => return Err(os(e)),
-            Ok(meta) if meta.size == bytes => {
-                let stored = store
-                    .get(&candidate)
-                    .await
-                    .map_err(os)?
-                    .bytes()
-                    .await
-                    .map_err(os)?;
-                let local = match tokio::fs::read(path).await {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Err(Failure::Gone)
-                    }
-                    Err(e) => return Err(Failure::Retry(e.to_string())),
-                };
-                if stored.as_ref() == local.as_slice() {
-                    return Ok(None);
-                }
-            }
-            Ok(_) => {}
+    for n in 0..=MAX_RENAMES {
+        let candidate = numbered(&key, n);
+        match occupant(store, &candidate, path, bytes).await? {
+            Occupant::Free => return Ok(Some(candidate)),
+            Occupant::Same => return Ok(None),
+            Occupant::Other => {}
         }
-        let parent: Vec<_> = key.parts().collect();
-        let mut parts: Vec<String> = parent[..parent.len().saturating_sub(1)]
-            .iter()
-            .map(|p| p.as_ref().to_owned())
-            .collect();
-        parts.push(format!("{stem}.{n}.parquet"));
-        candidate = ObjectPath::from_iter(parts);
     }
-    Err(Failure::Retry(format!("no free key for {key} (100 taken)")))
+    Err(Failure::Retry(format!(
+        "no free key for {key} ({MAX_RENAMES} taken)"
+    )))
 }
 
 enum Failure {

@@ -322,6 +322,7 @@ listen = "127.0.0.1:9464"
             auth: HubAuth::ConnectionString(Secret::File("/run/secrets/iothub".into())),
             sas_ttl: Duration::from_secs(30 * 60),
             insecure_endpoint: None,
+            https_endpoint: None,
             ca_file: Some("certs/digicert-global-root-g2.pem".into()),
             batch_max_samples: NonZeroUsize::new(250).unwrap(),
             batch_max_delay: Duration::from_secs(1),

@@ -339,6 +339,7 @@ fn hub_defaults_and_connection_string_sources() {
             auth: HubAuth::ConnectionString(Secret::Env("IOTHUB_CS".into())),
             sas_ttl: Duration::from_secs(3600),
             insecure_endpoint: None,
+            https_endpoint: None,
             ca_file: Some("ca.pem".into()),
             batch_max_samples: NonZeroUsize::new(500).unwrap(),
             batch_max_delay: Duration::from_millis(200),

@@ -13,6 +13,13 @@ fn upload_of(body: &str) -> (UploadConfig, Vec<String>) {
     (c.parquet.unwrap().upload.unwrap(), warnings)
 }
 
+fn store_of(u: &UploadConfig) -> &StoreTarget {
+    match &u.to {
+        UploadTarget::Store(s) => s,
+        other => panic!("not a store: {other:?}"),
+    }
+}
+
 #[test]
 fn a_store_with_settings_and_secrets_by_reference() {
     let (u, warnings) = upload_of(
@@ -21,14 +28,14 @@ fn a_store_with_settings_and_secrets_by_reference() {
          secret_env = { aws_access_key_id = \"S3_ID\" }\n\
          secret_file = { aws_secret_access_key = \"/etc/opcua-connector/s3.secret\" }",
     );
-    assert_eq!(u.to, "s3://plant-data/edge/line-a");
+    assert_eq!(store_of(&u).url, "s3://plant-data/edge/line-a");
     assert_eq!(u.keep_local, Some(Duration::from_secs(24 * 3600)));
     assert_eq!(
-        u.options,
+        store_of(&u).options,
         vec![("aws_region".into(), "eu-central-1".into())]
     );
     assert_eq!(
-        u.secrets,
+        store_of(&u).secrets,
         vec![
             ("aws_access_key_id".into(), Secret::Env("S3_ID".into())),
             (
@@ -45,7 +52,7 @@ fn a_store_with_settings_and_secrets_by_reference() {
         "file:///mnt/nas/opcua",
     ] {
         let (u, _) = upload_of(&format!("to = \"{to}\""));
-        assert_eq!(u.to, to);
+        assert_eq!(store_of(&u).url, to);
         assert_eq!(u.keep_local, None, "kept by default");
     }
 }
@@ -113,5 +120,90 @@ fn plain_http_to_a_store_is_an_opt_in_that_check_warns_about() {
     assert!(
         warnings.iter().any(|w| w.contains("plain HTTP")),
         "{warnings:?}"
+    );
+}
+
+/// MINIMAL with `[hub]` (`hub`, from line 15) and `[sink.parquet.upload]` after it.
+fn with_hub_upload(hub: &str, upload: &str) -> String {
+    format!("{MINIMAL}\n[hub]\n{hub}\n\n[sink.parquet.upload]\n{upload}\n")
+}
+
+#[test]
+fn iot_hub_file_upload_takes_the_hub_identity_and_no_store_settings() {
+    let hub = "connection_string_env = \"CS\"\nca_file = \"certs/digicert-g2.pem\"";
+    let text = with_hub_upload(hub, "via = \"iothub\"\nkeep_local = \"0s\"");
+    let c = parse(Path::new(FILE), &text).unwrap_or_else(|e| panic!("{e}"));
+    let u = c.parquet.unwrap().upload.unwrap();
+    assert_eq!(u.to, UploadTarget::IotHub);
+    assert_eq!(u.keep_local, Some(Duration::ZERO));
+    // A hub double's HTTPS API on loopback: allowed, warned, TLS still needs the CA.
+    let test_hub = "connection_string_env = \"CS\"\ninsecure_endpoint = \"127.0.0.1:1883\"\n\
+                    https_endpoint = \"127.0.0.1:8443\"\nca_file = \"ca.pem\"";
+    let c = parse(
+        Path::new(FILE),
+        &with_hub_upload(test_hub, "via = \"iothub\""),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let h = c.hub.unwrap();
+    assert_eq!(h.https_endpoint.as_deref(), Some("127.0.0.1:8443"));
+    assert_eq!(h.ca_file, Some(PathBuf::from("ca.pem")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.to_string().contains("line.toml:17: hub.https_endpoint")),
+        "{:?}",
+        c.warnings
+    );
+}
+
+#[test]
+fn iot_hub_file_upload_refusals_name_the_key() {
+    let hub = "connection_string_env = \"CS\"\nca_file = \"ca.pem\"";
+    // Not both, and no store settings: line 19 is the upload's first key.
+    let text = with_hub_upload(hub, "via = \"iothub\"\nto = \"az://c/p\"");
+    assert_problem(&text, 20, "sink.parquet.upload.to", "not both");
+    let text = with_hub_upload(
+        hub,
+        "via = \"iothub\"\noptions = { azure_storage_account_name = \"a\" }",
+    );
+    assert_problem(
+        &text,
+        20,
+        "sink.parquet.upload.options.azure_storage_account_name",
+        "no store settings",
+    );
+    let text = with_hub_upload(hub, "via = \"iotedge\"");
+    assert_problem(&text, 19, "sink.parquet.upload.via", "\"iothub\"");
+    // Without [hub].
+    assert_problem(
+        &with_upload("via = \"iothub\""),
+        15,
+        "sink.parquet.upload.via",
+        "needs a [hub]",
+    );
+    // A module identity cannot upload files.
+    let module = "x509 = { host = \"h.azure-devices.net\", device_id = \"d\", module_id = \"m\", cert_file = \"c.pem\", key_file = \"c.key\" }\nca_file = \"ca.pem\"";
+    assert_problem(
+        &with_hub_upload(module, "via = \"iothub\""),
+        15,
+        "hub.x509.module_id",
+        "not modules",
+    );
+    // Plain MQTT to a test hub and no CA: the HTTPS API could not be checked.
+    let plain = "connection_string_env = \"CS\"\ninsecure_endpoint = \"127.0.0.1:1883\"";
+    assert_problem(
+        &with_hub_upload(plain, "via = \"iothub\""),
+        19,
+        "sink.parquet.upload.via",
+        "needs ca_file",
+    );
+    // https_endpoint is for loopback only.
+    let remote =
+        "connection_string_env = \"CS\"\nhttps_endpoint = \"10.0.0.5:443\"\nca_file = \"ca.pem\"";
+    assert_problem(
+        &with_hub_upload(remote, "via = \"iothub\""),
+        16,
+        "hub.https_endpoint",
+        "not a loopback address",
     );
 }
