@@ -22,13 +22,16 @@ every request; each chunk ends in exactly one success notification naming its bl
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from moto.server import ThreadedMotoServer
 
 from hub_double import HUB_HOST, PKI, HubDouble, HubState
@@ -59,10 +62,26 @@ def s3() -> Iterator[str]:
 
 
 def test_az_every_chunk_lands_in_azurite_byte_identical(tmp_path: Path, simulator, azurite: Azurite) -> None:
-    c = az_connector(tmp_path, simulator, azurite)
+    # With a SAS token of the container (the other tests use the account key).
+    sas = generate_container_sas(ACCOUNT, "chunks", account_key=ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, create=True, write=True),
+                                 expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    upload = (
+        '[sink.parquet.upload]\nto = "az://chunks/plant-1"\n'
+        f'options = {{ azure_storage_account_name = "{ACCOUNT}", azure_storage_endpoint = "{azurite.endpoint}", '
+        'azure_allow_http = "true" }\nsecret_env = { azure_storage_sas_key = "TEST_AZURE_SAS" }\n'
+    )
+    c = Connector(tmp_path / "run", simulator.url, upload, {"TEST_AZURE_SAS": sas})
     run_until(c, "5 chunks uploaded", uploaded(5))
     restart_until_nothing_pending(c)
-    uploaded_equals_local(c, blobs(azurite, "plant-1/"), "plant-1")
+    stored = blobs(azurite, "plant-1/")
+    uploaded_equals_local(c, stored, "plant-1")
+    # Each went up in one Put Blob with the Content-MD5 of its bytes, which the store checks
+    # and keeps as the blob's property (not with the account key: docs/parquet.md).
+    container = azurite.client().get_container_client("chunks")
+    for name, data in stored.items():
+        md5 = container.get_blob_client(name).get_blob_properties().content_settings.content_md5
+        assert md5 is not None and bytes(md5) == hashlib.md5(data).digest(), name
 
 
 def test_s3_every_chunk_lands_in_the_s3_server_byte_identical(tmp_path: Path, simulator, s3: str) -> None:

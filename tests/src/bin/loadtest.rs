@@ -28,6 +28,18 @@ struct Args {
     /// Keep the output directories.
     #[arg(long)]
     keep: bool,
+    /// Upload every completed chunk: "azurite" (the Azure Storage emulator of tests/node on
+    /// loopback, plain HTTP; its container is made with the interop venv's
+    /// azure-storage-blob, so run tests/run once first) or "file" (a directory beside the
+    /// output, read back with it).
+    #[arg(long, value_parser = ["azurite", "file"])]
+    upload: Option<String>,
+    /// The Parquet sink's roll_interval, e.g. "10s" (default: the sink's, 5m).
+    #[arg(long)]
+    roll: Option<String>,
+    /// The upload's keep_local, e.g. "0s" (default: kept).
+    #[arg(long)]
+    keep_local: Option<String>,
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -143,7 +155,80 @@ struct Row {
     write_ms: Option<(f64, f64, f64)>,
 }
 
-fn run(s: &Scenario, duration: Duration, keep: bool) -> Result<Row> {
+/// A process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Azurite's blob service on `port` with its data in `dir`, and the container "chunks".
+fn azurite(dir: &std::path::Path, port: u16) -> Result<Killed> {
+    const KEY: &str =
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let azurite = Killed(
+        Command::new(root.join("node/node_modules/.bin/azurite-blob"))
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .arg("--location")
+            .arg(dir)
+            .args(["--silent", "--skipApiVersionCheck", "--loose"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start Azurite (npm ci in tests/node; tests/run does it)")?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("Azurite does not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let create = format!(
+        "from azure.storage.blob import BlobServiceClient as C; C.from_connection_string(\
+         'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};\
+         BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;').create_container('chunks')"
+    );
+    let status = Command::new(root.join("../.venv/bin/python"))
+        .args(["-c", &create])
+        .status()
+        .context("the interop venv (.venv, made by tests/run)")?;
+    if !status.success() {
+        bail!("cannot create Azurite's container");
+    }
+    Ok(azurite)
+}
+
+/// The connector's counter `name` (summed over labels) from `/metrics`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Bytes of the files under `dir`.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn run(s: &Scenario, args: &Args) -> Result<Row> {
+    let (duration, keep) = (args.duration, args.keep);
     let bins = bin_dir()?;
     let work = tempfile::tempdir()?;
     let dir = work.path().to_path_buf();
@@ -234,6 +319,36 @@ fn run(s: &Scenario, duration: Duration, keep: bool) -> Result<Row> {
     } else {
         None
     };
+    let mut parquet_extra = String::new();
+    if let Some(roll) = &args.roll {
+        parquet_extra.push_str(&format!("roll_interval = \"{roll}\"\n"));
+    }
+    let uploaded = dir.join("uploaded");
+    let mut _azurite = None;
+    let metrics_port = tests::free_port();
+    if let Some(kind) = &args.upload {
+        let keep_local = args
+            .keep_local
+            .as_ref()
+            .map_or(String::new(), |k| format!("keep_local = \"{k}\"\n"));
+        if kind == "azurite" {
+            let port = tests::free_port();
+            _azurite = Some(azurite(&dir.join("azurite"), port)?);
+            parquet_extra.push_str(&format!(
+                "\n[sink.parquet.upload]\nto = \"az://chunks/bench\"\n{keep_local}\
+                 options = {{ azure_storage_account_name = \"devstoreaccount1\", azure_storage_endpoint = \"http://127.0.0.1:{port}/devstoreaccount1\", azure_allow_http = \"true\" }}\n\
+                 secret_env = {{ azure_storage_account_key = \"LOADTEST_AZURE_KEY\" }}\n"
+            ));
+        } else {
+            parquet_extra.push_str(&format!(
+                "\n[sink.parquet.upload]\nto = \"file://{}\"\n{keep_local}",
+                uploaded.display()
+            ));
+        }
+        mqtt_section.push_str(&format!(
+            "\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ));
+    }
     std::fs::write(
         &config,
         format!(
@@ -256,10 +371,11 @@ trust_unknown_servers = true
 
 [sink.parquet]
 dir = "{}"
-{}"#,
+{}{}"#,
             s.publishing,
             dir.join("pki").display(),
             out.display(),
+            parquet_extra,
             mqtt_section
         ),
     )?;
@@ -269,6 +385,10 @@ dir = "{}"
         .env(
             "LOADTEST_HUB_CS",
             "HostName=loadtest.azure-devices.net;DeviceId=bench-edge;SharedAccessKey=c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=",
+        )
+        .env(
+            "LOADTEST_AZURE_KEY",
+            "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
         )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -304,6 +424,30 @@ dir = "{}"
     let subscribe_s = rx
         .recv_timeout(Duration::from_secs(120))
         .context("connector did not subscribe")?;
+    let scrape = || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+        let text = rt.block_on(tests::http_get(addr, "/metrics")).1;
+        let m = |n: &str| metric(&text, &format!("opcua_connector_parquet_upload_{n}"));
+        (
+            m("chunks_total"),
+            m("bytes_total"),
+            m("failures_total"),
+            m("pending_chunks"),
+        )
+    };
+    let upload0 = args.upload.as_ref().map(|_| scrape());
+    // The local disk, every 5 s (a run with keep_local shows whether it stays flat).
+    let disk = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    {
+        let (disk, sampling, out) = (disk.clone(), sampling.clone(), out.clone());
+        std::thread::spawn(move || {
+            while sampling.load(Ordering::Relaxed) {
+                disk.lock().unwrap().push(disk_bytes(&out));
+                std::thread::sleep(Duration::from_secs(5));
+            }
+        });
+    }
     let (cpu0, _) = proc_usage(pid);
     let (sim_cpu0, _) = proc_usage(sim.id());
     let t0 = Instant::now();
@@ -357,6 +501,34 @@ dir = "{}"
     let (cpu1, rss) = proc_usage(pid);
     let (sim_cpu1, sim_rss) = proc_usage(sim.id());
     let window = t0.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    if let Some((c0, b0, _, _)) = upload0 {
+        let (c1, b1, failures, pending) = scrape();
+        let mb = (b1 - b0) / 1e6;
+        eprintln!(
+            "{}: upload ({}) {:.0} chunks, {mb:.1} MB in {window:.0} s = {:.2} MB/s; failed attempts {failures:.0}, pending at the end {pending:.0}; connector CPU {:.1} s in the window",
+            s.id,
+            args.upload.as_deref().unwrap_or_default(),
+            c1 - c0,
+            mb / window,
+            cpu1 - cpu0
+        );
+    }
+    {
+        let d = disk.lock().unwrap();
+        let mb = |b: u64| b as f64 / 1e6;
+        let after_1m: Vec<u64> = d.iter().skip(12).copied().collect();
+        if let (Some(max), Some(last)) = (after_1m.iter().max(), d.last()) {
+            eprintln!(
+                "{}: local Parquet directory after the first minute: min {:.1} MB, max {:.1} MB, last {:.1} MB ({} samples every 5 s)",
+                s.id,
+                mb(*after_1m.iter().min().unwrap_or(max)),
+                mb(*max),
+                mb(*last),
+                after_1m.len()
+            );
+        }
+    }
     eprintln!(
         "{}: simulator {:.0} % of one core, peak RSS {:.0} MB",
         s.id,
@@ -366,7 +538,16 @@ dir = "{}"
     let stop = terminate(&mut conn);
     terminate(&mut sim);
 
-    let rows = read_all(&out);
+    // The chunks: local, and those a file:// upload holds that are no longer local.
+    let mut rows = read_all(&out);
+    let mut chunk_files = tests::parquet_files(&out);
+    for f in tests::parquet_files(&uploaded) {
+        let local = f.strip_prefix(&uploaded).map(|r| out.join(r));
+        if local.is_ok_and(|l| !l.exists()) {
+            rows.extend(tests::read_file(&f));
+            chunk_files.push(f);
+        }
+    }
     // Loss and duplicates from the counters (their value is the tick number).
     let mut per_node: HashMap<&str, Vec<i128>> = HashMap::new();
     for r in &rows {
@@ -389,7 +570,7 @@ dir = "{}"
             lost += (last - first + 1) as u64 - distinct.len() as u64;
         }
     }
-    let bytes: u64 = tests::parquet_files(&out)
+    let bytes: u64 = chunk_files
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
@@ -442,7 +623,7 @@ fn main() -> Result<()> {
             eprintln!("unknown scenario {id} (S1, S2, S3p, S3, S3g, S5, S6, S6idle)");
             std::process::exit(2);
         };
-        match run(&s, args.duration, args.keep) {
+        match run(&s, &args) {
             Ok(r) => println!(
                 "| {} | {:.0} | {:.0} | {} | {} | {:.2} | {:.1} | {:.2} | {} | {:.2} | {:.2} ({}) | {} |",
                 s.id,

@@ -5,12 +5,14 @@
 //! - [`sink`]: [`ParquetSink`], one per PLC: rolling, naming, Hive partitions, crash cleanup.
 //! - [`retention`]: the line's completed chunks kept within `max_bytes`, `max_age`, `min_free`,
 //!   `keep_local`; with uploads, also the upload queue (confirmed chunks have a marker).
-//! - [`upload`]: completed chunks to object storage (`[sink.parquet.upload]`).
+//! - [`upload`]: completed chunks to object storage or through IoT Hub's file upload
+//!   (`[sink.parquet.upload]`); [`integrity`]: Content-MD5 on its Azure and GCS requests.
 //! - [`error`]: [`ParquetError`], naming path and operation.
 //!
 //! See `docs/parquet.md` for the file layout and queries.
 
 pub mod error;
+pub mod integrity;
 pub mod retention;
 pub mod schema;
 pub mod sink;

@@ -32,6 +32,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::integrity::Md5Connector;
 use super::retention::{sync_new, Retention};
 use crate::backoff::Backoff;
 use crate::cloud::hub::files::{BlobGrant, FileUploads, Outcome};
@@ -158,6 +159,7 @@ fn granted_blob(
         .with_endpoint(grant.endpoint())
         .with_sas_authorization(grant.sas_pairs())
         .with_client_options(options)
+        .with_http_connector(Md5Connector)
         .with_retry(retries())
         .build()
         .map_err(|e| e.to_string())?;
@@ -199,8 +201,15 @@ fn build(
             object_store::aws::AmazonS3Builder,
             with_checksum_algorithm(object_store::aws::Checksum::SHA256)
         ),
-        S::MicrosoftAzure => configured!(object_store::azure::MicrosoftAzureBuilder),
-        S::GoogleCloudStorage => configured!(object_store::gcp::GoogleCloudStorageBuilder),
+        // The store checks each request's Content-MD5.
+        S::MicrosoftAzure => configured!(
+            object_store::azure::MicrosoftAzureBuilder,
+            with_http_connector(Md5Connector)
+        ),
+        S::GoogleCloudStorage => configured!(
+            object_store::gcp::GoogleCloudStorageBuilder,
+            with_http_connector(Md5Connector)
+        ),
         S::Local => {
             if let Some((k, _)) = settings.first() {
                 return Err(unknown(k));
