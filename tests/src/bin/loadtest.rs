@@ -40,6 +40,10 @@ struct Args {
     /// The upload's keep_local, e.g. "0s" (default: kept).
     #[arg(long)]
     keep_local: Option<String>,
+    /// With --upload azurite: start Azurite this long into the run (a backlog builds, then
+    /// goes up as fast as it can: the upload's capacity).
+    #[arg(long, value_parser = humantime_parse)]
+    store_after: Option<Duration>,
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
@@ -325,6 +329,7 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
     }
     let uploaded = dir.join("uploaded");
     let mut _azurite = None;
+    let mut azurite_port = 0;
     let metrics_port = tests::free_port();
     if let Some(kind) = &args.upload {
         let keep_local = args
@@ -333,7 +338,10 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
             .map_or(String::new(), |k| format!("keep_local = \"{k}\"\n"));
         if kind == "azurite" {
             let port = tests::free_port();
-            _azurite = Some(azurite(&dir.join("azurite"), port)?);
+            azurite_port = port;
+            if args.store_after.is_none() {
+                _azurite = Some(azurite(&dir.join("azurite"), port)?);
+            }
             parquet_extra.push_str(&format!(
                 "\n[sink.parquet.upload]\nto = \"az://chunks/bench\"\n{keep_local}\
                  options = {{ azure_storage_account_name = \"devstoreaccount1\", azure_storage_endpoint = \"http://127.0.0.1:{port}/devstoreaccount1\", azure_allow_http = \"true\" }}\n\
@@ -495,6 +503,34 @@ dir = "{}"
             }
         }
         std::thread::sleep(duration.saturating_sub(t0.elapsed()));
+    } else if upload0.is_some() {
+        // Uploaded bytes and pending chunks every second. With --store-after a backlog waits
+        // for the store: how fast it drains (first byte to nothing pending) is the upload's
+        // capacity, at 1 s resolution.
+        let mut series = Vec::new();
+        while t0.elapsed() < duration {
+            if let (Some(after), None) = (args.store_after, &_azurite) {
+                if t0.elapsed() >= after {
+                    _azurite = Some(azurite(&dir.join("azurite"), azurite_port)?);
+                }
+            }
+            let (_, bytes, _, pending) = scrape();
+            series.push((t0.elapsed().as_secs_f64(), bytes, pending));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let start = series.iter().position(|w| w.1 > series[0].1);
+        let end = start.and_then(|i| series[i..].iter().position(|w| w.2 == 0.0).map(|j| i + j));
+        if let (Some(i), Some(j), Some(after)) = (start, end, args.store_after) {
+            let (t_prev, b_prev) = (series[i.saturating_sub(1)].0, series[i.saturating_sub(1)].1);
+            let mb = (series[j].1 - b_prev) / 1e6;
+            let secs = (series[j].0 - t_prev).max(1.0);
+            eprintln!(
+                "{}: backlog of {:.0} s: {mb:.1} MB up in at most {secs:.0} s = at least {:.1} MB/s",
+                s.id,
+                after.as_secs_f64(),
+                mb / secs
+            );
+        }
     } else {
         std::thread::sleep(duration);
     }
@@ -516,15 +552,15 @@ dir = "{}"
     }
     {
         let d = disk.lock().unwrap();
-        let mb = |b: u64| b as f64 / 1e6;
+        let kb = |b: u64| b as f64 / 1e3;
         let after_1m: Vec<u64> = d.iter().skip(12).copied().collect();
         if let (Some(max), Some(last)) = (after_1m.iter().max(), d.last()) {
             eprintln!(
-                "{}: local Parquet directory after the first minute: min {:.1} MB, max {:.1} MB, last {:.1} MB ({} samples every 5 s)",
+                "{}: local Parquet directory after the first minute: min {:.0} kB, max {:.0} kB, last {:.0} kB ({} samples every 5 s)",
                 s.id,
-                mb(*after_1m.iter().min().unwrap_or(max)),
-                mb(*max),
-                mb(*last),
+                kb(*after_1m.iter().min().unwrap_or(max)),
+                kb(*max),
+                kb(*last),
                 after_1m.len()
             );
         }
