@@ -190,7 +190,8 @@ fn hooks() -> connector::runner::Hooks {
             .map(Into::into),
         upload_part_bytes: std::env::var("OPCUA_CONNECTOR_FAULT_UPLOAD_PART_BYTES")
             .ok()
-            .and_then(|v| v.parse().ok()),
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0),
     }
 }
 

@@ -181,8 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with hub.lock:
             hub.requests += 1
-        if urllib.parse.parse_qs(url.query).get("api-version") is None:
-            return self._reply(400, {"Message": "api-version is missing"})
+        if urllib.parse.parse_qs(url.query).get("api-version") != ["2021-04-12"]:
+            return self._reply(400, {"Message": "api-version must be 2021-04-12"})
         if len(parts) < 3 or parts[0] != "devices" or parts[2] != "files":
             return self._reply(404, {"Message": f"no such endpoint {url.path}"})
         device = urllib.parse.unquote(parts[1])
@@ -206,12 +206,15 @@ class _Handler(BaseHTTPRequestHandler):
                                      "containerName": hub.container, "blobName": blob, "sasToken": f"?{sas}"})
         if parts[3:] == ["notifications"]:
             with hub.lock:
+                typed = (isinstance(request.get("isSuccess"), bool) and isinstance(request.get("statusCode"), int)
+                         and isinstance(request.get("statusDescription"), str))
+                if not typed:
+                    return self._reply(400, {"Message": "isSuccess, statusCode, statusDescription: wrong types"})
                 blob = hub.grants.pop(request.get("correlationId"), None)
                 if blob is None:
                     return self._reply(400, {"Message": "unknown correlationId"})
-                hub.notifications.append(Notification(blob, bool(request["isSuccess"]),
-                                                      int(request.get("statusCode", 0)),
-                                                      str(request.get("statusDescription", ""))))
+                hub.notifications.append(Notification(blob, request["isSuccess"], request["statusCode"],
+                                                      request["statusDescription"]))
             return self._reply(204)
         return self._reply(404, {"Message": f"no such endpoint {url.path}"})
 

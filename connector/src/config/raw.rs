@@ -262,7 +262,7 @@ pub struct RawParquet {
     pub max_age: Option<Spanned<RawDuration>>,
     /// Free space to leave, oldest chunks deleted below it; default "256MiB" (0: off).
     pub min_free: Option<Spanned<RawSize>>,
-    /// Every completed chunk uploaded to object storage; default none.
+    /// Every completed chunk uploaded to object storage or through IoT Hub; default none.
     pub upload: Option<Spanned<RawUpload>>,
 }
 
@@ -367,7 +367,7 @@ pub struct RawHub {
     pub insecure_endpoint: Option<Spanned<String>>,
     /// Tests only: the hub's HTTPS API (file upload) at this loopback host:port, TLS still checked against the hub's name; default none.
     pub https_endpoint: Option<Spanned<String>>,
-    /// PEM file of the hub's root CA (the system's are not used); required unless insecure_endpoint.
+    /// PEM file of the hub's root CA (the system's are not used); required unless insecure_endpoint without https_endpoint.
     pub ca_file: Option<Spanned<String>>,
     /// Samples of one group per message at most; default 500.
     #[schemars(range(min = 1))]

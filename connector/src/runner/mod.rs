@@ -324,6 +324,7 @@ fn spawn_uploader(
         root: parquet.dir.clone(),
         metrics,
         part: hooks.upload_part_bytes.unwrap_or(PART),
+        busy: Default::default(),
     };
     let token = stage.token.clone();
     spawn_sender(stage, "upload", uploader.run(token), watched)

@@ -38,11 +38,11 @@ struct Args {
     #[arg(long)]
     roll: Option<String>,
     /// The upload's keep_local, e.g. "0s" (default: kept).
-    #[arg(long)]
+    #[arg(long, requires = "upload")]
     keep_local: Option<String>,
     /// With --upload azurite: start Azurite this long into the run (a backlog builds, then
     /// goes up as fast as it can: the upload's capacity).
-    #[arg(long, value_parser = humantime_parse)]
+    #[arg(long, value_parser = humantime_parse, requires = "upload")]
     store_after: Option<Duration>,
 }
 

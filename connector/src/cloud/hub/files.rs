@@ -31,8 +31,8 @@ pub struct FileUploads {
     sas_ttl: Duration,
 }
 
-/// What the hub grants for one upload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// What the hub grants for one upload (its `Debug` leaves the SAS out).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BlobGrant {
     /// Names this upload in the notification.
@@ -44,6 +44,17 @@ pub struct BlobGrant {
     pub blob_name: String,
     /// The SAS query of the blob's URI, `?sv=...&sig=...`.
     pub sas_token: String,
+}
+
+impl std::fmt::Debug for BlobGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobGrant")
+            .field("correlation_id", &self.correlation_id)
+            .field("host_name", &self.host_name)
+            .field("container_name", &self.container_name)
+            .field("blob_name", &self.blob_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BlobGrant {

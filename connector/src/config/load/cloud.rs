@@ -532,7 +532,7 @@ impl Check<'_> {
                 });
         let ca_file = match (&raw.ca_file, &raw.insecure_endpoint, &raw.https_endpoint) {
             (Some(ca), Some(_), None) => {
-                self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one");
+                self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one, or give https_endpoint (a test hub's HTTPS API, which uses it)");
                 None
             }
             (Some(ca), _, _) => self

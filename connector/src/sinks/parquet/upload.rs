@@ -47,6 +47,20 @@ pub const PART: usize = 16 << 20;
 /// How long the uploader goes on after a stop (within the cloud connections' share of it).
 const DRAIN: Duration = Duration::from_millis(700);
 
+/// Through IoT Hub, how long the chunk in flight at a stop may take to finish (grant, blob,
+/// notification, marker), within the cloud connections' share of the stop; no new one starts.
+const HUB_DRAIN: Duration = Duration::from_millis(900);
+
+/// How long one request may take: a part of [`PART`] at about 450 kbit/s (object_store's
+/// default, 30 s, would fail every attempt on a slow uplink and hold up every later chunk).
+/// `options = { timeout = "..." }` sets it for a store.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The HTTP client's options of every store: [`REQUEST_TIMEOUT`].
+fn client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new().with_timeout(REQUEST_TIMEOUT)
+}
+
 /// object_store's own retries of one request, under the uploader's back-off: few and short,
 /// so that a failed attempt is reported (counted, logged, gauges updated) within a minute.
 fn retries() -> object_store::RetryConfig {
@@ -149,7 +163,7 @@ fn granted_blob(
     grant: &BlobGrant,
     roots: &[object_store::Certificate],
 ) -> Result<(Box<dyn ObjectStore>, ObjectPath), String> {
-    let mut options = object_store::ClientOptions::new();
+    let mut options = client_options();
     for root in roots {
         options = options.with_root_certificate(root.clone());
     }
@@ -187,6 +201,7 @@ fn build(
         ($builder:ty $(, $touch:ident($($arg:expr),*))?) => {{
             let mut b = <$builder>::from_env()
                 .with_url(url.as_str())
+                .with_client_options(client_options())
                 .with_retry(retries())
                 $(.$touch($($arg),*))?;
             for (k, v) in settings {
@@ -238,6 +253,8 @@ pub struct Uploader {
     /// Chunks up to this size go up in one request, larger ones in parts of it ([`PART`];
     /// tests make it small).
     pub part: usize,
+    /// A chunk is on its way through the hub (between grant and marker).
+    pub busy: std::sync::atomic::AtomicBool,
 }
 
 impl Uploader {
@@ -247,13 +264,28 @@ impl Uploader {
     pub async fn run(self, stop: CancellationToken) {
         let drained = async {
             stop.cancelled().await;
-            tokio::time::sleep(DRAIN).await;
+            if self.hub() {
+                // A grant cut before its notification stays open at the hub (it allows 10 per
+                // device) until its SAS expires: let the one in flight finish.
+                let _ = tokio::time::timeout(HUB_DRAIN, async {
+                    while self.busy.load(Ordering::Acquire) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                })
+                .await;
+            } else {
+                tokio::time::sleep(DRAIN).await;
+            }
         };
         tokio::select! {
             () = self.work(&stop) => {}
             () = drained => {}
         }
         self.retention.publish_pending(&self.metrics);
+    }
+
+    fn hub(&self) -> bool {
+        matches!(self.destination.target, Target::Hub { .. })
     }
 
     fn count(&self, bytes: u64) {
@@ -268,6 +300,10 @@ impl Uploader {
         info!(to = %self.destination.shown, "uploading completed chunks");
         loop {
             self.retention.publish_pending(&self.metrics);
+            if stop.is_cancelled() && self.hub() {
+                // Through the hub nothing new starts after a stop (see `run`).
+                return;
+            }
             let Some((path, bytes)) = self.retention.first_pending() else {
                 if stop.is_cancelled() {
                     return;
@@ -335,7 +371,10 @@ impl Uploader {
             }
             Target::Hub { api, roots } => {
                 let name = key(&ObjectPath::default(), relative).map_err(Failure::Retry)?;
-                self.through_hub(api, roots, &name, path, bytes).await
+                self.busy.store(true, Ordering::Release);
+                let done = self.through_hub(api, roots, &name, path, bytes).await;
+                self.busy.store(false, Ordering::Release);
+                done
             }
         }
     }
@@ -366,6 +405,11 @@ impl Uploader {
                 }
             }
             .await;
+            // The back end sees the error: its first 256 characters.
+            let error: String = match &result {
+                Err(Failure::Retry(e)) => e.chars().take(256).collect(),
+                _ => String::new(),
+            };
             let outcome = match &result {
                 Ok(true) => Outcome {
                     success: true,
@@ -383,10 +427,10 @@ impl Uploader {
                     status: 410,
                     description: "the local chunk was deleted",
                 },
-                Err(Failure::Retry(e)) => Outcome {
+                Err(Failure::Retry(_)) => Outcome {
                     success: false,
                     status: 500,
-                    description: e,
+                    description: &error,
                 },
             };
             let notified = api.notify(&grant, outcome).await;
@@ -399,7 +443,10 @@ impl Uploader {
                     })?;
                     return self.confirm(path);
                 }
-                Ok(false) => continue,
+                Ok(false) => {
+                    // The hub must have released the grant before another is asked for.
+                    notified.map_err(Failure::Retry)?;
+                }
                 // The upload's error says more than a failed notification.
                 Err(e) => return Err(e),
             }
