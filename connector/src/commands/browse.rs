@@ -54,7 +54,7 @@ pub async fn browse(args: BrowseArgs) -> Outcome {
     };
     let runtime = |e: String| Failure::Runtime(e);
     let mut client = session::client(&pki, &plc.id).map_err(|e| runtime(e.to_string()))?;
-    let endpoint = session::endpoint(&client, &plc)
+    let endpoint = session::endpoint(&client, &plc, &pki.dir)
         .await
         .map_err(|e| runtime(e.to_string()))?;
     let identity =

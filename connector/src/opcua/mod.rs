@@ -9,6 +9,8 @@
 //! - [`convert`]: OPC UA values to samples.
 //! - [`link`]: the session handle used for writes and method calls.
 //! - [`tcp`]: the socket connector (TCP_NODELAY).
+//! - [`trust`]: our check of a server's certificate (alternative names in any order, CAs in
+//!   `pki/issuers/` with their CRLs).
 
 pub mod browse;
 pub mod convert;
@@ -17,3 +19,4 @@ pub mod resolve;
 pub mod session;
 pub mod subscribe;
 pub mod tcp;
+pub mod trust;

@@ -64,6 +64,13 @@ pub enum SessionError {
         status: StatusCode,
         cause: String,
     },
+    #[error("plc {plc}: the server certificate of {endpoint} is refused: {reason} ({status})")]
+    Certificate {
+        plc: String,
+        endpoint: String,
+        status: StatusCode,
+        reason: String,
+    },
 }
 
 /// Why the server (or we) refused the session, in words a person can act on; `None` for
@@ -156,6 +163,10 @@ impl Pacing {
     /// as an error; a repeated refusal is logged at debug level).
     fn failed(&mut self, e: &SessionError) -> (Duration, bool) {
         match e {
+            SessionError::Certificate { status, reason, .. } => (
+                self.refused.next_wait(),
+                self.logged.insert(format!("{status} {reason}")),
+            ),
             SessionError::Refused { status, .. } => {
                 // async-opcua reports a server certificate that is already in rejected/ as
                 // BadSecurityChecksFailed: the same outage as the BadCertificateUntrusted
@@ -219,6 +230,9 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
         .create_sample_keypair(true)
         .pki_dir(&pki.dir)
         .trust_server_certs(pki.trust_unknown_servers)
+        // The stack's own checks of time, host and application URI want the URI as the first
+        // alternative name: `trust` does them, in any order, with CAs and CRLs.
+        .verify_server_certs(false)
         .session_retry_limit(-1)
         .session_retry_initial(Duration::from_millis(250))
         .session_retry_max(Duration::from_secs(1))
@@ -241,7 +255,12 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
 /// missing, once, before the sessions start: the data and write sessions of a first start
 /// would otherwise race to create them, and the loser logs a spurious error.
 pub fn prepare_pki(pki: &Pki) -> Result<(), SessionError> {
-    client(pki, "(all)").map(|_| ())
+    client(pki, "(all)")?;
+    let issuers = pki.dir.join(crate::opcua::trust::ISSUERS_DIR);
+    std::fs::create_dir_all(&issuers).map_err(|e| SessionError::Client {
+        plc: "(all)".to_owned(),
+        message: format!("cannot create {}: {e}", issuers.display()),
+    })
 }
 
 static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -289,7 +308,13 @@ pub fn identity(plc: &str, auth: &Auth) -> Result<IdentityToken, SessionError> {
 
 /// Picks the server's endpoint for the configured security, and keeps the URL we dialled:
 /// servers advertise their own host name, which is wrong behind NAT, port mappings, tunnels.
-pub async fn endpoint(client: &Client, plc: &Plc) -> Result<EndpointDescription, SessionError> {
+/// A secure endpoint's certificate is checked ([`trust`](crate::opcua::trust)) against
+/// `pki_dir` first.
+pub async fn endpoint(
+    client: &Client,
+    plc: &Plc,
+    pki_dir: &Path,
+) -> Result<EndpointDescription, SessionError> {
     let endpoints = client
         .get_server_endpoints_from_url(plc.endpoint.as_str())
         .await
@@ -307,6 +332,9 @@ pub async fn endpoint(client: &Client, plc: &Plc) -> Result<EndpointDescription,
         Some(e) => {
             let mut e = e.clone();
             e.endpoint_url = plc.endpoint.as_str().into();
+            if mode != MessageSecurityMode::None {
+                check_certificate(plc, pki_dir, &e)?;
+            }
             Ok(e)
         }
         None => Err(SessionError::NoMatchingEndpoint {
@@ -325,6 +353,34 @@ pub async fn endpoint(client: &Client, plc: &Plc) -> Result<EndpointDescription,
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
+        }),
+    }
+}
+
+/// The endpoint's certificate (the one the session will be pinned to), checked by `trust`.
+fn check_certificate(
+    plc: &Plc,
+    pki_dir: &Path,
+    e: &EndpointDescription,
+) -> Result<(), SessionError> {
+    let host = url::Url::parse(&plc.endpoint)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let der = e.server_certificate.as_ref();
+    let uri = e.server.application_uri.as_ref();
+    match crate::opcua::trust::check_server(pki_dir, der, uri, &host, std::time::SystemTime::now())
+    {
+        Ok(crate::opcua::trust::Trust::Issued(ca)) => {
+            info!(plc = %plc.id, issuer = %ca, "server certificate issued by a CA in pki/issuers/, not revoked: trusted");
+            Ok(())
+        }
+        Ok(crate::opcua::trust::Trust::List) => Ok(()),
+        Err(r) => Err(SessionError::Certificate {
+            plc: plc.id.clone(),
+            endpoint: plc.endpoint.clone(),
+            status: r.status,
+            reason: r.reason,
         }),
     }
 }
@@ -362,7 +418,7 @@ type EventLoop = opcua::client::SessionEventLoop<crate::opcua::tcp::NoDelayConne
 /// A session to the PLC's endpoint (not yet connected: drive its event loop).
 async fn open(plc: &Plc, pki: &Pki) -> Result<(Arc<Session>, EventLoop), SessionError> {
     let client = client(pki, &plc.id)?;
-    let endpoint = endpoint(&client, plc).await?;
+    let endpoint = endpoint(&client, plc, &pki.dir).await?;
     let identity = identity(&plc.id, &plc.auth)?;
     let connect_error = |e: opcua::types::Error| SessionError::Connect {
         plc: plc.id.clone(),
@@ -427,7 +483,10 @@ pub async fn run_writes(plc: Plc, pki: Pki, link: LinkSender, shutdown: Cancella
                 let retry_in_s = wait.as_secs_f64().round();
                 if !news {
                     debug!(plc = %plc.id, error = %e, retry_in_s, "write session still not connected");
-                } else if matches!(e, SessionError::Refused { .. }) {
+                } else if matches!(
+                    e,
+                    SessionError::Refused { .. } | SessionError::Certificate { .. }
+                ) {
                     error!(plc = %plc.id, error = %e, retry_in_s, "write session refused, retrying slowly (up to every 5 min)");
                 } else {
                     warn!(plc = %plc.id, error = %e, retry_in_ms = wait.as_millis() as u64, "write session not connected");
@@ -516,6 +575,8 @@ pub async fn run(
                 let retry_in_s = wait.as_secs_f64().round();
                 if !news {
                     debug!(plc = %plc.id, error = %e, retry_in_s, "plc still not connected");
+                } else if matches!(e, SessionError::Certificate { .. }) {
+                    error!(plc = %plc.id, error = %e, retry_in_s, "server certificate refused, retrying slowly (up to every 5 min)");
                 } else if matches!(e, SessionError::Refused { .. }) {
                     error!(plc = %plc.id, error = %e, retry_in_s, "plc refused the session, retrying slowly (up to every 5 min)");
                 } else {

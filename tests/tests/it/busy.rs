@@ -32,14 +32,14 @@ fn node_dir() -> PathBuf {
 }
 
 /// A node script, killed when dropped, with its stdout lines.
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
     lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     name: &'static str,
 }
 
 impl Peer {
-    fn start(name: &'static str, args: &[String]) -> Peer {
+    pub(crate) fn start(name: &'static str, args: &[String]) -> Peer {
         let dir = node_dir();
         assert!(
             dir.join("node_modules/node-opcua").is_dir(),
@@ -68,7 +68,7 @@ impl Peer {
     }
 
     /// The next stdout line that starts with `prefix`, within `deadline`.
-    async fn line(&mut self, prefix: &str, deadline: Duration) -> String {
+    pub(crate) async fn line(&mut self, prefix: &str, deadline: Duration) -> String {
         let name = self.name;
         tokio::time::timeout(deadline, async {
             loop {

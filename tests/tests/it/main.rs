@@ -14,6 +14,7 @@ mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
 mod refusals;
+mod secure;
 mod service;
 mod unattended;
 mod writes;

@@ -342,7 +342,7 @@ async fn a_throttled_acknowledgement_is_sent_again_until_the_hub_takes_it() {
     running.stop().await;
 }
 
-async fn publisher(port: u16) -> rumqttc::AsyncClient {
+pub(crate) async fn publisher(port: u16) -> rumqttc::AsyncClient {
     let o = rumqttc::MqttOptions::new(format!("requester-{port}"), "127.0.0.1", port);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
     tokio::spawn(async move {
@@ -358,7 +358,11 @@ async fn publisher(port: u16) -> rumqttc::AsyncClient {
 /// Sends a request (again every 300 ms) until `found` gives its answer: the connector
 /// subscribes to its command topics shortly after it starts, and a repeated id is harmless
 /// by design.
-async fn until_answered<T, S, Fut>(what: &str, send: S, found: impl Fn() -> Option<T>) -> T
+pub(crate) async fn until_answered<T, S, Fut>(
+    what: &str,
+    send: S,
+    found: impl Fn() -> Option<T>,
+) -> T
 where
     S: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -378,7 +382,7 @@ where
 }
 
 /// The answers on `topic` collected by `sub`, as JSON.
-fn answers(sub: &Subscriber, topic: &str) -> Vec<Value> {
+pub(crate) fn answers(sub: &Subscriber, topic: &str) -> Vec<Value> {
     sub.messages
         .lock()
         .unwrap()
