@@ -6,7 +6,8 @@
 //!   become [`Sample`](crate::sample::Sample) batches handed to the pipeline.
 //! - [`resolve`]: namespace URIs to indexes, node ids of the config to the server's.
 //! - [`browse`]: walking an address space (`opcua-connector browse`, `browse` groups).
-//! - [`convert`]: OPC UA values to samples.
+//! - [`convert`]: OPC UA values to samples; [`structures`]: the server's own structure types,
+//!   decoded from their DataTypeDefinitions.
 //! - [`link`]: the session handle used for writes and method calls.
 //! - [`tcp`]: the socket connector (TCP_NODELAY).
 //! - [`trust`]: our check of a server's certificate (alternative names in any order, CAs in
@@ -17,6 +18,7 @@ pub mod convert;
 pub mod link;
 pub mod resolve;
 pub mod session;
+pub mod structures;
 pub mod subscribe;
 pub mod tcp;
 pub mod trust;

@@ -30,6 +30,7 @@ use crate::config::{Auth, Pki, Plc, SecurityMode, SecurityPolicy};
 use crate::metrics::PlcMetrics;
 use crate::opcua::link::{publish_link, LinkSender};
 use crate::opcua::resolve::Namespaces;
+use crate::opcua::structures::Structures;
 use crate::opcua::subscribe::{self, Created};
 use crate::pipeline::SampleSender;
 
@@ -415,8 +416,13 @@ enum Event {
 
 type EventLoop = opcua::client::SessionEventLoop<crate::opcua::tcp::NoDelayConnector>;
 
-/// A session to the PLC's endpoint (not yet connected: drive its event loop).
-async fn open(plc: &Plc, pki: &Pki) -> Result<(Arc<Session>, EventLoop), SessionError> {
+/// A session to the PLC's endpoint (not yet connected: drive its event loop), decoding the
+/// server's structures with `structures` when given.
+async fn open(
+    plc: &Plc,
+    pki: &Pki,
+    structures: Option<Arc<Structures>>,
+) -> Result<(Arc<Session>, EventLoop), SessionError> {
     let client = client(pki, &plc.id)?;
     let endpoint = endpoint(&client, plc, &pki.dir).await?;
     let identity = identity(&plc.id, &plc.auth)?;
@@ -425,12 +431,16 @@ async fn open(plc: &Plc, pki: &Pki) -> Result<(Arc<Session>, EventLoop), Session
         status: e.status(),
     };
     // Our TCP connector (TCP_NODELAY), otherwise what `connect_to_endpoint_directly` does.
-    client
+    let mut builder = client
         .session_builder()
         .with_connector(crate::opcua::tcp::NoDelay)
         .connect_to_endpoint_directly(endpoint)
         .map_err(connect_error)?
-        .user_identity_token(identity)
+        .user_identity_token(identity);
+    if let Some(s) = structures {
+        builder = builder.type_loader(s);
+    }
+    builder
         .build(client.certificate_store().clone())
         .map_err(connect_error)
 }
@@ -506,7 +516,7 @@ async fn serve_writes(
     shutdown: &CancellationToken,
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
-    let (session, event_loop) = open(plc, pki).await?;
+    let (session, event_loop) = open(plc, pki, None).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
     let mut namespaces: Option<Namespaces> = None;
     let mut read_at: Option<tokio::time::Instant> = None;
@@ -626,7 +636,8 @@ async fn connect_and_serve(
     shutdown: &CancellationToken,
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
-    let (session, event_loop) = open(plc, pki).await?;
+    let structures = Arc::new(Structures::default());
+    let (session, event_loop) = open(plc, pki, Some(structures.clone())).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
 
     // The first connect: the event loop reports Reconnected(NewSession) once connected.
@@ -678,7 +689,7 @@ async fn connect_and_serve(
                 resubscribe_at = None;
                 // A new subscription, a new outage: its first loss is logged at once.
                 let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
-                match setup(&session, plc, tx, &recovery, metrics, spread).await {
+                match setup(&session, plc, tx, &recovery, metrics, spread, &structures).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
@@ -717,8 +728,10 @@ async fn setup(
     recovery: &subscribe::Recovery,
     metrics: &Arc<PlcMetrics>,
     spread: bool,
+    structures: &Structures,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
+    read_structures(session, plc, structures).await;
     let created =
         subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics, spread).await?;
     info!(
@@ -728,6 +741,27 @@ async fn setup(
         "subscribed"
     );
     Ok(created)
+}
+
+/// Reads the server's own data types (not namespace 0) into `structures`, before the
+/// subscriptions deliver values of them; a server that cannot say keeps them as bytes.
+async fn read_structures(session: &Session, plc: &Plc, structures: &Structures) {
+    let builder =
+        opcua::client::custom_types::DataTypeTreeBuilder::new(|id: &opcua::types::NodeId| {
+            id.namespace != 0
+        });
+    match builder.build(session).await {
+        Ok(tree) => {
+            structures.set(tree);
+            let n = structures.count();
+            if n > 0 {
+                info!(plc = %plc.id, structures = n, "the server's structure types read: their values land with field names");
+            }
+        }
+        Err(e) => {
+            warn!(plc = %plc.id, error = %e, "cannot read the server's data types: values of its own structures stay bytes with their type id");
+        }
+    }
 }
 
 /// Asks the server for a notification message we did not receive.

@@ -93,19 +93,22 @@ impl Hub {
         &self.identity
     }
 
-    /// The client of the hub's file-upload API, with this identity and the hub's TLS.
-    pub fn file_uploads(&self) -> Result<FileUploads, HubError> {
+    /// TLS to the hub: its CA file, and the X.509 client certificate when configured.
+    fn tls(&self) -> Result<rustls::ClientConfig, HubError> {
         let client = self
             .client_cert
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        let tls = rustls_config(self.cfg.ca_file.as_deref(), client)
-            .map_err(|e| HubError::Tls(e.to_string()))?;
+        rustls_config(self.cfg.ca_file.as_deref(), client).map_err(|e| HubError::Tls(e.to_string()))
+    }
+
+    /// The client of the hub's file-upload API, with this identity and the hub's TLS.
+    pub fn file_uploads(&self) -> Result<FileUploads, HubError> {
         FileUploads::new(
             &self.identity,
             self.key.clone(),
             self.cfg.sas_ttl,
-            tls,
+            self.tls()?,
             self.cfg.https_endpoint.as_deref(),
         )
         .map_err(HubError::Files)
@@ -137,14 +140,8 @@ impl Hub {
             o.set_credentials(self.identity.username(), "");
         }
         if tls {
-            let client = self
-                .client_cert
-                .as_ref()
-                .map(|(c, k)| (c.as_path(), k.as_path()));
-            let rc = rustls_config(self.cfg.ca_file.as_deref(), client)
-                .map_err(|e| HubError::Tls(e.to_string()))?;
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(rc),
+                Arc::new(self.tls()?),
             )));
         }
         Ok(o)

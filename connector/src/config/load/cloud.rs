@@ -495,41 +495,19 @@ impl Check<'_> {
                 Some(d)
             }),
         };
-        let insecure_endpoint =
-            raw.insecure_endpoint
-                .as_ref()
-                .map(|e| match parse_host_port(e.get_ref()) {
-                    Ok((host, _)) if is_loopback_host(host) => {
-                        self.warn(Some(e.span()), &k("insecure_endpoint"), "plain MQTT to the hub (no TLS): for tests against a local hub double only");
-                        Some(e.get_ref().clone())
-                    }
-                    Ok((host, _)) => {
-                        self.at(e, &k("insecure_endpoint"), format!("{host:?} is not a loopback address: insecure_endpoint sends the SAS token in clear and takes commands from whoever answers, so it is allowed on 127.0.0.1, ::1 or localhost only (tests)"));
-                        None
-                    }
-                    Err(message) => {
-                        self.at(e, &k("insecure_endpoint"), message);
-                        None
-                    }
-                });
+        let insecure_endpoint = self.test_endpoint(
+            raw.insecure_endpoint.as_ref(),
+            &k("insecure_endpoint"),
+            "plain MQTT to the hub (no TLS): for tests against a local hub double only",
+            "insecure_endpoint sends the SAS token in clear and takes commands from whoever answers, so it is allowed on 127.0.0.1, ::1 or localhost only (tests)",
+        );
         // TLS on the hub's HTTPS API (file upload), checked against the hub's name.
-        let https_endpoint =
-            raw.https_endpoint
-                .as_ref()
-                .map(|e| match parse_host_port(e.get_ref()) {
-                    Ok((host, _)) if is_loopback_host(host) => {
-                        self.warn(Some(e.span()), &k("https_endpoint"), "the hub's HTTPS API is reached at a loopback address: for tests against a local hub double only");
-                        Some(e.get_ref().clone())
-                    }
-                    Ok((host, _)) => {
-                        self.at(e, &k("https_endpoint"), format!("{host:?} is not a loopback address: https_endpoint is for tests against a local hub double (127.0.0.1, ::1 or localhost)"));
-                        None
-                    }
-                    Err(message) => {
-                        self.at(e, &k("https_endpoint"), message);
-                        None
-                    }
-                });
+        let https_endpoint = self.test_endpoint(
+            raw.https_endpoint.as_ref(),
+            &k("https_endpoint"),
+            "the hub's HTTPS API is reached at a loopback address: for tests against a local hub double only",
+            "https_endpoint is for tests against a local hub double (127.0.0.1, ::1 or localhost)",
+        );
         let ca_file = match (&raw.ca_file, &raw.insecure_endpoint, &raw.https_endpoint) {
             (Some(ca), Some(_), None) => {
                 self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one, or give https_endpoint (a test hub's HTTPS API, which uses it)");
@@ -563,14 +541,42 @@ impl Check<'_> {
         Some(HubConfig {
             auth: auth?,
             sas_ttl: sas_ttl?,
-            insecure_endpoint: optional(insecure_endpoint)?,
-            https_endpoint: optional(https_endpoint)?,
+            insecure_endpoint: insecure_endpoint?,
+            https_endpoint: https_endpoint?,
             ca_file: ca_file?,
             batch_max_samples: batch_max_samples?,
             batch_max_delay: batch_max_delay?,
             payload: payload?,
             pending_write_max_age: pending_write_max_age?,
         })
+    }
+
+    /// A tests-only `host:port` of `[hub]`: on loopback a warning (`warning`), elsewhere an
+    /// error (`why` says why loopback only). `Some(None)`: not given.
+    fn test_endpoint(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        warning: &str,
+        why: &str,
+    ) -> Option<Option<String>> {
+        let Some(e) = raw else {
+            return Some(None);
+        };
+        match parse_host_port(e.get_ref()) {
+            Ok((host, _)) if is_loopback_host(host) => {
+                self.warn(Some(e.span()), key, warning);
+                Some(Some(e.get_ref().clone()))
+            }
+            Ok((host, _)) => {
+                self.at(e, key, format!("{host:?} is not a loopback address: {why}"));
+                None
+            }
+            Err(message) => {
+                self.at(e, key, message);
+                None
+            }
+        }
     }
 
     fn x509(&mut self, raw: &RawX509, header: Span) -> Option<HubAuth> {

@@ -1,0 +1,136 @@
+//! A PLC's own structures (Siemens UDTs, Beckhoff structs, companion-spec types): decoded at
+//! runtime from the DataTypeDefinitions the server publishes, so that their values land with
+//! field names (nested structures and arrays of them included) instead of opaque bytes.
+//!
+//! After each new session the server's own data types (every namespace but 0) are read with
+//! async-opcua's `DataTypeTreeBuilder` and swapped into the one loader the session was built
+//! with. A value of such a type is decoded from exactly its encoded length and accepted only
+//! if the definition used every byte; anything else (a type without a definition, a field
+//! of a type the tree lacks, a definition that does not match the bytes) stays as it was
+//! before: bytes with the type's id, logged once per type, never an error that stops the
+//! subscription (a decode error inside a Publish response would close the connection).
+
+use std::collections::HashSet;
+use std::io::{Cursor, Read};
+use std::sync::{Arc, Mutex, RwLock};
+
+use opcua::types::custom::{DataTypeTree, DynamicTypeLoader};
+use opcua::types::{
+    ByteString, ByteStringBody, Context, DynEncodable, EncodingResult, NodeId, TypeLoader,
+    TypeLoaderPriority,
+};
+
+/// The session's loader of the server's structures; empty until a tree is set.
+#[derive(Default)]
+pub struct Structures {
+    current: RwLock<Option<(Arc<DataTypeTree>, DynamicTypeLoader)>>,
+    /// Types whose values could not be decoded (logged once each).
+    failed: Mutex<HashSet<NodeId>>,
+}
+
+impl Structures {
+    /// Uses `tree` from now on (a new session: the server's types may have changed).
+    pub fn set(&self, tree: DataTypeTree) {
+        let tree = Arc::new(tree);
+        let loader = DynamicTypeLoader::new(tree.clone());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((tree, loader));
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How many structure types the current tree can decode.
+    pub fn count(&self) -> usize {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current.as_ref().map_or(0, |(tree, _)| {
+            tree.encoding_to_data_type()
+                .values()
+                .filter(|t| tree.get_struct_type(t).is_some_and(|s| s.is_supported()))
+                .count()
+        })
+    }
+}
+
+impl TypeLoader for Structures {
+    fn load_from_binary(
+        &self,
+        node_id: &NodeId,
+        stream: &mut dyn Read,
+        ctx: &Context<'_>,
+        length: Option<usize>,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        let (tree, loader) = current.as_ref()?;
+        let data_type = tree.encoding_to_data_type().get(node_id).unwrap_or(node_id);
+        if !tree
+            .get_struct_type(data_type)
+            .is_some_and(|t| t.is_supported())
+        {
+            // Not one of ours: the stack's fallback keeps the bytes.
+            return None;
+        }
+        let Some(length) = length else {
+            // A field of a structure being decoded (its length is the enclosing value's,
+            // checked there).
+            return loader.load_from_binary(node_id, stream, ctx, None);
+        };
+        let mut body = vec![0u8; length];
+        if let Err(e) = stream.read_exact(&mut body) {
+            return Some(Err(e.into()));
+        }
+        let mut cursor = Cursor::new(&body[..]);
+        let decoded = loader.load_from_binary(node_id, &mut cursor, ctx, Some(length));
+        match decoded {
+            Some(Ok(value)) if cursor.position() as usize == length => Some(Ok(value)),
+            other => {
+                let why = match other {
+                    Some(Err(e)) => e.to_string(),
+                    Some(Ok(_)) => format!(
+                        "the definition read {} of {length} bytes",
+                        cursor.position()
+                    ),
+                    None => "no decoder for it".to_owned(),
+                };
+                let first = self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(node_id.clone());
+                if first {
+                    tracing::warn!(encoding = %node_id, data_type = %data_type, error = %why,
+                        "a value of this structure does not match its DataTypeDefinition: kept as bytes with its type id (said once per type)");
+                }
+                Some(Ok(Box::new(ByteStringBody::new(
+                    ByteString::from(body),
+                    node_id.clone(),
+                ))))
+            }
+        }
+    }
+
+    // async-opcua's XML side is built with the simulator only (feature `demo` turns it on).
+    #[cfg(feature = "demo")]
+    fn load_from_xml(
+        &self,
+        _node_id: &NodeId,
+        _stream: &mut opcua::types::xml::XmlStreamReader<&mut dyn Read>,
+        _ctx: &Context<'_>,
+        _name: &str,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        None
+    }
+
+    fn load_from_json(
+        &self,
+        _node_id: &NodeId,
+        _stream: &mut opcua::types::json::JsonStreamReader<&mut dyn Read>,
+        _ctx: &Context<'_>,
+    ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
+        None
+    }
+
+    fn priority(&self) -> TypeLoaderPriority {
+        TypeLoaderPriority::Dynamic(50)
+    }
+}

@@ -1,0 +1,147 @@
+"""A PLC's own structures, from an INDEPENDENT server (python-asyncua), decoded by the connector
+from the server's DataTypeDefinitions and landed in Parquet with field names.
+
+The server defines, in namespace `urn:interop:structs`, an enumeration `PlcMode` and two
+structures with DataTypeDefinitions: `MotorData` (Double, Float, Boolean) and `StationData`
+(String, UInt32, PlcMode, a nested MotorData, an array of MotorData); variables of
+`StationData` and of an array of `MotorData`. `opcua-connector run` subscribes to them; the
+rows' `value_json` must hold every field by name with its exact value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from asyncua import Server, ua
+from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
+
+from upload_helpers import connector_binary, free_port
+
+NS_URI = "urn:interop:structs"
+VT = ua.VariantType
+DEADLINE_S = 60.0
+
+MAIN = {"Speed": 1500.5, "Current": 3.25, "Running": True}
+AXES = [{"Speed": -12.125, "Current": 0.5, "Running": False}, {"Speed": 7e-3, "Current": 1.75, "Running": True}]
+STATION = {"Name": "Filler 1 – Ä", "Count": 4294967295, "Mode": 1, "Main": MAIN, "Axes": AXES}
+
+
+async def start_server() -> tuple[Server, int]:
+    server = Server()
+    await server.init()
+    port = free_port()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    idx = await server.register_namespace(NS_URI)
+    mode = await new_enum(server, idx, "PlcMode", ["Stopped", "Running", "Fault"])
+    motor, _ = await new_struct(server, idx, "MotorData", [
+        new_struct_field("Speed", VT.Double),
+        new_struct_field("Current", VT.Float),
+        new_struct_field("Running", VT.Boolean),
+    ])
+    station, _ = await new_struct(server, idx, "StationData", [
+        new_struct_field("Name", VT.String),
+        new_struct_field("Count", VT.UInt32),
+        new_struct_field("Mode", mode),
+        new_struct_field("Main", motor),
+        new_struct_field("Axes", motor, array=True),
+    ])
+    await server.load_data_type_definitions()
+    to_motor = lambda m: ua.MotorData(Speed=m["Speed"], Current=m["Current"], Running=m["Running"])  # noqa: E731
+    value = ua.StationData(Name=STATION["Name"], Count=STATION["Count"], Mode=ua.PlcMode(STATION["Mode"]),
+                           Main=to_motor(MAIN), Axes=[to_motor(a) for a in AXES])
+    folder = await server.nodes.objects.add_object(ua.NodeId("Structs", idx), "Structs")
+    await folder.add_variable(ua.NodeId("Station", idx), "Station", value, VT.ExtensionObject, datatype=station.nodeid)
+    await folder.add_variable(ua.NodeId("Axes", idx), "Axes", [to_motor(a) for a in AXES], VT.ExtensionObject,
+                              datatype=motor.nodeid)
+    await server.start()
+    return server, port
+
+
+def fields(value_json: str) -> Any:
+    """The structure's fields from the OPC UA JSON of a variant holding it (or an array)."""
+    def body(v: Any) -> Any:
+        if isinstance(v, dict) and "Body" in v and isinstance(v["Body"], (dict, list)):
+            return body(v["Body"])
+        if isinstance(v, dict) and "UaBody" in v:
+            return body(v["UaBody"])
+        if isinstance(v, list):
+            return [body(x) for x in v]
+        if isinstance(v, dict):
+            return {k: body(x) for k, x in v.items()}
+        return v
+    return body(json.loads(value_json))
+
+
+def same(expected: Any, got: Any) -> bool:
+    if isinstance(expected, dict):
+        return isinstance(got, dict) and all(k in got and same(v, got[k]) for k, v in expected.items())
+    if isinstance(expected, list):
+        return isinstance(got, list) and len(got) == len(expected) and all(same(e, g) for e, g in zip(expected, got))
+    return expected == got and type(expected) is type(got) or (isinstance(expected, float) and got == expected)
+
+
+async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str]:
+    server, port = await start_server()
+    config = tmp / "structs.toml"
+    nodes = ", ".join(f'"nsu={NS_URI};s={n}"' for n in ("Station", "Axes"))
+    config.write_text(
+        f'[line]\nid = "structs"\n\n[[plc]]\nid = "py"\nendpoint = "opc.tcp://127.0.0.1:{port}/"\n\n'
+        f'  [[plc.group]]\n  name = "s"\n  publishing_interval = "100ms"\n  nodes = [{nodes}]\n\n'
+        f'[pki]\ndir = "{tmp / "pki"}"\ntrust_unknown_servers = true\n\n'
+        f'[sink.parquet]\ndir = "{tmp / "out"}"\nroll_interval = "1s"\n'
+    )
+    log = tmp / "connector.log"
+    try:
+        with open(log, "wb") as err:
+            proc = subprocess.Popen([str(connector_binary()), "run", "--config", str(config)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                deadline = time.monotonic() + DEADLINE_S
+                while True:
+                    rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+                    if {r["name"] for r in rows} >= {"Station", "Axes"}:
+                        break
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"no rows of both structures within {DEADLINE_S} s\n{log.read_text()[-3000:]}")
+                    await asyncio.sleep(0.2)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+    finally:
+        await server.stop()
+    rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return rows, log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], str]:
+    return asyncio.run(scenario(tmp_path_factory.mktemp("structs")))
+
+
+def test_a_structure_lands_with_every_field_by_name_nested_and_arrays_included(landed) -> None:
+    rows, log = landed
+    station = [r for r in rows if r["name"] == "Station"]
+    assert station, log[-3000:]
+    for r in station:
+        assert r["status"] == 0 and r["value_json"] is not None, r
+        got = fields(r["value_json"])
+        assert same(STATION, got), f"{got}\n{r['value_json']}"
+
+
+def test_an_array_of_structures_lands_as_a_json_array_of_objects(landed) -> None:
+    rows, log = landed
+    axes = [r for r in rows if r["name"] == "Axes"]
+    assert axes, log[-3000:]
+    for r in axes:
+        got = fields(r["value_json"])
+        assert same(AXES, got), f"{got}\n{r['value_json']}"
+    assert "does not match its DataTypeDefinition" not in log
