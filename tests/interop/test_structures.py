@@ -5,7 +5,8 @@ The server defines, in namespace `urn:interop:structs`, an enumeration `PlcMode`
 structures with DataTypeDefinitions: `MotorData` (Double, Float, Boolean) and `StationData`
 (String, UInt32, PlcMode, a nested MotorData, an array of MotorData); variables of
 `StationData` and of an array of `MotorData`. `opcua-connector run` subscribes to them; the
-rows' `value_json` must hold every field by name with its exact value.
+rows' `value_json`, and the samples' `v` in the MQTT telemetry (mosquitto, read with
+paho-mqtt), must hold every field by name with its exact value.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pyarrow.parquet as pq
 import pytest
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 
-from upload_helpers import connector_binary, free_port
+from upload_helpers import Mosquitto, connector_binary, free_port
 
 NS_URI = "urn:interop:structs"
 VT = ua.VariantType
@@ -89,15 +91,34 @@ def same(expected: Any, got: Any) -> bool:
     return expected == got and type(expected) is type(got) or (isinstance(expected, float) and got == expected)
 
 
-async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str]:
+class Telemetry:
+    """Every sample of the telemetry on `opcua/#`, as JSON."""
+
+    def __init__(self, port: int) -> None:
+        self.samples: list[dict[str, Any]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="structs-test")
+        self.client.on_connect = lambda c, *_: c.subscribe("opcua/#", qos=1)
+        self.client.on_message = lambda _c, _u, m: self.samples.extend(json.loads(m.payload)["samples"])
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
     server, port = await start_server()
+    broker = Mosquitto(tmp)
+    telemetry = Telemetry(broker.port)
     config = tmp / "structs.toml"
     nodes = ", ".join(f'"nsu={NS_URI};s={n}"' for n in ("Station", "Axes"))
     config.write_text(
         f'[line]\nid = "structs"\n\n[[plc]]\nid = "py"\nendpoint = "opc.tcp://127.0.0.1:{port}/"\n\n'
         f'  [[plc.group]]\n  name = "s"\n  publishing_interval = "100ms"\n  nodes = [{nodes}]\n\n'
         f'[pki]\ndir = "{tmp / "pki"}"\ntrust_unknown_servers = true\n\n'
-        f'[sink.parquet]\ndir = "{tmp / "out"}"\nroll_interval = "1s"\n'
+        f'[sink.parquet]\ndir = "{tmp / "out"}"\nroll_interval = "1s"\n\n'
+        f'[sink.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n\n[buffer]\ndir = "{tmp / "buffer"}"\n'
     )
     log = tmp / "connector.log"
     try:
@@ -108,7 +129,8 @@ async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str]:
                 deadline = time.monotonic() + DEADLINE_S
                 while True:
                     rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-                    if {r["name"] for r in rows} >= {"Station", "Axes"}:
+                    names = {"Station", "Axes"}
+                    if {r["name"] for r in rows} >= names and {s["name"] for s in telemetry.samples} >= names:
                         break
                     if time.monotonic() > deadline:
                         pytest.fail(f"no rows of both structures within {DEADLINE_S} s\n{log.read_text()[-3000:]}")
@@ -117,18 +139,20 @@ async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str]:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
     finally:
+        telemetry.stop()
+        broker.stop()
         await server.stop()
     rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    return rows, log.read_text(errors="replace")
+    return rows, log.read_text(errors="replace"), telemetry.samples
 
 
 @pytest.fixture(scope="module")
-def landed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], str]:
+def landed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
     return asyncio.run(scenario(tmp_path_factory.mktemp("structs")))
 
 
 def test_a_structure_lands_with_every_field_by_name_nested_and_arrays_included(landed) -> None:
-    rows, log = landed
+    rows, log, _ = landed
     station = [r for r in rows if r["name"] == "Station"]
     assert station, log[-3000:]
     for r in station:
@@ -138,10 +162,20 @@ def test_a_structure_lands_with_every_field_by_name_nested_and_arrays_included(l
 
 
 def test_an_array_of_structures_lands_as_a_json_array_of_objects(landed) -> None:
-    rows, log = landed
+    rows, log, _ = landed
     axes = [r for r in rows if r["name"] == "Axes"]
     assert axes, log[-3000:]
     for r in axes:
         got = fields(r["value_json"])
         assert same(AXES, got), f"{got}\n{r['value_json']}"
     assert "does not match its DataTypeDefinition" not in log
+
+
+def test_the_telemetry_carries_the_same_fields(landed) -> None:
+    _, log, samples = landed
+    for name, expected in (("Station", STATION), ("Axes", AXES)):
+        got = [s for s in samples if s["name"] == name]
+        assert got, log[-3000:]
+        for s in got:
+            v = s["v"] if not isinstance(s["v"], str) else json.loads(s["v"])
+            assert same(expected, fields(json.dumps(v))), s
