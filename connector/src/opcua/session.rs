@@ -164,9 +164,10 @@ impl Pacing {
     /// as an error; a repeated refusal is logged at debug level).
     fn failed(&mut self, e: &SessionError) -> (Duration, bool) {
         match e {
-            SessionError::Certificate { status, reason, .. } => (
+            // By status: a reason may hold the current time.
+            SessionError::Certificate { status, .. } => (
                 self.refused.next_wait(),
-                self.logged.insert(format!("{status} {reason}")),
+                self.logged.insert(format!("certificate {status}")),
             ),
             SessionError::Refused { status, .. } => {
                 // async-opcua reports a server certificate that is already in rejected/ as
@@ -333,9 +334,7 @@ pub async fn endpoint(
         Some(e) => {
             let mut e = e.clone();
             e.endpoint_url = plc.endpoint.as_str().into();
-            if mode != MessageSecurityMode::None {
-                check_certificate(plc, pki_dir, &e)?;
-            }
+            check_certificate(plc, pki_dir, &e)?;
             Ok(e)
         }
         None => Err(SessionError::NoMatchingEndpoint {
@@ -364,6 +363,9 @@ fn check_certificate(
     pki_dir: &Path,
     e: &EndpointDescription,
 ) -> Result<(), SessionError> {
+    if e.security_mode == MessageSecurityMode::None {
+        return Ok(());
+    }
     let host = url::Url::parse(&plc.endpoint)
         .ok()
         .and_then(|u| u.host_str().map(str::to_owned))
@@ -422,7 +424,7 @@ async fn open(
     plc: &Plc,
     pki: &Pki,
     structures: Option<Arc<Structures>>,
-) -> Result<(Arc<Session>, EventLoop), SessionError> {
+) -> Result<(Arc<Session>, EventLoop, EndpointDescription), SessionError> {
     let client = client(pki, &plc.id)?;
     let endpoint = endpoint(&client, plc, &pki.dir).await?;
     let identity = identity(&plc.id, &plc.auth)?;
@@ -434,15 +436,16 @@ async fn open(
     let mut builder = client
         .session_builder()
         .with_connector(crate::opcua::tcp::NoDelay)
-        .connect_to_endpoint_directly(endpoint)
+        .connect_to_endpoint_directly(endpoint.clone())
         .map_err(connect_error)?
         .user_identity_token(identity);
     if let Some(s) = structures {
         builder = builder.type_loader(s);
     }
-    builder
+    let (session, event_loop) = builder
         .build(client.certificate_store().clone())
-        .map_err(connect_error)
+        .map_err(connect_error)?;
+    Ok((session, event_loop, endpoint))
 }
 
 /// Drives a session's event loop, forwarding what we act on.
@@ -516,7 +519,7 @@ async fn serve_writes(
     shutdown: &CancellationToken,
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
-    let (session, event_loop) = open(plc, pki, None).await?;
+    let (session, event_loop, endpoint) = open(plc, pki, None).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
     let mut namespaces: Option<Namespaces> = None;
     let mut read_at: Option<tokio::time::Instant> = None;
@@ -535,6 +538,13 @@ async fn serve_writes(
                     }
                 }
                 Some(Event::Reconnected(new_session)) => {
+                    // The stack made a new session inside its event loop with the pinned
+                    // certificate: ours to check again (a CRL or a date may say no now).
+                    if new_session {
+                        if let Err(e) = check_certificate(plc, &pki.dir, &endpoint) {
+                            break Err(e);
+                        }
+                    }
                     pacing.connected();
                     match (&namespaces, new_session) {
                         // The same session: the namespaces are still valid.
@@ -637,7 +647,7 @@ async fn connect_and_serve(
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let structures = Arc::new(Structures::default());
-    let (session, event_loop) = open(plc, pki, Some(structures.clone())).await?;
+    let (session, event_loop, endpoint) = open(plc, pki, Some(structures.clone())).await?;
     let (driver, mut events) = drive(event_loop, &plc.id);
 
     // The first connect: the event loop reports Reconnected(NewSession) once connected.
@@ -662,6 +672,12 @@ async fn connect_and_serve(
                     }
                 }
                 Some(Event::Reconnected(new_session)) => {
+                    if new_session {
+                        // As in the write session: the certificate checked again.
+                        if let Err(e) = check_certificate(plc, &pki.dir, &endpoint) {
+                            break Err(e);
+                        }
+                    }
                     pacing.connected();
                     metrics.connected.store(true, Ordering::Relaxed);
                     if first {
@@ -759,6 +775,8 @@ async fn read_structures(session: &Session, plc: &Plc, structures: &Structures) 
             }
         }
         Err(e) => {
+            // The previous session's definitions may no longer hold.
+            structures.clear();
             warn!(plc = %plc.id, error = %e, "cannot read the server's data types: values of its own structures stay bytes with their type id");
         }
     }

@@ -20,10 +20,12 @@ use opcua::types::{
     TypeLoaderPriority,
 };
 
+type Current = (Arc<DataTypeTree>, DynamicTypeLoader);
+
 /// The session's loader of the server's structures; empty until a tree is set.
 #[derive(Default)]
 pub struct Structures {
-    current: RwLock<Option<(Arc<DataTypeTree>, DynamicTypeLoader)>>,
+    current: RwLock<Option<Arc<Current>>>,
     /// Types whose values could not be decoded (logged once each).
     failed: Mutex<HashSet<NodeId>>,
 }
@@ -33,19 +35,33 @@ impl Structures {
     pub fn set(&self, tree: DataTypeTree) {
         let tree = Arc::new(tree);
         let loader = DynamicTypeLoader::new(tree.clone());
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((tree, loader));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new((tree, loader)));
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
 
+    /// No tree: values of the server's structures stay bytes.
+    pub fn clear(&self) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The current tree and loader, the lock released (a nested field comes back here).
+    fn current(&self) -> Option<Arc<Current>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// How many structure types the current tree can decode.
     pub fn count(&self) -> usize {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        current.as_ref().map_or(0, |(tree, _)| {
-            tree.encoding_to_data_type()
-                .values()
+        self.current().map_or(0, |c| {
+            let tree = &c.0;
+            let types: HashSet<&NodeId> = tree.encoding_to_data_type().values().collect();
+            types
+                .into_iter()
                 .filter(|t| tree.get_struct_type(t).is_some_and(|s| s.is_supported()))
                 .count()
         })
@@ -60,8 +76,11 @@ impl TypeLoader for Structures {
         ctx: &Context<'_>,
         length: Option<usize>,
     ) -> Option<EncodingResult<Box<dyn DynEncodable>>> {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        let (tree, loader) = current.as_ref()?;
+        if node_id.is_null() {
+            return None;
+        }
+        let current = self.current()?;
+        let (tree, loader) = &*current;
         let data_type = tree.encoding_to_data_type().get(node_id).unwrap_or(node_id);
         if !tree
             .get_struct_type(data_type)
@@ -72,7 +91,12 @@ impl TypeLoader for Structures {
         }
         let Some(length) = length else {
             // A field of a structure being decoded (its length is the enclosing value's,
-            // checked there).
+            // checked there), at a bounded depth: a definition that contains itself must
+            // not recurse without end.
+            let _depth = match ctx.options().depth_lock() {
+                Ok(d) => d,
+                Err(e) => return Some(Err(e)),
+            };
             return loader.load_from_binary(node_id, stream, ctx, None);
         };
         let mut body = vec![0u8; length];
@@ -109,8 +133,6 @@ impl TypeLoader for Structures {
         }
     }
 
-    // async-opcua's XML side is built with the simulator only (feature `demo` turns it on).
-    #[cfg(feature = "demo")]
     fn load_from_xml(
         &self,
         _node_id: &NodeId,

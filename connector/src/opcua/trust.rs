@@ -255,9 +255,15 @@ impl Issuers {
 
     /// Verifies `der` against the CAs and their CRLs.
     fn verify(&self, der: &[u8], now: SystemTime) -> Verdict {
+        // Anchors: the self-signed CA certificates that are valid now; the others of the
+        // folder only complete chains (so an intermediate's revocation by its root counts).
+        let unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
         let anchors: Vec<_> = self
             .certs
             .iter()
+            .filter(|c| is_valid_root(c, unix))
             .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
             .collect();
         if anchors.is_empty() {
@@ -324,6 +330,24 @@ impl Issuers {
     }
 }
 
+/// A self-signed CA certificate (basic constraints CA, key usage for signing certificates if
+/// it says) valid at `unix`.
+fn is_valid_root(der: &CertificateDer<'_>, unix: Duration) -> bool {
+    use x509_cert::ext::pkix::BasicConstraints;
+    let Ok(cert) = Certificate::from_der(der) else {
+        return false;
+    };
+    let tbs = &cert.tbs_certificate;
+    let ca = matches!(tbs.get::<BasicConstraints>(), Ok(Some((_, b))) if b.ca);
+    let signs = match tbs.get::<KeyUsage>() {
+        Ok(Some((_, u))) => u.key_cert_sign(),
+        _ => true,
+    };
+    let valid = tbs.validity.not_before.to_unix_duration() <= unix
+        && unix <= tbs.validity.not_after.to_unix_duration();
+    tbs.issuer == tbs.subject && ca && signs && valid
+}
+
 /// The files under `dir`, at any depth (`issuers/certs/`, `issuers/crl/` as other stacks lay
 /// them out, or flat).
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -332,9 +356,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(t) if t.is_file() => out.push(path),
+            // Followed: mounted secrets and CA bundles are often links.
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_dir() => stack.push(path),
+                Ok(m) if m.is_file() => out.push(path),
                 _ => {}
             }
         }
@@ -355,12 +380,20 @@ fn store_trusted(pki: &Path, der: &[u8]) -> std::io::Result<()> {
     let Some(name) = stack_name(der) else {
         return Ok(());
     };
+    // A first attempt before the CA was there put it in rejected/, which the stack reads first.
+    let rejected = pki.join("rejected").join(&name);
+    if std::fs::read(&rejected).is_ok_and(|b| b == der) {
+        std::fs::remove_file(&rejected)?;
+    }
     let path = pki.join("trusted").join(name);
     if std::fs::read(&path).is_ok_and(|b| b == der) {
         return Ok(());
     }
     std::fs::create_dir_all(pki.join("trusted"))?;
-    std::fs::write(&path, der)
+    // Whole or not at all: the data and write sessions check at the same time.
+    let partial = path.with_extension("der.partial");
+    std::fs::write(&partial, der)?;
+    std::fs::rename(&partial, &path)
 }
 
 /// Takes `der` out of `trusted/` and puts it into `rejected/`.
