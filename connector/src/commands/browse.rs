@@ -9,7 +9,7 @@ use opcua::types::{AttributeId, NodeId, ObjectId, ReadValueId, TimestampsToRetur
 
 use super::{Failure, Outcome};
 use crate::config::{Auth, Group, Pki, Plc, Secret, SecurityMode, SecurityPolicy};
-use crate::opcua::{browse, session};
+use crate::opcua::{browse, connect, session};
 use crate::sample::TypeName;
 
 #[derive(Debug, Clone)]
@@ -53,12 +53,12 @@ pub async fn browse(args: BrowseArgs) -> Outcome {
         trust_unknown_servers: args.trust_server,
     };
     let runtime = |e: String| Failure::Runtime(e);
-    let mut client = session::client(&pki, &plc.id).map_err(|e| runtime(e.to_string()))?;
-    let endpoint = session::endpoint(&client, &plc, &pki.dir)
+    let mut client = connect::client(&pki, &plc.id).map_err(|e| runtime(e.to_string()))?;
+    let endpoint = connect::endpoint(&client, &plc, &pki.dir)
         .await
         .map_err(|e| runtime(e.to_string()))?;
     let identity =
-        session::identity(&plc.id, &plc.auth).map_err(|e| Failure::Usage(e.to_string()))?;
+        connect::identity(&plc.id, &plc.auth).map_err(|e| Failure::Usage(e.to_string()))?;
     let (s, event_loop) = client
         .connect_to_endpoint_directly(endpoint, identity)
         .map_err(|e| runtime(format!("cannot connect to {}: {e}", args.endpoint)))?;

@@ -1,5 +1,7 @@
 //! The OPC UA side: sessions, node identity, browse, subscriptions, sample conversion.
 //!
+//! - [`connect`]: what a session is opened with (client, endpoint, certificate check,
+//!   identity) and which failures are refusals.
 //! - [`session`]: one PLC's data session (connect, subscribe, reconnect, republish) and its
 //!   write session.
 //! - [`subscribe`]: subscriptions and monitored items of the configured groups; notifications
@@ -14,6 +16,7 @@
 //!   `pki/issuers/` with their CRLs).
 
 pub mod browse;
+pub mod connect;
 pub mod convert;
 pub mod link;
 pub mod resolve;

@@ -19,7 +19,7 @@ use crate::cloud::mqtt::{sender, sender_v5};
 use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::link::LinkReceiver;
-use crate::opcua::session;
+use crate::opcua::{connect, session};
 use crate::pipeline::{self, Output, Writer};
 use crate::sinks::parquet::retention::Retention;
 use crate::sinks::parquet::ParquetSink;
@@ -119,7 +119,7 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     };
     let mut watched = Vec::new();
     let destinations = open_destinations(config, controls, &shutdown.senders, &mut watched)?;
-    if let Err(e) = session::prepare_pki(&config.pki) {
+    if let Err(e) = connect::prepare_pki(&config.pki) {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
     let mut metrics = Metrics::default();
