@@ -7,6 +7,8 @@ run time from NS_URI.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +19,23 @@ from asyncua.common.node import Node
 from asyncua.common.ua_utils import data_type_to_variant_type
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def connector_binary() -> Path:
+    """`$OPCUA_CONNECTOR_BIN`, else the debug build; the test fails if it is not there."""
+    import pytest
+
+    binary = Path(os.environ.get("OPCUA_CONNECTOR_BIN", REPO_ROOT / "target" / "debug" / "opcua-connector"))
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        pytest.fail(f"connector binary {binary} is missing; build it (cargo build -p connector) or set OPCUA_CONNECTOR_BIN")
+    return binary
+
+
+def free_port() -> int:
+    """A free loopback port (bound and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 NODESET_PATH = REPO_ROOT / "nodesets" / "bottling-line.NodeSet2.xml"
 NS_URI = "urn:opcua-connector:bottling-line"
 

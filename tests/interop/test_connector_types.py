@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -35,7 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 from asyncua import Server, ua
 
-from interop_helpers import REPO_ROOT, VALUE_COLUMNS
+from interop_helpers import VALUE_COLUMNS, connector_binary, free_port
 
 NS_URI = "urn:interop:types"
 VT = ua.VariantType
@@ -166,16 +164,6 @@ def node_id(case: Case) -> str:
     return f"nsu={NS_URI};s={case.name}"
 
 
-def connector_binary() -> Path:
-    return Path(os.environ.get("OPCUA_CONNECTOR_BIN", REPO_ROOT / "target" / "debug" / "opcua-connector"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
@@ -270,8 +258,6 @@ roll_interval = "1s"
 
 async def scenario(tmp: Path) -> Landed:
     binary = connector_binary()
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(f"connector binary {binary} is missing; build it (cargo build -p connector) or set OPCUA_CONNECTOR_BIN")
     landed = Landed()
     server, port = await start_server()
     stderr_path = tmp / "connector.stderr.log"

@@ -37,7 +37,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from interop_helpers import REPO_ROOT
+from interop_helpers import REPO_ROOT, connector_binary
 from upload_helpers import Azurite, az_connector, blobs, run_until
 
 DEMO_DURATION_S = 5
@@ -48,13 +48,6 @@ FIXTURE_PARTITIONS = {(FIXTURE_LINE, date(2026, 11, 26)): 7, (FIXTURE_LINE, date
 PARTITION_DIR = re.compile(r"^line=(?P<line>[^/]+)/date=(?P<date>\d{4}-\d{2}-\d{2})$")
 
 Counts = dict[tuple[str, date], int]
-
-
-def connector_binary() -> Path:
-    binary = Path(os.environ.get("OPCUA_CONNECTOR_BIN", REPO_ROOT / "target" / "debug" / "opcua-connector"))
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        pytest.fail(f"connector binary {binary} is missing; build it (cargo build -p connector) or set OPCUA_CONNECTOR_BIN")
-    return binary
 
 
 @dataclass

@@ -25,7 +25,8 @@ import pytest
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 
-from upload_helpers import Mosquitto, connector_binary, free_port
+from interop_helpers import connector_binary, free_port
+from upload_helpers import Mosquitto
 
 NS_URI = "urn:interop:structs"
 VT = ua.VariantType

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import Simulator
-from upload_helpers import connector_binary, free_port, wait_until
+from interop_helpers import connector_binary, free_port
+from upload_helpers import wait_until
 
 SIM_URI = "urn:opcua-connector:simulator"
 NS = "nsu=urn:opcua-connector:bottling-line;s="

@@ -35,8 +35,9 @@ from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 from moto.server import ThreadedMotoServer
 
 from hub_double import HUB_HOST, PKI, HubDouble, HubState
+from interop_helpers import free_port
 from upload_helpers import (
-    ACCOUNT, ACCOUNT_KEY, Azurite, Connector, Mosquitto, Relay, az_connector, blobs, free_port, objects, restart_until_nothing_pending,
+    ACCOUNT, ACCOUNT_KEY, Azurite, Connector, Mosquitto, Relay, az_connector, blobs, objects, restart_until_nothing_pending,
     run_until, uploaded, uploaded_equals_local, wait_until,
 )
 

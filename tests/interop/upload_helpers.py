@@ -21,7 +21,7 @@ import boto3
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from interop_helpers import REPO_ROOT
+from interop_helpers import REPO_ROOT, connector_binary, free_port
 
 AZURITE = REPO_ROOT / "tests" / "node" / "node_modules" / ".bin" / "azurite-blob"
 # The emulator's account and its published development key (not a secret).
@@ -32,12 +32,6 @@ ACCOUNT_KEY = (
 LINE = "line-up"
 NS = "nsu=urn:opcua-connector:bottling-line;s="
 COUNTERS = ["Filler.BottlesFilled", "Capper.CapsApplied", "Labeler.LabelsApplied"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(what: str, check: Callable[[], object], timeout: float = 60.0, every: float = 0.2):
@@ -55,10 +49,6 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def connector_binary() -> Path:
-    return Path(os.environ.get("OPCUA_CONNECTOR_BIN", REPO_ROOT / "target" / "debug" / "opcua-connector"))
 
 
 class Azurite:

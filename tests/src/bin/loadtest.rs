@@ -169,10 +169,12 @@ impl Drop for Killed {
     }
 }
 
+/// The Azure Storage emulator's published development key (not a secret).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
 /// Azurite's blob service on `port` with its data in `dir`, and the container "chunks".
 fn azurite(dir: &std::path::Path, port: u16) -> Result<Killed> {
-    const KEY: &str =
-        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let azurite = Killed(
         Command::new(root.join("node/node_modules/.bin/azurite-blob"))
@@ -194,7 +196,7 @@ fn azurite(dir: &std::path::Path, port: u16) -> Result<Killed> {
     }
     let create = format!(
         "from azure.storage.blob import BlobServiceClient as C; C.from_connection_string(\
-         'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};\
+         'DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};\
          BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;').create_container('chunks')"
     );
     let status = Command::new(root.join("../.venv/bin/python"))
@@ -394,10 +396,7 @@ dir = "{}"
             "LOADTEST_HUB_CS",
             "HostName=loadtest.azure-devices.net;DeviceId=bench-edge;SharedAccessKey=c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=",
         )
-        .env(
-            "LOADTEST_AZURE_KEY",
-            "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==",
-        )
+        .env("LOADTEST_AZURE_KEY", AZURITE_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
