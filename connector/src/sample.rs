@@ -1,7 +1,7 @@
 //! One sample as it flows from an OPC UA notification to the sinks.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Where a sample comes from; one per monitored item, shared by all of its samples.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -14,19 +14,68 @@ pub struct Item {
     pub name: Arc<str>,
 }
 
-/// An OPC UA built-in type name, scalar or array (`Double`, `Array<Int32>`).
+/// An OPC UA type name, scalar or array: a built-in type (`Double`, `Array<Int32>`) or a
+/// server's structure decoded by name (`MotorData`, `Array<MotorData>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TypeName {
     /// OPC UA built-in type id (1 Boolean .. 25 DiagnosticInfo); 0 when the value is empty.
     pub builtin: u8,
     pub array: bool,
+    /// A structure's name, interned (see [`TypeName::structure`]); 0 for none.
+    pub structure: u32,
 }
+
+/// Structure names seen in this process, interned so that a [`TypeName`] stays `Copy`
+/// (their number is bounded by the types the servers describe).
+static STRUCTURES: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
 
 impl TypeName {
     pub const NULL: TypeName = TypeName {
         builtin: 0,
         array: false,
+        structure: 0,
     };
+
+    /// A built-in type, scalar or array.
+    pub const fn builtin(builtin: u8, array: bool) -> TypeName {
+        TypeName {
+            builtin,
+            array,
+            structure: 0,
+        }
+    }
+
+    /// A value (or array) of the structure called `name` (an ExtensionObject).
+    pub fn structure(name: &str, array: bool) -> TypeName {
+        let known = |names: &[Arc<str>]| names.iter().position(|n| &**n == name);
+        let index = {
+            let names = STRUCTURES.read().unwrap_or_else(|e| e.into_inner());
+            known(&names)
+        };
+        let index = index.unwrap_or_else(|| {
+            let mut names = STRUCTURES.write().unwrap_or_else(|e| e.into_inner());
+            known(&names).unwrap_or_else(|| {
+                names.push(name.into());
+                names.len() - 1
+            })
+        });
+        TypeName {
+            builtin: 22,
+            array,
+            structure: u32::try_from(index + 1).unwrap_or(0),
+        }
+    }
+
+    fn name(&self) -> Arc<str> {
+        let names = STRUCTURES.read().unwrap_or_else(|e| e.into_inner());
+        match (self.structure as usize)
+            .checked_sub(1)
+            .and_then(|i| names.get(i))
+        {
+            Some(n) => n.clone(),
+            None => Self::builtin_name(self.builtin).into(),
+        }
+    }
 
     pub fn builtin_name(id: u8) -> &'static str {
         match id {
@@ -62,6 +111,14 @@ impl TypeName {
 
 impl fmt::Display for TypeName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.structure != 0 {
+            let name = self.name();
+            return if self.array {
+                write!(f, "Array<{name}>")
+            } else {
+                f.write_str(&name)
+            };
+        }
         if self.array {
             write!(f, "Array<{}>", Self::builtin_name(self.builtin))
         } else {

@@ -6,7 +6,9 @@ structures with DataTypeDefinitions: `MotorData` (Double, Float, Boolean) and `S
 (String, UInt32, PlcMode, a nested MotorData, an array of MotorData); variables of
 `StationData` and of an array of `MotorData`. `opcua-connector run` subscribes to them; the
 rows' `value_json`, and the samples' `v` in the MQTT telemetry (mosquitto, read with
-paho-mqtt), must hold every field by name with its exact value.
+paho-mqtt), must hold every field by name with its exact value, and `type` must name the
+structure. Fields chosen with `flatten` land as rows of their own with their own type and
+value column; fields that are not there land without a value and with `BadNoMatch`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,20 @@ DEADLINE_S = 60.0
 MAIN = {"Speed": 1500.5, "Current": 3.25, "Running": True}
 AXES = [{"Speed": -12.125, "Current": 0.5, "Running": False}, {"Speed": 7e-3, "Current": 1.75, "Running": True}]
 STATION = {"Name": "Filler 1 – Ä", "Count": 4294967295, "Mode": 1, "Main": MAIN, "Axes": AXES}
+BAD_NO_MATCH = 0x806F0000
+# flattened field -> (type, value column, value); None: not in the structure
+FLATTENED: dict[str, tuple[str, str, Any] | None] = {
+    "Main.Speed": ("Double", "value_double", 1500.5),
+    "Axes[1].Current": ("Float", "value_double", 1.75),
+    "Axes[0]": ("MotorData", "value_json", AXES[0]),
+    "Name": ("String", "value_string", STATION["Name"]),
+    "Count": ("UInt32", "value_int", 4294967295),
+    "Mode": ("Int32", "value_int", 1),
+    "Main.Torque": None,
+    "Axes[2].Speed": None,
+}
+VALUE_COLUMNS = ("value_double", "value_int", "value_uint", "value_bool", "value_string", "value_time",
+                 "value_bytes", "value_json")
 
 
 async def start_server() -> tuple[Server, int]:
@@ -113,7 +129,8 @@ async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str, list[dict[str,
     broker = Mosquitto(tmp)
     telemetry = Telemetry(broker.port)
     config = tmp / "structs.toml"
-    nodes = ", ".join(f'"nsu={NS_URI};s={n}"' for n in ("Station", "Axes"))
+    flatten = ", ".join(f'"{f}"' for f in FLATTENED)
+    nodes = f'{{ id = "nsu={NS_URI};s=Station", flatten = [{flatten}] }}, "nsu={NS_URI};s=Axes"'
     config.write_text(
         f'[line]\nid = "structs"\n\n[[plc]]\nid = "py"\nendpoint = "opc.tcp://127.0.0.1:{port}/"\n\n'
         f'  [[plc.group]]\n  name = "s"\n  publishing_interval = "100ms"\n  nodes = [{nodes}]\n\n'
@@ -180,3 +197,33 @@ def test_the_telemetry_carries_the_same_fields(landed) -> None:
         for s in got:
             v = s["v"] if not isinstance(s["v"], str) else json.loads(s["v"])
             assert same(expected, fields(json.dumps(v))), s
+
+
+def test_the_type_column_names_the_structure(landed) -> None:
+    rows, log, samples = landed
+    for name, type_name in (("Station", "StationData"), ("Axes", "Array<MotorData>")):
+        assert {r["type"] for r in rows if r["name"] == name} == {type_name}, log[-3000:]
+        assert {s["type"] for s in samples if s["name"] == name} == {type_name}
+
+
+def test_flattened_fields_land_as_rows_of_their_own(landed) -> None:
+    rows, log, samples = landed
+    station = [r for r in rows if r["name"] == "Station"]
+    for field, expected in FLATTENED.items():
+        got = [r for r in rows if r["name"] == f"Station.{field}"]
+        # one row per structure row, same node, same timestamps
+        assert len(got) == len(station), (field, len(got), len(station), log[-3000:])
+        assert sorted(r["time"] for r in got) == sorted(r["time"] for r in station)
+        assert {r["node"] for r in got} == {station[0]["node"]}
+        for r in got:
+            if expected is None:
+                assert r["status"] == BAD_NO_MATCH and r["type"] == "Null", r
+                assert all(r[c] is None for c in VALUE_COLUMNS), r
+                continue
+            type_name, column, value = expected
+            assert r["status"] == 0 and r["type"] == type_name, r
+            got_value = fields(r[column]) if column == "value_json" else r[column]
+            assert same(value, got_value), (field, r)
+            assert all(r[c] is None for c in VALUE_COLUMNS if c != column), r
+        assert {s["name"] for s in samples} >= {f"Station.{field}"}, field
+    assert log.count("a flattened field is not in the structure's value") == 2, log[-3000:]

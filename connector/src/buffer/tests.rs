@@ -473,12 +473,14 @@ fn oldest_pending_age_follows_the_oldest_unacked_message() {
     let mut buffer = Buffer::open(&roomy(tmp.path()), "mqtt").unwrap();
     append_n(&mut buffer, 1..=1);
     std::thread::sleep(Duration::from_millis(50));
+    let second = std::time::Instant::now();
     append_n(&mut buffer, 2..=2);
     let age = buffer.stats().oldest_pending_age.unwrap();
     assert!(age >= Duration::from_millis(50), "{age:?}");
     buffer.ack(1).unwrap();
     let age = buffer.stats().oldest_pending_age.unwrap();
-    assert!(age < Duration::from_millis(50), "{age:?}");
+    // The second message's age, however slow the fsyncs of a loaded machine are.
+    assert!(age <= second.elapsed(), "{age:?}");
 }
 
 /// Prints the append rate (each append fsynced) for docs/buffer.md.

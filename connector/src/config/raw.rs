@@ -200,6 +200,9 @@ pub struct RawNodeTable {
     pub id: Option<Spanned<String>>,
     /// Tag name in rows instead of the browse path; unique in the plc.
     pub name: Option<Spanned<String>>,
+    /// Fields of a structure value that also land as rows `<tag>.<field>`, e.g.
+    /// ["Speed", "Main.Speed", "Axes[1].Position"]; default none.
+    pub flatten: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `{ root, recursive, include, exclude }`: the variables under a root, found at connect.

@@ -128,6 +128,81 @@ pub struct NodeEntry {
     pub node: NodeRef,
     /// Tag name for rows and payloads (`name = "..."`); default: the browse path.
     pub alias: Option<String>,
+    /// Fields of a structure value that also land as rows of their own (`flatten = [...]`).
+    pub flatten: Vec<FieldPath>,
+}
+
+/// A field inside a structure value: `Main.Speed`, `Axes[1].Position`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldPath {
+    pub steps: Vec<FieldStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FieldStep {
+    /// A field by its name in the DataTypeDefinition.
+    Field(String),
+    /// An element of an array field, from 0.
+    Index(usize),
+}
+
+impl FieldPath {
+    /// Parses `Name(.Name|[n])*`; names are any text without `.`, `[`, `]`.
+    pub fn parse(text: &str) -> Result<FieldPath, String> {
+        let mut steps = Vec::new();
+        let mut rest = text;
+        let mut expect_name = true;
+        while !rest.is_empty() {
+            if let Some(r) = rest.strip_prefix('[') {
+                let Some((n, r)) = r.split_once(']') else {
+                    return Err(format!("{text:?}: `[` without `]`"));
+                };
+                let i: usize = n
+                    .parse()
+                    .map_err(|_| format!("{text:?}: `[{n}]` is not an index (0, 1, ...)"))?;
+                if steps.is_empty() {
+                    return Err(format!("{text:?}: starts with an index, not a field name"));
+                }
+                steps.push(FieldStep::Index(i));
+                rest = r;
+                expect_name = false;
+                continue;
+            }
+            let r = if expect_name {
+                rest
+            } else {
+                rest.strip_prefix('.')
+                    .ok_or_else(|| format!("{text:?}: expected `.` or `[` after `]`"))?
+            };
+            let end = r.find(['.', '[', ']']).unwrap_or(r.len());
+            if end == 0 {
+                return Err(format!("{text:?}: empty field name"));
+            }
+            if r[end..].starts_with(']') {
+                return Err(format!("{text:?}: `]` without `[`"));
+            }
+            steps.push(FieldStep::Field(r[..end].to_owned()));
+            rest = &r[end..];
+            expect_name = false;
+        }
+        if steps.is_empty() {
+            return Err("empty field path".to_owned());
+        }
+        Ok(FieldPath { steps })
+    }
+}
+
+impl std::fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                FieldStep::Field(n) if i == 0 => f.write_str(n)?,
+                FieldStep::Field(n) => write!(f, ".{n}")?,
+                FieldStep::Index(k) => write!(f, "[{k}]")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

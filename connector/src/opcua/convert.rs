@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 use opcua::types::{ContextOwned, DataValue, DateTime, Variant};
 
 use crate::opcua::resolve::Namespaces;
+use crate::opcua::structures::Structures;
 use crate::sample::{Item, Sample, SampleValue, TypeName};
 
 /// Microseconds since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
@@ -14,8 +15,15 @@ pub fn micros(t: &DateTime) -> i64 {
 
 /// Builds a sample from a notification. `received_us` is used when the value carries neither
 /// a source nor a server timestamp.
-/// NodeId values are written in namespace-URI form with `ns`, like the `node` column.
-pub fn sample(item: &Arc<Item>, dv: DataValue, received_us: i64, ns: &Namespaces) -> Sample {
+/// NodeId values are written in namespace-URI form with `ns`, like the `node` column; a
+/// structure the session decoded is named by `structures`.
+pub fn sample(
+    item: &Arc<Item>,
+    dv: DataValue,
+    received_us: i64,
+    ns: &Namespaces,
+    structures: Option<&Structures>,
+) -> Sample {
     let server_time_us = dv.server_timestamp.as_ref().map(micros);
     let time_us = dv
         .source_timestamp
@@ -25,7 +33,7 @@ pub fn sample(item: &Arc<Item>, dv: DataValue, received_us: i64, ns: &Namespaces
         .unwrap_or(received_us);
     let status = dv.status.map(|s| s.bits()).unwrap_or(0);
     let (type_name, value) = match dv.value {
-        Some(v) => value(v, ns),
+        Some(v) => named(v, ns, structures),
         None => (TypeName::NULL, SampleValue::Null),
     };
     Sample {
@@ -72,13 +80,21 @@ fn scalar_type(v: &Variant) -> u8 {
     }
 }
 
+/// [`value`], with a decoded structure's type named after it.
+pub fn named(
+    v: Variant,
+    ns: &Namespaces,
+    structures: Option<&Structures>,
+) -> (TypeName, SampleValue) {
+    let name = structures.and_then(|s| s.type_name(&v));
+    let (type_name, value) = value(v, ns);
+    (name.unwrap_or(type_name), value)
+}
+
 /// The type name and value column of a variant.
 pub fn value(v: Variant, ns: &Namespaces) -> (TypeName, SampleValue) {
     let builtin = scalar_type(&v);
-    let scalar = |builtin| TypeName {
-        builtin,
-        array: false,
-    };
+    let scalar = |builtin| TypeName::builtin(builtin, false);
     let out = match v {
         Variant::Empty => return (TypeName::NULL, SampleValue::Null),
         Variant::Boolean(b) => SampleValue::Bool(b),
@@ -108,10 +124,7 @@ pub fn value(v: Variant, ns: &Namespaces) -> (TypeName, SampleValue) {
         Variant::Array(ref a) => {
             let builtin = a.value_type as u8;
             return (
-                TypeName {
-                    builtin,
-                    array: true,
-                },
+                TypeName::builtin(builtin, true),
                 SampleValue::Json(json(&v)),
             );
         }
@@ -211,6 +224,7 @@ mod tests {
             },
             5,
             &Namespaces::default(),
+            None,
         );
         assert_eq!(
             s.time_us, 1_700_000_000_123_456,
@@ -225,6 +239,7 @@ mod tests {
             },
             5,
             &Namespaces::default(),
+            None,
         );
         assert_eq!(
             (s.time_us, s.status, s.value),

@@ -9,7 +9,7 @@
 //! - [`resolve`]: namespace URIs to indexes, node ids of the config to the server's.
 //! - [`browse`]: walking an address space (`opcua-connector browse`, `browse` groups).
 //! - [`convert`]: OPC UA values to samples; [`structures`]: the server's own structure types,
-//!   decoded from their DataTypeDefinitions.
+//!   decoded from their DataTypeDefinitions; [`flatten`]: chosen structure fields as rows.
 //! - [`link`]: the session handle used for writes and method calls.
 //! - [`tcp`]: the socket connector (TCP_NODELAY).
 //! - [`trust`]: our check of a server's certificate (alternative names in any order, CAs in
@@ -18,6 +18,7 @@
 pub mod browse;
 pub mod connect;
 pub mod convert;
+pub mod flatten;
 pub mod link;
 pub mod resolve;
 pub mod session;

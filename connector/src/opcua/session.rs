@@ -14,7 +14,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use opcua::client::{Session, SessionConnectMode, SessionPollResult};
 use opcua::types::{
-    EndpointDescription, ReadValueId, StatusCode, TimestampsToReturn, VariableId, Variant,
+    AttributeId, EndpointDescription, ReadValueId, StatusCode, TimestampsToReturn, VariableId,
+    Variant,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -473,12 +474,21 @@ async fn setup(
     recovery: &subscribe::Recovery,
     metrics: &Arc<PlcMetrics>,
     spread: bool,
-    structures: &Structures,
+    structures: &Arc<Structures>,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
     read_structures(session, plc, structures).await;
-    let created =
-        subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics, spread).await?;
+    let created = subscribe::subscribe_all(
+        session,
+        plc,
+        &ns,
+        tx,
+        recovery,
+        metrics,
+        spread,
+        Some(structures),
+    )
+    .await?;
     info!(
         plc = %plc.id,
         monitored_items = metrics.monitored_items.load(Ordering::Relaxed),
@@ -497,7 +507,8 @@ async fn read_structures(session: &Session, plc: &Plc, structures: &Structures) 
         });
     match builder.build(session).await {
         Ok(tree) => {
-            structures.set(tree);
+            let names = structure_names(session, &Structures::types(&tree)).await;
+            structures.set(tree, names);
             let n = structures.count();
             if n > 0 {
                 info!(plc = %plc.id, structures = n, "the server's structure types read: their values land with field names");
@@ -509,6 +520,34 @@ async fn read_structures(session: &Session, plc: &Plc, structures: &Structures) 
             warn!(plc = %plc.id, error = %e, "cannot read the server's data types: values of its own structures stay bytes with their type id");
         }
     }
+}
+
+/// The browse names of structure types, for the `type` column (`MotorData`); a type whose
+/// name cannot be read stays `ExtensionObject` there.
+async fn structure_names(
+    session: &Session,
+    types: &[opcua::types::NodeId],
+) -> std::collections::HashMap<opcua::types::NodeId, Arc<str>> {
+    let mut names = std::collections::HashMap::new();
+    for chunk in types.chunks(500) {
+        let reads: Vec<ReadValueId> = chunk
+            .iter()
+            .map(|id| ReadValueId {
+                node_id: id.clone(),
+                attribute_id: AttributeId::BrowseName as u32,
+                ..Default::default()
+            })
+            .collect();
+        let Ok(values) = session.read(&reads, TimestampsToReturn::Neither, 0.0).await else {
+            break;
+        };
+        for (id, v) in chunk.iter().zip(values) {
+            if let Some(Variant::QualifiedName(q)) = v.value {
+                names.insert(id.clone(), q.name.as_ref().into());
+            }
+        }
+    }
+    names
 }
 
 /// Asks the server for a notification message we did not receive.
@@ -529,7 +568,7 @@ async fn recover(
     match session.republish(sub, seq).await {
         Ok(msg) => {
             PlcMetrics::add(&metrics.republished, 1);
-            let batch = subscribe::samples(&c.items, msg, metrics, &c.ns, &c.losses);
+            let batch = subscribe::samples(&c.watch, msg, metrics, &c.losses);
             tx.send(batch);
         }
         Err(e) => {

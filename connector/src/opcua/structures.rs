@@ -10,17 +10,25 @@
 //! before: bytes with the type's id, logged once per type, never an error that stops the
 //! subscription (a decode error inside a Publish response would close the connection).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read};
 use std::sync::{Arc, Mutex, RwLock};
 
-use opcua::types::custom::{DataTypeTree, DynamicTypeLoader};
+use opcua::types::custom::{DataTypeTree, DynamicStructure, DynamicTypeLoader};
 use opcua::types::{
-    ByteString, ByteStringBody, Context, DynEncodable, EncodingResult, NodeId, TypeLoader,
-    TypeLoaderPriority,
+    ByteString, ByteStringBody, Context, DynEncodable, EncodingResult, ExtensionObject, NodeId,
+    TypeLoader, TypeLoaderPriority, Variant,
 };
 
-type Current = (Arc<DataTypeTree>, DynamicTypeLoader);
+use crate::sample::TypeName;
+
+/// The tree, its loader, and the browse names of its structure types (async-opcua's tree
+/// builder leaves the names empty).
+type Current = (
+    Arc<DataTypeTree>,
+    DynamicTypeLoader,
+    HashMap<NodeId, Arc<str>>,
+);
 
 /// The session's loader of the server's structures; empty until a tree is set.
 #[derive(Default)]
@@ -30,12 +38,21 @@ pub struct Structures {
     failed: Mutex<HashSet<NodeId>>,
 }
 
+impl std::fmt::Debug for Structures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Structures")
+            .field("types", &self.count())
+            .finish()
+    }
+}
+
 impl Structures {
     /// Uses `tree` from now on (a new session: the server's types may have changed).
-    pub fn set(&self, tree: DataTypeTree) {
+    pub fn set(&self, tree: DataTypeTree, names: HashMap<NodeId, Arc<str>>) {
         let tree = Arc::new(tree);
         let loader = DynamicTypeLoader::new(tree.clone());
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new((tree, loader)));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new((tree, loader, names)));
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -53,6 +70,46 @@ impl Structures {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The type name of a decoded structure or array of one structure type (`MotorData`,
+    /// `Array<MotorData>`); `None` for anything else (values kept as bytes stay
+    /// `ExtensionObject`).
+    pub fn type_name(&self, v: &Variant) -> Option<TypeName> {
+        let (mut objects, array): (Vec<&ExtensionObject>, bool) = match v {
+            Variant::ExtensionObject(eo) => (vec![eo], false),
+            Variant::Array(a) => (
+                a.values
+                    .iter()
+                    .map(|v| match v {
+                        Variant::ExtensionObject(eo) => Some(eo),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+                true,
+            ),
+            _ => return None,
+        };
+        let first = objects.pop()?;
+        if !first.inner_is::<DynamicStructure>() {
+            return None;
+        }
+        let id = first.data_type()?;
+        if objects
+            .iter()
+            .any(|o| !o.inner_is::<DynamicStructure>() || o.data_type().as_ref() != Some(&id))
+        {
+            return None;
+        }
+        let current = self.current()?;
+        let name = current.2.get(&id.node_id)?;
+        Some(TypeName::structure(name, array))
+    }
+
+    /// The structure types of a tree (whose browse names are to be read).
+    pub fn types(tree: &DataTypeTree) -> Vec<NodeId> {
+        let types: HashSet<&NodeId> = tree.encoding_to_data_type().values().collect();
+        types.into_iter().cloned().collect()
     }
 
     /// How many structure types the current tree can decode.
@@ -80,7 +137,7 @@ impl TypeLoader for Structures {
             return None;
         }
         let current = self.current()?;
-        let (tree, loader) = &*current;
+        let (tree, loader, _) = &*current;
         let data_type = tree.encoding_to_data_type().get(node_id).unwrap_or(node_id);
         if !tree
             .get_struct_type(data_type)

@@ -14,11 +14,12 @@ use opcua::types::{
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::config::{Deadband, Group, QueueSize};
+use crate::config::{Deadband, FieldPath, Group, QueueSize};
 use crate::metrics::PlcMetrics;
 use crate::opcua::browse;
-use crate::opcua::convert;
+use crate::opcua::flatten::{Flat, Flattening, Watch};
 use crate::opcua::resolve::Namespaces;
+use crate::opcua::structures::Structures;
 use crate::pipeline::SampleSender;
 use crate::ratelog::RateLog;
 use crate::sample::Item;
@@ -83,6 +84,8 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
 pub struct Target {
     pub node: NodeId,
     pub item: Arc<Item>,
+    /// Structure fields that also land as rows of their own.
+    pub flatten: Vec<FieldPath>,
 }
 
 /// Resolves a group's explicit nodes and browse selections against this server.
@@ -123,6 +126,7 @@ pub async fn targets(
                         node,
                         name,
                     }),
+                    flatten: entry.flatten.clone(),
                 });
             }
             Err(e) => {
@@ -203,6 +207,7 @@ pub async fn targets(
                     node,
                     name: v.path.into(),
                 }),
+                flatten: Vec::new(),
             });
         }
     }
@@ -308,8 +313,7 @@ pub struct Recovery {
 
 /// Hands notifications of one subscription to the pipeline; never blocks for long.
 struct Callback {
-    items: Arc<Vec<Arc<Item>>>,
-    ns: Arc<Namespaces>,
+    watch: Arc<Watch>,
     tx: SampleSender,
     metrics: Arc<PlcMetrics>,
     subscription: Arc<AtomicU32>,
@@ -357,7 +361,7 @@ impl OnSubscriptionNotificationCore for Callback {
         if has_data {
             self.check_sequence(msg.sequence_number);
         }
-        let batch = samples(&self.items, msg, &self.metrics, &self.ns, &self.losses);
+        let batch = samples(&self.watch, msg, &self.metrics, &self.losses);
         if !batch.is_empty() {
             self.tx.send(batch);
         }
@@ -366,10 +370,9 @@ impl OnSubscriptionNotificationCore for Callback {
 
 /// The samples of a notification message (also used for republished messages).
 pub fn samples(
-    items: &[Arc<Item>],
+    watch: &Watch,
     msg: NotificationMessage,
     metrics: &PlcMetrics,
-    ns: &Namespaces,
     losses: &LossLog,
 ) -> Vec<crate::sample::Sample> {
     let Some(data) = msg.notification_data else {
@@ -383,16 +386,13 @@ pub fn samples(
             continue;
         };
         for n in change.monitored_items.unwrap_or_default() {
-            let Some(item) = (n.client_handle as usize)
-                .checked_sub(1)
-                .and_then(|i| items.get(i))
-            else {
+            let Some(index) = (n.client_handle as usize).checked_sub(1) else {
                 continue;
             };
             if n.value.status.is_some_and(|s| s.overflow()) {
                 overflows += 1;
             }
-            out.push(convert::sample(item, n.value, received, ns));
+            watch.rows(index, n.value, received, &mut out);
         }
     }
     if !out.is_empty() {
@@ -414,13 +414,19 @@ pub fn samples(
     out
 }
 
-/// One created subscription: its id and items (client handle `i + 1` is `items[i]`).
+/// One created subscription: its id and what its items' samples are decoded with.
 #[derive(Debug, Clone)]
 pub struct Created {
     pub id: u32,
-    pub items: Arc<Vec<Arc<Item>>>,
-    pub ns: Arc<Namespaces>,
+    pub watch: Arc<Watch>,
     pub losses: Arc<LossLog>,
+}
+
+/// What the samples of a PLC's items are decoded with: namespaces, the server's structures.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    pub ns: Arc<Namespaces>,
+    pub structures: Option<Arc<Structures>>,
 }
 
 /// Creates the subscriptions of one group: split by the server's per-subscription limit,
@@ -430,7 +436,7 @@ pub async fn subscribe_group(
     session: &Session,
     group: &Group,
     mut targets: Vec<Target>,
-    (ns, limits): (&Arc<Namespaces>, &ServerLimits),
+    (decoding, limits): (&Decoding, &ServerLimits),
     tx: &SampleSender,
     recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
@@ -447,11 +453,24 @@ pub async fn subscribe_group(
     while !targets.is_empty() {
         let take = targets.len().min(per_sub);
         let part: Vec<Target> = targets.drain(..take).collect();
-        let items: Arc<Vec<Arc<Item>>> = Arc::new(part.iter().map(|t| t.item.clone()).collect());
+        let flatten: Flattening = part
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.flatten.is_empty())
+            .map(|(i, t)| {
+                let flats = t.flatten.iter().map(|f| Flat::new(&t.item, f.clone()));
+                (i, flats.collect())
+            })
+            .collect();
+        let watch = Arc::new(Watch {
+            items: part.iter().map(|t| t.item.clone()).collect(),
+            flatten,
+            ns: decoding.ns.clone(),
+            structures: decoding.structures.clone(),
+        });
         let sub_id = Arc::new(AtomicU32::new(0));
         let callback = Callback {
-            items: items.clone(),
-            ns: ns.clone(),
+            watch: watch.clone(),
             tx: tx.clone(),
             metrics: metrics.clone(),
             subscription: sub_id.clone(),
@@ -515,8 +534,7 @@ pub async fn subscribe_group(
         PlcMetrics::add(&metrics.monitored_items, ok);
         created.push(Created {
             id,
-            items,
-            ns: ns.clone(),
+            watch,
             losses: recovery.losses.clone(),
         });
         if !overflow.is_empty() {
@@ -587,10 +605,14 @@ pub async fn subscribe_all(
     recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
     spread: bool,
+    structures: Option<&Arc<Structures>>,
 ) -> Result<Vec<Created>, StatusCode> {
     let started = Instant::now();
     let limits = read_limits(session).await;
-    let shared_ns = Arc::new(ns.clone());
+    let decoding = Decoding {
+        ns: Arc::new(ns.clone()),
+        structures: structures.cloned(),
+    };
     metrics.monitored_items.store(0, Ordering::Relaxed);
     let mut all: Vec<Created> = Vec::new();
     for group in &plc.groups {
@@ -604,7 +626,7 @@ pub async fn subscribe_all(
             session,
             group,
             t,
-            (&shared_ns, &group_limits),
+            (&decoding, &group_limits),
             tx,
             recovery,
             metrics,
@@ -637,6 +659,15 @@ mod tests {
         })
     }
 
+    fn watch() -> Arc<Watch> {
+        Arc::new(Watch {
+            items: vec![item()],
+            flatten: Default::default(),
+            ns: Arc::new(Namespaces(vec![])),
+            structures: None,
+        })
+    }
+
     fn callback(
         metrics: &Arc<PlcMetrics>,
     ) -> (
@@ -647,8 +678,7 @@ mod tests {
         let (gaps, gap_rx) = tokio::sync::mpsc::unbounded_channel();
         let (tx, rx) = crate::pipeline::channel(16, metrics.clone());
         let cb = Callback {
-            items: Arc::new(vec![item()]),
-            ns: Arc::new(Namespaces(vec![])),
+            watch: watch(),
             tx,
             metrics: metrics.clone(),
             subscription: Arc::new(AtomicU32::new(7)),
@@ -739,10 +769,9 @@ mod tests {
         let future = DateTime::from(chrono::Utc::now() + chrono::Duration::days(3650));
         let before = chrono::Utc::now().timestamp_micros();
         let batch = samples(
-            &[item()],
+            &watch(),
             message(future, StatusCode::Good),
             &metrics,
-            &Namespaces(vec![]),
             &LossLog::new(),
         );
         let after = chrono::Utc::now().timestamp_micros();
@@ -759,10 +788,9 @@ mod tests {
         let metrics = PlcMetrics::new("p");
         let status = StatusCode::Good.set_overflow(true);
         let batch = samples(
-            &[item()],
+            &watch(),
             message(DateTime::now(), status),
             &metrics,
-            &Namespaces(vec![]),
             &LossLog::new(),
         );
         assert_eq!(batch.len(), 1);

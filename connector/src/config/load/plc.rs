@@ -369,9 +369,9 @@ impl Check<'_> {
         let mut seen = HashSet::new();
         for (k, entry) in raw.nodes.iter().flatten().enumerate() {
             let nkey = format!("{key}.nodes[{k}]");
-            let (id, alias) = match entry.get_ref() {
-                RawNode::Id(id) => (Some(Spanned::new(entry.span(), id.clone())), None),
-                RawNode::Table(t) => (t.id.clone(), t.name.as_ref()),
+            let (id, alias, flatten) = match entry.get_ref() {
+                RawNode::Id(id) => (Some(Spanned::new(entry.span(), id.clone())), None, None),
+                RawNode::Table(t) => (t.id.clone(), t.name.as_ref(), t.flatten.as_ref()),
             };
             let Some(id) = id else {
                 self.problem(Some(entry.span()), &format!("{nkey}.id"), "missing");
@@ -402,9 +402,15 @@ impl Check<'_> {
                     ok.map(Some)
                 }
             };
+            let flatten = self.flatten(flatten, &format!("{nkey}.flatten"));
             nodes.push(
                 node.zip(alias)
-                    .map(|(node, alias)| NodeEntry { node, alias }),
+                    .zip(flatten)
+                    .map(|((node, alias), flatten)| NodeEntry {
+                        node,
+                        alias,
+                        flatten,
+                    }),
             );
         }
         let browse: Vec<_> = raw
@@ -430,6 +436,46 @@ impl Check<'_> {
             nodes: nodes.into_iter().collect::<Option<_>>()?,
             browse: browse.into_iter().collect::<Option<_>>()?,
         })
+    }
+
+    /// `flatten = ["Speed", "Axes[1].Position"]`: valid, distinct field paths.
+    fn flatten(
+        &mut self,
+        raw: Option<&Spanned<Vec<Spanned<String>>>>,
+        key: &str,
+    ) -> Option<Vec<FieldPath>> {
+        let Some(raw) = raw else {
+            return Some(Vec::new());
+        };
+        if raw.get_ref().is_empty() {
+            self.at(
+                raw,
+                key,
+                "empty: list the structure fields to flatten, or leave flatten out",
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, text) in raw.get_ref().iter().enumerate() {
+            let fkey = format!("{key}[{i}]");
+            match FieldPath::parse(text.get_ref()) {
+                Ok(path) if out.contains(&path) => {
+                    self.at(text, &fkey, format!("field {path} is listed twice"));
+                    ok = false;
+                }
+                Ok(path) => out.push(path),
+                Err(e) => {
+                    self.at(
+                        text,
+                        &fkey,
+                        format!("not a field path (Name, Name.Field, Name[0].Field): {e}"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn browse(&mut self, raw: &RawBrowse, span: Span, key: &str) -> Option<BrowseSelection> {

@@ -61,7 +61,7 @@ fn item(group: &str, tag: &str) -> Arc<Item> {
 }
 
 fn ty(builtin: u8, array: bool) -> TypeName {
-    TypeName { builtin, array }
+    TypeName::builtin(builtin, array)
 }
 
 fn sample(

@@ -225,10 +225,7 @@ mod tests {
             time_us: 1_700_000_000_123_456,
             server_time_us: None,
             status,
-            type_name: TypeName {
-                builtin,
-                array: false,
-            },
+            type_name: TypeName::builtin(builtin, false),
             value,
         }
     }

@@ -189,6 +189,7 @@ listen = "127.0.0.1:9464"
                             NodeEntry {
                                 node: uri("urn:example:filler", "Filler.Speed"),
                                 alias: None,
+                                flatten: vec![],
                             },
                             NodeEntry {
                                 node: NodeRef::Index {
@@ -196,6 +197,7 @@ listen = "127.0.0.1:9464"
                                     identifier: Identifier::Numeric(1042),
                                 },
                                 alias: Some("tank_level".into()),
+                                flatten: vec![],
                             },
                             NodeEntry {
                                 node: NodeRef::Index {
@@ -203,6 +205,7 @@ listen = "127.0.0.1:9464"
                                     identifier: Identifier::Numeric(2258),
                                 },
                                 alias: None,
+                                flatten: vec![],
                             },
                             NodeEntry {
                                 node: NodeRef::Uri {
@@ -212,6 +215,7 @@ listen = "127.0.0.1:9464"
                                     ),
                                 },
                                 alias: None,
+                                flatten: vec![],
                             },
                             NodeEntry {
                                 node: NodeRef::Uri {
@@ -219,6 +223,7 @@ listen = "127.0.0.1:9464"
                                     identifier: Identifier::Opaque("AQID".into()),
                                 },
                                 alias: None,
+                                flatten: vec![],
                             },
                         ],
                         browse: vec![BrowseSelection {

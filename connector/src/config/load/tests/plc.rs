@@ -67,3 +67,51 @@ fn missing_line_and_group_without_nodes_are_problems() {
         "{all:#?}"
     );
 }
+
+#[test]
+fn flattened_fields_parse_and_bad_ones_name_their_key() {
+    let node = "\"nsu=urn:example:filler;s=Filler.Speed\"";
+    let text = MINIMAL.replace(
+        &format!("[{node}]"),
+        &format!("[{{ id = {node}, name = \"M\", flatten = [\"Speed\", \"Main.Speed\", \"Axes[1].Position\", \"Grid[0][2]\"] }}]"),
+    );
+    let config = parse(Path::new(FILE), &text).expect("valid");
+    let paths: Vec<String> = config.plcs[0].groups[0].nodes[0]
+        .flatten
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        paths,
+        ["Speed", "Main.Speed", "Axes[1].Position", "Grid[0][2]"]
+    );
+    assert_eq!(
+        config.plcs[0].groups[0].nodes[0].flatten[2].steps,
+        [
+            FieldStep::Field("Axes".into()),
+            FieldStep::Index(1),
+            FieldStep::Field("Position".into())
+        ]
+    );
+    let bad = MINIMAL.replace(
+        &format!("[{node}]"),
+        &format!("[{{ id = {node}, flatten = [\"Speed\", \"Speed\", \"[0]\", \"A..B\", \"A[x]\", \"A]\"] }}]"),
+    );
+    let all = problems(&bad);
+    let key = "plc[0].group[0].nodes[0].flatten";
+    assert_exactly(
+        &all,
+        &[
+            &format!("{FILE}:12: {key}[1]: field Speed is listed twice"),
+            &format!("{key}[2]: not a field path"),
+            &format!("{key}[3]: not a field path (Name, Name.Field, Name[0].Field): \"A..B\": empty field name"),
+            &format!("{key}[4]: not a field path"),
+            &format!("{key}[5]: not a field path"),
+        ],
+    );
+    let empty = MINIMAL.replace(
+        &format!("[{node}]"),
+        &format!("[{{ id = {node}, flatten = [] }}]"),
+    );
+    assert_problem(&empty, 12, key, "empty");
+}
