@@ -53,7 +53,7 @@ pub fn render(state: &State) -> String {
         esc(env!("OPCUA_CONNECTOR_COMMIT"))
     );
     type Get = fn(&PlcMetrics) -> &AtomicU64;
-    let per_plc: [(&str, &str, &str, Get); 17] = [
+    let per_plc: [(&str, &str, &str, Get); 20] = [
         (
             "samples_received_total",
             "Samples received from the PLC.",
@@ -143,6 +143,24 @@ pub fn render(state: &State) -> String {
             "Values lost for good: lost notification messages plus samples with the Overflow bit.",
             "counter",
             |p| &p.loss_events,
+        ),
+        (
+            "backfilled_samples_total",
+            "Values read back from the server's history after outages.",
+            "counter",
+            |p| &p.backfilled,
+        ),
+        (
+            "backfill_gaps_total",
+            "Outage gaps of a node read completely from the server's history.",
+            "counter",
+            |p| &p.backfill_gaps,
+        ),
+        (
+            "backfill_unfilled_total",
+            "Outage gaps (or their older parts) not backfilled: no history, refused, beyond backfill_max.",
+            "counter",
+            |p| &p.backfill_unfilled,
         ),
         (
             "backpressure_waits_total",

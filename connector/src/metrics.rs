@@ -30,6 +30,12 @@ pub struct PlcMetrics {
     /// longer had them, or they were past the republish cap) plus samples with the Overflow
     /// bit (each stands for at least one value the server's queue dropped).
     pub loss_events: AtomicU64,
+    /// Values read back from the server's history after outages (`backfill = true`).
+    pub backfilled: AtomicU64,
+    /// Outage gaps of a node read completely from history.
+    pub backfill_gaps: AtomicU64,
+    /// Outage gaps (or parts) not backfilled: no history, refused, beyond `backfill_max`.
+    pub backfill_unfilled: AtomicU64,
     /// Times the OPC UA side had to wait because the sink's queue was full (slow disk).
     pub backpressure_waits: AtomicU64,
     pub samples_written: AtomicU64,

@@ -163,4 +163,25 @@ pub struct Sample {
     pub status: u32,
     pub type_name: TypeName,
     pub value: SampleValue,
+    /// How the sample arrived: a notification, or read back from the server's history.
+    pub origin: Origin,
+}
+
+/// How a sample arrived: the `origin` column and telemetry field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Origin {
+    /// A data change notification of a subscription (or a republished one).
+    #[default]
+    Live,
+    /// Read with HistoryRead after a connection outage ([`crate::opcua::backfill`]).
+    History,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Live => "live",
+            Origin::History => "history",
+        }
+    }
 }

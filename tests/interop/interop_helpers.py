@@ -207,7 +207,7 @@ async def write_status(node: Node, variant: ua.Variant) -> ua.StatusCode:
     return results[0]
 
 
-# Parquet schema v2: the typed value columns (exactly one is set per row) and the
+# Parquet schema v3: the typed value columns (exactly one is set per row) and the
 # dictionary-encoded string columns. The line id is no column: it is the partition key `line=`.
 VALUE_COLUMNS = (
     "value_double",

@@ -48,7 +48,7 @@ COUNTERS = [
 MAX_BEHIND_TRUTH = 0
 
 TS_UTC_US = "timestamp[us, UTC]"
-# Spec "Parquet chunks (schema version 2)", in column order.
+# Spec "Parquet chunks (schema version 3)", in column order.
 EXPECTED_COLUMNS: list[tuple[str, str]] = [
     ("time", TS_UTC_US),
     ("server_time", TS_UTC_US),
@@ -66,6 +66,7 @@ EXPECTED_COLUMNS: list[tuple[str, str]] = [
     ("value_time", TS_UTC_US),
     ("value_bytes", "binary"),
     ("value_json", "string"),
+    ("origin", "dict"),
 ]
 # Which value column a scalar of each built-in type lands in (spec table); arrays -> value_json.
 TYPE_COLUMN = {
@@ -81,7 +82,7 @@ TYPE_COLUMN = {
 # Footer keys for "schema version, line, site, connector version" (spec), as the connector names
 # them; docs/parquet.md is expected to document these (and whatever else it lists is checked too).
 REQUIRED_FOOTER_KEYS = {
-    "opcua_connector.schema_version": "2",
+    "opcua_connector.schema_version": "3",
     "opcua_connector.line": LINE_ID,
     "opcua_connector.site": SITE_ID,
     "opcua_connector.connector_version": None,  # compared with `opcua-connector --version`
@@ -226,7 +227,7 @@ def test_every_chunk_has_the_v1_schema(demo: DemoRun) -> None:
         md = pq.read_metadata(f)
         names = [md.schema.column(i).name for i in range(md.num_columns)]
         for rg in range(md.num_row_groups):
-            for col in DICTIONARY_COLUMNS:
+            for col in (*DICTIONARY_COLUMNS, "origin"):
                 encodings = md.row_group(rg).column(names.index(col)).encodings
                 if not any("DICTIONARY" in e for e in encodings):
                     problems.append(f"{f.name}: row group {rg} column {col} not dictionary-encoded: {encodings}")

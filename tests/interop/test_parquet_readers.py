@@ -41,6 +41,7 @@ EXPECTED_SCHEMA = pa.schema(
         pa.field("value_time", UTC_US),
         pa.field("value_bytes", pa.binary()),
         pa.field("value_json", pa.string()),
+        pa.field("origin", DICT_STRING, nullable=False),
     ]
 )
 
@@ -154,6 +155,8 @@ def test_pyarrow_dictionary_columns(chunk_files: list[Path]) -> None:
         assert column.type == DICT_STRING, name
         assert column.null_count == 0, name
     assert table.column("group").chunk(0).dictionary.to_pylist() == ["fast"]
+    assert table.column("origin").chunk(0).dictionary.to_pylist() == ["live"]
+    assert table.column("origin").null_count == 0
     # Schema v2: the line id is the partition key `line=` (and a footer key), not a column.
     assert "line" not in table.schema.names
 
@@ -187,7 +190,7 @@ def test_pyarrow_encodings_and_statistics(chunk_files: list[Path]) -> None:
     for name in ("time", "server_time", "status", "value_int", "value_uint", "value_time"):
         assert "DELTA_BINARY_PACKED" in columns[name].encodings, name
     assert "BYTE_STREAM_SPLIT" in columns["value_double"].encodings
-    for name in (*DICTIONARY_COLUMNS, "value_string"):
+    for name in (*DICTIONARY_COLUMNS, "origin", "value_string"):
         assert "RLE_DICTIONARY" in columns[name].encodings, name
     for name, column in columns.items():
         assert column.compression == "ZSTD", name
@@ -203,7 +206,7 @@ def test_footer_metadata(chunk_files: list[Path]) -> None:
     ]
     for f, (first, last) in zip(chunk_files, ranges, strict=True):
         kv = {k.decode(): v.decode() for k, v in pq.read_metadata(f).metadata.items()}
-        assert kv["opcua_connector.schema_version"] == "2"
+        assert kv["opcua_connector.schema_version"] == "3"
         assert kv["opcua_connector.line"] == "line-a"
         assert kv["opcua_connector.site"] == "plant-1"
         assert kv["opcua_connector.plc"] == "filler"

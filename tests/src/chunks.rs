@@ -47,6 +47,8 @@ pub struct Row {
     pub type_name: String,
     pub status: u32,
     pub value: Val,
+    /// `live` or `history` (schema 3; `live` for older chunks).
+    pub origin: String,
 }
 
 /// Every `*.parquet` file below `dir` (temporary files are never named so).
@@ -145,6 +147,10 @@ pub fn read_file(path: &Path) -> Vec<Row> {
         let vby = col("value_bytes");
         let vby = vby.as_binary::<i32>();
         let vj = strings(&b, "value_json");
+        let origin = b
+            .column_by_name("origin")
+            .map(|_| strings(&b, "origin"))
+            .unwrap_or_else(|| vec![None; n]);
         for i in 0..n {
             let value = if vd.is_valid(i) {
                 Val::Double(vd.value(i))
@@ -176,6 +182,7 @@ pub fn read_file(path: &Path) -> Vec<Row> {
                 type_name: ty[i].clone().unwrap_or_default(),
                 status: status.value(i),
                 value,
+                origin: origin[i].clone().unwrap_or_else(|| "live".to_owned()),
             });
         }
     }

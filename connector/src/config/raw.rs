@@ -169,6 +169,15 @@ pub struct RawGroup {
     pub nodes: Option<Vec<Spanned<RawNode>>>,
     /// Variables found under a root at connect; default none (then nodes).
     pub browse: Option<Vec<Spanned<RawBrowse>>>,
+    /// After a connection outage, read what the subscription missed from the server's
+    /// history (nodes with Historizing = true); default false.
+    pub backfill: Option<Spanned<bool>>,
+    /// The longest outage filled, e.g. "1h" (the older part is reported, not read); default
+    /// "1h".
+    pub backfill_max: Option<Spanned<RawDuration>>,
+    /// At most this many values per second read from the server's history; default 10000.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub backfill_rate: Option<Spanned<i64>>,
 }
 
 /// `{ absolute = x }` or `{ percent = x }`.

@@ -239,6 +239,22 @@ pub struct Group {
     pub deadband: Deadband,
     pub nodes: Vec<NodeEntry>,
     pub browse: Vec<BrowseSelection>,
+    /// History backfill after outages (`backfill = true`).
+    pub backfill: Option<BackfillConfig>,
+}
+
+/// `backfill = true` with `backfill_max` and `backfill_rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillConfig {
+    /// The longest outage filled (its most recent part).
+    pub max: Duration,
+    /// Values per second read from history at most.
+    pub rate: u32,
+}
+
+impl BackfillConfig {
+    pub const DEFAULT_MAX: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_RATE: u32 = 10_000;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

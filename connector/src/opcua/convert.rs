@@ -6,7 +6,7 @@ use opcua::types::{ContextOwned, DataValue, DateTime, Variant};
 
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
-use crate::sample::{Item, Sample, SampleValue, TypeName};
+use crate::sample::{Item, Origin, Sample, SampleValue, TypeName};
 
 /// Microseconds since the Unix epoch of an OPC UA DateTime (100 ns ticks since 1601).
 pub fn micros(t: &DateTime) -> i64 {
@@ -43,6 +43,7 @@ pub fn sample(
         status,
         type_name,
         value,
+        origin: Origin::Live,
     }
 }
 

@@ -10,17 +10,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use opcua::types::custom::DynamicStructure;
 use opcua::types::{DataValue, StatusCode, Variant};
 use tracing::warn;
 
 use crate::config::{FieldPath, FieldStep};
+use crate::opcua::backfill::Tracks;
 use crate::opcua::convert;
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
-use crate::sample::{Item, Sample, SampleValue, TypeName};
+use crate::sample::{Item, Origin, Sample, SampleValue, TypeName};
 
 /// One flattened field of a monitored structure.
 #[derive(Debug)]
@@ -56,11 +57,22 @@ pub struct Watch {
     pub flatten: Flattening,
     pub ns: Arc<Namespaces>,
     pub structures: Option<Arc<Structures>>,
+    /// Backfilled nodes (`backfill = true` groups): their tracks by item index, set once the
+    /// watch exists.
+    pub tracks: OnceLock<Tracks>,
 }
 
 impl Watch {
-    /// The rows of one notification of item `index`: its own, then its flattened fields.
-    pub fn rows(&self, index: usize, dv: DataValue, received_us: i64, out: &mut Vec<Sample>) {
+    /// The rows of one notification of item `index` (or of a value read from history): its
+    /// own, then its flattened fields.
+    pub fn rows(
+        &self,
+        index: usize,
+        dv: DataValue,
+        received_us: i64,
+        origin: Origin,
+        out: &mut Vec<Sample>,
+    ) {
         let Some(item) = self.items.get(index) else {
             return;
         };
@@ -72,7 +84,16 @@ impl Watch {
             .map(|f| dv.value.as_ref().map(|v| pick(v, &f.path).cloned()))
             .collect();
         let structures = self.structures.as_deref();
-        let row = convert::sample(item, dv, received_us, &self.ns, structures);
+        let mut row = convert::sample(item, dv, received_us, &self.ns, structures);
+        row.origin = origin;
+        if origin == Origin::Live {
+            if let Some((backfill, tracks)) = self.tracks.get() {
+                if let Some(Some(track)) = tracks.get(index) {
+                    let has_value = !matches!(row.value, SampleValue::Null);
+                    backfill.seen(track, row.time_us, has_value);
+                }
+            }
+        }
         let mut extra = Vec::with_capacity(flats.len());
         for (flat, field) in flats.iter().zip(fields) {
             let (status, (type_name, value)) = match field {

@@ -10,11 +10,14 @@
 //! - [`browse`]: walking an address space (`opcua-connector browse`, `browse` groups).
 //! - [`convert`]: OPC UA values to samples; [`structures`]: the server's own structure types,
 //!   decoded from their DataTypeDefinitions; [`flatten`]: chosen structure fields as rows.
+//! - [`backfill`]: after an outage, what the subscriptions missed, read from the server's
+//!   history.
 //! - [`link`]: the session handle used for writes and method calls.
 //! - [`tcp`]: the socket connector (TCP_NODELAY).
 //! - [`trust`]: our check of a server's certificate (alternative names in any order, CAs in
 //!   `pki/issuers/` with their CRLs).
 
+pub mod backfill;
 pub mod browse;
 pub mod connect;
 pub mod convert;

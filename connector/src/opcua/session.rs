@@ -24,6 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::config::{Pki, Plc};
 use crate::metrics::PlcMetrics;
+use crate::opcua::backfill::Backfill;
 use crate::opcua::connect::{check_certificate, client, endpoint, identity, refusal, SessionError};
 use crate::opcua::link::{publish_link, LinkSender};
 use crate::opcua::resolve::Namespaces;
@@ -315,10 +316,27 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut pacing = Pacing::new();
+    let backfill = plc
+        .groups
+        .iter()
+        .any(|g| g.backfill.is_some())
+        .then(|| Backfill::new(&plc.id, metrics.clone()));
     while !shutdown.is_cancelled() {
-        match connect_and_serve(&plc, &pki, &tx, &metrics, &shutdown, &mut pacing).await {
+        let served = connect_and_serve(
+            &plc,
+            &pki,
+            (&tx, &metrics),
+            &shutdown,
+            &mut pacing,
+            backfill.as_ref(),
+        )
+        .await;
+        match served {
             Ok(()) => break,
             Err(e) => {
+                if let Some(b) = &backfill {
+                    b.cut();
+                }
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
                 let (wait, news) = pacing.failed(&e);
@@ -371,10 +389,10 @@ async fn sleep_unless_shutdown(wait: Duration, shutdown: &CancellationToken) -> 
 async fn connect_and_serve(
     plc: &Plc,
     pki: &Pki,
-    tx: &SampleSender,
-    metrics: &Arc<PlcMetrics>,
+    (tx, metrics): (&SampleSender, &Arc<PlcMetrics>),
     shutdown: &CancellationToken,
     pacing: &mut Pacing,
+    backfill: Option<&Arc<Backfill>>,
 ) -> Result<(), SessionError> {
     let structures = Arc::new(Structures::default());
     let (session, event_loop, endpoint) = open(plc, pki, Some(structures.clone())).await?;
@@ -386,6 +404,8 @@ async fn connect_and_serve(
     let mut first = true;
     let mut spread = true;
     let mut resubscribe_at: Option<tokio::time::Instant> = None;
+    // Reads the gaps of outages from the server's history while this session lasts.
+    let backfilling = backfill.map(|b| tokio::spawn(b.clone().run(session.clone(), tx.clone())));
     let result = loop {
         let retry = sleep_until_set(resubscribe_at);
         tokio::select! {
@@ -394,6 +414,9 @@ async fn connect_and_serve(
                 None => break Err(SessionError::Connect { plc: plc.id.clone(), status: StatusCode::BadConnectionClosed }),
                 Some(Event::Lost(status)) => {
                     metrics.connected.store(false, Ordering::Relaxed);
+                    if let Some(b) = backfill {
+                        b.cut();
+                    }
                     warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
                 }
                 Some(Event::ReconnectFailed(status)) => {
@@ -417,6 +440,10 @@ async fn connect_and_serve(
                         info!(plc = %plc.id, new_session, "reconnected");
                     }
                     if new_session || first {
+                        if let Some(b) = backfill {
+                            // What the old session's subscriptions had queued is gone too.
+                            b.cut();
+                        }
                         // Everything the old session had is gone on the server.
                         let old: Vec<u32> = subscriptions.drain(..).map(|c| c.id).collect();
                         if !old.is_empty() {
@@ -435,7 +462,7 @@ async fn connect_and_serve(
                 resubscribe_at = None;
                 // A new subscription, a new outage: its first loss is logged at once.
                 let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
-                match setup(&session, plc, tx, &recovery, metrics, spread, &structures).await {
+                match setup(&session, plc, (tx, &recovery, metrics), spread, (&structures, backfill)).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
@@ -463,6 +490,9 @@ async fn connect_and_serve(
         close(&session).await;
     }
     driver.abort();
+    if let Some(task) = backfilling {
+        task.abort();
+    }
     metrics.connected.store(false, Ordering::Relaxed);
     result
 }
@@ -470,11 +500,9 @@ async fn connect_and_serve(
 async fn setup(
     session: &Session,
     plc: &Plc,
-    tx: &SampleSender,
-    recovery: &subscribe::Recovery,
-    metrics: &Arc<PlcMetrics>,
+    (tx, recovery, metrics): (&SampleSender, &subscribe::Recovery, &Arc<PlcMetrics>),
     spread: bool,
-    structures: &Arc<Structures>,
+    (structures, backfill): (&Arc<Structures>, Option<&Arc<Backfill>>),
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
     read_structures(session, plc, structures).await;
@@ -486,7 +514,7 @@ async fn setup(
         recovery,
         metrics,
         spread,
-        Some(structures),
+        (Some(structures), backfill),
     )
     .await?;
     info!(

@@ -16,13 +16,14 @@ use tracing::{info, warn};
 
 use crate::config::{Deadband, FieldPath, Group, QueueSize};
 use crate::metrics::PlcMetrics;
+use crate::opcua::backfill::Backfill;
 use crate::opcua::browse;
 use crate::opcua::flatten::{Flat, Flattening, Watch};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
 use crate::pipeline::SampleSender;
 use crate::ratelog::RateLog;
-use crate::sample::Item;
+use crate::sample::{Item, Origin};
 
 /// The server's limits that shape how we subscribe (0 = no limit announced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -392,7 +393,7 @@ pub fn samples(
             if n.value.status.is_some_and(|s| s.overflow()) {
                 overflows += 1;
             }
-            watch.rows(index, n.value, received, &mut out);
+            watch.rows(index, n.value, received, Origin::Live, &mut out);
         }
     }
     if !out.is_empty() {
@@ -427,6 +428,7 @@ pub struct Created {
 pub struct Decoding {
     pub ns: Arc<Namespaces>,
     pub structures: Option<Arc<Structures>>,
+    pub backfill: Option<Arc<Backfill>>,
 }
 
 /// Creates the subscriptions of one group: split by the server's per-subscription limit,
@@ -467,7 +469,18 @@ pub async fn subscribe_group(
             flatten,
             ns: decoding.ns.clone(),
             structures: decoding.structures.clone(),
+            tracks: std::sync::OnceLock::new(),
         });
+        if let (Some(config), Some(backfill)) = (group.backfill, &decoding.backfill) {
+            let tracks = part
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Some(backfill.track(&group.name, &t.item.node, config, (&watch, i, &t.node)))
+                })
+                .collect();
+            let _ = watch.tracks.set((backfill.clone(), tracks));
+        }
         let sub_id = Arc::new(AtomicU32::new(0));
         let callback = Callback {
             watch: watch.clone(),
@@ -605,13 +618,14 @@ pub async fn subscribe_all(
     recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
     spread: bool,
-    structures: Option<&Arc<Structures>>,
+    (structures, backfill): (Option<&Arc<Structures>>, Option<&Arc<Backfill>>),
 ) -> Result<Vec<Created>, StatusCode> {
     let started = Instant::now();
     let limits = read_limits(session).await;
     let decoding = Decoding {
         ns: Arc::new(ns.clone()),
         structures: structures.cloned(),
+        backfill: backfill.cloned(),
     };
     metrics.monitored_items.store(0, Ordering::Relaxed);
     let mut all: Vec<Created> = Vec::new();
@@ -665,6 +679,7 @@ mod tests {
             flatten: Default::default(),
             ns: Arc::new(Namespaces(vec![])),
             structures: None,
+            tracks: std::sync::OnceLock::new(),
         })
     }
 

@@ -427,7 +427,9 @@ impl Check<'_> {
                 "a group needs at least one entry in nodes or browse",
             );
         }
+        let backfill = self.backfill(raw, key);
         Some(Group {
+            backfill: backfill?,
             name: name?,
             publishing_interval: publishing?,
             sampling_interval: sampling?,
@@ -436,6 +438,51 @@ impl Check<'_> {
             nodes: nodes.into_iter().collect::<Option<_>>()?,
             browse: browse.into_iter().collect::<Option<_>>()?,
         })
+    }
+
+    /// `backfill`, `backfill_max`, `backfill_rate`; the last two only with the first.
+    fn backfill(&mut self, raw: &RawGroup, key: &str) -> Option<Option<BackfillConfig>> {
+        let on = raw.backfill.as_ref().is_some_and(|b| *b.get_ref());
+        let max = match &raw.backfill_max {
+            None => Some(BackfillConfig::DEFAULT_MAX),
+            Some(d) => self.positive_duration(d, &format!("{key}.backfill_max")),
+        };
+        let rate = match &raw.backfill_rate {
+            None => Some(BackfillConfig::DEFAULT_RATE),
+            Some(r) => match u32::try_from(*r.get_ref()) {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    self.at(
+                        r,
+                        &format!("{key}.backfill_rate"),
+                        format!(
+                            "backfill_rate {} must be 1..=1000000 values per second",
+                            r.get_ref()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        if !on {
+            for (set, k) in [
+                (raw.backfill_max.as_ref().map(|s| s.span()), "backfill_max"),
+                (
+                    raw.backfill_rate.as_ref().map(|s| s.span()),
+                    "backfill_rate",
+                ),
+            ] {
+                if let Some(span) = set {
+                    self.problem(
+                        Some(span),
+                        &format!("{key}.{k}"),
+                        "only with backfill = true",
+                    );
+                }
+            }
+        }
+        let (max, rate) = (max?, rate?);
+        Some(on.then_some(BackfillConfig { max, rate }))
     }
 
     /// `flatten = ["Speed", "Axes[1].Position"]`: valid, distinct field paths.

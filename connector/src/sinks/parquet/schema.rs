@@ -25,7 +25,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::sample::{Item, Sample, SampleValue, TypeName};
 
 /// Value of the footer key [`META_SCHEMA_VERSION`].
-pub const SCHEMA_VERSION: &str = "2";
+pub const SCHEMA_VERSION: &str = "3";
 
 /// Footer key-value metadata keys. All carry the `opcua_connector.` prefix so they cannot clash
 /// with keys of other tools (`ARROW:schema` is added by the writer itself).
@@ -55,9 +55,11 @@ pub const COL_VALUE_STRING: &str = "value_string";
 pub const COL_VALUE_TIME: &str = "value_time";
 pub const COL_VALUE_BYTES: &str = "value_bytes";
 pub const COL_VALUE_JSON: &str = "value_json";
+pub const COL_ORIGIN: &str = "origin";
 
 /// The dictionary-encoded string id columns.
-pub const DICTIONARY_COLUMNS: [&str; 5] = [COL_PLC, COL_GROUP, COL_NODE, COL_NAME, COL_TYPE];
+pub const DICTIONARY_COLUMNS: [&str; 6] =
+    [COL_PLC, COL_GROUP, COL_NODE, COL_NAME, COL_TYPE, COL_ORIGIN];
 
 /// Hive partition keys of the chunk paths (`line=<line id>/date=YYYY-MM-DD/`). No column has
 /// either name.
@@ -74,7 +76,7 @@ fn dictionary_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
-/// The Arrow schema of schema version 2, in column order.
+/// The Arrow schema of schema version 3, in column order (version 2 had no `origin`).
 pub fn schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     SCHEMA
@@ -96,6 +98,7 @@ pub fn schema() -> SchemaRef {
                 Field::new(COL_VALUE_TIME, timestamp_type(), true),
                 Field::new(COL_VALUE_BYTES, DataType::Binary, true),
                 Field::new(COL_VALUE_JSON, DataType::Utf8, true),
+                Field::new(COL_ORIGIN, dictionary_type(), false),
             ]))
         })
         .clone()
@@ -153,6 +156,15 @@ impl DictColumn {
         key
     }
 
+    /// [`DictColumn::intern`] for the few fixed values of a column (`origin`), without an
+    /// allocation per row.
+    fn intern_static(&mut self, value: &'static str) -> i32 {
+        match self.values.iter().position(|v| &**v == value) {
+            Some(k) => i32::try_from(k).unwrap_or(i32::MAX),
+            None => self.intern(&Arc::from(value)),
+        }
+    }
+
     fn finish(&mut self, rows: usize) -> Result<ArrayRef, ArrowError> {
         let keys = std::mem::replace(&mut self.keys, Vec::with_capacity(rows));
         let values = StringArray::from_iter_values(self.values.drain(..));
@@ -173,7 +185,7 @@ struct ItemKeys {
     name: i32,
 }
 
-/// Arrow builders for one record batch of schema v2.
+/// Arrow builders for one record batch of schema v3.
 pub(crate) struct BatchBuilder {
     capacity: usize,
     rows: usize,
@@ -195,6 +207,7 @@ pub(crate) struct BatchBuilder {
     value_time: TimestampMicrosecondBuilder,
     value_bytes: BinaryBuilder,
     value_json: StringBuilder,
+    origin: DictColumn,
     items: PtrMap<ItemKeys>,
     types: HashMap<TypeName, i32>,
     min_time: i64,
@@ -224,6 +237,7 @@ impl BatchBuilder {
             value_time: TimestampMicrosecondBuilder::new(),
             value_bytes: BinaryBuilder::new(),
             value_json: StringBuilder::new(),
+            origin: DictColumn::with_capacity(capacity),
             items: PtrMap::default(),
             types: HashMap::new(),
             min_time: i64::MAX,
@@ -286,6 +300,8 @@ impl BatchBuilder {
         self.name.keys.push(name);
         self.type_name.keys.push(type_key);
         self.status.push(sample.status);
+        let origin = self.origin.intern_static(sample.origin.as_str());
+        self.origin.keys.push(origin);
 
         // Exactly one value column is filled per row (none for Null); the others get a null.
         let filled = match &sample.value {
@@ -397,6 +413,7 @@ impl BatchBuilder {
             Arc::new(self.value_time.finish().with_timezone(UTC)),
             Arc::new(self.value_bytes.finish()),
             Arc::new(self.value_json.finish()),
+            self.origin.finish(cap)?,
         ];
         self.rows = 0;
         self.var_bytes = 0;

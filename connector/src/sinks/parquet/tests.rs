@@ -80,6 +80,7 @@ fn sample(
         status,
         type_name,
         value,
+        origin: crate::sample::Origin::Live,
     }
 }
 
@@ -425,7 +426,7 @@ fn round_trips_every_value_kind() {
     for key in [s::PARTITION_LINE, s::PARTITION_DATE] {
         assert!(sch.field_with_name(key).is_err(), "{key}");
     }
-    assert_eq!(sch.fields().len(), 16);
+    assert_eq!(sch.fields().len(), 17);
     assert_rows(batch, day1);
 
     let stats = sink.stats();
@@ -546,7 +547,7 @@ fn footer_metadata_present() {
     assert_eq!(files.len(), ranges.len());
     for (file, (first, last)) in files.iter().zip(ranges) {
         let kv = footer(file);
-        assert_eq!(kv[s::META_SCHEMA_VERSION], "2");
+        assert_eq!(kv[s::META_SCHEMA_VERSION], "3");
         assert_eq!(kv[s::META_LINE], "line-a");
         assert_eq!(kv[s::META_SITE], "plant-1");
         assert_eq!(kv[s::META_PLC], "filler");
@@ -582,6 +583,7 @@ fn seconds(n: usize) -> Vec<Sample> {
             status: 0,
             type_name: ty(6, false),
             value: SampleValue::Int(i as i64),
+            origin: crate::sample::Origin::Live,
         })
         .collect()
 }

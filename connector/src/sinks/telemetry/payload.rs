@@ -8,7 +8,8 @@
 //! Values follow OPC UA JSON where JSON itself falls short: Int64 / UInt64 as strings (a JSON
 //! number loses precision above 2^53), NaN and infinities as "NaN" / "Infinity" /
 //! "-Infinity", ByteStrings as base64, DateTimes as RFC 3339 UTC with microseconds; arrays and
-//! structures embed their OPC UA JSON. `st` (the status code) is omitted when Good.
+//! structures embed their OPC UA JSON. `st` (the status code) is omitted when Good; `origin`
+//! (`"history"` for a sample backfilled after an outage) is omitted for live samples.
 
 use std::fmt::Write as _;
 
@@ -115,6 +116,9 @@ pub fn sample(out: &mut String, s: &Sample) {
     json_str(out, &s.type_name.to_string());
     if s.status != 0 {
         let _ = write!(out, ",\"st\":{}", s.status);
+    }
+    if s.origin != crate::sample::Origin::Live {
+        let _ = write!(out, ",\"origin\":\"{}\"", s.origin.as_str());
     }
     out.push('}');
 }
@@ -227,6 +231,7 @@ mod tests {
             status,
             type_name: TypeName::builtin(builtin, false),
             value,
+            origin: crate::sample::Origin::Live,
         }
     }
 

@@ -87,6 +87,8 @@ auth = { username = "connector", password_env = "FILLER_PW" }
   queue_size = 10
   deadband.percent = 1
   browse = [{ root = "ns=2;s=Tank", exclude = "*Raw*" }]
+  backfill = true
+  backfill_max = "30m"
 
 [[plc]]
 id = "labeler"
@@ -180,6 +182,7 @@ listen = "127.0.0.1:9464"
                 },
                 groups: vec![
                     Group {
+                        backfill: None,
                         name: "fast".into(),
                         publishing_interval: ms(100),
                         sampling_interval: ms(50),
@@ -234,6 +237,10 @@ listen = "127.0.0.1:9464"
                         }],
                     },
                     Group {
+                        backfill: Some(BackfillConfig {
+                            max: Duration::from_secs(1800),
+                            rate: BackfillConfig::DEFAULT_RATE,
+                        }),
                         name: "slow".into(),
                         publishing_interval: ms(1000),
                         sampling_interval: ms(1000),

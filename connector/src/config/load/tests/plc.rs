@@ -115,3 +115,28 @@ fn flattened_fields_parse_and_bad_ones_name_their_key() {
     );
     assert_problem(&empty, 12, key, "empty");
 }
+
+#[test]
+fn backfill_settings_need_backfill_and_sane_values() {
+    let group = "  nodes = [\"nsu=urn:example:filler;s=Filler.Speed\"]\n";
+    let with = |extra: &str| MINIMAL.replace(group, &format!("{group}{extra}"));
+    let all = problems(&with("  backfill_max = \"10m\"\n  backfill_rate = 0\n"));
+    assert_exactly(
+        &all,
+        &[
+            &format!(
+                "{FILE}:14: plc[0].group[0].backfill_rate: backfill_rate 0 must be 1..=1000000"
+            ),
+            &format!("{FILE}:13: plc[0].group[0].backfill_max: only with backfill = true"),
+            &format!("{FILE}:14: plc[0].group[0].backfill_rate: only with backfill = true"),
+        ],
+    );
+    let c = parse(Path::new(FILE), &with("  backfill = true\n")).expect("valid");
+    assert_eq!(
+        c.plcs[0].groups[0].backfill,
+        Some(BackfillConfig {
+            max: Duration::from_secs(3600),
+            rate: 10_000
+        })
+    );
+}

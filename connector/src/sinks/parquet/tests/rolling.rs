@@ -99,6 +99,7 @@ fn rolls_by_bytes() {
             status: 0,
             type_name: ty(9, false),
             value: SampleValue::UInt(rng.next()), // incompressible
+            origin: crate::sample::Origin::Live,
         })
         .collect();
     sink.write(&samples).unwrap();

@@ -97,6 +97,7 @@ fn realistic_samples(cycles: usize, profile: Profile) -> Vec<Sample> {
                 status: 0,
                 type_name,
                 value,
+                origin: crate::sample::Origin::Live,
             });
         }
     }
