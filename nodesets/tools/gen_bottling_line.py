@@ -26,6 +26,25 @@ DT = {  # name -> (numeric id, uax element)
     "Float": 10, "Double": 11, "String": 12, "DateTime": 13, "ByteString": 15,
     "LocalizedText": 21,
 }
+# Structure data types of the model (subtypes of Structure i=22, each with a <Definition> and a
+# "Default Binary" encoding object): name -> (description, [(field, data type, value rank)]).
+# A field's data type is a built-in alias or another structure of this list (by name).
+STRUCTS = [
+    ("FillerRecipe", "Recipe of a filling batch",
+     [("Name", "String", -1), ("TargetVolume", "Double", -1)]),
+    ("NozzleStatus", "State of one filling nozzle",
+     [("Index", "UInt16", -1), ("FillLevel", "Double", -1), ("Ok", "Boolean", -1)]),
+    ("FillerBatch", "The batch being filled: recipe and nozzle states",
+     [("Id", "String", -1), ("Count", "UInt32", -1), ("Recipe", "FillerRecipe", -1),
+      ("Nozzles", "NozzleStatus", 1)]),
+]
+STRUCT_NAMES = {name for name, _, _ in STRUCTS}
+
+
+def struct_id(name):
+    return f"ns=1;s={name}"
+
+
 INTEGER = {"Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"}
 FLOATING = {"Float", "Double"}
 
@@ -129,6 +148,10 @@ MACHINES["Filler"] = dict(
           "Main drive motor current", analog=(0.0, 40.0, "ampere")),
         V("EnergyConsumed", "Double", 0.0, {"kind": "ramp", "from": 0.0, "to": 250.0, "period": "3600s"},
           "process", "Energy consumed in the current shift", analog=(0.0, 1000.0, "kwh")),
+        V("Batch", struct_id("FillerBatch"), None, {"kind": "batch"}, "process",
+          "Current batch (structure FillerBatch; no value until the first update)"),
+        V("NozzleStatus", struct_id("NozzleStatus"), None, {"kind": "nozzle_status"}, "process",
+          "State of the first four nozzles (array of structure NozzleStatus)", arr=4),
     ],
 )
 
@@ -398,7 +421,7 @@ def emit_variable(nodeid, bname, parent, v, rule, ids_for_props, with_value):
         props = [ids_for_props("EURange"), ids_for_props("EngineeringUnits")]
         refs += [("HasProperty", p, True) for p in props]
     refs.append(("HasComponent", parent, False))
-    vals = value_xml(v.dt, v.init, "    ") if with_value else None
+    vals = value_xml(v.dt, v.init, "    ") if with_value and v.init is not None else None
     emit_node("UAVariable", nodeid, bname, v.name, v.desc, refs, parent,
               var_attrs(v.dt, v.access, v.arr), vals)
     if analog:
@@ -428,6 +451,28 @@ def emit_method(nodeid, parent, name, desc, ins, outs, rule, ids_for_args, decl=
         emit_property(aid, bname, nodeid, "Argument",
                       value_block(f"<uax:ListOfExtensionObject>{items}</uax:ListOfExtensionObject>"),
                       rule, arr=str(len(args)))
+
+
+def emit_struct(name, desc, fields):
+    """A structure DataType (subtype of Structure) with its Definition and its "Default Binary"
+    encoding object. async-opcua's importer finds the encoding by the literal BrowseName
+    "Default Binary" and HasTypeDefinition i=76, so both are written exactly so."""
+    tid, enc = struct_id(name), f"{struct_id(name)}.DefaultBinary"
+    w(node_open("UADataType", tid, f"1:{name}"))
+    w(f"    <DisplayName>{escape(name)}</DisplayName>")
+    w(f"    <Description>{escape(desc)}</Description>")
+    out.extend(refs_block([("HasSubtype", "i=22", False), ("HasEncoding", enc, True)], "    "))
+    w(f'    <Definition Name="1:{name}">')
+    for fname, fdt, rank in fields:
+        # numeric ids for built-in field types (the variables' DataType attributes use aliases)
+        dt = struct_id(fdt) if fdt in STRUCT_NAMES else f"i={DT[fdt]}"
+        r = f' ValueRank="{rank}"' if rank != -1 else ""
+        w(f'      <Field Name="{fname}" DataType="{dt}"{r} />')
+    w("    </Definition>")
+    w("  </UADataType>")
+    emit_node("UAObject", enc, "Default Binary", "Default Binary", None,
+              [("HasTypeDefinition", "i=76", True), ("HasEncoding", tid, False)],
+              extra=' SymbolicName="DefaultBinary"')
 
 
 class Ids:
@@ -499,10 +544,17 @@ def build_xml():
         ("Argument", "i=296"), ("Range", "i=884"), ("EUInformation", "i=887"),
         ("Organizes", "i=35"), ("HasModellingRule", "i=37"), ("HasTypeDefinition", "i=40"),
         ("HasSubtype", "i=45"), ("HasProperty", "i=46"), ("HasComponent", "i=47"),
+        ("HasEncoding", "i=38"),
     ]
     for a, nid in aliases:
         w(f'    <Alias Alias="{a}">{nid}</Alias>')
     w("  </Aliases>")
+
+    # --- structure data types
+    w("")
+    w("  <!-- ============================ Structure data types ============================ -->")
+    for name, desc, fields in STRUCTS:
+        emit_struct(name, desc, fields)
 
     # --- types
     common = MACHINES["Filler"]["vars"][:6]  # identical declarations on every machine
@@ -597,6 +649,11 @@ def build_toml():
     L.append("# kind setpoint), <m>-static (10s: constants). Start/Stop act on fast+process+slow only, so")
     L.append("# setpoints stay writable and constants keep their value while a machine is stopped.")
     L.append("# Array variables: element i gets the behaviour value + i.")
+    L.append("# Structures (kinds batch, nozzle_status; n = the node's update number 0, 1, 2, ...):")
+    L.append("#   nozzle_status: NozzleStatus[4], N(i) = { Index: i, FillLevel: 500.0 + i + (n % 10) * 0.25,")
+    L.append("#     Ok: (n + i) % 7 != 0 }")
+    L.append('#   batch: FillerBatch { Id: "B-" + 5-digit n / 100, Count: n, Recipe: { Name: "Cola 0.5 l",')
+    L.append("#     TargetVolume: 500.0 }, Nozzles: [N(0), N(1), N(2), N(3)] }")
     L.append("# Machine state codes (State variables): 0 Stopped, 1 Starting, 2 Running, 3 Blocked, 4 Starved, 5 Faulted.")
     L.append("")
     L.append("seed = 42                 # RNG seed for noise, random walks and jitter")

@@ -59,6 +59,7 @@ pub fn data_type_of(kind: Kind) -> DataTypeId {
         Kind::LocalizedText => DataTypeId::LocalizedText,
         Kind::DateTime => DataTypeId::DateTime,
         Kind::ByteString => DataTypeId::ByteString,
+        Kind::Structure => DataTypeId::Structure,
     }
 }
 
@@ -79,6 +80,7 @@ fn scalar_type_of(kind: Kind) -> VariantScalarTypeId {
         Kind::LocalizedText => VariantScalarTypeId::LocalizedText,
         Kind::DateTime => VariantScalarTypeId::DateTime,
         Kind::ByteString => VariantScalarTypeId::ByteString,
+        Kind::Structure => VariantScalarTypeId::ExtensionObject,
     }
 }
 
@@ -125,6 +127,8 @@ fn scalar(value: &Value, kind: Kind) -> Variant {
             Value::Bytes(b) => Variant::ByteString(ByteString::from(b.clone())),
             _ => Variant::ByteString(ByteString::null()),
         },
+        // Structures need the server's data type tree: see `crate::structs`.
+        Kind::Structure => Variant::Empty,
     }
 }
 
@@ -189,6 +193,7 @@ pub fn initial_value(v: Option<&Variant>, ty: VarType) -> Value {
             Kind::Float | Kind::Double => Value::Float(0.0),
             Kind::DateTime => Value::Time(Utc::now()),
             Kind::ByteString => Value::Bytes(Vec::new()),
+            Kind::Structure => Value::Struct(Default::default()),
             _ => Value::Text(String::new()),
         },
     }

@@ -10,6 +10,7 @@
 //!   `--fault` syntax.
 //! - [`convert`]: model values to and from OPC UA variants, data types and status names.
 //! - [`server`]: the async-opcua node manager that maps the model onto the address space.
+//! - [`structs`]: the nodesets' structure types on the server side and structure values.
 //! - [`runtime`]: `start`/`run`, the configuration, nodeset checks, server build, ticking,
 //!   fault supervision and restarts, stats.
 //! - [`error`]: [`SimError`], and the [`Problem`]s of bad input with file, line and element.
@@ -26,6 +27,7 @@ pub mod profile;
 pub mod runtime;
 pub mod scale;
 pub mod server;
+pub mod structs;
 
 pub use error::{Problem, SimError};
 pub use faults::{Fault, FaultKind};

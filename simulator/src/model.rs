@@ -30,6 +30,8 @@ pub enum Kind {
     LocalizedText,
     DateTime,
     ByteString,
+    /// A structure of the nodeset (its fields come from the DataType's definition).
+    Structure,
 }
 
 impl Kind {
@@ -92,6 +94,7 @@ pub enum Value {
     Time(DateTime<Utc>),
     Bytes(Vec<u8>),
     Array(Vec<Value>),
+    Struct(structs::Fields),
 }
 
 impl Value {
@@ -193,6 +196,10 @@ pub enum Behaviour {
     Bytes {
         len: usize,
     },
+    /// FillerBatch at the node's update number (see [`structs::batch`]).
+    Batch,
+    /// NozzleStatus[4] at the node's update number (see [`structs::nozzles`]).
+    NozzleStatus,
 }
 
 impl Behaviour {
@@ -501,6 +508,8 @@ impl Model {
                 self.rng.fill(&mut b[..]);
                 Value::Bytes(b)
             }
+            Behaviour::Batch => structs::batch(self.vars[idx].updates),
+            Behaviour::NozzleStatus => structs::nozzles(self.vars[idx].updates),
             Behaviour::Constant { .. } | Behaviour::Setpoint { .. } => {
                 return self.vars[idx].value.clone()
             }
@@ -593,6 +602,9 @@ fn shape(ty: VarType, value: Value) -> Value {
     let Some(len) = ty.array else {
         return value;
     };
+    if ty.kind == Kind::Structure {
+        return value;
+    }
     if let Value::Array(_) = value {
         return value;
     }
@@ -614,6 +626,8 @@ fn jitter(rng: &mut SmallRng, max: Duration) -> chrono::Duration {
     }
     chrono::Duration::microseconds(rng.gen_range(0..us))
 }
+
+pub mod structs;
 
 #[cfg(test)]
 mod tests;

@@ -25,13 +25,14 @@ use opcua::server::node_manager::{
 use opcua::server::CreateMonitoredItem;
 use opcua::sync::RwLock;
 use opcua::types::{
-    Argument, AttributeId, BrowseDirection, DataEncoding, DataValue, NodeClass, NodeId,
-    NumericRange, ObjectId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
+    Argument, AttributeId, BrowseDirection, DataEncoding, DataTypeDefinition, DataValue, NodeClass,
+    NodeId, NumericRange, ObjectId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
 };
 
 use crate::convert::{data_type_of, from_variant, to_variant};
 use crate::model::{Model, Refusal, VarType};
 use crate::scale::ScaleSpec;
+use crate::structs::StructTypes;
 use std::sync::Mutex;
 
 /// A method's declared arguments, read from its InputArguments/OutputArguments properties.
@@ -49,6 +50,8 @@ pub struct Binding {
     pub vars: HashMap<NodeId, usize>,
     pub methods: HashMap<NodeId, MethodBinding>,
     pub ids: Vec<NodeId>,
+    /// DataType of every structure variable (by model index).
+    pub data_types: HashMap<usize, NodeId>,
 }
 
 pub type PlcNodeManager = InMemoryNodeManager<PlcNodeManagerImpl>;
@@ -65,6 +68,7 @@ pub struct PlcNodeManagerImpl {
     model: Arc<Mutex<Model>>,
     online: Arc<std::sync::atomic::AtomicBool>,
     pub binding: OnceLock<Binding>,
+    pub structs: StructTypes,
 }
 
 impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
@@ -86,6 +90,7 @@ impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
                 uris.push(crate::scale::NAMESPACE.to_owned());
             }
         }
+        let structs = StructTypes::build(address_space, &*context.type_tree.read());
         let mut namespaces = Vec::new();
         for uri in uris {
             let index = context
@@ -127,6 +132,7 @@ impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
             model: self.model,
             online: self.online,
             binding: OnceLock::new(),
+            structs,
         }
     }
 }
@@ -328,6 +334,23 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
 }
 
 impl PlcNodeManagerImpl {
+    /// Model variable `idx`'s `value` as a variant: structures through the server's data type
+    /// tree (a structure that cannot be encoded is logged and reads as null).
+    pub fn variant(&self, idx: usize, value: &crate::model::Value, ty: VarType) -> Variant {
+        if ty.kind != crate::model::Kind::Structure {
+            return to_variant(value, ty);
+        }
+        let Some(dt) = self.binding.get().and_then(|b| b.data_types.get(&idx)) else {
+            return Variant::Empty;
+        };
+        self.structs
+            .to_variant(dt, value, ty.array.is_some())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "structure value not encodable");
+                Variant::Empty
+            })
+    }
+
     /// Stores the model's current values of `changed` variables in the address space and
     /// notifies subscribers (used after a method changed the model).
     fn push_changed(
@@ -348,7 +371,7 @@ impl PlcNodeManagerImpl {
                 .filter_map(|&i| {
                     let v = &model.vars[i];
                     let dv = DataValue {
-                        value: Some(to_variant(&v.value, v.ty)),
+                        value: Some(self.variant(i, &v.value, v.ty)),
                         status: Some(StatusCode::from(v.status)),
                         source_timestamp: Some(now),
                         server_timestamp: Some(now),
@@ -391,7 +414,15 @@ pub fn variable_info(
     let NodeType::Variable(v) = address_space.find(id)? else {
         return None;
     };
-    let kind = crate::convert::kind_of(&v.data_type())?;
+    let data_type = v.data_type();
+    let kind = crate::convert::kind_of(&data_type).or_else(|| {
+        matches!(
+            address_space.find(&data_type),
+            Some(NodeType::DataType(d))
+                if matches!(d.data_type_definition(), Some(DataTypeDefinition::Structure(_)))
+        )
+        .then_some(crate::model::Kind::Structure)
+    })?;
     let value = v.value(
         TimestampsToReturn::Neither,
         &NumericRange::None,

@@ -155,7 +155,20 @@ pub(super) fn go_live(
                 ))
             })
             .collect();
+        let data_types = model
+            .vars
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.ty.kind == crate::model::Kind::Structure)
+            .filter_map(|(i, _)| match asp.find(&ids[i]) {
+                Some(opcua::server::address_space::NodeType::Variable(v)) => {
+                    Some((i, v.data_type()))
+                }
+                _ => None,
+            })
+            .collect();
         Binding {
+            data_types,
             vars: ids
                 .iter()
                 .enumerate()

@@ -10,7 +10,6 @@ use opcua::server::SubscriptionCache;
 use opcua::types::{DataValue, DateTime, NodeId, StatusCode};
 use tracing::warn;
 
-use crate::convert::to_variant;
 use crate::model::{Model, Value, VarType};
 use crate::server::PlcNodeManager;
 
@@ -61,7 +60,7 @@ impl Shared {
                 Some((
                     ids.get(idx)?,
                     DataValue {
-                        value: Some(to_variant(&value, tys[idx])),
+                        value: Some(live.nm.inner().variant(idx, &value, tys[idx])),
                         status: Some(StatusCode::from(status)),
                         source_timestamp: Some(DateTime::from(t)),
                         server_timestamp: Some(now),
