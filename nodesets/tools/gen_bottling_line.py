@@ -649,6 +649,7 @@ def build_toml():
     L.append("# kind setpoint), <m>-static (10s: constants). Start/Stop act on fast+process+slow only, so")
     L.append("# setpoints stay writable and constants keep their value while a machine is stopped.")
     L.append("# Array variables: element i gets the behaviour value + i.")
+    L.append("# Every kind = \"counter\" node is historized (HistoryRead of the last --history-window).")
     L.append("# Structures (kinds batch, nozzle_status; n = the node's update number 0, 1, 2, ...):")
     L.append("#   nozzle_status: NozzleStatus[4], N(i) = { Index: i, FillLevel: 500.0 + i + (n % 10) * 0.25,")
     L.append("#     Ok: (n + i) % 7 != 0 }")

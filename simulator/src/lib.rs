@@ -6,6 +6,7 @@
 //! - [`model`]: variables, behaviours, groups, methods and produced-value counts; no OPC UA.
 //! - [`profile`]: the TOML profile, checked against the loaded nodesets.
 //! - [`scale`]: `--scale N@INTERVAL` generated load variables.
+//! - [`history`]: the in-memory history of the counters and its HistoryRead pages.
 //! - [`faults`]: the fault kinds (restart, close sessions, freeze, status) and their
 //!   `--fault` syntax.
 //! - [`convert`]: model values to and from OPC UA variants, data types and status names.
@@ -22,6 +23,7 @@
 pub mod convert;
 pub mod error;
 pub mod faults;
+pub mod history;
 pub mod model;
 pub mod profile;
 pub mod runtime;

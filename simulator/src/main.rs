@@ -59,6 +59,13 @@ struct Args {
     /// Server limit: monitored items per CreateMonitoredItems call.
     #[arg(long, default_value_t = Limits::default().max_monitored_items_per_call)]
     max_items_per_call: usize,
+    /// Keep the history of every counter for this long (at most 200,000 values per node).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    history_window: std::time::Duration,
+    /// No history: counters are not Historizing and HistoryRead answers
+    /// BadHistoryOperationUnsupported.
+    #[arg(long)]
+    no_history: bool,
     /// Log format on stderr.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -66,6 +73,10 @@ struct Args {
 
 fn parse_scale(s: &str) -> Result<ScaleSpec, String> {
     s.parse()
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 fn parse_fault(s: &str) -> Result<Fault, String> {
@@ -155,6 +166,8 @@ fn config(args: Args) -> Result<SimConfig, simulator::SimError> {
     c.faults = args.faults;
     c.seed = args.seed;
     c.stats_file = args.stats_file;
+    c.history = !args.no_history;
+    c.history_window = args.history_window;
     c.limits.max_monitored_items_per_sub = args.max_items_per_sub;
     c.limits.max_monitored_items_per_call = args.max_items_per_call;
     Ok(c)

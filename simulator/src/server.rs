@@ -20,19 +20,22 @@ use opcua::server::node_manager::memory::{
     InMemoryNodeManager, InMemoryNodeManagerImpl, InMemoryNodeManagerImplBuilder,
 };
 use opcua::server::node_manager::{
-    MethodCall, ParsedReadValueId, RequestContext, ServerContext, WriteNode,
+    HistoryNode, MethodCall, ParsedReadValueId, RequestContext, ServerContext, WriteNode,
 };
 use opcua::server::CreateMonitoredItem;
 use opcua::sync::RwLock;
 use opcua::types::{
     Argument, AttributeId, BrowseDirection, DataEncoding, DataTypeDefinition, DataValue, NodeClass,
-    NodeId, NumericRange, ObjectId, ReferenceTypeId, StatusCode, TimestampsToReturn, Variant,
+    NodeId, NumericRange, ObjectId, ReadRawModifiedDetails, ReferenceTypeId, StatusCode,
+    TimestampsToReturn, Variant,
 };
 
 use crate::convert::{data_type_of, from_variant, to_variant};
+use crate::history::History;
 use crate::model::{Model, Refusal, VarType};
 use crate::scale::ScaleSpec;
 use crate::structs::StructTypes;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 /// A method's declared arguments, read from its InputArguments/OutputArguments properties.
@@ -61,6 +64,22 @@ pub struct PlcNodeManagerBuilder {
     pub scale: Option<ScaleSpec>,
     pub model: Arc<Mutex<Model>>,
     pub online: Arc<std::sync::atomic::AtomicBool>,
+    pub services: Services,
+}
+
+/// Counts of service operations the simulator answered, for the ground truth.
+#[derive(Debug, Default)]
+pub struct ServiceCounts {
+    /// HistoryRead node operations answered from the history (Good or GoodNoData).
+    pub history_reads: AtomicU64,
+}
+
+/// What outlives a server instance (restarts rebuild the server, not these).
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// `None` with `--no-history`.
+    pub history: Option<Arc<History>>,
+    pub counts: Arc<ServiceCounts>,
 }
 
 pub struct PlcNodeManagerImpl {
@@ -69,6 +88,7 @@ pub struct PlcNodeManagerImpl {
     online: Arc<std::sync::atomic::AtomicBool>,
     pub binding: OnceLock<Binding>,
     pub structs: StructTypes,
+    pub services: Services,
 }
 
 impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
@@ -133,6 +153,7 @@ impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
             online: self.online,
             binding: OnceLock::new(),
             structs,
+            services: self.services,
         }
     }
 }
@@ -271,6 +292,36 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
         Ok(())
     }
 
+    async fn history_read_raw_modified(
+        &self,
+        _context: &RequestContext,
+        details: &ReadRawModifiedDetails,
+        nodes: &mut [&mut &mut HistoryNode],
+        timestamps_to_return: TimestampsToReturn,
+    ) -> Result<(), StatusCode> {
+        let Some(history) = &self.services.history else {
+            return Err(StatusCode::BadHistoryOperationUnsupported);
+        };
+        if details.is_read_modified {
+            return Err(StatusCode::BadHistoryOperationUnsupported);
+        }
+        let binding = self
+            .binding
+            .get()
+            .ok_or(StatusCode::BadServerNotConnected)?;
+        for node in nodes.iter_mut() {
+            crate::history::answer(
+                history,
+                binding,
+                details,
+                node,
+                timestamps_to_return,
+                &self.services.counts.history_reads,
+            );
+        }
+        Ok(())
+    }
+
     async fn call(
         &self,
         context: &RequestContext,
@@ -377,6 +428,9 @@ impl PlcNodeManagerImpl {
                         server_timestamp: Some(now),
                         ..DataValue::null()
                     };
+                    if let Some(h) = &self.services.history {
+                        h.record(i, &dv);
+                    }
                     binding.ids.get(i).map(|id| (dv, id))
                 })
                 .collect()

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use opcua::crypto::SecurityPolicy;
 use opcua::types::MessageSecurityMode;
@@ -98,6 +99,10 @@ pub struct SimConfig {
     pub limits: Limits,
     /// Written every 2 s and at exit when set.
     pub stats_file: Option<PathBuf>,
+    /// Keep the history of every `counter` of the profile and serve HistoryRead (default).
+    pub history: bool,
+    /// How long values are kept (at most 200,000 per node).
+    pub history_window: Duration,
 }
 
 impl SimConfig {
@@ -124,6 +129,8 @@ impl SimConfig {
             seed: None,
             limits: Limits::default(),
             stats_file: None,
+            history: true,
+            history_window: Duration::from_secs(600),
         }
     }
 }

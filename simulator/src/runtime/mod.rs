@@ -25,9 +25,11 @@ use tracing::info;
 use crate::convert::initial_value;
 use crate::error::SimError;
 use crate::faults::FaultKind;
+use crate::history::History;
+use crate::model::Behaviour;
 use crate::model::Model;
 use crate::profile::{NodeInfo, Profile};
-use crate::server::{is_method, variable_info};
+use crate::server::{is_method, variable_info, Services};
 
 mod auth;
 mod config;
@@ -148,7 +150,14 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
     let endpoint = format!("opc.tcp://{}:{}/", config.host, port);
 
     let logins = Arc::new(Logins::default());
-    let (server, handle, nm) = build_server(&config, imports, port, &model, &online, &logins)?;
+    let services = Services {
+        history: config
+            .history
+            .then(|| Arc::new(History::new(config.history_window))),
+        counts: Arc::default(),
+    };
+    let (server, handle, nm) =
+        build_server(&config, imports, port, &model, &online, &logins, &services)?;
     check_imported(&config.nodesets, &handle)?;
     {
         let asp = nm.address_space().read();
@@ -170,6 +179,9 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
     }
     let (late, tys) = {
         let m = model.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = &services.history {
+            h.enable(&historized(&m));
+        }
         let late = (0..m.groups.len()).map(|_| AtomicU64::new(0)).collect();
         (late, m.vars.iter().map(|v| v.ty).collect())
     };
@@ -185,6 +197,7 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         tys,
         started: Instant::now(),
         endpoint: endpoint.clone(),
+        services,
         logins,
     });
     let server_task = go_live(&shared, server, handle.clone(), nm, listener);
@@ -209,6 +222,16 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         task,
         port,
     })
+}
+
+/// Which model variables keep a history: every `counter` of the profile (not the `--scale`
+/// variables).
+fn historized(m: &Model) -> Vec<bool> {
+    let scale = format!("nsu={};", crate::scale::NAMESPACE);
+    m.vars
+        .iter()
+        .map(|v| matches!(v.behaviour, Behaviour::Counter { .. }) && !v.id.starts_with(&scale))
+        .collect()
 }
 
 /// Runs until `shutdown` is cancelled.

@@ -21,8 +21,10 @@ use super::shared::{Live, Shared};
 use crate::error::SimError;
 use crate::model::Model;
 use crate::server::{
-    method_arguments, Binding, MethodBinding, PlcNodeManager, PlcNodeManagerBuilder,
+    method_arguments, Binding, MethodBinding, PlcNodeManager, PlcNodeManagerBuilder, Services,
 };
+use opcua::nodes::AccessLevel;
+use opcua::server::address_space::NodeType;
 
 /// Resolves `nsu=URI;s=...` (or `ns=N;...`, or a bare `i=...`) against this server's
 /// namespace table.
@@ -48,6 +50,7 @@ pub(super) fn build_server(
     model: &Arc<Mutex<Model>>,
     online: &Arc<AtomicBool>,
     logins: &Arc<Logins>,
+    services: &Services,
 ) -> Result<(Server, ServerHandle, Arc<PlcNodeManager>), SimError> {
     let url = format!("opc.tcp://{}:{}/", config.host, port);
     let mut token_ids: Vec<String> = Vec::new();
@@ -76,6 +79,7 @@ pub(super) fn build_server(
             scale: config.scale,
             model: model.clone(),
             online: online.clone(),
+            services: services.clone(),
         }));
     for (user, pass) in &config.users {
         builder = builder.add_user_token(
@@ -178,6 +182,19 @@ pub(super) fn go_live(
             ids,
         }
     };
+    if let Some(history) = &shared.services.history {
+        let mut asp = nm.address_space().write();
+        for (i, id) in binding.ids.iter().enumerate() {
+            if !history.is_historized(i) {
+                continue;
+            }
+            if let Some(NodeType::Variable(v)) = asp.find_mut(id) {
+                v.set_historizing(true);
+                v.set_access_level(v.access_level() | AccessLevel::HISTORY_READ);
+                v.set_user_access_level(v.user_access_level() | AccessLevel::HISTORY_READ);
+            }
+        }
+    }
     *shared.ids.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(binding.ids.clone());
     let _ = nm.inner().binding.set(binding);
     *shared.live.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Live {

@@ -10,8 +10,9 @@ use opcua::server::SubscriptionCache;
 use opcua::types::{DataValue, DateTime, NodeId, StatusCode};
 use tracing::warn;
 
+use crate::convert::to_variant;
 use crate::model::{Model, Value, VarType};
-use crate::server::PlcNodeManager;
+use crate::server::{PlcNodeManager, Services};
 
 /// The server currently serving the model.
 pub(super) struct Live {
@@ -40,16 +41,25 @@ pub(super) struct Shared {
     pub(super) started: Instant,
     pub(super) endpoint: String,
     pub(super) logins: Arc<super::auth::Logins>,
+    /// History and service counts (they outlive server restarts).
+    pub(super) services: Services,
 }
 
 impl Shared {
     /// Pushes model updates (or every variable's current value) into the live address space.
+    /// `produced`: these are new values (not the current ones sent again after a restart or a
+    /// status fault), so the historized ones go into the history, online or not, exactly as
+    /// subscribers get them.
     pub(super) fn push(
         &self,
         updates: impl Iterator<Item = (usize, Value, u32, chrono::DateTime<Utc>)>,
+        produced: bool,
     ) {
         let live = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(live) = live else { return };
+        let history = self.services.history.as_ref().filter(|_| produced);
+        if live.is_none() && history.is_none() {
+            return;
+        }
         let ids = self.ids.read().unwrap_or_else(|e| e.into_inner()).clone();
         let tys = &self.tys;
         let overridden = self.status_override.load(Ordering::Relaxed);
@@ -57,18 +67,26 @@ impl Shared {
         let values: Vec<(&NodeId, DataValue)> = updates
             .filter_map(|(idx, value, status, t)| {
                 let status = if overridden != 0 { overridden } else { status };
-                Some((
-                    ids.get(idx)?,
-                    DataValue {
-                        value: Some(live.nm.inner().variant(idx, &value, tys[idx])),
-                        status: Some(StatusCode::from(status)),
-                        source_timestamp: Some(DateTime::from(t)),
-                        server_timestamp: Some(now),
-                        ..DataValue::null()
-                    },
-                ))
+                let kept = history.filter(|h| h.is_historized(idx));
+                let variant = match &live {
+                    Some(live) => live.nm.inner().variant(idx, &value, tys[idx]),
+                    None if kept.is_some() => to_variant(&value, tys[idx]),
+                    None => return None,
+                };
+                let dv = DataValue {
+                    value: Some(variant),
+                    status: Some(StatusCode::from(status)),
+                    source_timestamp: Some(DateTime::from(t)),
+                    server_timestamp: Some(now),
+                    ..DataValue::null()
+                };
+                if let Some(h) = kept {
+                    h.record(idx, &dv);
+                }
+                Some((ids.get(idx)?, dv))
             })
             .collect();
+        let Some(live) = live else { return };
         if values.is_empty() {
             return;
         }
@@ -92,6 +110,6 @@ impl Shared {
                 .map(|(i, v)| (i, v.value.clone(), v.status, now))
                 .collect()
         };
-        self.push(all.into_iter());
+        self.push(all.into_iter(), false);
     }
 }

@@ -25,6 +25,8 @@ pub struct Stats {
     pub restarts: u64,
     /// CPU seconds (user + system) of the whole process.
     pub cpu_s: f64,
+    /// HistoryRead node operations answered from the history (Good or GoodNoData).
+    pub history_reads: u64,
     pub groups: Vec<GroupStats>,
     pub nodes: BTreeMap<String, NodeStats>,
 }
@@ -75,6 +77,7 @@ impl Shared {
             online: self.online.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             cpu_s: process_cpu_seconds(),
+            history_reads: self.services.counts.history_reads.load(Ordering::Relaxed),
             groups: model
                 .groups
                 .iter()

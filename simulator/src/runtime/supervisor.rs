@@ -152,6 +152,7 @@ async fn restart(
         &shared.model,
         &shared.online,
         &shared.logins,
+        &shared.services,
     )?;
     let addr = format!("{}:{}", config.host, port);
     let deadline = Instant::now() + Duration::from_secs(10);

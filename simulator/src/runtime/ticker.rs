@@ -61,6 +61,7 @@ pub(super) fn spawn_tickers(
                             updates
                                 .into_iter()
                                 .map(|u| (u.var, u.value, u.status, u.source_time)),
+                            true,
                         );
                     })
                     .await;
