@@ -152,7 +152,13 @@ MACHINES["Filler"] = dict(
           "Current batch (structure FillerBatch; no value until the first update)"),
         V("NozzleStatus", struct_id("NozzleStatus"), None, {"kind": "nozzle_status"}, "process",
           "State of the first four nozzles (array of structure NozzleStatus)", arr=4),
+        V("TemperatureLimit", "Float", 80.0,
+          {"kind": "setpoint", "value": 80.0, "min": -50.0, "max": 1000.0}, "setpoints",
+          "Alarm limit of ProductTemperature: TemperatureHigh is active while the temperature is above it",
+          access=3, analog=(-50.0, 1000.0, "degC")),
     ],
+    # alarm conditions: (name, description); the simulator drives them (see docs/simulator.md)
+    conditions=[("TemperatureHigh", "Active while ProductTemperature is above TemperatureLimit")],
 )
 
 MACHINES["Capper"] = dict(
@@ -544,7 +550,7 @@ def build_xml():
         ("Argument", "i=296"), ("Range", "i=884"), ("EUInformation", "i=887"),
         ("Organizes", "i=35"), ("HasModellingRule", "i=37"), ("HasTypeDefinition", "i=40"),
         ("HasSubtype", "i=45"), ("HasProperty", "i=46"), ("HasComponent", "i=47"),
-        ("HasEncoding", "i=38"),
+        ("HasEncoding", "i=38"), ("HasNotifier", "i=48"), ("HasCondition", "i=9006"),
     ]
     for a, nid in aliases:
         w(f'    <Alias Alias="{a}">{nid}</Alias>')
@@ -579,13 +585,16 @@ def build_xml():
     for mname in MACHINE_ORDER:
         m = MACHINES[mname]
         oid = f"ns=1;s={mname}"
-        kids = [f"{oid}.{v.name}" for v in m["vars"]] + [f"{oid}.{n}" for n, *_ in METHODS]
+        conds = [f"{oid}.{c}" for c, _ in m.get("conditions", [])]
+        kids = [f"{oid}.{v.name}" for v in m["vars"]] + [f"{oid}.{n}" for n, *_ in METHODS] + conds
         w(f"  <!-- {mname} -->")
+        # A machine with conditions is an event notifier (Server HasNotifier it) and their source.
+        events = [("HasNotifier", "i=2253", False)] + [("HasCondition", c, True) for c in conds]
         emit_node("UAObject", oid, f"1:{mname}", mname, m["desc"],
                   [("HasTypeDefinition", f"ns=1;i={m['type_id']}", True),
                    ("Organizes", "ns=1;s=BottlingLine", False)]
-                  + [("HasComponent", k, True) for k in kids],
-                  "ns=1;s=BottlingLine")
+                  + [("HasComponent", k, True) for k in kids] + (events if conds else []),
+                  "ns=1;s=BottlingLine", ' EventNotifier="1"' if conds else "")
         for v in m["vars"]:
             vid = f"{oid}.{v.name}"
             emit_variable(vid, f"1:{v.name}", oid, v, False, lambda k, vid=vid: f"{vid}.{k}", with_value=True)
@@ -593,6 +602,12 @@ def build_xml():
             mid = f"{oid}.{name}"
             emit_method(mid, oid, name, mdesc, ins, outs, False, lambda k, mid=mid: f"{mid}.{k}",
                         decl=type_methods[name])
+        for cname, cdesc in m.get("conditions", []):
+            # AlarmConditionType (i=2915) instance without its child variables: the state is in
+            # the events (clients read conditions through events and ConditionRefresh).
+            emit_node("UAObject", f"{oid}.{cname}", f"1:{cname}", cname, cdesc,
+                      [("HasTypeDefinition", "i=2915", True), ("HasComponent", oid, False),
+                       ("HasCondition", oid, False)], oid)
     w("</UANodeSet>")
     with open(OUT_XML, "w", encoding="utf-8") as f:
         f.write("\n".join(out) + "\n")
@@ -650,6 +665,8 @@ def build_toml():
     L.append("# setpoints stay writable and constants keep their value while a machine is stopped.")
     L.append("# Array variables: element i gets the behaviour value + i.")
     L.append("# Every kind = \"counter\" node is historized (HistoryRead of the last --history-window).")
+    L.append("# Alarm Filler.TemperatureHigh (AlarmConditionType): active while Filler.ProductTemperature >")
+    L.append("# Filler.TemperatureLimit (setpoint, 80.0), evaluated at each update of either; events on s=Filler.")
     L.append("# Structures (kinds batch, nozzle_status; n = the node's update number 0, 1, 2, ...):")
     L.append("#   nozzle_status: NozzleStatus[4], N(i) = { Index: i, FillLevel: 500.0 + i + (n % 10) * 0.25,")
     L.append("#     Ok: (n + i) % 7 != 0 }")

@@ -9,6 +9,9 @@
 //! - [`history`]: the in-memory history of the counters and its HistoryRead pages.
 //! - [`faults`]: the fault kinds (restart, close sessions, freeze, status) and their
 //!   `--fault` syntax.
+//! - [`alarm`]: the TemperatureHigh alarm condition, its events and their select clauses.
+//! - [`core_wrap`]: the core node manager, wrapped so Acknowledge and ConditionRefresh reach
+//!   the alarm.
 //! - [`convert`]: model values to and from OPC UA variants, data types and status names.
 //! - [`server`]: the async-opcua node manager that maps the model onto the address space.
 //! - [`structs`]: the nodesets' structure types on the server side and structure values.
@@ -20,7 +23,9 @@
 //! Tests embed the library: `start(SimConfig::bottling_line(pki), token).await?` binds
 //! `127.0.0.1:0` and reports the bound endpoint with [`Simulator::endpoint_url`].
 
+pub mod alarm;
 pub mod convert;
+pub mod core_wrap;
 pub mod error;
 pub mod faults;
 pub mod history;

@@ -178,6 +178,8 @@ fn init_logs(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,opcua=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // colours only on a terminal: a log file must be greppable (`condition=TemperatureHigh`)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

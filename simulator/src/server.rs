@@ -72,6 +72,8 @@ pub struct PlcNodeManagerBuilder {
 pub struct ServiceCounts {
     /// HistoryRead node operations answered from the history (Good or GoodNoData).
     pub history_reads: AtomicU64,
+    /// Accepted Acknowledge calls on the alarm condition.
+    pub acknowledgements: AtomicU64,
 }
 
 /// What outlives a server instance (restarts rebuild the server, not these).
@@ -80,6 +82,8 @@ pub struct Services {
     /// `None` with `--no-history`.
     pub history: Option<Arc<History>>,
     pub counts: Arc<ServiceCounts>,
+    /// The TemperatureHigh alarm (inert when the nodesets lack its nodes).
+    pub alarm: Option<Arc<crate::alarm::Alarm>>,
 }
 
 pub struct PlcNodeManagerImpl {
@@ -146,6 +150,9 @@ impl InMemoryNodeManagerImplBuilder for PlcNodeManagerBuilder {
                     .organized_by(&folder)
                     .insert(address_space);
             }
+        }
+        if let Some(ns) = namespaces.first() {
+            crate::alarm::register_select_paths(&mut context.type_tree.write(), ns.namespace_index);
         }
         PlcNodeManagerImpl {
             namespaces,
@@ -224,6 +231,7 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
         let mut address_space = address_space.write();
         let type_tree = context.type_tree.read();
         let binding = self.binding.get();
+        let mut alarm_event = None;
         for write in nodes_to_write.iter_mut() {
             // A read-only variable is "not writable" for everyone; async-opcua would answer
             // BadUserAccessDenied, which suggests that another user could write it.
@@ -270,6 +278,10 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
                     write.set_status(status_of(&refusal));
                     continue;
                 }
+                alarm_event = alarm_event.or_else(|| {
+                    let alarm = self.services.alarm.as_ref().filter(|a| a.watches(idx))?;
+                    alarm.evaluate(&model)
+                });
             }
             match write_node_value(node, write.value()) {
                 Ok(()) => write.set_status(StatusCode::Good),
@@ -287,6 +299,9 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
                 context
                     .subscriptions
                     .notify_data_change([(value, &node_id, AttributeId::Value)].into_iter());
+            }
+            if let Some(event) = alarm_event.take() {
+                crate::alarm::emit(&context.subscriptions, &event);
             }
         }
         Ok(())

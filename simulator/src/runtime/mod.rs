@@ -155,6 +155,7 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
             .history
             .then(|| Arc::new(History::new(config.history_window))),
         counts: Arc::default(),
+        alarm: Some(Arc::default()),
     };
     let (server, handle, nm) =
         build_server(&config, imports, port, &model, &online, &logins, &services)?;
@@ -181,6 +182,14 @@ pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Sim
         let m = model.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = &services.history {
             h.enable(&historized(&m));
+        }
+        let var = |s: &str| m.var_index(&format!("nsu={BOTTLING_LINE_NAMESPACE};s={s}"));
+        if let (Some(alarm), Some(t), Some(l)) = (
+            &services.alarm,
+            var(crate::alarm::TEMPERATURE),
+            var(crate::alarm::LIMIT),
+        ) {
+            alarm.bind_vars(t, l);
         }
         let late = (0..m.groups.len()).map(|_| AtomicU64::new(0)).collect();
         (late, m.vars.iter().map(|v| v.ty).collect())

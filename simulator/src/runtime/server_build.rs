@@ -24,6 +24,11 @@ use crate::server::{
     method_arguments, Binding, MethodBinding, PlcNodeManager, PlcNodeManagerBuilder, Services,
 };
 use opcua::nodes::AccessLevel;
+use opcua::server::diagnostics::DiagnosticsNodeManagerBuilder;
+
+use super::config::BOTTLING_LINE_NAMESPACE;
+use crate::alarm::{self, AlarmIds};
+use crate::core_wrap::{link_condition_methods, AlarmCoreBuilder, CoreNodeManager};
 use opcua::server::address_space::NodeType;
 
 /// Resolves `nsu=URI;s=...` (or `ns=N;...`, or a bare `i=...`) against this server's
@@ -74,6 +79,13 @@ pub(super) fn build_server(
         .max_sessions(config.limits.max_sessions)
         .diagnostics_enabled(false)
         .with_authenticator(Arc::new(CountingAuth::new(&config.users, logins.clone())))
+        // async-opcua's core node manager, wrapped so that Acknowledge and ConditionRefresh
+        // reach the alarm, then its diagnostics node manager, as `ServerBuilder::new` has them.
+        .without_node_managers()
+        .with_node_manager(InMemoryNodeManagerBuilder::new(AlarmCoreBuilder {
+            services: services.clone(),
+        }))
+        .with_node_manager(DiagnosticsNodeManagerBuilder)
         .with_node_manager(InMemoryNodeManagerBuilder::new(PlcNodeManagerBuilder {
             imports,
             scale: config.scale,
@@ -194,6 +206,25 @@ pub(super) fn go_live(
                 v.set_user_access_level(v.user_access_level() | AccessLevel::HISTORY_READ);
             }
         }
+    }
+    if let Some(alarm) = &shared.services.alarm {
+        let ns = |uri: &str| handle.get_namespace_index(uri);
+        let id = |s: &str| resolve(&format!("nsu={BOTTLING_LINE_NAMESPACE};s={s}"), &ns);
+        let asp = nm.address_space().read();
+        let ids = match (id(alarm::CONDITION), id(alarm::SOURCE)) {
+            (Some(condition), Some(source))
+                if matches!(asp.find(&condition), Some(NodeType::Object(_))) =>
+            {
+                Some(AlarmIds { condition, source })
+            }
+            _ => None,
+        };
+        drop(asp);
+        let core = handle.node_managers().get_of_type::<CoreNodeManager>();
+        if let (Some(ids), Some(core)) = (&ids, core) {
+            link_condition_methods(&core, ids);
+        }
+        alarm.set_ids(ids);
     }
     *shared.ids.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(binding.ids.clone());
     let _ = nm.inner().binding.set(binding);

@@ -98,6 +98,15 @@ impl Shared {
         }
     }
 
+    /// Sends an alarm event to the live server's subscribers (nobody hears it while the
+    /// endpoint is down).
+    pub(super) fn emit_event(&self, event: &crate::alarm::ConditionEvent) {
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(live) = live {
+            crate::alarm::emit(&live.subscriptions, event);
+        }
+    }
+
     /// Pushes every variable's current value and status (after a (re)start or a status fault).
     pub(super) fn push_all(&self) {
         let all: Vec<_> = {

@@ -27,6 +27,8 @@ pub struct Stats {
     pub cpu_s: f64,
     /// HistoryRead node operations answered from the history (Good or GoodNoData).
     pub history_reads: u64,
+    /// Accepted Acknowledge calls on the alarm condition.
+    pub acknowledgements: u64,
     pub groups: Vec<GroupStats>,
     pub nodes: BTreeMap<String, NodeStats>,
 }
@@ -78,6 +80,11 @@ impl Shared {
             restarts: self.restarts.load(Ordering::Relaxed),
             cpu_s: process_cpu_seconds(),
             history_reads: self.services.counts.history_reads.load(Ordering::Relaxed),
+            acknowledgements: self
+                .services
+                .counts
+                .acknowledgements
+                .load(Ordering::Relaxed),
             groups: model
                 .groups
                 .iter()

@@ -53,9 +53,15 @@ pub(super) fn spawn_tickers(
                     // milliseconds, which must not be a runtime worker that serves clients.
                     let s2 = shared.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        let updates = {
+                        let (updates, alarm_event) = {
                             let mut m = s2.model.lock().unwrap_or_else(|e| e.into_inner());
-                            m.tick(g, scheduled, online)
+                            let updates = m.tick(g, scheduled, online);
+                            let alarm = s2
+                                .services
+                                .alarm
+                                .as_ref()
+                                .filter(|a| updates.iter().any(|u| a.watches(u.var)));
+                            (updates, alarm.and_then(|a| a.evaluate(&m)))
                         };
                         s2.push(
                             updates
@@ -63,6 +69,9 @@ pub(super) fn spawn_tickers(
                                 .map(|u| (u.var, u.value, u.status, u.source_time)),
                             true,
                         );
+                        if let Some(event) = alarm_event {
+                            s2.emit_event(&event);
+                        }
                     })
                     .await;
                 }
