@@ -50,13 +50,30 @@ pub struct Track {
     cut_from: AtomicI64,
     /// Whether this session's server keeps history of the node (read once per session).
     historizing: Mutex<Option<Result<(), &'static str>>>,
+    /// Source times of live samples that arrived after a later one (republished messages),
+    /// the latest [`LATE`]: a gap read from history leaves them out.
+    late: Mutex<VecDeque<i64>>,
 }
+
+/// Out-of-order live sample times remembered per node.
+const LATE: usize = 4096;
+
+/// A gap is read this long after it closed, so that the messages the server republishes
+/// after the reconnect arrive first (and are left out of the read).
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 impl Track {
     /// A sample of the node arrived live at `time_us`.
     fn seen(self: &Arc<Self>, time_us: i64, has_value: bool, backfill: &Backfill) {
         if !has_value {
             return;
+        }
+        if time_us < self.last_us.load(Ordering::Relaxed) {
+            let mut late = self.late.lock().unwrap_or_else(|e| e.into_inner());
+            if late.len() == LATE {
+                late.pop_front();
+            }
+            late.push_back(time_us);
         }
         // Only a later sample closes the gap: a republished older message, or a first value
         // unchanged since before the outage, leaves it open.
@@ -72,6 +89,7 @@ impl Track {
                 track: self.clone(),
                 from_us: from,
                 to_us: time_us,
+                closed: tokio::time::Instant::now(),
             });
         }
         self.last_us.fetch_max(time_us, Ordering::Relaxed);
@@ -90,6 +108,8 @@ struct Gap {
     track: Arc<Track>,
     from_us: i64,
     to_us: i64,
+    /// When the first sample after the outage arrived.
+    closed: tokio::time::Instant,
 }
 
 /// What reading a gap came to.
@@ -145,6 +165,7 @@ impl Backfill {
                     last_us: AtomicI64::new(0),
                     cut_from: AtomicI64::new(0),
                     historizing: Mutex::new(None),
+                    late: Mutex::default(),
                 })
             })
             .clone();
@@ -221,6 +242,7 @@ impl Backfill {
                 notified.await;
                 continue;
             };
+            tokio::time::sleep_until(gap.closed + SETTLE).await;
             match self.fill(&session, &gap, &tx).await {
                 Filled::Done => self.progress(&gap, None),
                 Filled::Retry(status) => {
@@ -319,6 +341,14 @@ impl Backfill {
             let received = chrono::Utc::now().timestamp_micros();
             let mut batch = Vec::with_capacity(values.len());
             let mut last = from;
+            let late: std::collections::HashSet<i64> = gap
+                .track
+                .late
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect();
             for dv in values {
                 let t = dv
                     .source_timestamp
@@ -330,6 +360,10 @@ impl Backfill {
                 match t {
                     Some(t) if t > last && t < gap.to_us => last = t,
                     _ => continue,
+                }
+                if late.contains(&last) {
+                    // Received live after all (a republished message).
+                    continue;
                 }
                 watch.rows(index, dv, received, Origin::History, &mut batch);
             }
@@ -418,13 +452,12 @@ mod tests {
 
     fn backfill() -> (Arc<Backfill>, Arc<Track>) {
         let b = Backfill::new("p", Arc::new(PlcMetrics::default()));
-        let watch = Arc::new(Watch {
-            items: Vec::new(),
-            flatten: Default::default(),
-            ns: Arc::new(crate::opcua::resolve::Namespaces(vec![])),
-            structures: None,
-            tracks: std::sync::OnceLock::new(),
-        });
+        let watch = Arc::new(Watch::of_items(
+            Vec::new(),
+            Default::default(),
+            Arc::new(crate::opcua::resolve::Namespaces(vec![])),
+            None,
+        ));
         let config = BackfillConfig {
             max: Duration::from_secs(60),
             rate: 100,
@@ -468,13 +501,12 @@ mod tests {
         let (b, t) = backfill();
         b.seen(&t, 100, true);
         b.cut();
-        let watch = Arc::new(Watch {
-            items: Vec::new(),
-            flatten: Default::default(),
-            ns: Arc::new(crate::opcua::resolve::Namespaces(vec![])),
-            structures: None,
-            tracks: std::sync::OnceLock::new(),
-        });
+        let watch = Arc::new(Watch::of_items(
+            Vec::new(),
+            Default::default(),
+            Arc::new(crate::opcua::resolve::Namespaces(vec![])),
+            None,
+        ));
         let id = opcua::types::NodeId::new(3, "A");
         let again = b.track("g", &Arc::from("nsu=x;s=A"), t.config, (&watch, 4, &id));
         assert!(Arc::ptr_eq(&t, &again));

@@ -5,6 +5,7 @@
 // Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
 #![allow(clippy::unwrap_used)]
 
+mod backfill;
 mod busy;
 mod chaos;
 mod e2e;
