@@ -53,7 +53,7 @@ pub fn render(state: &State) -> String {
         esc(env!("OPCUA_CONNECTOR_COMMIT"))
     );
     type Get = fn(&PlcMetrics) -> &AtomicU64;
-    let per_plc: [(&str, &str, &str, Get); 20] = [
+    let per_plc: [(&str, &str, &str, Get); 22] = [
         (
             "samples_received_total",
             "Samples received from the PLC.",
@@ -143,6 +143,18 @@ pub fn render(state: &State) -> String {
             "Values lost for good: lost notification messages plus samples with the Overflow bit.",
             "counter",
             |p| &p.loss_events,
+        ),
+        (
+            "events_received_total",
+            "Events of [[plc.events]] streams received.",
+            "counter",
+            |p| &p.events_received,
+        ),
+        (
+            "events_written_total",
+            "Events in completed chunks of the events table.",
+            "counter",
+            |p| &p.events_written,
         ),
         (
             "backfilled_samples_total",

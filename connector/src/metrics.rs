@@ -20,6 +20,8 @@ pub struct PlcMetrics {
     /// Time to create all subscriptions and monitored items, last (re)subscribe, in µs.
     pub subscribe_us: AtomicU64,
     pub samples_received: AtomicU64,
+    /// Events of `[[plc.events]]` streams received.
+    pub events_received: AtomicU64,
     /// Samples whose status carries the Overflow info bit (the server's queue dropped values).
     pub overflows: AtomicU64,
     /// Notification messages missing in the sequence, recovered by Republish, and lost.
@@ -39,6 +41,8 @@ pub struct PlcMetrics {
     /// Times the OPC UA side had to wait because the sink's queue was full (slow disk).
     pub backpressure_waits: AtomicU64,
     pub samples_written: AtomicU64,
+    /// Events in completed chunks of the events table.
+    pub events_written: AtomicU64,
     pub chunks_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub write_errors: AtomicU64,

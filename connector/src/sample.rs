@@ -148,6 +148,35 @@ pub enum SampleValue {
     Bytes(Vec<u8>),
     /// Arrays, ExtensionObjects and everything else, as OPC UA JSON -> `value_json`.
     Json(String),
+    /// An event of a `[[plc.events]]` stream -> the events table.
+    Event(Box<EventRecord>),
+}
+
+/// An OPC UA event (an alarm's state change, an operator action, ...): the standard fields of
+/// BaseEventType and the condition types, and the configured extra fields. Node ids are in
+/// namespace-URI form. The sample carrying it has the event's Time as `time_us` and its
+/// ReceiveTime as `server_time_us`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventRecord {
+    pub event_id: Vec<u8>,
+    pub event_type: String,
+    pub source_node: String,
+    pub source_name: String,
+    pub receive_time_us: Option<i64>,
+    pub message: String,
+    pub severity: u16,
+    pub condition_id: Option<String>,
+    pub condition_name: Option<String>,
+    pub branch_id: Option<String>,
+    pub retain: Option<bool>,
+    pub enabled: Option<bool>,
+    pub active: Option<bool>,
+    pub acked: Option<bool>,
+    pub confirmed: Option<bool>,
+    pub comment: Option<String>,
+    /// The configured extra fields by path, as a JSON object of OPC UA JSON values; `None`
+    /// when the stream has none.
+    pub fields_json: Option<String>,
 }
 
 /// One sample: a value with its status and timestamps.

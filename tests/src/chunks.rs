@@ -72,6 +72,107 @@ pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// One row of the events table, the columns the tests look at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub time: i64,
+    pub plc: String,
+    pub group: String,
+    pub event_id: Vec<u8>,
+    pub event_type: String,
+    pub source_node: String,
+    pub source_name: String,
+    pub severity: u16,
+    pub message: String,
+    pub condition_id: Option<String>,
+    pub condition_name: Option<String>,
+    pub retain: Option<bool>,
+    pub enabled: Option<bool>,
+    pub active: Option<bool>,
+    pub acked: Option<bool>,
+    pub confirmed: Option<bool>,
+    pub comment: Option<String>,
+    pub fields_json: Option<String>,
+}
+
+/// Every row of the events chunks below `dir`, in file order then row order.
+pub fn read_events(dir: &Path) -> Vec<EventRow> {
+    let mut rows = Vec::new();
+    for path in parquet_files(dir) {
+        let file = std::fs::File::open(&path).expect("open events chunk");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("an events chunk")
+            .build()
+            .expect("reader");
+        for batch in reader {
+            let b = batch.expect("batch");
+            let col = |c: &str| {
+                b.column_by_name(c)
+                    .unwrap_or_else(|| panic!("column {c}"))
+                    .clone()
+            };
+            let time = col("time");
+            let time = time.as_primitive::<TimestampMicrosecondType>();
+            let severity = col("severity");
+            let severity = severity.as_primitive::<arrow_array::types::UInt16Type>();
+            let ids = col("event_id");
+            let ids = ids.as_binary::<i32>();
+            let bools = |c: &str| {
+                let a = col(c);
+                let a = a.as_boolean();
+                (0..a.len())
+                    .map(|i| a.is_valid(i).then(|| a.value(i)))
+                    .collect::<Vec<_>>()
+            };
+            let (retain, enabled, active, acked, confirmed) = (
+                bools("retain"),
+                bools("enabled"),
+                bools("active"),
+                bools("acked"),
+                bools("confirmed"),
+            );
+            let s = |c: &str| strings(&b, c);
+            let (plc, group, et, sn, sname, msg) = (
+                s("plc"),
+                s("group"),
+                s("event_type"),
+                s("source_node"),
+                s("source_name"),
+                s("message"),
+            );
+            let (cid, cname, comment, fields) = (
+                s("condition_id"),
+                s("condition_name"),
+                s("comment"),
+                s("fields_json"),
+            );
+            for i in 0..b.num_rows() {
+                rows.push(EventRow {
+                    time: time.value(i),
+                    plc: plc[i].clone().unwrap_or_default(),
+                    group: group[i].clone().unwrap_or_default(),
+                    event_id: ids.value(i).to_vec(),
+                    event_type: et[i].clone().unwrap_or_default(),
+                    source_node: sn[i].clone().unwrap_or_default(),
+                    source_name: sname[i].clone().unwrap_or_default(),
+                    severity: severity.value(i),
+                    message: msg[i].clone().unwrap_or_default(),
+                    condition_id: cid[i].clone(),
+                    condition_name: cname[i].clone(),
+                    retain: retain[i],
+                    enabled: enabled[i],
+                    active: active[i],
+                    acked: acked[i],
+                    confirmed: confirmed[i],
+                    comment: comment[i].clone(),
+                    fields_json: fields[i].clone(),
+                });
+            }
+        }
+    }
+    rows
+}
+
 fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = batch
         .column_by_name(col)

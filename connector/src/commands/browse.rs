@@ -46,6 +46,7 @@ pub async fn browse(args: BrowseArgs) -> Outcome {
         security_mode: args.security_mode,
         auth,
         groups: Vec::<Group>::new(),
+        events: Vec::new(),
         max_concurrent_commands: crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS,
     };
     let pki = Pki {

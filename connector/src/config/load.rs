@@ -20,6 +20,7 @@ use super::types::*;
 
 // The checks by concern, each an `impl Check` block; this file has what they share.
 mod cloud;
+mod events;
 mod plc;
 mod security;
 mod sinks;

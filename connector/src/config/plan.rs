@@ -274,6 +274,37 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
                 }
                 writeln!(out)?;
             }
+            if let Some(b) = &g.backfill {
+                writeln!(
+                    out,
+                    "    backfill from history after outages (at most {}, {} values/s)",
+                    duration(b.max),
+                    b.rate
+                )?;
+            }
+        }
+        for e in &plc.events {
+            let types: Vec<String> = e.types.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "  events {}: source {}, {}, publishing {}{}",
+                e.name,
+                e.source,
+                if types.is_empty() {
+                    "every type".to_owned()
+                } else {
+                    format!("types {}", types.join(" "))
+                },
+                duration(e.publishing_interval),
+                if e.fields.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", {}",
+                        plural(e.fields.len(), "extra field", "extra fields")
+                    )
+                }
+            )?;
         }
     }
 
@@ -304,6 +335,13 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
             duration(p.roll_interval),
             p.queue_samples,
         )
+        .and_then(|()| {
+            if c.plcs.iter().any(|p| !p.events.is_empty()) {
+                writeln!(out, "  parquet events {}", p.events_dir.display())
+            } else {
+                Ok(())
+            }
+        })
         .and_then(|()| match &p.upload {
             None => Ok(()),
             Some(u) => {

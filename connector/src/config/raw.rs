@@ -119,6 +119,9 @@ pub struct RawPlc {
     /// `[[plc.group]]`: one OPC UA subscription of this PLC.
     #[serde(default)]
     pub group: Vec<Spanned<RawGroup>>,
+    /// `[[plc.events]]`: events (alarms and conditions) of this PLC.
+    #[serde(default)]
+    pub events: Vec<Spanned<RawEvents>>,
 }
 
 /// `auth = "anonymous"` or an inline table; which table shape it is gets decided in validation.
@@ -178,6 +181,42 @@ pub struct RawGroup {
     /// At most this many values per second read from the server's history; default 10000.
     #[schemars(range(min = 1, max = 1_000_000))]
     pub backfill_rate: Option<Spanned<i64>>,
+}
+
+/// `[[plc.events]]`: an event subscription.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    /// Name of the event stream (letters, digits, `_ . -`), unique among the plc's groups and
+    /// events; required.
+    #[schemars(required)]
+    pub name: Option<Spanned<String>>,
+    /// The node whose events are taken (an object with EventNotifier); default the Server
+    /// object "i=2253" (every event of the server).
+    pub source: Option<Spanned<String>>,
+    /// Only events of these types and their subtypes, e.g. ["i=2915"] (AlarmConditionType);
+    /// default all.
+    pub types: Option<Vec<Spanned<String>>>,
+    /// More event fields beside the standard ones: { path = "InputNode", type = "i=2915" }.
+    pub fields: Option<Vec<Spanned<RawEventField>>>,
+    /// How often the server publishes events; default "1s".
+    pub publishing_interval: Option<Spanned<RawDuration>>,
+    /// Events the server queues between publishes; default 1000.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub queue_size: Option<Spanned<i64>>,
+}
+
+/// `{ path = "InputNode", type = "i=2915" }`: one more event field.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEventField {
+    /// Browse path from the event type, `/`-separated, e.g. "ActiveState/Id"; a name of
+    /// another namespace as "nsu=URI;Name"; required.
+    #[schemars(required)]
+    pub path: Option<Spanned<String>>,
+    /// The event type that declares the field; default "i=2041" (BaseEventType).
+    #[serde(rename = "type")]
+    pub type_id: Option<Spanned<String>>,
 }
 
 /// `{ absolute = x }` or `{ percent = x }`.
@@ -255,6 +294,8 @@ pub struct RawSinks {
 pub struct RawParquet {
     /// Directory of the chunk files; default "data".
     pub dir: Option<Spanned<String>>,
+    /// Directory of the events table ([[plc.events]]); default "<dir>-events".
+    pub events_dir: Option<Spanned<String>>,
     /// zstd, zstd:LEVEL (1..=22), snappy, gzip or none; default "zstd" (level 3).
     #[schemars(with = "Option<CompressionName>")]
     pub compression: Option<Spanned<String>>,

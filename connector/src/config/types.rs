@@ -93,6 +93,8 @@ pub struct Plc {
     pub security_mode: SecurityMode,
     pub auth: Auth,
     pub groups: Vec<Group>,
+    /// Event subscriptions (`[[plc.events]]`).
+    pub events: Vec<Events>,
     /// Cloud writes and method calls running at once on this PLC at most; more are
     /// answered 503 busy (twin writes wait).
     pub max_concurrent_commands: usize,
@@ -243,6 +245,35 @@ pub struct Group {
     pub backfill: Option<BackfillConfig>,
 }
 
+/// `[[plc.events]]`: the events (alarms and conditions) of one source node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Events {
+    pub name: String,
+    /// The node whose events are taken (default the Server object, i=2253).
+    pub source: NodeRef,
+    /// OfType filter: these event types and their subtypes; empty: all.
+    pub types: Vec<NodeRef>,
+    /// Fields beyond the standard ones.
+    pub fields: Vec<EventField>,
+    pub publishing_interval: Duration,
+    pub queue_size: u32,
+}
+
+impl Events {
+    pub const DEFAULT_PUBLISHING: Duration = Duration::from_secs(1);
+    pub const DEFAULT_QUEUE: u32 = 1000;
+}
+
+/// One more event field: a browse path from the event type that declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventField {
+    /// As written (`ActiveState/Id`): the key of its value in `fields_json`.
+    pub text: String,
+    pub type_id: NodeRef,
+    /// Browse names, each (namespace URI, name); no URI = namespace 0.
+    pub path: Vec<(Option<String>, String)>,
+}
+
 /// `backfill = true` with `backfill_max` and `backfill_rate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackfillConfig {
@@ -274,6 +305,8 @@ pub enum Compression {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParquetSinkConfig {
     pub dir: PathBuf,
+    /// Where the events table goes (`[[plc.events]]`); default `<dir>-events`.
+    pub events_dir: PathBuf,
     pub compression: Compression,
     pub roll_rows: NonZeroUsize,
     pub roll_bytes: u64,
@@ -359,6 +392,10 @@ pub enum WriteType {
     Float,
     Double,
     String,
+    /// From a base64 string (e.g. the EventId of an event, to acknowledge it).
+    ByteString,
+    /// From a string (the text; no locale), e.g. an acknowledgement's comment.
+    LocalizedText,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -433,7 +470,7 @@ impl SecurityMode {
 }
 
 impl WriteType {
-    pub const ALL: [WriteType; 12] = [
+    pub const ALL: [WriteType; 14] = [
         WriteType::Boolean,
         WriteType::SByte,
         WriteType::Byte,
@@ -446,6 +483,8 @@ impl WriteType {
         WriteType::Float,
         WriteType::Double,
         WriteType::String,
+        WriteType::ByteString,
+        WriteType::LocalizedText,
     ];
 
     /// The OPC UA built-in type name, as written in the config.
@@ -463,6 +502,8 @@ impl WriteType {
             WriteType::Float => "Float",
             WriteType::Double => "Double",
             WriteType::String => "String",
+            WriteType::ByteString => "ByteString",
+            WriteType::LocalizedText => "LocalizedText",
         }
     }
 
@@ -474,7 +515,10 @@ impl WriteType {
     /// `min`/`max`).
     pub fn numeric_range(self) -> Option<(f64, f64)> {
         Some(match self {
-            WriteType::Boolean | WriteType::String => return None,
+            WriteType::Boolean
+            | WriteType::String
+            | WriteType::ByteString
+            | WriteType::LocalizedText => return None,
             WriteType::SByte => (i8::MIN.into(), i8::MAX.into()),
             WriteType::Byte => (0.0, u8::MAX.into()),
             WriteType::Int16 => (i16::MIN.into(), i16::MAX.into()),

@@ -19,6 +19,7 @@ use tracing::warn;
 use crate::config::{FieldPath, FieldStep};
 use crate::opcua::backfill::Tracks;
 use crate::opcua::convert;
+use crate::opcua::events::EventDecode;
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
 use crate::sample::{Item, Origin, Sample, SampleValue, TypeName};
@@ -60,9 +61,36 @@ pub struct Watch {
     /// Backfilled nodes (`backfill = true` groups): their tracks by item index, set once the
     /// watch exists.
     pub tracks: OnceLock<Tracks>,
+    /// An event stream's subscription: how its events' fields are read (its one item, client
+    /// handle 1, is the stream).
+    pub events: Option<EventDecode>,
 }
 
 impl Watch {
+    /// A subscription of samples: its items, their flattened fields.
+    pub fn of_items(
+        items: Vec<Arc<Item>>,
+        flatten: Flattening,
+        ns: Arc<Namespaces>,
+        structures: Option<Arc<Structures>>,
+    ) -> Watch {
+        Watch {
+            items,
+            flatten,
+            ns,
+            structures,
+            tracks: OnceLock::new(),
+            events: None,
+        }
+    }
+
+    /// The row of one event of the stream with client handle `handle`.
+    pub fn event_row(&self, handle: u32, fields: &[Variant], received_us: i64) -> Option<Sample> {
+        let decode = self.events.as_ref()?;
+        let stream = self.items.get((handle as usize).checked_sub(1)?)?;
+        decode.row(stream, fields, received_us, &self.ns)
+    }
+
     /// The rows of one notification of item `index` (or of a value read from history): its
     /// own, then its flattened fields.
     pub fn rows(

@@ -7,23 +7,25 @@ use std::time::{Duration, Instant};
 
 use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore, Session};
 use opcua::types::{
-    AttributeId, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DeadbandType,
-    ExtensionObject, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    NotificationMessage, ReadValueId, StatusCode, TimestampsToReturn, VariableId, Variant,
+    DataChangeFilter, DataChangeNotification, DataChangeTrigger, DeadbandType,
+    EventNotificationList, ExtensionObject, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, NotificationMessage, ReadValueId, StatusCode, TimestampsToReturn,
+    VariableId, Variant,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
-use crate::config::{Deadband, FieldPath, Group, QueueSize};
+use crate::config::{Deadband, Group, QueueSize};
 use crate::metrics::PlcMetrics;
 use crate::opcua::backfill::Backfill;
-use crate::opcua::browse;
+use crate::opcua::events;
 use crate::opcua::flatten::{Flat, Flattening, Watch};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
+pub use crate::opcua::targets::{targets, Target};
 use crate::pipeline::SampleSender;
 use crate::ratelog::RateLog;
-use crate::sample::{Item, Origin};
+use crate::sample::Origin;
 
 /// The server's limits that shape how we subscribe (0 = no limit announced).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
-    fn or(n: usize, default: usize) -> usize {
+    pub(crate) fn or(n: usize, default: usize) -> usize {
         if n == 0 {
             default
         } else {
@@ -77,159 +79,6 @@ pub async fn read_limits(session: &Session) -> ServerLimits {
         max_nodes_per_browse: n(2),
         max_nodes_per_read: n(3),
         max_subscriptions_per_session: n(4),
-    }
-}
-
-/// One node to monitor in a group.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub node: NodeId,
-    pub item: Arc<Item>,
-    /// Structure fields that also land as rows of their own.
-    pub flatten: Vec<FieldPath>,
-}
-
-/// Resolves a group's explicit nodes and browse selections against this server.
-/// Nodes that cannot be resolved are logged and counted, never fatal.
-pub async fn targets(
-    session: &Session,
-    plc: &str,
-    group: &Group,
-    ns: &Namespaces,
-    limits: &ServerLimits,
-    metrics: &PlcMetrics,
-) -> Vec<Target> {
-    let plc: Arc<str> = plc.into();
-    let gname: Arc<str> = group.name.as_str().into();
-    let mut out: Vec<Target> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut unnamed = Vec::new();
-    for entry in &group.nodes {
-        match ns.resolve(&entry.node) {
-            Ok(id) => {
-                if !seen.insert(id.clone()) {
-                    continue;
-                }
-                let node: Arc<str> = ns.uri_form(&id).into();
-                let name: Arc<str> = entry
-                    .alias
-                    .as_deref()
-                    .map(Into::into)
-                    .unwrap_or_else(|| node.clone());
-                if entry.alias.is_none() {
-                    unnamed.push(out.len());
-                }
-                out.push(Target {
-                    node: id,
-                    item: Arc::new(Item {
-                        plc: plc.clone(),
-                        group: gname.clone(),
-                        node,
-                        name,
-                    }),
-                    flatten: entry.flatten.clone(),
-                });
-            }
-            Err(e) => {
-                PlcMetrics::add(&metrics.failed_items, 1);
-                warn!(plc = %plc, group = %group.name, node = ?entry.node, error = %e, "node not resolved, skipped");
-            }
-        }
-    }
-    // Explicit nodes without alias are named by their browse name.
-    for chunk in unnamed.chunks(ServerLimits::or(limits.max_nodes_per_read, 1000)) {
-        let reads: Vec<ReadValueId> = chunk
-            .iter()
-            .map(|&i| ReadValueId {
-                node_id: out[i].node.clone(),
-                attribute_id: AttributeId::BrowseName as u32,
-                ..Default::default()
-            })
-            .collect();
-        if let Ok(values) = session.read(&reads, TimestampsToReturn::Neither, 0.0).await {
-            for (&i, v) in chunk.iter().zip(values) {
-                if let Some(Variant::QualifiedName(q)) = v.value {
-                    let t = &out[i];
-                    let item = Item {
-                        name: q.name.as_ref().into(),
-                        ..(*t.item).clone()
-                    };
-                    out[i].item = Arc::new(item);
-                }
-            }
-        }
-    }
-    for sel in &group.browse {
-        let root = match ns.resolve(&sel.root) {
-            Ok(id) => id,
-            Err(e) => {
-                PlcMetrics::add(&metrics.failed_items, 1);
-                warn!(plc = %plc, group = %group.name, root = ?sel.root, error = %e, "browse root not resolved, skipped");
-                continue;
-            }
-        };
-        let root_name = root_browse_name(session, &root).await;
-        let found = match browse::variables(
-            session,
-            &root,
-            &root_name,
-            sel.recursive,
-            ServerLimits::or(limits.max_nodes_per_browse, 1000),
-            64,
-        )
-        .await
-        {
-            Ok(f) => f,
-            Err(e) => {
-                PlcMetrics::add(&metrics.failed_items, 1);
-                warn!(plc = %plc, group = %group.name, error = %e, "browse failed, selection skipped");
-                continue;
-            }
-        };
-        for v in found {
-            if sel
-                .include
-                .as_deref()
-                .is_some_and(|p| !browse::glob(p, &v.path))
-                || sel
-                    .exclude
-                    .as_deref()
-                    .is_some_and(|p| browse::glob(p, &v.path))
-                || !seen.insert(v.node.clone())
-            {
-                continue;
-            }
-            let node: Arc<str> = ns.uri_form(&v.node).into();
-            out.push(Target {
-                node: v.node,
-                item: Arc::new(Item {
-                    plc: plc.clone(),
-                    group: gname.clone(),
-                    node,
-                    name: v.path.into(),
-                }),
-                flatten: Vec::new(),
-            });
-        }
-    }
-    out
-}
-
-async fn root_browse_name(session: &Session, id: &NodeId) -> String {
-    let read = ReadValueId {
-        node_id: id.clone(),
-        attribute_id: AttributeId::BrowseName as u32,
-        ..Default::default()
-    };
-    match session
-        .read(&[read], TimestampsToReturn::Neither, 0.0)
-        .await
-    {
-        Ok(v) => match v.into_iter().next().and_then(|d| d.value) {
-            Some(Variant::QualifiedName(q)) => q.name.as_ref().to_owned(),
-            _ => id.to_string(),
-        },
-        Err(_) => id.to_string(),
     }
 }
 
@@ -313,7 +162,7 @@ pub struct Recovery {
 }
 
 /// Hands notifications of one subscription to the pipeline; never blocks for long.
-struct Callback {
+pub(crate) struct Callback {
     watch: Arc<Watch>,
     tx: SampleSender,
     metrics: Arc<PlcMetrics>,
@@ -324,6 +173,27 @@ struct Callback {
 }
 
 impl Callback {
+    /// The callback of a subscription whose items `watch` decodes; the id is set once the
+    /// subscription exists.
+    pub(crate) fn new(
+        watch: Arc<Watch>,
+        tx: &SampleSender,
+        metrics: &Arc<PlcMetrics>,
+        recovery: &Recovery,
+    ) -> (Callback, Arc<AtomicU32>) {
+        let subscription = Arc::new(AtomicU32::new(0));
+        let callback = Callback {
+            watch,
+            tx: tx.clone(),
+            metrics: metrics.clone(),
+            subscription: subscription.clone(),
+            last_seq: None,
+            gaps: recovery.gaps.clone(),
+            losses: recovery.losses.clone(),
+        };
+        (callback, subscription)
+    }
+
     /// Counts the messages missing before `seq` and asks for the newest of them.
     fn check_sequence(&mut self, seq: u32) {
         if let Some(last) = self.last_seq {
@@ -382,10 +252,26 @@ pub fn samples(
     let received = chrono::Utc::now().timestamp_micros();
     let mut out = Vec::new();
     let mut overflows = 0;
+    let mut events = 0u64;
     for obj in data {
+        if obj.inner_is::<EventNotificationList>() {
+            let list = obj.into_inner_as::<EventNotificationList>();
+            for e in list.and_then(|l| l.events).unwrap_or_default() {
+                let fields = e.event_fields.unwrap_or_default();
+                if let Some(row) = watch.event_row(e.client_handle, &fields, received) {
+                    events += 1;
+                    out.push(row);
+                }
+            }
+            continue;
+        }
         let Some(change) = obj.into_inner_as::<DataChangeNotification>() else {
             continue;
         };
+        if watch.events.is_some() {
+            // An event stream's item has no value (a server may still send its status).
+            continue;
+        }
         for n in change.monitored_items.unwrap_or_default() {
             let Some(index) = (n.client_handle as usize).checked_sub(1) else {
                 continue;
@@ -403,7 +289,8 @@ pub fn samples(
             .last_sample_us
             .fetch_max(received, Ordering::Relaxed);
     }
-    PlcMetrics::add(&metrics.samples_received, out.len() as u64);
+    PlcMetrics::add(&metrics.events_received, events);
+    PlcMetrics::add(&metrics.samples_received, out.len() as u64 - events);
     if overflows > 0 {
         PlcMetrics::add(&metrics.overflows, overflows);
         PlcMetrics::add(&metrics.loss_events, overflows);
@@ -464,13 +351,12 @@ pub async fn subscribe_group(
                 (i, flats.collect())
             })
             .collect();
-        let watch = Arc::new(Watch {
-            items: part.iter().map(|t| t.item.clone()).collect(),
+        let watch = Arc::new(Watch::of_items(
+            part.iter().map(|t| t.item.clone()).collect(),
             flatten,
-            ns: decoding.ns.clone(),
-            structures: decoding.structures.clone(),
-            tracks: std::sync::OnceLock::new(),
-        });
+            decoding.ns.clone(),
+            decoding.structures.clone(),
+        ));
         if let (Some(config), Some(backfill)) = (group.backfill, &decoding.backfill) {
             let tracks = part
                 .iter()
@@ -481,16 +367,7 @@ pub async fn subscribe_group(
                 .collect();
             let _ = watch.tracks.set((backfill.clone(), tracks));
         }
-        let sub_id = Arc::new(AtomicU32::new(0));
-        let callback = Callback {
-            watch: watch.clone(),
-            tx: tx.clone(),
-            metrics: metrics.clone(),
-            subscription: sub_id.clone(),
-            last_seq: None,
-            gaps: recovery.gaps.clone(),
-            losses: recovery.losses.clone(),
-        };
+        let (callback, sub_id) = Callback::new(watch.clone(), tx, metrics, recovery);
         let id = session
             .create_subscription(
                 group.publishing_interval,
@@ -653,6 +530,10 @@ pub async fn subscribe_all(
         info!(plc = %plc.id, group = %group.name, nodes = n, subscriptions = created.len(), "group subscribed");
         all.extend(created);
     }
+    match events::subscribe_events(session, plc, &decoding, (tx, recovery, metrics)).await {
+        Ok(created) => all.extend(created),
+        Err(status) => return Err(undo(session, &all, None, status).await),
+    }
     metrics
         .subscribe_us
         .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -662,6 +543,7 @@ pub async fn subscribe_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::Item;
     use opcua::types::{DataValue, DateTime, MonitoredItemNotification};
 
     fn item() -> Arc<Item> {
@@ -674,13 +556,12 @@ mod tests {
     }
 
     fn watch() -> Arc<Watch> {
-        Arc::new(Watch {
-            items: vec![item()],
-            flatten: Default::default(),
-            ns: Arc::new(Namespaces(vec![])),
-            structures: None,
-            tracks: std::sync::OnceLock::new(),
-        })
+        Arc::new(Watch::of_items(
+            vec![item()],
+            Default::default(),
+            Arc::new(Namespaces(vec![])),
+            None,
+        ))
     }
 
     fn callback(

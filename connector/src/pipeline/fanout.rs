@@ -170,4 +170,7 @@ fn publish_stats(sink: &ParquetSink, m: &PlcMetrics) {
     m.samples_written.store(s.rows_written, Ordering::Relaxed);
     m.chunks_written.store(s.chunks_written, Ordering::Relaxed);
     m.bytes_written.store(s.bytes_written, Ordering::Relaxed);
+    if let Some(e) = sink.events_stats() {
+        m.events_written.store(e.rows_written, Ordering::Relaxed);
+    }
 }

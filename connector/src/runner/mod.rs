@@ -142,10 +142,28 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
             spawn_uploader(config, r.clone(), m, hooks, &shutdown.senders, &mut watched)?;
         }
     }
+    // The events table keeps to the same limits in its own directory (not uploaded).
+    let events_retention = config
+        .parquet
+        .as_ref()
+        .filter(|_| config.plcs.iter().any(|p| !p.events.is_empty()))
+        .map(|p| {
+            let r = &p.retention;
+            let limits = crate::sinks::parquet::retention::Limits {
+                max_bytes: r.max_bytes,
+                max_age: r.max_age,
+                min_free: r.min_free,
+                uploads: false,
+                keep_local: None,
+            };
+            let base = p.events_dir.join(format!("line={}", config.line.id));
+            Retention::open(&base, limits, Arc::default())
+        });
     let line_wide = LineWide {
         hooks,
         fatal: &fatal,
         retention,
+        events_retention,
     };
     let mut links = Vec::new();
     let mut write_sessions = Vec::new();
@@ -264,7 +282,7 @@ fn open_destinations(
         spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
         out.push(Destination {
             name: "hub",
-            settings: EncoderSettings::hub(hc, hub.telemetry_topics()),
+            settings: EncoderSettings::hub(hc, hub.telemetry_topics(), hub.event_topics()),
             outbox,
         });
     }
@@ -335,6 +353,7 @@ struct LineWide<'a> {
     hooks: &'a Hooks,
     fatal: &'a CancellationToken,
     retention: Option<Arc<Retention>>,
+    events_retention: Option<Arc<Retention>>,
 }
 
 /// One PLC: its outputs on a writer thread of its own, fed by its session task.
@@ -353,6 +372,9 @@ fn spawn_plc(
             .map_err(|e| RunError::Sink(e.to_string()))?;
         if let Some(r) = &line.retention {
             sink = sink.with_retention(r.clone());
+        }
+        if let Some(r) = &line.events_retention {
+            sink = sink.with_events_retention(r.clone());
         }
         outputs.push(Output::Parquet(sink));
     }

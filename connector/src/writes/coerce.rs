@@ -1,6 +1,7 @@
 //! JSON value to the OPC UA type of a `[[write]]` mapping, then its `min`/`max`.
 
-use opcua::types::{UAString, Variant};
+use base64::Engine as _;
+use opcua::types::{ByteString, LocalizedText, UAString, Variant};
 use serde_json::Value;
 
 use super::Refusal;
@@ -23,7 +24,8 @@ pub fn json_kind(value: &Value) -> &'static str {
 ///
 /// Boolean takes only `true`/`false`; integer types take JSON integers within the type's
 /// range, or numbers with a zero fraction; Float/Double take numbers (finite only, and within
-/// `f32` range for Float); String takes strings. Nothing is parsed out of strings.
+/// `f32` range for Float); String and LocalizedText take strings, ByteString a base64
+/// string. Nothing else is parsed out of strings.
 pub fn coerce(value: &Value, mapping: &WriteMapping) -> Result<Variant, Refusal> {
     coerce_within(value, mapping.write_type, bounds(mapping))
 }
@@ -46,6 +48,23 @@ fn coerce_within(value: &Value, ty: WriteType, (lo, hi): (f64, f64)) -> Result<V
         },
         WriteType::String => match value {
             Value::String(s) => Ok(Variant::String(UAString::from(s.as_str()))),
+            _ => Err(wrong()),
+        },
+        WriteType::ByteString => match value {
+            Value::String(s) => base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map(|b| Variant::ByteString(ByteString::from(b)))
+                .map_err(|_| Refusal::WrongType {
+                    expected: "ByteString (base64)",
+                    got: "string that is not base64",
+                }),
+            _ => Err(wrong()),
+        },
+        WriteType::LocalizedText => match value {
+            Value::String(s) => Ok(Variant::LocalizedText(Box::new(LocalizedText::new(
+                "",
+                s.as_str(),
+            )))),
             _ => Err(wrong()),
         },
         WriteType::Float | WriteType::Double => {
@@ -143,9 +162,12 @@ fn to_int_variant(ty: WriteType, v: i128) -> Option<Variant> {
         WriteType::UInt32 => Variant::UInt32(u32::try_from(v).ok()?),
         WriteType::Int64 => Variant::Int64(i64::try_from(v).ok()?),
         WriteType::UInt64 => Variant::UInt64(u64::try_from(v).ok()?),
-        WriteType::Boolean | WriteType::String | WriteType::Float | WriteType::Double => {
-            return None
-        }
+        WriteType::Boolean
+        | WriteType::String
+        | WriteType::ByteString
+        | WriteType::LocalizedText
+        | WriteType::Float
+        | WriteType::Double => return None,
     })
 }
 
@@ -230,6 +252,24 @@ mod tests {
         ] {
             assert!(is_wrong(c(v, WriteType::String)));
         }
+    }
+
+    #[test]
+    fn byte_strings_from_base64_and_localized_text_from_strings() {
+        assert_eq!(
+            c(json!("AAEC/w=="), WriteType::ByteString),
+            Ok(Variant::ByteString(ByteString::from(vec![0u8, 1, 2, 255])))
+        );
+        assert!(is_wrong(c(json!("not base64!"), WriteType::ByteString)));
+        assert!(is_wrong(c(json!([0, 1]), WriteType::ByteString)));
+        assert_eq!(
+            c(json!("checked, valve ok"), WriteType::LocalizedText),
+            Ok(Variant::LocalizedText(Box::new(LocalizedText::new(
+                "",
+                "checked, valve ok"
+            ))))
+        );
+        assert!(is_wrong(c(json!(1), WriteType::LocalizedText)));
     }
 
     #[test]

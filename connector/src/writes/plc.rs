@@ -107,10 +107,13 @@ fn builtin_id(t: WriteType) -> u32 {
         WriteType::Float => 10,
         WriteType::Double => 11,
         WriteType::String => 12,
+        WriteType::ByteString => 15,
+        WriteType::LocalizedText => 21,
     }
 }
 
-/// The mapping type of a built-in DataType node id (`i=1` .. `i=12` in namespace 0).
+/// The mapping type of a built-in DataType node id (`i=1` .. `i=12`, `i=15`, `i=21` in
+/// namespace 0).
 pub fn write_type_of(data_type: &NodeId) -> Option<WriteType> {
     if data_type.namespace != 0 {
         return None;

@@ -9,6 +9,7 @@ mod backfill;
 mod busy;
 mod chaos;
 mod e2e;
+mod events;
 mod hub;
 mod limits;
 mod mosquitto;

@@ -73,6 +73,16 @@ impl Identity {
             group,
         )
     }
+
+    pub fn event_topic(&self, payload: Payload, plc: &str, group: &str) -> String {
+        topics::event_topic(
+            &self.device_id,
+            self.module_id.as_deref(),
+            payload,
+            plc,
+            group,
+        )
+    }
 }
 
 /// A parsed device or module connection string.

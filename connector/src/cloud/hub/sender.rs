@@ -170,4 +170,11 @@ impl Hub {
         let payload = self.cfg.payload;
         Arc::new(move |plc, group| identity.telemetry_topic(payload, plc, group))
     }
+
+    /// The topic of an event stream's messages (`messageType=event`).
+    pub fn event_topics(&self) -> TopicFn {
+        let identity = self.identity.clone();
+        let payload = self.cfg.payload;
+        Arc::new(move |plc, group| identity.event_topic(payload, plc, group))
+    }
 }

@@ -77,6 +77,23 @@ pub fn telemetry_topic(
     topic
 }
 
+/// The topic of an event stream's messages: [`telemetry_topic`] plus the application
+/// property `messageType=event`, for routing events apart from samples.
+pub fn event_topic(
+    device_id: &str,
+    module_id: Option<&str>,
+    payload: Payload,
+    plc: &str,
+    group: &str,
+) -> String {
+    let mut topic = telemetry_base(device_id, module_id);
+    topic.push_str(&property_bag(
+        payload,
+        &[("plc", plc), ("group", group), ("messageType", "event")],
+    ));
+    topic
+}
+
 /// Publish an empty message here to get the full twin.
 pub fn twin_get(rid: &str) -> String {
     format!("$iothub/twin/GET/?$rid={rid}")
@@ -255,6 +272,14 @@ mod tests {
         assert_eq!(
             telemetry_topic("edge", Some("opcua"), Payload::JsonGzip, "filler", "fast"),
             "devices/edge/modules/opcua/messages/events/$.ct=application%2Fjson&$.ce=gzip&plc=filler&group=fast"
+        );
+    }
+
+    #[test]
+    fn event_topic_says_it_carries_events() {
+        assert_eq!(
+            event_topic("device-001", None, Payload::Json, "filler", "alarms"),
+            "devices/device-001/messages/events/$.ct=application%2Fjson&$.ce=utf-8&plc=filler&group=alarms&messageType=event"
         );
     }
 

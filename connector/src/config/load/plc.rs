@@ -91,6 +91,7 @@ impl Check<'_> {
             }
             groups.push(self.group(group.get_ref(), Some(group.span()), &gkey, &mut aliases));
         }
+        let events = self.events_of(raw, key, &names);
         Some(Plc {
             id: id?,
             endpoint: endpoint?,
@@ -98,6 +99,7 @@ impl Check<'_> {
             security_mode: mode?,
             auth: auth?,
             groups: groups.into_iter().collect::<Option<_>>()?,
+            events: events?,
             max_concurrent_commands: max_concurrent_commands?,
         })
     }

@@ -20,6 +20,14 @@ pub const DEFAULT_ROLL_BYTES: u64 = 128 * 1024 * 1024;
 pub const DEFAULT_ROLL_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_QUEUE_SAMPLES: usize = 1_000_000;
 
+/// `<dir>-events`, beside the samples' directory (never inside: readers of the samples' data
+/// set read every file below it).
+pub fn default_events_dir(dir: &std::path::Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push("-events");
+    PathBuf::from(name)
+}
+
 impl Check<'_> {
     /// `hub`: the file's `[hub]`, for an upload through it.
     pub(super) fn parquet(
@@ -32,6 +40,21 @@ impl Check<'_> {
             None => Some(PathBuf::from(DEFAULT_PARQUET_DIR)),
             Some(d) => self.non_empty(d, &k("dir")).map(PathBuf::from),
         };
+        let events_dir = match (&raw.events_dir, &dir) {
+            (Some(d), _) => self.non_empty(d, &k("events_dir")).map(PathBuf::from),
+            (None, Some(dir)) => Some(default_events_dir(dir)),
+            (None, None) => None,
+        };
+        if let (Some(e), Some(d), Some(raw_e)) = (&events_dir, &dir, &raw.events_dir) {
+            if e.starts_with(d) || d.starts_with(e) {
+                let message = format!(
+                    "{:?} and dir {:?} must not contain each other: readers of the samples' data set would read events too",
+                    raw_e.get_ref(),
+                    d.display()
+                );
+                self.at(raw_e, &k("events_dir"), message);
+            }
+        }
         let compression = match &raw.compression {
             None => Some(Compression::Zstd {
                 level: DEFAULT_ZSTD_LEVEL,
@@ -97,6 +120,7 @@ impl Check<'_> {
         };
         Some(ParquetSinkConfig {
             upload: upload?,
+            events_dir: events_dir?,
             dir: dir?,
             compression: compression?,
             roll_rows: roll_rows?,

@@ -12,10 +12,12 @@
 //! See `docs/parquet.md` for the file layout and queries.
 
 pub mod error;
+pub mod events;
 pub mod integrity;
 pub mod retention;
 pub mod schema;
 pub mod sink;
+pub mod table;
 pub mod upload;
 pub mod writer;
 

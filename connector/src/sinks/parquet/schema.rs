@@ -305,7 +305,8 @@ impl BatchBuilder {
 
         // Exactly one value column is filled per row (none for Null); the others get a null.
         let filled = match &sample.value {
-            SampleValue::Null => None,
+            // Events are rows of the events table, never of this one.
+            SampleValue::Null | SampleValue::Event(_) => None,
             SampleValue::Double(v) => {
                 self.value_double.append_value(*v);
                 Some(0)

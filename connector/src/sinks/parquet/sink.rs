@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 
 use super::error::ParquetError;
 use super::schema::{
-    BatchBuilder, META_CONNECTOR_VERSION, META_LINE, META_PLC, META_SCHEMA_VERSION, META_SITE,
-    PARTITION_DATE, PARTITION_LINE, SCHEMA_VERSION,
+    META_CONNECTOR_VERSION, META_LINE, META_PLC, META_SCHEMA_VERSION, META_SITE, PARTITION_DATE,
+    PARTITION_LINE,
 };
+use super::table::{Rows, Table};
 use super::writer::{self, ChunkInfo, ChunkWriter};
 use crate::config::{Line, ParquetSinkConfig};
 use crate::sample::Sample;
@@ -83,14 +84,19 @@ const LAST_NAMEABLE_DAY: i64 = 2_932_896;
 pub struct ParquetSink {
     cfg: ParquetSinkConfig,
     plc: String,
-    /// `DIR/line=<line>`
+    /// What it writes; a samples sink hands events on to `events`, opened at the first.
+    table: Table,
+    events: Option<Box<ParquetSink>>,
+    events_retention: Option<std::sync::Arc<super::retention::Retention>>,
+    line: Line,
+    /// `DIR/line=<line>` (`EVENTS_DIR/line=<line>` for events)
     base: PathBuf,
     props: WriterProperties,
     batch_rows: usize,
     /// The open chunks, one per day, the one written least recently first.
     open: Vec<OpenChunk>,
     /// The builder of the last completed chunk, emptied, for the next one.
-    spare: Option<BatchBuilder>,
+    spare: Option<Rows>,
     next_seq: u64,
     /// The partition directory whose existing chunks were last scanned for the sequence.
     scanned_dir: Option<PathBuf>,
@@ -104,7 +110,7 @@ struct OpenChunk {
     /// UTC day of its samples, in days since 1970-01-01.
     day: i64,
     writer: ChunkWriter,
-    builder: BatchBuilder,
+    builder: Rows,
     last_sample_at: SystemTime,
 }
 
@@ -132,10 +138,20 @@ impl ParquetSink {
     /// PLC's sink left behind (each is logged with a warning and counted in
     /// [`ParquetSinkStats::temp_files_removed`]). No file is opened until the first sample.
     pub fn new(cfg: ParquetSinkConfig, line: Line, plc: &str) -> Result<Self, ParquetError> {
+        Self::of(Table::Samples, cfg, line, plc)
+    }
+
+    /// A sink of `table`: the samples under `dir`, the events under `events_dir`.
+    fn of(
+        table: Table,
+        cfg: ParquetSinkConfig,
+        line: Line,
+        plc: &str,
+    ) -> Result<Self, ParquetError> {
         check_id("line id", &line.id)?;
         check_id("plc id", plc)?;
         let mut key_value = vec![
-            KeyValue::new(META_SCHEMA_VERSION.to_string(), SCHEMA_VERSION.to_string()),
+            KeyValue::new(META_SCHEMA_VERSION.to_string(), table.version().to_string()),
             KeyValue::new(META_LINE.to_string(), line.id.clone()),
         ];
         if let Some(site) = &line.site {
@@ -146,13 +162,21 @@ impl ParquetSink {
             META_CONNECTOR_VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ));
-        let props = writer::writer_properties(cfg.compression, key_value)?;
+        let props = writer::writer_properties(cfg.compression, key_value, table)?;
 
-        let base = cfg.dir.join(format!("{PARTITION_LINE}={}", line.id));
+        let root = match table {
+            Table::Samples => &cfg.dir,
+            Table::Events => &cfg.events_dir,
+        };
+        let base = root.join(format!("{PARTITION_LINE}={}", line.id));
         writer::create_dir_durable(&base)?;
         let removed = remove_temp_files(&base, plc)?;
 
         Ok(ParquetSink {
+            table,
+            events: None,
+            events_retention: None,
+            line,
             batch_rows: BATCH_ROWS,
             cfg,
             plc: plc.to_string(),
@@ -195,7 +219,49 @@ impl ParquetSink {
     /// concerned is given up (its temporary file removed; its rows and the rest of `samples`
     /// are counted in [`ParquetSinkStats::rows_discarded`]) and the next call starts afresh.
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), ParquetError> {
-        self.write_at(samples, SystemTime::now())
+        let now = SystemTime::now();
+        if self.table == Table::Samples && samples.iter().any(|s| Table::Events.holds(s)) {
+            // Events go to their own table (a batch of an event stream holds only events).
+            if samples.iter().all(|s| Table::Events.holds(s)) {
+                return self.events_sink()?.write_at(samples, now);
+            }
+            let (events, rows): (Vec<Sample>, Vec<Sample>) = samples
+                .iter()
+                .cloned()
+                .partition(|s| Table::Events.holds(s));
+            let written = self.events_sink().and_then(|e| e.write_at(&events, now));
+            return self.write_at(&rows, now).and(written);
+        }
+        self.write_at(samples, now)
+    }
+
+    /// The sink of this PLC's events, opened at the first event.
+    fn events_sink(&mut self) -> Result<&mut ParquetSink, ParquetError> {
+        if self.events.is_none() {
+            let mut sink = Self::of(
+                Table::Events,
+                self.cfg.clone(),
+                self.line.clone(),
+                &self.plc,
+            )?;
+            sink.retention = self.events_retention.clone();
+            self.events = Some(Box::new(sink));
+        }
+        Ok(self.events.as_deref_mut().expect("opened above"))
+    }
+
+    /// Counters of the events table (`None` before the first event).
+    pub fn events_stats(&self) -> Option<ParquetSinkStats> {
+        self.events.as_ref().map(|e| e.stats())
+    }
+
+    /// Completed event chunks go to `retention` (of the events directory).
+    pub fn with_events_retention(
+        mut self,
+        retention: std::sync::Arc<super::retention::Retention>,
+    ) -> Self {
+        self.events_retention = Some(retention);
+        self
     }
 
     /// [`ParquetSink::write`] with the wall clock reading `now`.
@@ -240,13 +306,23 @@ impl ParquetSink {
         if let Some(r) = &self.retention {
             r.tick();
         }
-        self.roll_due(now)
+        let events = match self.events.as_deref_mut() {
+            Some(e) => e.tick(now).map(|_| ()),
+            None => Ok(()),
+        };
+        let rolled = self.roll_due(now);
+        events.and(rolled)
     }
 
     /// Completes the open chunks, if any; returns the one written last.
     pub fn close(&mut self) -> Result<Option<ChunkInfo>, ParquetError> {
         let mut last = None;
         let mut first_error = None;
+        if let Some(e) = self.events.as_deref_mut() {
+            if let Err(e) = e.close() {
+                first_error = Some(e);
+            }
+        }
         while !self.open.is_empty() {
             match self.finish_chunk(0) {
                 Ok(info) => last = info.or(last),
@@ -392,11 +468,12 @@ impl ParquetSink {
                 break (path, tmp_path);
             }
         };
-        let writer = ChunkWriter::create(path, tmp_path, self.props.clone(), now)?;
+        let writer =
+            ChunkWriter::create(path, tmp_path, self.props.clone(), self.table.schema(), now)?;
         let builder = self
             .spare
             .take()
-            .unwrap_or_else(|| BatchBuilder::new(BATCH_ROWS));
+            .unwrap_or_else(|| self.table.builder(BATCH_ROWS));
         self.open.push(OpenChunk {
             day,
             writer,

@@ -28,6 +28,7 @@ const PLC: &str = "filler";
 fn config(dir: &Path, roll_rows: usize) -> ParquetSinkConfig {
     ParquetSinkConfig {
         dir: dir.to_owned(),
+        events_dir: dir.join("..").join("events"),
         compression: Compression::Zstd { level: 3 },
         roll_rows: NonZeroUsize::new(roll_rows).unwrap(),
         roll_bytes: 128 * 1024 * 1024,
@@ -379,6 +380,7 @@ fn assert_rows(batch: &RecordBatch, expected: &[Sample]) {
             SampleValue::Time(v) => assert!(valid[5] && vtime.value(row) == *v, "{ctx}"),
             SampleValue::Bytes(v) => assert!(valid[6] && bytes.value(row) == v.as_slice(), "{ctx}"),
             SampleValue::Json(v) => assert!(valid[7] && json.value(row) == v, "{ctx}"),
+            SampleValue::Event(_) => panic!("{ctx}: an event among the sample rows"),
         }
     }
 }

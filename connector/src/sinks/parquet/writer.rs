@@ -13,7 +13,8 @@ use ::parquet::schema::types::ColumnPath;
 use arrow_array::RecordBatch;
 
 use super::error::ParquetError;
-use super::schema::{self, META_FIRST_TIME, META_LAST_TIME};
+use super::schema::{META_FIRST_TIME, META_LAST_TIME};
+use super::table::Table;
 use crate::config::Compression;
 
 /// Rows per row group at most (a chunk of the default 1M rows is one row group).
@@ -36,6 +37,7 @@ pub struct ChunkInfo {
 pub(crate) fn writer_properties(
     compression: Compression,
     key_value: Vec<KeyValue>,
+    table: Table,
 ) -> Result<WriterProperties, ParquetError> {
     let codec = match compression {
         Compression::Zstd { level } => Codec::ZSTD(
@@ -54,26 +56,16 @@ pub(crate) fn writer_properties(
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_dictionary_enabled(false)
         .set_key_value_metadata(Some(key_value));
-    for col in schema::DICTIONARY_COLUMNS
-        .iter()
-        .chain(&[schema::COL_VALUE_STRING])
-    {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(*col), true);
+    for col in table.dictionary_columns() {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(col), true);
     }
-    for col in [
-        schema::COL_TIME,
-        schema::COL_SERVER_TIME,
-        schema::COL_STATUS,
-        schema::COL_VALUE_INT,
-        schema::COL_VALUE_UINT,
-        schema::COL_VALUE_TIME,
-    ] {
-        builder = builder.set_column_encoding(ColumnPath::from(col), Encoding::DELTA_BINARY_PACKED);
+    for col in table.delta_columns() {
+        builder =
+            builder.set_column_encoding(ColumnPath::from(*col), Encoding::DELTA_BINARY_PACKED);
     }
-    builder = builder.set_column_encoding(
-        ColumnPath::from(schema::COL_VALUE_DOUBLE),
-        Encoding::BYTE_STREAM_SPLIT,
-    );
+    for col in table.split_columns() {
+        builder = builder.set_column_encoding(ColumnPath::from(*col), Encoding::BYTE_STREAM_SPLIT);
+    }
     Ok(builder.build())
 }
 
@@ -103,6 +95,7 @@ impl ChunkWriter {
         path: PathBuf,
         tmp_path: PathBuf,
         props: WriterProperties,
+        schema: arrow_schema::SchemaRef,
         opened_at: SystemTime,
     ) -> Result<Self, ParquetError> {
         let file = File::options()
@@ -110,7 +103,7 @@ impl ChunkWriter {
             .create_new(true)
             .open(&tmp_path)
             .map_err(|e| ParquetError::io("create chunk", &tmp_path, e))?;
-        let writer = match ArrowWriter::try_new(file, schema::schema(), Some(props)) {
+        let writer = match ArrowWriter::try_new(file, schema, Some(props)) {
             Ok(w) => w,
             Err(e) => {
                 remove_quietly(&tmp_path);

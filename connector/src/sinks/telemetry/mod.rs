@@ -27,31 +27,36 @@ pub struct EncoderSettings {
     pub max_message_bytes: usize,
     pub payload: Payload,
     pub topic: TopicFn,
+    /// The topic of an event stream (`[[plc.events]]`).
+    pub event_topic: TopicFn,
 }
 
 impl EncoderSettings {
     /// A generic broker: the topic template of `[sink.mqtt]`.
     pub fn broker(cfg: &MqttSinkConfig, line: &str, site: &str) -> Self {
         let (template, line, site) = (cfg.topic.clone(), line.to_owned(), site.to_owned());
+        let (events, eline, esite) = (template.clone(), line.clone(), site.clone());
         EncoderSettings {
             batch_max_samples: cfg.batch_max_samples,
             batch_max_delay: cfg.batch_max_delay,
             max_message_bytes: cfg.max_message_bytes,
             payload: cfg.payload,
             topic: Arc::new(move |plc, group| topic(&template, &site, &line, plc, group)),
+            event_topic: Arc::new(move |plc, group| topic(&events, &esite, &eline, plc, group)),
         }
     }
 }
 
 impl EncoderSettings {
     /// IoT Hub: `[hub]` batching, the hub's message limit, `topic` from the hub identity.
-    pub fn hub(cfg: &HubConfig, topic: TopicFn) -> Self {
+    pub fn hub(cfg: &HubConfig, topic: TopicFn, event_topic: TopicFn) -> Self {
         EncoderSettings {
             batch_max_samples: cfg.batch_max_samples,
             batch_max_delay: cfg.batch_max_delay,
             max_message_bytes: HUB_MAX_MESSAGE_BYTES,
             payload: cfg.payload,
             topic,
+            event_topic,
         }
     }
 }
@@ -138,11 +143,13 @@ impl Encoder {
         let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
         // Encode the samples once, reserve one seq per message (written ahead), then add the
         // headers.
+        let events = matches!(samples[0].value, crate::sample::SampleValue::Event(_));
         let id = payload::Stream {
             line: &self.line,
             epoch: self.outbox.epoch(),
             plc: &plc,
             group,
+            events,
         };
         let bodies = payload::split(id, &samples, self.cfg.batch_max_samples.get(), budget);
         let first = self.outbox.reserve(&stream, bodies.len() as u64)?;
@@ -150,7 +157,11 @@ impl Encoder {
             .iter()
             .zip(first..)
             .map(|(body, seq)| payload::assemble(id, seq, body));
-        let topic = (self.cfg.topic)(&plc, group);
+        let topic = if events {
+            (self.cfg.event_topic)(&plc, group)
+        } else {
+            (self.cfg.topic)(&plc, group)
+        };
         for m in messages {
             let body = if gzip {
                 gzip_bytes(m.as_bytes())

@@ -68,8 +68,60 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Appends one sample object.
+/// Appends one event object: `t` (Time), `received` (ReceiveTime), the event's fields by
+/// name, `null`s left out, `fields` for the configured extra fields.
+fn event(out: &mut String, t: i64, e: &crate::sample::EventRecord) {
+    out.push_str("{\"t\":\"");
+    out.push_str(&rfc3339(t));
+    out.push('"');
+    if let Some(r) = e.receive_time_us {
+        out.push_str(",\"received\":\"");
+        out.push_str(&rfc3339(r));
+        out.push('"');
+    }
+    out.push_str(",\"event_id\":\"");
+    out.push_str(&base64(&e.event_id));
+    out.push('"');
+    for (key, value) in [
+        ("event_type", Some(&e.event_type)),
+        ("source_node", Some(&e.source_node)),
+        ("source_name", Some(&e.source_name)),
+        ("message", Some(&e.message)),
+        ("condition_id", e.condition_id.as_ref()),
+        ("condition_name", e.condition_name.as_ref()),
+        ("branch_id", e.branch_id.as_ref()),
+        ("comment", e.comment.as_ref()),
+    ] {
+        if let Some(v) = value {
+            let _ = write!(out, ",\"{key}\":");
+            json_str(out, v);
+        }
+    }
+    let _ = write!(out, ",\"severity\":{}", e.severity);
+    for (key, value) in [
+        ("retain", e.retain),
+        ("enabled", e.enabled),
+        ("active", e.active),
+        ("acked", e.acked),
+        ("confirmed", e.confirmed),
+    ] {
+        if let Some(v) = value {
+            let _ = write!(out, ",\"{key}\":{v}");
+        }
+    }
+    if let Some(f) = &e.fields_json {
+        out.push_str(",\"fields\":");
+        out.push_str(f);
+    }
+    out.push('}');
+}
+
+/// Appends one sample object (an event's object for an event).
 pub fn sample(out: &mut String, s: &Sample) {
+    if let SampleValue::Event(e) = &s.value {
+        event(out, s.time_us, e);
+        return;
+    }
     out.push_str("{\"node\":");
     json_str(out, &s.item.node);
     out.push_str(",\"name\":");
@@ -79,7 +131,7 @@ pub fn sample(out: &mut String, s: &Sample) {
     out.push_str("\",\"v\":");
     let wide = matches!(s.type_name.builtin, 8 | 9) && !s.type_name.array;
     match &s.value {
-        SampleValue::Null => out.push_str("null"),
+        SampleValue::Null | SampleValue::Event(_) => out.push_str("null"),
         SampleValue::Double(x) if x.is_nan() => out.push_str("\"NaN\""),
         SampleValue::Double(x) if x.is_infinite() => out.push_str(if *x > 0.0 {
             "\"Infinity\""
@@ -130,6 +182,8 @@ pub struct Stream<'a> {
     pub epoch: &'a str,
     pub plc: &'a str,
     pub group: &'a str,
+    /// An event stream: its messages carry `events`, not `samples`.
+    pub events: bool,
 }
 
 /// The message header up to the samples array.
@@ -143,7 +197,8 @@ pub fn header(s: Stream<'_>, seq: u64) -> String {
     json_str(&mut out, s.plc);
     out.push_str(",\"group\":");
     json_str(&mut out, s.group);
-    let _ = write!(out, ",\"seq\":{seq},\"samples\":[");
+    let array = if s.events { "events" } else { "samples" };
+    let _ = write!(out, ",\"seq\":{seq},\"{array}\":[");
     out
 }
 
@@ -212,6 +267,7 @@ mod tests {
     use std::sync::Arc;
 
     const TEST_STREAM: Stream<'static> = Stream {
+        events: false,
         line: "l",
         epoch: "00000000000000ab",
         plc: "p",

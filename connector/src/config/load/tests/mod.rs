@@ -258,6 +258,7 @@ listen = "127.0.0.1:9464"
                         }],
                     },
                 ],
+                events: vec![],
                 max_concurrent_commands: 4,
             },
             Plc {
@@ -270,6 +271,7 @@ listen = "127.0.0.1:9464"
                     key_file: "certs/labeler.pem".into(),
                 },
                 groups: vec![],
+                events: vec![],
                 max_concurrent_commands: 4,
             },
         ],
@@ -279,6 +281,7 @@ listen = "127.0.0.1:9464"
         },
         parquet: Some(ParquetSinkConfig {
             dir: "data".into(),
+            events_dir: "data-events".into(),
             compression: Compression::Zstd { level: 9 },
             roll_rows: NonZeroUsize::new(500_000).unwrap(),
             roll_bytes: 64 << 20,

@@ -140,3 +140,72 @@ fn backfill_settings_need_backfill_and_sane_values() {
         })
     );
 }
+
+#[test]
+fn event_streams_parse_with_defaults_and_bad_ones_name_their_key() {
+    let text = format!(
+        "{MINIMAL}\n  [[plc.events]]\n  name = \"alarms\"\n  types = [\"i=2915\"]\n  fields = [{{ path = \"ActiveState/Id\", type = \"i=2915\" }}, {{ path = \"nsu=urn:x;Tank/Level\" }}]\n"
+    );
+    let c = parse(Path::new(FILE), &text).expect("valid");
+    let e = &c.plcs[0].events[0];
+    assert_eq!(e.name, "alarms");
+    assert_eq!(
+        e.source,
+        NodeRef::Index {
+            namespace: 0,
+            identifier: Identifier::Numeric(2253)
+        }
+    );
+    assert_eq!(
+        (e.publishing_interval, e.queue_size),
+        (Duration::from_secs(1), 1000)
+    );
+    assert_eq!(
+        e.fields[0].path,
+        [(None, "ActiveState".to_owned()), (None, "Id".to_owned())]
+    );
+    assert_eq!(
+        e.fields[1].path,
+        [
+            (Some("urn:x".to_owned()), "Tank".to_owned()),
+            (None, "Level".to_owned())
+        ]
+    );
+    assert_eq!(
+        e.fields[1].type_id,
+        NodeRef::Index {
+            namespace: 0,
+            identifier: Identifier::Numeric(2041)
+        }
+    );
+    let bad = format!(
+        "{MINIMAL}\n  [[plc.events]]\n  name = \"fast\"\n  source = \"nope\"\n  queue_size = 0\n  fields = [{{ path = \"A//B\" }}, {{ type = \"i=2041\" }}]\n"
+    );
+    let all = problems(&bad);
+    for (line, key, part) in [
+        (
+            15,
+            "plc[0].events[0].name",
+            "is also the name of plc[0].group[0]",
+        ),
+        (16, "plc[0].events[0].source", "bad node id"),
+        (17, "plc[0].events[0].queue_size", "must be 1..=100000"),
+        (18, "plc[0].events[0].fields[0].path", "empty browse name"),
+        (18, "plc[0].events[0].fields[1].path", "missing"),
+    ] {
+        let prefix = format!("{FILE}:{line}: {key}: ");
+        assert!(
+            all.iter()
+                .any(|p| p.starts_with(&prefix) && p.contains(part)),
+            "no {prefix:?} with {part:?} in {all:#?}"
+        );
+    }
+    assert_eq!(all.len(), 5, "{all:#?}");
+    let unknown = format!("{MINIMAL}\n  [[plc.events]]\n  name = \"a\"\n  colour = 1\n");
+    assert_problem(
+        &unknown,
+        16,
+        "plc[0].events[0].colour",
+        "unknown key `colour`",
+    );
+}

@@ -645,3 +645,22 @@ fn buffer_segments_must_hold_the_largest_message() {
         "max_bytes = \"2KiB\"\nsegment_bytes = \"1KiB\"",
     ));
 }
+
+#[test]
+fn the_events_table_goes_beside_the_samples_never_inside() {
+    let c = parse(
+        Path::new(FILE),
+        &format!("{MINIMAL}\n[sink.parquet]\ndir = \"/var/lib/oc/parquet\"\n"),
+    )
+    .expect("valid");
+    let p = c.parquet.unwrap();
+    assert_eq!(p.events_dir, Path::new("/var/lib/oc/parquet-events"));
+    let inside =
+        format!("{MINIMAL}\n[sink.parquet]\ndir = \"/data\"\nevents_dir = \"/data/events\"\n");
+    assert_problem(
+        &inside,
+        16,
+        "sink.parquet.events_dir",
+        "must not contain each other",
+    );
+}
