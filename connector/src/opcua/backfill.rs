@@ -53,7 +53,15 @@ pub struct Track {
     /// Source times of live samples that arrived after a later one (republished messages),
     /// the latest [`LATE`]: a gap read from history leaves them out.
     late: Mutex<VecDeque<i64>>,
+    /// The subscribe round that last monitored the node ([`Backfill::subscribed`]).
+    generation: AtomicU64,
 }
+
+/// Gaps waiting at most; more are reported unfilled at once.
+pub const MAX_GAPS: usize = 100_000;
+
+/// Failures of a connected session that end the read of a gap (each retried after 1 s).
+pub const MAX_ATTEMPTS: u32 = 10;
 
 /// Out-of-order live sample times remembered per node.
 const LATE: usize = 4096;
@@ -90,6 +98,7 @@ impl Track {
                 from_us: from,
                 to_us: time_us,
                 closed: tokio::time::Instant::now(),
+                attempts: 0,
             });
         }
         self.last_us.fetch_max(time_us, Ordering::Relaxed);
@@ -110,6 +119,8 @@ struct Gap {
     to_us: i64,
     /// When the first sample after the outage arrived.
     closed: tokio::time::Instant,
+    /// Failed reads while the session was connected.
+    attempts: u32,
 }
 
 /// What reading a gap came to.
@@ -129,8 +140,11 @@ pub struct Backfill {
     notify: Notify,
     metrics: Arc<PlcMetrics>,
     unfilled_log: RateLog,
+    retry_log: RateLog,
     /// Values read since the queue was last empty (for the summary line).
     read: AtomicU64,
+    /// Subscribe rounds completed (a new session, a resubscription).
+    generation: AtomicU64,
 }
 
 impl Backfill {
@@ -142,7 +156,9 @@ impl Backfill {
             notify: Notify::new(),
             metrics,
             unfilled_log: RateLog::per_minute(),
+            retry_log: RateLog::per_minute(),
             read: AtomicU64::new(0),
+            generation: AtomicU64::new(1),
         })
     }
 
@@ -166,9 +182,13 @@ impl Backfill {
                     cut_from: AtomicI64::new(0),
                     historizing: Mutex::new(None),
                     late: Mutex::default(),
+                    generation: AtomicU64::new(0),
                 })
             })
             .clone();
+        track
+            .generation
+            .store(self.generation.load(Ordering::Relaxed), Ordering::Relaxed);
         *track.at.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((Arc::downgrade(at.0), at.1, at.2.clone()));
         *track.historizing.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -189,16 +209,50 @@ impl Backfill {
         }
     }
 
+    /// A subscribe round is complete: gaps of nodes it did not monitor again (a browse that
+    /// found other variables, a node that no longer resolves) can never be read; they are
+    /// reported instead of waiting for ever.
+    pub fn subscribed(&self) {
+        let current = self.generation.fetch_add(1, Ordering::Relaxed);
+        let stale: Vec<Gap> = {
+            let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+            let all = std::mem::take(&mut *gaps);
+            let (stale, keep): (Vec<Gap>, Vec<Gap>) = all
+                .into_iter()
+                .partition(|g| g.track.generation.load(Ordering::Relaxed) != current);
+            *gaps = keep.into();
+            stale
+        };
+        for g in stale {
+            self.unfilled(
+                &g,
+                g.from_us,
+                g.to_us,
+                "the node is not subscribed any more",
+            );
+        }
+        self.notify.notify_one();
+    }
+
     /// A live sample of `track` at `time_us`.
     pub fn seen(&self, track: &Arc<Track>, time_us: i64, has_value: bool) {
         track.seen(time_us, has_value, self);
     }
 
     fn push(&self, gap: Gap) {
-        self.gaps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(gap);
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        if gaps.len() >= MAX_GAPS {
+            drop(gaps);
+            self.unfilled(
+                &gap,
+                gap.from_us,
+                gap.to_us,
+                "too many gaps waiting (100,000)",
+            );
+            return;
+        }
+        gaps.push_back(gap);
+        drop(gaps);
         self.notify.notify_one();
     }
 
@@ -227,6 +281,18 @@ impl Backfill {
         }
     }
 
+    /// One more failed read of the front gap; true when it has had [`MAX_ATTEMPTS`].
+    fn failed(&self, gap: &Gap) -> bool {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        match gaps.front_mut() {
+            Some(front) if Arc::ptr_eq(&front.track, &gap.track) && front.to_us == gap.to_us => {
+                front.attempts += 1;
+                front.attempts >= MAX_ATTEMPTS
+            }
+            _ => false,
+        }
+    }
+
     /// Reads the gaps with `session` as they come, until the task is aborted (the session
     /// ended: what is left is read with the next one).
     pub async fn run(self: Arc<Self>, session: Arc<Session>, tx: SampleSender) {
@@ -246,7 +312,17 @@ impl Backfill {
             match self.fill(&session, &gap, &tx).await {
                 Filled::Done => self.progress(&gap, None),
                 Filled::Retry(status) => {
-                    warn!(plc = %self.plc, status = %status, "backfill interrupted: it goes on in 1 s or with the next session");
+                    // Failures of a session that is down do not count: the gap waits for it.
+                    let connected = self.metrics.connected.load(Ordering::Relaxed);
+                    if connected && self.failed(&gap) {
+                        let from = self.front().map_or(gap.from_us, |g| g.from_us);
+                        self.unfilled(&gap, from, gap.to_us, "the history read failed 10 times");
+                        self.progress(&gap, None);
+                        continue;
+                    }
+                    if let Some(more) = self.retry_log.hit() {
+                        warn!(plc = %self.plc, status = %status, suppressed = more, "backfill interrupted: it goes on in 1 s or with the next session");
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -266,7 +342,7 @@ impl Backfill {
         if let Some(more) = self.unfilled_log.hit() {
             let seconds = (to_us - from_us) as f64 / 1e6;
             warn!(plc = %self.plc, node = node.as_ref().map_or("?", |i| &*i.node), from = %rfc3339(from_us), to = %rfc3339(to_us), seconds, reason = why, suppressed = more,
-                "values of an outage not backfilled: the gap stays (counted in opcua_connector_backfill_unfilled_total)");
+                "values of an outage not backfilled: they stay missing (counted in opcua_connector_backfill_unfilled_total)");
         }
     }
 
@@ -330,8 +406,15 @@ impl Backfill {
             };
             let status = result.status_code;
             if status.is_bad() {
-                self.unfilled(gap, from, gap.to_us, refusal(status));
-                return Filled::Done;
+                release(session, &node, &continuation).await;
+                return match refusal(status) {
+                    Some(why) => {
+                        self.unfilled(gap, from, gap.to_us, why);
+                        Filled::Done
+                    }
+                    // Out of continuation points, busy, timed out: again from where it is.
+                    None => Filled::Retry(status),
+                };
             }
             let values: Vec<DataValue> = result
                 .history_data
@@ -339,6 +422,7 @@ impl Backfill {
                 .and_then(|h| h.data_values)
                 .unwrap_or_default();
             let received = chrono::Utc::now().timestamp_micros();
+            let returned = values.len();
             let mut batch = Vec::with_capacity(values.len());
             let mut last = from;
             let late: std::collections::HashSet<i64> = gap
@@ -375,14 +459,15 @@ impl Backfill {
                 from = last;
                 self.progress(gap, Some(from));
             }
+            // At most `rate` values per second: a page of n values takes n / rate seconds,
+            // the last one of a gap too (the next gap follows at once).
+            let pace = Duration::from_secs_f64(returned as f64 / f64::from(rate));
+            tokio::time::sleep_until(started + pace).await;
             continuation = result.continuation_point;
             if continuation.is_null_or_empty() {
                 PlcMetrics::add(&self.metrics.backfill_gaps, 1);
                 return Filled::Done;
             }
-            // At most `rate` values per second: a page of n values takes n / rate seconds.
-            let pace = Duration::from_secs_f64(f64::from(PAGE.min(rate)) / f64::from(rate));
-            tokio::time::sleep_until(started + pace).await;
         }
     }
 
@@ -423,15 +508,43 @@ impl Backfill {
     }
 }
 
-/// The reason of a HistoryRead refusal, for the log.
-fn refusal(status: StatusCode) -> &'static str {
-    if status == StatusCode::BadHistoryOperationUnsupported {
-        "the server does not support reading history"
-    } else if status == StatusCode::BadUserAccessDenied || status == StatusCode::BadNotReadable {
-        "the server does not let this session read the node's history"
+/// Why the server will not give a node's history (for the log), or `None` when the failure
+/// may pass (out of continuation points, busy, a timeout: read again).
+fn refusal(status: StatusCode) -> Option<&'static str> {
+    let permanent = |codes: &[StatusCode]| codes.contains(&status);
+    if permanent(&[
+        StatusCode::BadHistoryOperationUnsupported,
+        StatusCode::BadHistoryOperationInvalid,
+        StatusCode::BadNotSupported,
+    ]) {
+        Some("the server does not support reading history")
+    } else if permanent(&[StatusCode::BadUserAccessDenied, StatusCode::BadNotReadable]) {
+        Some("the server does not let this session read the node's history")
+    } else if permanent(&[StatusCode::BadNodeIdUnknown, StatusCode::BadNodeIdInvalid]) {
+        Some("the server no longer knows the node")
     } else {
-        "the server refused the history read"
+        None
     }
+}
+
+/// Gives a continuation point back to the server (it holds few) when a read stops early.
+async fn release(session: &Session, node: &opcua::types::NodeId, continuation: &ByteString) {
+    if continuation.is_null_or_empty() {
+        return;
+    }
+    let id = HistoryReadValueId {
+        node_id: node.clone(),
+        continuation_point: continuation.clone(),
+        ..Default::default()
+    };
+    let _ = session
+        .history_read(
+            HistoryReadAction::ReadRawModifiedDetails(ReadRawModifiedDetails::default()),
+            TimestampsToReturn::Neither,
+            true,
+            &[id],
+        )
+        .await;
 }
 
 fn date_time(us: i64) -> DateTime {
@@ -494,6 +607,19 @@ mod tests {
         assert_eq!(gaps(&b), [(500, 1000)]);
         b.progress(&gap, None);
         assert!(gaps(&b).is_empty());
+    }
+
+    #[test]
+    fn gaps_of_nodes_not_subscribed_again_are_reported_not_kept_for_ever() {
+        let (b, t) = backfill();
+        b.seen(&t, 100, true);
+        b.cut();
+        b.seen(&t, 300, true);
+        b.subscribed(); // the round that tracked it
+        assert_eq!(gaps(&b), [(100, 300)]);
+        b.subscribed(); // a round without the node
+        assert!(gaps(&b).is_empty());
+        assert_eq!(PlcMetrics::get(&b.metrics.backfill_unfilled), 1);
     }
 
     #[test]

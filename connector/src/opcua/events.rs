@@ -58,9 +58,32 @@ pub const STANDARD: [(u32, &str); 17] = [
     (ALARM, "ActiveState/Id"),
 ];
 
+/// The last event of each condition of a PLC, kept across sessions: a ConditionRefresh (after
+/// every new session) sends it again, and it is not a new event.
+#[derive(Debug, Default)]
+pub struct LastEvents(std::sync::Mutex<std::collections::HashMap<Condition, Vec<u8>>>);
+
+/// A condition of a stream: (stream name, condition id).
+type Condition = (Arc<str>, String);
+
+impl LastEvents {
+    /// Whether `event_id` is news for `condition` of `stream` (and remembers it).
+    fn news(&self, stream: &Arc<str>, condition: &str, event_id: &[u8]) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (stream.clone(), condition.to_owned());
+        if last.get(&key).is_some_and(|id| id.as_slice() == event_id) {
+            return false;
+        }
+        last.insert(key, event_id.to_vec());
+        true
+    }
+}
+
 /// How the fields of one stream's events are read.
 #[derive(Debug)]
 pub struct EventDecode {
+    /// The PLC's last event of each condition.
+    pub last: Arc<LastEvents>,
     /// The configured extra fields, after the standard ones.
     pub extra: Vec<String>,
     /// Field positions when the server leaves refused clauses out (set from the filter
@@ -212,6 +235,14 @@ impl EventDecode {
             active: boolean(16),
             fields_json,
         };
+        if let Some(condition) = &record.condition_id {
+            if !record.event_id.is_empty()
+                && !self.last.news(&stream.group, condition, &record.event_id)
+            {
+                // The same event again (a ConditionRefresh): no new row.
+                return None;
+            }
+        }
         Some(Sample {
             item: stream.clone(),
             time_us: time(4).or(receive).unwrap_or(received_us),
@@ -225,8 +256,9 @@ impl EventDecode {
 }
 
 /// Subscribes the event streams of a PLC: one subscription each, its one item on the source
-/// node. A stream the server refuses (unknown source, not an event notifier, a bad filter) is
-/// logged and counted in `failed_items`; the rest runs. After subscribing, ConditionRefresh
+/// node. A stream the server refuses (unknown source, not an event notifier, a bad filter, no
+/// room for one more subscription) is logged and counted in `failed_items`; the data and the
+/// other streams run. After subscribing, ConditionRefresh
 /// asks for the current state of the retained conditions (answered with their events; a
 /// server without it is fine).
 pub async fn subscribe_events(
@@ -242,7 +274,7 @@ pub async fn subscribe_events(
             .resolve(&ev.source)
             .map_err(|e| e.to_string())
             .and_then(|source| filter(ev, ns).map(|f| (source, f)));
-        let (source, (filter, decode)) = match resolved {
+        let (source, (filter, mut decode)) = match resolved {
             Ok(r) => r,
             Err(e) => {
                 PlcMetrics::add(&metrics.failed_items, 1);
@@ -250,6 +282,7 @@ pub async fn subscribe_events(
                 continue;
             }
         };
+        decode.last = decoding.last_events.clone();
         let stream = Arc::new(Item {
             plc: plc.id.as_str().into(),
             group: ev.name.as_str().into(),
@@ -264,7 +297,7 @@ pub async fn subscribe_events(
         let publishing_ms = ev.publishing_interval.as_secs_f64() * 1000.0;
         let keep_alive = ((5_000.0 / publishing_ms.max(1.0)) as u32).clamp(3, 1000);
         let lifetime = (keep_alive * 3).max((60_000.0 / publishing_ms.max(1.0)) as u32);
-        let id = session
+        let subscription = session
             .create_subscription(
                 ev.publishing_interval,
                 lifetime,
@@ -274,8 +307,17 @@ pub async fn subscribe_events(
                 true,
                 callback,
             )
-            .await
-            .map_err(|e| e.status())?;
+            .await;
+        let id = match subscription {
+            Ok(id) => id,
+            Err(e) => {
+                // The data keeps flowing without this stream; it is tried again with the
+                // next subscribe round.
+                PlcMetrics::add(&metrics.failed_items, 1);
+                warn!(plc = %plc.id, events = %ev.name, status = %e.status(), "event stream not subscribed: the server refused its subscription");
+                continue;
+            }
+        };
         sub_id.store(id, std::sync::atomic::Ordering::Relaxed);
         let request = MonitoredItemCreateRequest {
             item_to_monitor: ReadValueId {
@@ -297,10 +339,14 @@ pub async fn subscribe_events(
             .await;
         let result = match result {
             Ok(mut r) if !r.is_empty() => r.swap_remove(0).result,
-            Ok(_) => return Err(StatusCode::BadUnexpectedError),
-            Err(e) => {
+            other => {
                 let _ = session.delete_subscriptions(&[id]).await;
-                return Err(e.status());
+                let status = other
+                    .err()
+                    .map_or(StatusCode::BadUnexpectedError, |e| e.status());
+                PlcMetrics::add(&metrics.failed_items, 1);
+                warn!(plc = %plc.id, events = %ev.name, status = %status, "event stream not subscribed");
+                continue;
             }
         };
         if !result.status_code.is_good() {
@@ -391,6 +437,7 @@ pub fn filter(events: &Events, ns: &Namespaces) -> Result<(EventFilter, EventDec
         where_clause: of_types(&types),
     };
     let decode = EventDecode {
+        last: Arc::default(),
         extra: events.fields.iter().map(|f| f.text.clone()).collect(),
         positions: OnceLock::new(),
     };
@@ -473,6 +520,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_same_event_of_a_condition_again_is_no_news() {
+        let last = LastEvents::default();
+        let alarms: Arc<str> = "alarms".into();
+        assert!(last.news(&alarms, "c1", b"e1"));
+        assert!(
+            !last.news(&alarms, "c1", b"e1"),
+            "a ConditionRefresh repeats it"
+        );
+        assert!(last.news(&alarms, "c2", b"e1"), "another condition");
+        assert!(last.news(&alarms, "c1", b"e2"));
+        assert!(
+            last.news(&alarms, "c1", b"e1"),
+            "only the latest is remembered"
+        );
+    }
+
+    #[test]
     fn or_of_types_refers_to_its_elements() {
         let ts: Vec<NodeId> = (1..=3).map(|i| NodeId::new(0, i)).collect();
         let f = of_types(&ts);
@@ -503,6 +567,7 @@ mod tests {
     #[test]
     fn fields_are_found_in_place_or_by_the_filter_result() {
         let d = EventDecode {
+            last: Arc::default(),
             extra: vec!["InputNode".into()],
             positions: OnceLock::new(),
         };

@@ -137,10 +137,12 @@ impl Watch {
             };
             extra.push(Sample {
                 item: flat.item.clone(),
+                time_us: row.time_us,
+                server_time_us: row.server_time_us,
                 status,
                 type_name,
                 value,
-                ..row.clone()
+                origin: row.origin,
             });
         }
         out.push(row);

@@ -26,9 +26,11 @@ use crate::config::{Pki, Plc};
 use crate::metrics::PlcMetrics;
 use crate::opcua::backfill::Backfill;
 use crate::opcua::connect::{check_certificate, client, endpoint, identity, refusal, SessionError};
+use crate::opcua::events::LastEvents;
 use crate::opcua::link::{publish_link, LinkSender};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
+use crate::opcua::subscribe::Kept;
 use crate::opcua::subscribe::{self, Created};
 use crate::pipeline::SampleSender;
 
@@ -183,17 +185,26 @@ async fn open(
 fn drive(
     event_loop: EventLoop,
     plc_id: &str,
+    backfill: Option<&Arc<Backfill>>,
 ) -> (
     tokio::task::JoinHandle<StatusCode>,
     mpsc::UnboundedReceiver<Event>,
 ) {
     let (ev_tx, events) = mpsc::unbounded_channel();
     let plc_id = plc_id.to_owned();
+    let backfill = backfill.cloned();
     let driver = tokio::spawn(async move {
         let mut stream = std::pin::pin!(event_loop.enter());
         while let Some(e) = stream.next().await {
             let ev = match e {
-                Ok(SessionPollResult::ConnectionLost(s)) => Event::Lost(s),
+                Ok(SessionPollResult::ConnectionLost(s)) => {
+                    // Here, in the task that also hands the notifications over, so that no
+                    // sample of a reconnected session comes before the outage is marked.
+                    if let Some(b) = &backfill {
+                        b.cut();
+                    }
+                    Event::Lost(s)
+                }
                 Ok(SessionPollResult::Reconnected(mode)) => {
                     Event::Reconnected(matches!(mode, SessionConnectMode::NewSession(_)))
                 }
@@ -251,7 +262,7 @@ async fn serve_writes(
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop, endpoint) = open(plc, pki, None).await?;
-    let (driver, mut events) = drive(event_loop, &plc.id);
+    let (driver, mut events) = drive(event_loop, &plc.id, None);
     let mut namespaces: Option<Namespaces> = None;
     let mut read_at: Option<tokio::time::Instant> = None;
     let result = loop {
@@ -321,6 +332,7 @@ pub async fn run(
         .iter()
         .any(|g| g.backfill.is_some())
         .then(|| Backfill::new(&plc.id, metrics.clone()));
+    let last_events = Arc::new(LastEvents::default());
     while !shutdown.is_cancelled() {
         let served = connect_and_serve(
             &plc,
@@ -328,7 +340,7 @@ pub async fn run(
             (&tx, &metrics),
             &shutdown,
             &mut pacing,
-            backfill.as_ref(),
+            (backfill.as_ref(), &last_events),
         )
         .await;
         match served {
@@ -392,11 +404,11 @@ async fn connect_and_serve(
     (tx, metrics): (&SampleSender, &Arc<PlcMetrics>),
     shutdown: &CancellationToken,
     pacing: &mut Pacing,
-    backfill: Option<&Arc<Backfill>>,
+    (backfill, last_events): (Option<&Arc<Backfill>>, &Arc<LastEvents>),
 ) -> Result<(), SessionError> {
     let structures = Arc::new(Structures::default());
     let (session, event_loop, endpoint) = open(plc, pki, Some(structures.clone())).await?;
-    let (driver, mut events) = drive(event_loop, &plc.id);
+    let (driver, mut events) = drive(event_loop, &plc.id, backfill);
 
     // The first connect: the event loop reports Reconnected(NewSession) once connected.
     let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();
@@ -414,9 +426,6 @@ async fn connect_and_serve(
                 None => break Err(SessionError::Connect { plc: plc.id.clone(), status: StatusCode::BadConnectionClosed }),
                 Some(Event::Lost(status)) => {
                     metrics.connected.store(false, Ordering::Relaxed);
-                    if let Some(b) = backfill {
-                        b.cut();
-                    }
                     warn!(plc = %plc.id, status = %status, "connection lost, reconnecting");
                 }
                 Some(Event::ReconnectFailed(status)) => {
@@ -462,10 +471,14 @@ async fn connect_and_serve(
                 resubscribe_at = None;
                 // A new subscription, a new outage: its first loss is logged at once.
                 let recovery = subscribe::Recovery { gaps: gap_tx.clone(), losses: subscribe::LossLog::new() };
-                match setup(&session, plc, (tx, &recovery, metrics), spread, (&structures, backfill)).await {
+                let kept = Kept { structures: Some(&structures), backfill, last_events };
+                match setup(&session, plc, (tx, &recovery, metrics), spread, kept).await {
                     Ok(created) => {
                         subscriptions = created;
                         session.trigger_publish_now();
+                        if let Some(b) = backfill {
+                            b.subscribed();
+                        }
                     }
                     Err(StatusCode::BadTooManySubscriptions) if spread => {
                         // The server allows fewer subscriptions than it announced (or than
@@ -502,21 +515,14 @@ async fn setup(
     plc: &Plc,
     (tx, recovery, metrics): (&SampleSender, &subscribe::Recovery, &Arc<PlcMetrics>),
     spread: bool,
-    (structures, backfill): (&Arc<Structures>, Option<&Arc<Backfill>>),
+    kept: Kept<'_>,
 ) -> Result<Vec<Created>, StatusCode> {
     let ns = read_namespaces(session).await?;
-    read_structures(session, plc, structures).await;
-    let created = subscribe::subscribe_all(
-        session,
-        plc,
-        &ns,
-        tx,
-        recovery,
-        metrics,
-        spread,
-        (Some(structures), backfill),
-    )
-    .await?;
+    if let Some(structures) = kept.structures {
+        read_structures(session, plc, structures).await;
+    }
+    let created =
+        subscribe::subscribe_all(session, plc, &ns, tx, recovery, metrics, spread, kept).await?;
     info!(
         plc = %plc.id,
         monitored_items = metrics.monitored_items.load(Ordering::Relaxed),
@@ -557,7 +563,8 @@ async fn structure_names(
     types: &[opcua::types::NodeId],
 ) -> std::collections::HashMap<opcua::types::NodeId, Arc<str>> {
     let mut names = std::collections::HashMap::new();
-    for chunk in types.chunks(500) {
+    // Small reads: the limits of the server (MaxNodesPerRead) are not read yet here.
+    for chunk in types.chunks(100) {
         let reads: Vec<ReadValueId> = chunk
             .iter()
             .map(|id| ReadValueId {
@@ -566,8 +573,12 @@ async fn structure_names(
                 ..Default::default()
             })
             .collect();
-        let Ok(values) = session.read(&reads, TimestampsToReturn::Neither, 0.0).await else {
-            break;
+        let values = match session.read(&reads, TimestampsToReturn::Neither, 0.0).await {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(status = %e.status(), "cannot read the names of the server's structure types: their type stays ExtensionObject");
+                break;
+            }
         };
         for (id, v) in chunk.iter().zip(values) {
             if let Some(Variant::QualifiedName(q)) = v.value {

@@ -24,11 +24,10 @@ use crate::sample::TypeName;
 
 /// The tree, its loader, and the browse names of its structure types (async-opcua's tree
 /// builder leaves the names empty).
-type Current = (
-    Arc<DataTypeTree>,
-    DynamicTypeLoader,
-    HashMap<NodeId, Arc<str>>,
-);
+type Current = (Arc<DataTypeTree>, DynamicTypeLoader, HashMap<NodeId, Named>);
+
+/// A structure's type name as a scalar and as an array, interned once per session.
+type Named = (TypeName, TypeName);
 
 /// The session's loader of the server's structures; empty until a tree is set.
 #[derive(Default)]
@@ -51,6 +50,16 @@ impl Structures {
     pub fn set(&self, tree: DataTypeTree, names: HashMap<NodeId, Arc<str>>) {
         let tree = Arc::new(tree);
         let loader = DynamicTypeLoader::new(tree.clone());
+        let names = names
+            .into_iter()
+            .map(|(id, name)| {
+                let named = (
+                    TypeName::structure(&name, false),
+                    TypeName::structure(&name, true),
+                );
+                (id, named)
+            })
+            .collect();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::new((tree, loader, names)));
         self.failed
@@ -76,34 +85,29 @@ impl Structures {
     /// `Array<MotorData>`); `None` for anything else (values kept as bytes stay
     /// `ExtensionObject`).
     pub fn type_name(&self, v: &Variant) -> Option<TypeName> {
-        let (mut objects, array): (Vec<&ExtensionObject>, bool) = match v {
-            Variant::ExtensionObject(eo) => (vec![eo], false),
-            Variant::Array(a) => (
-                a.values
-                    .iter()
-                    .map(|v| match v {
-                        Variant::ExtensionObject(eo) => Some(eo),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()?,
-                true,
-            ),
+        let decoded = |eo: &ExtensionObject| {
+            eo.inner_is::<DynamicStructure>()
+                .then(|| eo.data_type())
+                .flatten()
+        };
+        let (id, array) = match v {
+            Variant::ExtensionObject(eo) => (decoded(eo)?, false),
+            Variant::Array(a) => {
+                let mut ids = a.values.iter().map(|v| match v {
+                    Variant::ExtensionObject(eo) => decoded(eo),
+                    _ => None,
+                });
+                let first = ids.next()??;
+                if !ids.all(|id| id.as_ref() == Some(&first)) {
+                    return None;
+                }
+                (first, true)
+            }
             _ => return None,
         };
-        let first = objects.pop()?;
-        if !first.inner_is::<DynamicStructure>() {
-            return None;
-        }
-        let id = first.data_type()?;
-        if objects
-            .iter()
-            .any(|o| !o.inner_is::<DynamicStructure>() || o.data_type().as_ref() != Some(&id))
-        {
-            return None;
-        }
         let current = self.current()?;
-        let name = current.2.get(&id.node_id)?;
-        Some(TypeName::structure(name, array))
+        let (scalar, many) = current.2.get(&id.node_id)?;
+        Some(if array { *many } else { *scalar })
     }
 
     /// The structure types of a tree (whose browse names are to be read).

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::config::{Deadband, Group, QueueSize};
 use crate::metrics::PlcMetrics;
 use crate::opcua::backfill::Backfill;
-use crate::opcua::events;
+use crate::opcua::events::{self, LastEvents};
 use crate::opcua::flatten::{Flat, Flattening, Watch};
 use crate::opcua::resolve::Namespaces;
 use crate::opcua::structures::Structures;
@@ -310,12 +310,22 @@ pub struct Created {
     pub losses: Arc<LossLog>,
 }
 
+/// What a PLC keeps across subscribe rounds: the server's structures (read again each new
+/// session), the backfill of its outages, the last event of each condition.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    pub structures: Option<&'a Arc<Structures>>,
+    pub backfill: Option<&'a Arc<Backfill>>,
+    pub last_events: &'a Arc<LastEvents>,
+}
+
 /// What the samples of a PLC's items are decoded with: namespaces, the server's structures.
 #[derive(Debug, Clone)]
 pub struct Decoding {
     pub ns: Arc<Namespaces>,
     pub structures: Option<Arc<Structures>>,
     pub backfill: Option<Arc<Backfill>>,
+    pub last_events: Arc<LastEvents>,
 }
 
 /// Creates the subscriptions of one group: split by the server's per-subscription limit,
@@ -495,14 +505,20 @@ pub async fn subscribe_all(
     recovery: &Recovery,
     metrics: &Arc<PlcMetrics>,
     spread: bool,
-    (structures, backfill): (Option<&Arc<Structures>>, Option<&Arc<Backfill>>),
+    kept: Kept<'_>,
 ) -> Result<Vec<Created>, StatusCode> {
+    let Kept {
+        structures,
+        backfill,
+        last_events,
+    } = kept;
     let started = Instant::now();
     let limits = read_limits(session).await;
     let decoding = Decoding {
         ns: Arc::new(ns.clone()),
         structures: structures.cloned(),
         backfill: backfill.cloned(),
+        last_events: last_events.clone(),
     };
     metrics.monitored_items.store(0, Ordering::Relaxed);
     let mut all: Vec<Created> = Vec::new();
@@ -510,7 +526,9 @@ pub async fn subscribe_all(
         let t = targets(session, &plc.id, group, ns, &limits, metrics).await;
         let n = t.len();
         let mut group_limits = limits;
-        let per_sub = items_per_subscription(n, plc.groups.len(), &limits, spread);
+        // Event streams take a subscription each from the server's share too.
+        let subscriptions = plc.groups.len() + plc.events.len();
+        let per_sub = items_per_subscription(n, subscriptions, &limits, spread);
         group_limits.max_monitored_items_per_subscription =
             ServerLimits::or(limits.max_monitored_items_per_subscription, usize::MAX).min(per_sub);
         let created = subscribe_group(

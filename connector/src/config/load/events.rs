@@ -99,16 +99,21 @@ impl Check<'_> {
         };
         let path = self.required(&raw.path, span, &format!("{key}.path"))?;
         let mut names = Vec::new();
-        for part in path.get_ref().split('/') {
-            let name = match part.strip_prefix("nsu=") {
-                Some(rest) => match rest.rsplit_once(';') {
-                    Some((uri, name)) if !uri.is_empty() && !name.is_empty() => {
-                        (Some(uri.to_owned()), name.to_owned())
-                    }
-                    _ => (None, String::new()),
+        let mut rest = path.get_ref().as_str();
+        loop {
+            // `nsu=URI;Name`: the URI may hold `/` (http://...), up to the `;`.
+            let (uri, after) = match rest.strip_prefix("nsu=") {
+                Some(r) => match r.split_once(';') {
+                    Some((uri, after)) if !uri.is_empty() => (Some(uri.to_owned()), after),
+                    _ => (None, ""),
                 },
-                None => (None, part.to_owned()),
+                None => (None, rest),
             };
+            let (name, next) = match after.split_once('/') {
+                Some((name, next)) => (name, Some(next)),
+                None => (after, None),
+            };
+            let name = (uri, name.to_owned());
             if name.1.is_empty() {
                 let message = format!(
                     "{:?}: empty browse name; write Name/Name or nsu=URI;Name",
@@ -118,6 +123,10 @@ impl Check<'_> {
                 return None;
             }
             names.push(name);
+            match next {
+                Some(n) => rest = n,
+                None => break,
+            }
         }
         Some(EventField {
             text: path.get_ref().clone(),

@@ -23,9 +23,28 @@ pub const DEFAULT_QUEUE_SAMPLES: usize = 1_000_000;
 /// `<dir>-events`, beside the samples' directory (never inside: readers of the samples' data
 /// set read every file below it).
 pub fn default_events_dir(dir: &std::path::Path) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
+    // `data/` and `data/.` name `data`: the sibling is `data-events`.
+    let dir: PathBuf = dir.components().collect();
+    let mut name = dir.into_os_string();
     name.push("-events");
     PathBuf::from(name)
+}
+
+/// `path` absolute and without `.` / `..` components, for comparing two directories.
+fn normalized(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 impl Check<'_> {
@@ -45,14 +64,20 @@ impl Check<'_> {
             (None, Some(dir)) => Some(default_events_dir(dir)),
             (None, None) => None,
         };
-        if let (Some(e), Some(d), Some(raw_e)) = (&events_dir, &dir, &raw.events_dir) {
-            if e.starts_with(d) || d.starts_with(e) {
+        if let (Some(e), Some(d)) = (&events_dir, &dir) {
+            let (ea, da) = (normalized(e), normalized(d));
+            if ea.starts_with(&da) || da.starts_with(&ea) {
                 let message = format!(
-                    "{:?} and dir {:?} must not contain each other: readers of the samples' data set would read events too",
-                    raw_e.get_ref(),
+                    "events_dir {:?} and dir {:?} must not contain each other: readers of the samples' data set would read events too",
+                    e.display(),
                     d.display()
                 );
-                self.at(raw_e, &k("events_dir"), message);
+                let span = raw
+                    .events_dir
+                    .as_ref()
+                    .or(raw.dir.as_ref())
+                    .map(|s| s.span());
+                self.problem(span, &k("events_dir"), message);
             }
         }
         let compression = match &raw.compression {

@@ -169,6 +169,14 @@ impl ParquetSink {
             Table::Events => &cfg.events_dir,
         };
         let base = root.join(format!("{PARTITION_LINE}={}", line.id));
+        if table == Table::Samples {
+            // The events sink opens at the first event; what a crash left of its chunks goes
+            // now.
+            let events = cfg.events_dir.join(format!("{PARTITION_LINE}={}", line.id));
+            if events.is_dir() {
+                remove_temp_files(&events, plc)?;
+            }
+        }
         writer::create_dir_durable(&base)?;
         let removed = remove_temp_files(&base, plc)?;
 

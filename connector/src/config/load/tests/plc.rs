@@ -144,7 +144,7 @@ fn backfill_settings_need_backfill_and_sane_values() {
 #[test]
 fn event_streams_parse_with_defaults_and_bad_ones_name_their_key() {
     let text = format!(
-        "{MINIMAL}\n  [[plc.events]]\n  name = \"alarms\"\n  types = [\"i=2915\"]\n  fields = [{{ path = \"ActiveState/Id\", type = \"i=2915\" }}, {{ path = \"nsu=urn:x;Tank/Level\" }}]\n"
+        "{MINIMAL}\n  [[plc.events]]\n  name = \"alarms\"\n  types = [\"i=2915\"]\n  fields = [{{ path = \"ActiveState/Id\", type = \"i=2915\" }}, {{ path = \"nsu=http://x.org/UA/;Tank/Level\" }}]\n"
     );
     let c = parse(Path::new(FILE), &text).expect("valid");
     let e = &c.plcs[0].events[0];
@@ -167,7 +167,7 @@ fn event_streams_parse_with_defaults_and_bad_ones_name_their_key() {
     assert_eq!(
         e.fields[1].path,
         [
-            (Some("urn:x".to_owned()), "Tank".to_owned()),
+            (Some("http://x.org/UA/".to_owned()), "Tank".to_owned()),
             (None, "Level".to_owned())
         ]
     );

@@ -663,4 +663,20 @@ fn the_events_table_goes_beside_the_samples_never_inside() {
         "sink.parquet.events_dir",
         "must not contain each other",
     );
+    for (dir, events) in [("data/", "data-events"), ("./data/.", "./data-events")] {
+        let c = parse(
+            Path::new(FILE),
+            &format!("{MINIMAL}\n[sink.parquet]\ndir = \"{dir}\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(c.parquet.unwrap().events_dir, Path::new(events), "{dir}");
+    }
+    let relative =
+        format!("{MINIMAL}\n[sink.parquet]\ndir = \"data\"\nevents_dir = \"./data/x/../ev\"\n");
+    assert_problem(
+        &relative,
+        16,
+        "sink.parquet.events_dir",
+        "must not contain each other",
+    );
 }
