@@ -11,6 +11,7 @@
 //! HasEncoding reference back into every DataTypeDefinition.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
 use opcua::nodes::{NodeBase, TypeTree};
@@ -18,9 +19,12 @@ use opcua::server::address_space::{AddressSpace, NodeType};
 use opcua::types::custom::{
     DataTypeTree, DynamicStructure, EncodingIds, ParentIds, StructTypeInfo, TypeInfo,
 };
+use opcua::types::json::JsonEncodable;
+use opcua::types::xml::{XmlEncodable, XmlType};
 use opcua::types::{
-    Array, BrowseDirection, DataTypeDefinition, DataTypeId, ExtensionObject, NodeId,
-    ReferenceTypeId, Variant, VariantScalarTypeId,
+    Array, BinaryEncodable, BrowseDirection, Context, DataTypeDefinition, DataTypeId,
+    EncodingResult, ExpandedMessageInfo, ExpandedNodeId, ExtensionObject, NodeId, ReferenceTypeId,
+    UaNullable, Variant, VariantScalarTypeId,
 };
 use tracing::warn;
 
@@ -188,6 +192,77 @@ impl StructTypes {
         }
         let s = DynamicStructure::new_struct(t.clone(), self.tree.clone(), data)
             .map_err(|e| format!("{}: {e}", t.name))?;
-        Ok(ExtensionObject::from_message(s))
+        Ok(ExtensionObject::from_message(Measured(s)))
+    }
+}
+
+/// A structure value whose encoded length is measured by encoding it. async-opcua 0.19's
+/// `DynamicStructure` counts each element of an array-of-structures field as a whole
+/// ExtensionObject in its length, while it writes the elements inline: the length prefix of
+/// such a value (`Filler.Batch`, whose `Nozzles` are four NozzleStatus) came out 152 bytes too
+/// long, and a client that decodes exactly that many bytes read past the value. The bytes
+/// themselves are right; only the length is taken from them.
+#[derive(Debug, Clone, PartialEq)]
+struct Measured(DynamicStructure);
+
+impl BinaryEncodable for Measured {
+    fn byte_len(&self, ctx: &Context<'_>) -> usize {
+        let mut bytes = Vec::new();
+        match BinaryEncodable::encode(&self.0, &mut bytes, ctx) {
+            Ok(()) => bytes.len(),
+            // Encoding will fail the same way; the library's count is as good as any.
+            Err(_) => self.0.byte_len(ctx),
+        }
+    }
+
+    fn encode<S: Write + ?Sized>(&self, stream: &mut S, ctx: &Context<'_>) -> EncodingResult<()> {
+        BinaryEncodable::encode(&self.0, stream, ctx)
+    }
+}
+
+impl ExpandedMessageInfo for Measured {
+    fn full_type_id(&self) -> ExpandedNodeId {
+        self.0.full_type_id()
+    }
+
+    fn full_json_type_id(&self) -> ExpandedNodeId {
+        self.0.full_json_type_id()
+    }
+
+    fn full_xml_type_id(&self) -> ExpandedNodeId {
+        self.0.full_xml_type_id()
+    }
+
+    fn full_data_type_id(&self) -> ExpandedNodeId {
+        self.0.full_data_type_id()
+    }
+}
+
+impl UaNullable for Measured {}
+
+impl JsonEncodable for Measured {
+    fn encode(
+        &self,
+        stream: &mut opcua::types::json::JsonStreamWriter<&mut dyn Write>,
+        ctx: &Context<'_>,
+    ) -> EncodingResult<()> {
+        JsonEncodable::encode(&self.0, stream, ctx)
+    }
+}
+
+impl XmlType for Measured {
+    const TAG: &'static str = "Unknown";
+    fn tag(&self) -> &str {
+        self.0.tag()
+    }
+}
+
+impl XmlEncodable for Measured {
+    fn encode(
+        &self,
+        writer: &mut opcua::types::xml::XmlStreamWriter<&mut dyn Write>,
+        context: &Context<'_>,
+    ) -> EncodingResult<()> {
+        XmlEncodable::encode(&self.0, writer, context)
     }
 }

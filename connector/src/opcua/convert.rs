@@ -24,11 +24,10 @@ pub fn sample(
     ns: &Namespaces,
     structures: Option<&Structures>,
 ) -> Sample {
-    let server_time_us = dv.server_timestamp.as_ref().map(micros);
-    let time_us = dv
-        .source_timestamp
-        .as_ref()
-        .map(micros)
+    // A null DateTime (1601-01-01) is no timestamp.
+    let present = |t: &Option<DateTime>| t.as_ref().filter(|t| !t.is_null()).map(micros);
+    let server_time_us = present(&dv.server_timestamp);
+    let time_us = present(&dv.source_timestamp)
         .or(server_time_us)
         .unwrap_or(received_us);
     let status = dv.status.map(|s| s.bits()).unwrap_or(0);
@@ -230,6 +229,23 @@ mod tests {
         assert_eq!(
             s.time_us, 1_700_000_000_123_456,
             "server timestamp when no source timestamp"
+        );
+        let s = sample(
+            &item(),
+            DataValue {
+                value: Some(Variant::Double(1.0)),
+                source_timestamp: Some(DateTime::null()),
+                server_timestamp: Some(DateTime::null()),
+                ..DataValue::null()
+            },
+            5,
+            &Namespaces::default(),
+            None,
+        );
+        assert_eq!(
+            (s.time_us, s.server_time_us),
+            (5, None),
+            "null timestamps are none"
         );
         let s = sample(
             &item(),

@@ -18,5 +18,6 @@ mod mqtt_v5;
 mod refusals;
 mod secure;
 mod service;
+mod structures;
 mod unattended;
 mod writes;
