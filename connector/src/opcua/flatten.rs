@@ -104,7 +104,12 @@ impl Watch {
         let Some(item) = self.items.get(index) else {
             return;
         };
-        let flats: &[Flat] = self.flatten.get(&index).map_or(&[], Vec::as_slice);
+        // No hashing on the common path: most subscriptions flatten nothing.
+        let flats: &[Flat] = if self.flatten.is_empty() {
+            &[]
+        } else {
+            self.flatten.get(&index).map_or(&[], Vec::as_slice)
+        };
         // The fields are taken before the value moves into the structure's row; `None`: the
         // sample has no value.
         let fields: Vec<Option<Result<Variant, StatusCode>>> = flats

@@ -208,6 +208,8 @@ pub(crate) struct BatchBuilder {
     value_bytes: BinaryBuilder,
     value_json: StringBuilder,
     origin: DictColumn,
+    /// The `origin` key of each [`Origin`](crate::sample::Origin) in this batch.
+    origin_keys: [Option<i32>; 2],
     items: PtrMap<ItemKeys>,
     types: HashMap<TypeName, i32>,
     min_time: i64,
@@ -238,6 +240,7 @@ impl BatchBuilder {
             value_bytes: BinaryBuilder::new(),
             value_json: StringBuilder::new(),
             origin: DictColumn::with_capacity(capacity),
+            origin_keys: [None; 2],
             items: PtrMap::default(),
             types: HashMap::new(),
             min_time: i64::MAX,
@@ -300,7 +303,14 @@ impl BatchBuilder {
         self.name.keys.push(name);
         self.type_name.keys.push(type_key);
         self.status.push(sample.status);
-        let origin = self.origin.intern_static(sample.origin.as_str());
+        let origin = match self.origin_keys[sample.origin as usize] {
+            Some(k) => k,
+            None => {
+                let k = self.origin.intern_static(sample.origin.as_str());
+                self.origin_keys[sample.origin as usize] = Some(k);
+                k
+            }
+        };
         self.origin.keys.push(origin);
 
         // Exactly one value column is filled per row (none for Null); the others get a null.
@@ -420,6 +430,7 @@ impl BatchBuilder {
         self.var_bytes = 0;
         self.items.clear();
         self.types.clear();
+        self.origin_keys = [None; 2];
         self.min_time = i64::MAX;
         self.max_time = i64::MIN;
         RecordBatch::try_new(schema(), columns)
