@@ -324,7 +324,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
-    let per_sink: [(&str, &str, Sink); 9] = [
+    let per_sink: [(&str, &str, Sink); 11] = [
         (
             "telemetry_messages_sent_total",
             "Messages handed to the broker.",
@@ -339,6 +339,16 @@ pub fn render(state: &State) -> String {
             "telemetry_samples_buffered_total",
             "Samples encoded into buffered messages.",
             |m| &m.samples_buffered,
+        ),
+        (
+            "telemetry_windows_buffered_total",
+            "Windows of shaped telemetry encoded into buffered messages.",
+            |m| &m.windows_buffered,
+        ),
+        (
+            "telemetry_shaped_late_total",
+            "Samples of a shaped group that came after their window was sent (sent raw).",
+            |m| &m.shaped_late,
         ),
         (
             "telemetry_reconnects_total",

@@ -164,6 +164,10 @@ pub struct MqttMetrics {
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
     pub samples_buffered: AtomicU64,
+    /// Windows of shaped telemetry (`[plc.group.telemetry]`) encoded.
+    pub windows_buffered: AtomicU64,
+    /// Samples of a shaped group that came after their window was sent (sent raw).
+    pub shaped_late: AtomicU64,
     pub messages_buffered: AtomicU64,
     pub messages_sent: AtomicU64,
     pub messages_acked: AtomicU64,

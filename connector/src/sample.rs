@@ -14,6 +14,18 @@ pub struct Item {
     pub name: Arc<str>,
 }
 
+impl Item {
+    /// An item whose node id is its name (tests, fixtures).
+    pub fn named(plc: &str, group: &str, name: &str) -> Item {
+        Item {
+            plc: plc.into(),
+            group: group.into(),
+            node: name.into(),
+            name: name.into(),
+        }
+    }
+}
+
 /// An OPC UA type name, scalar or array: a built-in type (`Double`, `Array<Int32>`) or a
 /// server's structure decoded by name (`MotorData`, `Array<MotorData>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -7,10 +7,13 @@ run time from NS_URI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,30 @@ def connector_binary() -> Path:
     if not (binary.is_file() and os.access(binary, os.X_OK)):
         pytest.fail(f"connector binary {binary} is missing; build it (cargo build -p connector) or set OPCUA_CONNECTOR_BIN")
     return binary
+
+
+def line_tail(tmp: Path, broker_port: int, roll: str) -> str:
+    """The end of a test line's TOML: PKI trusting the server, Parquet under `tmp/out`, MQTT to
+    the broker with its buffer."""
+    return (
+        f'[pki]\ndir = "{tmp / "pki"}"\ntrust_unknown_servers = true\n\n'
+        f'[sink.parquet]\ndir = "{tmp / "out"}"\nroll_interval = "{roll}"\n\n'
+        f'[sink.mqtt]\nurl = "mqtt://127.0.0.1:{broker_port}"\n\n[buffer]\ndir = "{tmp / "buffer"}"\n'
+    )
+
+
+@contextlib.asynccontextmanager
+async def connector_running(config: Path, log: Path) -> AsyncIterator[subprocess.Popen]:
+    """`opcua-connector run --config CONFIG` with its stderr in LOG; stopped with SIGTERM (and
+    waited for, 30 s at most) when the block ends."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([str(connector_binary()), "run", "--config", str(config)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
 
 
 def free_port() -> int:

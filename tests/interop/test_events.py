@@ -15,8 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import pytest
 from asyncua import ua
 
 from conftest import make_client
-from interop_helpers import NS_URI, connector_binary
+from interop_helpers import NS_URI, connector_running
 from upload_helpers import Mosquitto
 
 DEADLINE_S = 60.0
@@ -93,36 +91,30 @@ async def scenario(tmp: Path, sim) -> tuple[Path, list[dict[str, Any]], str, str
         async with client:
             idx = await client.get_namespace_index(NS_URI)
             limit = client.get_node(ua.NodeId("Filler.TemperatureLimit", idx))
-            with open(log, "wb") as err:
-                proc = subprocess.Popen([str(connector_binary()), "run", "--config", str(config)],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-                try:
-                    await until("the event stream subscribed", lambda: "event stream subscribed" in log.read_text(), log)
-                    await limit.write_value(ua.DataValue(ua.Variant(0.0, ua.VariantType.Float)))
-                    raised = await until("the activation event",
-                                         lambda: next((e for e in broker.events() if e.get("active")), None), log)
-                    request = {"id": "ack-1", "args": {"EventId": raised["event_id"], "Comment": COMMENT}}
-                    topic = "opcua/ev/cmd/method/acknowledge"
-                    response_topic = f"{topic}/response"
+            async with connector_running(config, log) as proc:
+                await until("the event stream subscribed", lambda: "event stream subscribed" in log.read_text(), log)
+                await limit.write_value(ua.DataValue(ua.Variant(0.0, ua.VariantType.Float)))
+                raised = await until("the activation event",
+                                     lambda: next((e for e in broker.events() if e.get("active")), None), log)
+                request = {"id": "ack-1", "args": {"EventId": raised["event_id"], "Comment": COMMENT}}
+                topic = "opcua/ev/cmd/method/acknowledge"
+                response_topic = f"{topic}/response"
 
-                    def answered() -> dict[str, Any] | None:
-                        found = broker.answer(response_topic, "ack-1")
-                        if found is None:
-                            # The connector subscribes to its command topics shortly after start;
-                            # a repeated id is answered once (idempotent).
-                            broker.client.publish(topic, json.dumps(request), qos=1)
-                        return found
+                def answered() -> dict[str, Any] | None:
+                    found = broker.answer(response_topic, "ack-1")
+                    if found is None:
+                        # The connector subscribes to its command topics shortly after start;
+                        # a repeated id is answered once (idempotent).
+                        broker.client.publish(topic, json.dumps(request), qos=1)
+                    return found
 
-                    answer = await until("the acknowledgement answered", answered, log)
-                    assert answer["status"] == 200, answer
-                    await until("the simulator's log of the acknowledgement",
-                                lambda: f'alarm acknowledged condition=TemperatureHigh comment="{COMMENT}"'
-                                in sim.stderr_tail(100_000), log)
-                    await limit.write_value(ua.DataValue(ua.Variant(1000.0, ua.VariantType.Float)))
-                    await until("the clear event", lambda: any(e.get("active") is False for e in broker.events()), log)
-                finally:
-                    proc.send_signal(signal.SIGTERM)
-                    await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+                answer = await until("the acknowledgement answered", answered, log)
+                assert answer["status"] == 200, answer
+                await until("the simulator's log of the acknowledgement",
+                            lambda: f'alarm acknowledged condition=TemperatureHigh comment="{COMMENT}"'
+                            in sim.stderr_tail(100_000), log)
+                await limit.write_value(ua.DataValue(ua.Variant(1000.0, ua.VariantType.Float)))
+                await until("the clear event", lambda: any(e.get("active") is False for e in broker.events()), log)
             assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
     finally:
         broker.stop()

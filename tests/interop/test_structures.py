@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import pytest
 from asyncua import Server, ua
 from asyncua.common.structures104 import new_enum, new_struct, new_struct_field
 
-from interop_helpers import connector_binary, free_port
+from interop_helpers import connector_running, free_port, line_tail
 from upload_helpers import Mosquitto
 
 NS_URI = "urn:interop:structs"
@@ -134,28 +132,20 @@ async def scenario(tmp: Path) -> tuple[list[dict[str, Any]], str, list[dict[str,
     config.write_text(
         f'[line]\nid = "structs"\n\n[[plc]]\nid = "py"\nendpoint = "opc.tcp://127.0.0.1:{port}/"\n\n'
         f'  [[plc.group]]\n  name = "s"\n  publishing_interval = "100ms"\n  nodes = [{nodes}]\n\n'
-        f'[pki]\ndir = "{tmp / "pki"}"\ntrust_unknown_servers = true\n\n'
-        f'[sink.parquet]\ndir = "{tmp / "out"}"\nroll_interval = "1s"\n\n'
-        f'[sink.mqtt]\nurl = "mqtt://127.0.0.1:{broker.port}"\n\n[buffer]\ndir = "{tmp / "buffer"}"\n'
+        + line_tail(tmp, broker.port, "1s")
     )
     log = tmp / "connector.log"
     try:
-        with open(log, "wb") as err:
-            proc = subprocess.Popen([str(connector_binary()), "run", "--config", str(config)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-            try:
-                deadline = time.monotonic() + DEADLINE_S
-                while True:
-                    rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-                    names = {"Station", "Axes"}
-                    if {r["name"] for r in rows} >= names and {s["name"] for s in telemetry.samples} >= names:
-                        break
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"no rows of both structures within {DEADLINE_S} s\n{log.read_text()[-3000:]}")
-                    await asyncio.sleep(0.2)
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30)
+        async with connector_running(config, log) as proc:
+            deadline = time.monotonic() + DEADLINE_S
+            while True:
+                rows = [r for f in sorted((tmp / "out").rglob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+                names = {"Station", "Axes"}
+                if {r["name"] for r in rows} >= names and {s["name"] for s in telemetry.samples} >= names:
+                    break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no rows of both structures within {DEADLINE_S} s\n{log.read_text()[-3000:]}")
+                await asyncio.sleep(0.2)
     finally:
         telemetry.stop()
         broker.stop()

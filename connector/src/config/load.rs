@@ -23,6 +23,7 @@ mod cloud;
 mod events;
 mod plc;
 mod security;
+mod shaping;
 mod sinks;
 #[cfg(test)]
 mod tests;

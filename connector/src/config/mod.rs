@@ -24,6 +24,7 @@
 //!
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
+pub mod acquisition;
 mod ids;
 mod keypath;
 pub mod load;

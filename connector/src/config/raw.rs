@@ -181,6 +181,22 @@ pub struct RawGroup {
     /// At most this many values per second read from the server's history; default 10000.
     #[schemars(range(min = 1, max = 1_000_000))]
     pub backfill_rate: Option<Spanned<i64>>,
+    /// Shaped telemetry: one summary per node and window instead of every sample (Parquet
+    /// keeps every sample); default none.
+    pub telemetry: Option<Spanned<RawShaping>>,
+}
+
+/// `[plc.group.telemetry]`: tumbling windows of the group's numeric samples.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawShaping {
+    /// Window length, dividing a day: "10s", "1m", "15m"; required.
+    #[schemars(required)]
+    pub window: Option<Spanned<RawDuration>>,
+    /// What each window says: min, max, mean, twa, first, last, count, sum; default all.
+    pub aggregates: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The telemetry destinations shaped: "mqtt", "hub"; default both.
+    pub to: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[[plc.events]]`: an event subscription.

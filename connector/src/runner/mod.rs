@@ -379,7 +379,8 @@ fn spawn_plc(
         outputs.push(Output::Parquet(sink));
     }
     for d in destinations {
-        let enc = Encoder::new(d.settings.clone(), &config.line.id, d.outbox.clone());
+        let enc =
+            Encoder::new(d.settings.clone(), &config.line.id, d.outbox.clone()).with_shaping(plc);
         outputs.push(Output::Telemetry(enc));
     }
     // One notification batch is at most one publish response; the queue holds about

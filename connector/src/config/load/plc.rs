@@ -430,8 +430,10 @@ impl Check<'_> {
             );
         }
         let backfill = self.backfill(raw, key);
+        let telemetry = self.shaping(raw.telemetry.as_ref(), key);
         Some(Group {
             backfill: backfill?,
+            telemetry: telemetry?,
             name: name?,
             publishing_interval: publishing?,
             sampling_interval: sampling?,

@@ -5,6 +5,7 @@
 //! - [`payload`]: the JSON v1 message text.
 
 pub mod payload;
+pub mod shape;
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -16,8 +17,9 @@ use tracing::warn;
 
 use crate::buffer::outbox::{frame, Outbox, OutboxError};
 use crate::cloud::mqtt::{topic, TopicFn};
-use crate::config::{HubConfig, MqttSinkConfig, Payload, HUB_MAX_MESSAGE_BYTES};
+use crate::config::{HubConfig, MqttSinkConfig, Payload, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::sample::Sample;
+use shape::{Shaper, Taken};
 
 /// How an encoder batches and where its messages go.
 #[derive(Clone)]
@@ -29,6 +31,8 @@ pub struct EncoderSettings {
     pub topic: TopicFn,
     /// The topic of an event stream (`[[plc.events]]`).
     pub event_topic: TopicFn,
+    /// IoT Hub (else a broker): which `[plc.group.telemetry]` apply (`to`).
+    pub hub: bool,
 }
 
 impl EncoderSettings {
@@ -43,6 +47,7 @@ impl EncoderSettings {
             payload: cfg.payload,
             topic: Arc::new(move |plc, group| topic(&template, &site, &line, plc, group)),
             event_topic: Arc::new(move |plc, group| topic(&events, &esite, &eline, plc, group)),
+            hub: false,
         }
     }
 }
@@ -57,6 +62,7 @@ impl EncoderSettings {
             payload: cfg.payload,
             topic,
             event_topic,
+            hub: true,
         }
     }
 }
@@ -67,6 +73,10 @@ pub struct Encoder {
     line: String,
     outbox: Arc<Outbox>,
     pending: HashMap<Arc<str>, (Instant, Vec<Sample>)>,
+    /// Shaped groups: their windows and what each says.
+    shaped: HashMap<Arc<str>, (Shaper, Vec<&'static str>)>,
+    /// The PLC whose samples this encoder takes (for the windows' messages).
+    plc: Option<Arc<str>>,
 }
 
 impl Encoder {
@@ -76,14 +86,38 @@ impl Encoder {
             line: line.to_owned(),
             outbox,
             pending: HashMap::new(),
+            shaped: HashMap::new(),
+            plc: None,
         }
+    }
+
+    /// Shapes the groups of `plc` whose `[plc.group.telemetry]` names this destination.
+    pub fn with_shaping(mut self, plc: &Plc) -> Self {
+        self.plc = Some(plc.id.as_str().into());
+        for g in &plc.groups {
+            if let Some(t) = &g.telemetry {
+                if (self.cfg.hub && t.hub) || (!self.cfg.hub && t.mqtt) {
+                    let entry = (Shaper::new(t.window), t.aggregates.clone());
+                    self.shaped.insert(g.name.as_str().into(), entry);
+                }
+            }
+        }
+        self
     }
 
     /// Adds samples; flushes groups that reached `batch_max_samples`.
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), OutboxError> {
         let max = self.cfg.batch_max_samples.get();
         let mut full = Vec::new();
+        let mut late = 0;
         for s in samples {
+            if let Some((shaper, _)) = self.shaped.get_mut(&s.item.group) {
+                match shaper.add(s) {
+                    Taken::Windowed => continue,
+                    Taken::Raw { late: true } => late += 1,
+                    Taken::Raw { late: false } => {}
+                }
+            }
             let e = self
                 .pending
                 .entry(s.item.group.clone())
@@ -93,16 +127,86 @@ impl Encoder {
                 full.push(s.item.group.clone());
             }
         }
+        if late > 0 {
+            self.outbox
+                .metrics
+                .shaped_late
+                .fetch_add(late, Ordering::Relaxed);
+        }
         for g in full {
             self.flush_group(&g)?;
         }
         Ok(())
     }
 
+    /// Sends the windows the shapers finished (`flush`: every open one, partial).
+    fn send_windows(&mut self, flush: bool) -> Result<(), OutboxError> {
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let Some(plc) = self.plc.clone() else {
+            return Ok(());
+        };
+        let groups: Vec<Arc<str>> = self.shaped.keys().cloned().collect();
+        for group in groups {
+            let Some((shaper, aggregates)) = self.shaped.get_mut(&group) else {
+                continue;
+            };
+            if flush {
+                shaper.flush(now_us);
+            } else {
+                shaper.tick(now_us);
+            }
+            let windows = shaper.take();
+            if windows.is_empty() {
+                continue;
+            }
+            let aggregates = aggregates.clone();
+            let stream = format!("{plc}/{group}");
+            let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
+            let id = payload::Stream {
+                line: &self.line,
+                epoch: self.outbox.epoch(),
+                plc: &plc,
+                group: &group,
+                array: "windows",
+            };
+            let bodies = payload::split_with(
+                id,
+                &windows,
+                self.cfg.batch_max_samples.get(),
+                budget,
+                |out, w| payload::window(out, w, &aggregates),
+            );
+            let first = self.outbox.reserve(&stream, bodies.len() as u64)?;
+            let topic = (self.cfg.topic)(&plc, &group);
+            for (body, seq) in bodies.iter().zip(first..) {
+                let m = payload::assemble(id, seq, body);
+                self.push(&topic, m)?;
+            }
+            self.outbox
+                .metrics
+                .windows_buffered
+                .fetch_add(windows.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn push(&self, topic: &str, m: String) -> Result<(), OutboxError> {
+        let gzip = self.cfg.payload == Payload::JsonGzip;
+        let body = if gzip {
+            gzip_bytes(m.as_bytes())
+        } else {
+            m.into_bytes()
+        };
+        self.outbox.push(frame(topic, gzip, &body))
+    }
+
     /// Flushes groups whose oldest sample waited `batch_max_delay`; moves messages held in
     /// memory into the buffer once it has room.
     pub fn tick(&mut self) -> Result<(), OutboxError> {
         self.outbox.retry_held()?;
+        if !self.shaped.is_empty() {
+            self.send_windows(false)?;
+        }
         let due: Vec<Arc<str>> = self
             .pending
             .iter()
@@ -118,8 +222,12 @@ impl Encoder {
     /// Flushes everything (shutdown); what the buffer cannot take by now is given up and
     /// counted.
     pub fn flush(&mut self) -> Result<(), OutboxError> {
+        let mut result = if self.shaped.is_empty() {
+            Ok(())
+        } else {
+            self.send_windows(true)
+        };
         let groups: Vec<Arc<str>> = self.pending.keys().cloned().collect();
-        let mut result = Ok(());
         for g in groups {
             if let Err(e) = self.flush_group(&g) {
                 result = Err(e);
@@ -138,7 +246,6 @@ impl Encoder {
         }
         let plc = samples[0].item.plc.clone();
         let stream = format!("{plc}/{group}");
-        let gzip = self.cfg.payload == Payload::JsonGzip;
         // Room for the frame header and gzip overhead in the message limit.
         let budget = self.cfg.max_message_bytes.saturating_sub(1024).max(1024);
         // Encode the samples once, reserve one seq per message (written ahead), then add the
@@ -149,7 +256,7 @@ impl Encoder {
             epoch: self.outbox.epoch(),
             plc: &plc,
             group,
-            events,
+            array: if events { "events" } else { "samples" },
         };
         let bodies = payload::split(id, &samples, self.cfg.batch_max_samples.get(), budget);
         let first = self.outbox.reserve(&stream, bodies.len() as u64)?;
@@ -163,12 +270,7 @@ impl Encoder {
             (self.cfg.topic)(&plc, group)
         };
         for m in messages {
-            let body = if gzip {
-                gzip_bytes(m.as_bytes())
-            } else {
-                m.into_bytes()
-            };
-            self.outbox.push(frame(&topic, gzip, &body))?;
+            self.push(&topic, m)?;
         }
         self.outbox
             .metrics

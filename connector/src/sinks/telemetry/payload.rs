@@ -13,6 +13,7 @@
 
 use std::fmt::Write as _;
 
+use super::shape::Window;
 use crate::sample::{Sample, SampleValue};
 
 /// Appends `s` as a JSON string literal.
@@ -116,19 +117,70 @@ fn event(out: &mut String, t: i64, e: &crate::sample::EventRecord) {
     out.push('}');
 }
 
+/// `{"node":…,"name":…,"<key>":"<time>"`: how a sample or a window object begins.
+fn opening(out: &mut String, item: &crate::sample::Item, key: &str, time_us: i64) {
+    out.push_str("{\"node\":");
+    json_str(out, &item.node);
+    out.push_str(",\"name\":");
+    json_str(out, &item.name);
+    let _ = write!(out, ",\"{key}\":\"");
+    out.push_str(&rfc3339(time_us));
+    out.push('"');
+}
+
+/// Appends one window object of shaped telemetry: `node`, `name`, `start`, `end`, the chosen
+/// `aggregates` (in their documented order), `bad` when some samples were Bad or Uncertain,
+/// `partial` when it was sent before its end. An aggregate without a value (no Good sample)
+/// is `null`.
+pub fn window(out: &mut String, w: &Window, aggregates: &[&str]) {
+    opening(out, &w.item, "start", w.start_us);
+    out.push_str(",\"end\":\"");
+    out.push_str(&rfc3339(w.end_us));
+    out.push('"');
+    let some = w.count > 0;
+    for a in aggregates {
+        let v = match *a {
+            "count" => {
+                let _ = write!(out, ",\"count\":{}", w.count);
+                continue;
+            }
+            "sum" => some.then_some(w.sum),
+            "min" => some.then_some(w.min),
+            "max" => some.then_some(w.max),
+            "mean" => w.mean(),
+            "twa" => w.twa,
+            "first" => some.then_some(w.first),
+            "last" => some.then_some(w.last),
+            _ => continue,
+        };
+        let _ = write!(out, ",\"{a}\":");
+        match v {
+            Some(x) if x.is_finite() => {
+                let _ = write!(out, "{x}");
+            }
+            Some(x) if x.is_nan() => out.push_str("\"NaN\""),
+            Some(x) if x > 0.0 => out.push_str("\"Infinity\""),
+            Some(_) => out.push_str("\"-Infinity\""),
+            None => out.push_str("null"),
+        }
+    }
+    if w.bad > 0 {
+        let _ = write!(out, ",\"bad\":{}", w.bad);
+    }
+    if w.partial {
+        out.push_str(",\"partial\":true");
+    }
+    out.push('}');
+}
+
 /// Appends one sample object (an event's object for an event).
 pub fn sample(out: &mut String, s: &Sample) {
     if let SampleValue::Event(e) = &s.value {
         event(out, s.time_us, e);
         return;
     }
-    out.push_str("{\"node\":");
-    json_str(out, &s.item.node);
-    out.push_str(",\"name\":");
-    json_str(out, &s.item.name);
-    out.push_str(",\"t\":\"");
-    out.push_str(&rfc3339(s.time_us));
-    out.push_str("\",\"v\":");
+    opening(out, &s.item, "t", s.time_us);
+    out.push_str(",\"v\":");
     let wide = matches!(s.type_name.builtin, 8 | 9) && !s.type_name.array;
     match &s.value {
         SampleValue::Null | SampleValue::Event(_) => out.push_str("null"),
@@ -182,8 +234,9 @@ pub struct Stream<'a> {
     pub epoch: &'a str,
     pub plc: &'a str,
     pub group: &'a str,
-    /// An event stream: its messages carry `events`, not `samples`.
-    pub events: bool,
+    /// What the message's array holds: `samples`, `events` (an event stream) or `windows`
+    /// (shaped telemetry).
+    pub array: &'static str,
 }
 
 /// The message header up to the samples array.
@@ -197,8 +250,7 @@ pub fn header(s: Stream<'_>, seq: u64) -> String {
     json_str(&mut out, s.plc);
     out.push_str(",\"group\":");
     json_str(&mut out, s.group);
-    let array = if s.events { "events" } else { "samples" };
-    let _ = write!(out, ",\"seq\":{seq},\"{array}\":[");
+    let _ = write!(out, ",\"seq\":{seq},\"{}\":[", s.array);
     out
 }
 
@@ -212,15 +264,26 @@ pub fn split(
     max_samples: usize,
     max_bytes: usize,
 ) -> Vec<String> {
+    split_with(stream, samples, max_samples, max_bytes, sample)
+}
+
+/// [`split`] for any kind of array entry, encoded by `encode`.
+pub fn split_with<T>(
+    stream: Stream<'_>,
+    items: &[T],
+    max_samples: usize,
+    max_bytes: usize,
+    encode: impl Fn(&mut String, &T),
+) -> Vec<String> {
     // 2 = the closing "]}".
     let room = max_bytes.saturating_sub(header(stream, u64::MAX).len() + 2);
     let mut bodies = Vec::new();
     let mut current = String::new();
     let mut count = 0;
     let mut one = String::new();
-    for s in samples {
+    for s in items {
         one.clear();
-        sample(&mut one, s);
+        encode(&mut one, s);
         if count > 0 && (count >= max_samples || current.len() + 1 + one.len() > room) {
             bodies.push(std::mem::take(&mut current));
             count = 0;
@@ -267,7 +330,7 @@ mod tests {
     use std::sync::Arc;
 
     const TEST_STREAM: Stream<'static> = Stream {
-        events: false,
+        array: "samples",
         line: "l",
         epoch: "00000000000000ab",
         plc: "p",

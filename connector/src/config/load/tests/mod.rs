@@ -182,6 +182,7 @@ listen = "127.0.0.1:9464"
                 },
                 groups: vec![
                     Group {
+                        telemetry: None,
                         backfill: None,
                         name: "fast".into(),
                         publishing_interval: ms(100),
@@ -237,6 +238,7 @@ listen = "127.0.0.1:9464"
                         }],
                     },
                     Group {
+                        telemetry: None,
                         backfill: Some(BackfillConfig {
                             max: Duration::from_secs(1800),
                             rate: BackfillConfig::DEFAULT_RATE,

@@ -209,3 +209,37 @@ fn event_streams_parse_with_defaults_and_bad_ones_name_their_key() {
         "unknown key `colour`",
     );
 }
+
+#[test]
+fn shaped_telemetry_windows_divide_a_day_and_name_known_aggregates() {
+    let group = "  nodes = [\"nsu=urn:example:filler;s=Filler.Speed\"]\n";
+    let with = |extra: &str| MINIMAL.replace(group, &format!("{group}{extra}"));
+    let c = parse(
+        Path::new(FILE),
+        &with("\n    [plc.group.telemetry]\n    window = \"1m\"\n    aggregates = [\"max\", \"min\"]\n    to = [\"hub\"]\n"),
+    )
+    .expect("valid");
+    let t = c.plcs[0].groups[0].telemetry.as_ref().unwrap();
+    assert_eq!(
+        (t.window, t.aggregates.as_slice(), t.mqtt, t.hub),
+        (
+            Duration::from_secs(60),
+            ["min", "max"].as_slice(),
+            false,
+            true
+        )
+    );
+    let all = problems(&with(
+        "\n    [plc.group.telemetry]\n    window = \"7s\"\n    aggregates = [\"median\", \"min\", \"min\"]\n    to = [\"kafka\"]\n",
+    ));
+    let key = "plc[0].group[0].telemetry";
+    assert_exactly(
+        &all,
+        &[
+            &format!("{FILE}:15: {key}.window: window 7s must be at least 1s and divide a day"),
+            &format!("{FILE}:16: {key}.aggregates[0]: unknown aggregate \"median\""),
+            &format!("{FILE}:16: {key}.aggregates[2]: min is listed twice"),
+            &format!("{FILE}:17: {key}.to[0]: unknown destination \"kafka\""),
+        ],
+    );
+}
