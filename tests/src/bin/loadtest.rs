@@ -2,6 +2,7 @@
 //! scenario per run, one Markdown table row per scenario (see docs/benchmarks.md).
 //!
 //! cargo build --release --workspace && target/release/loadtest S1 S3 --duration 30s
+//! (`--shape 1m`: S3 with shaped telemetry)
 
 // Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
 #![allow(clippy::unwrap_used)]
@@ -37,6 +38,11 @@ struct Args {
     /// The Parquet sink's roll_interval, e.g. "10s" (default: the sink's, 5m).
     #[arg(long)]
     roll: Option<String>,
+    /// Shaped telemetry: the group's `[plc.group.telemetry] window`, e.g. "1m" (S3, S3g, S6);
+    /// MQTT bytes/sample is then per raw sample offered, and the messages and windows are
+    /// printed on stderr.
+    #[arg(long)]
+    shape: Option<String>,
     /// The upload's keep_local, e.g. "0s" (default: kept).
     #[arg(long, requires = "upload")]
     keep_local: Option<String>,
@@ -262,7 +268,13 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
     let out = dir.join("out");
     let config = dir.join("line.toml");
     // MQTT: an embedded broker and a subscriber in this process, counting bytes and samples.
-    let mqtt_counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    // (bytes, samples, messages, windows)
+    let mqtt_counts = Arc::new((
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    ));
     let mut mqtt_section = String::new();
     let mut _mosquitto = None;
     let mut hub_port = 0;
@@ -315,6 +327,9 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
                     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
                         let n = v["samples"].as_array().map_or(0, Vec::len) as u64;
                         counts.1.fetch_add(n, Ordering::Relaxed);
+                        let w = v["windows"].as_array().map_or(0, Vec::len) as u64;
+                        counts.3.fetch_add(w, Ordering::Relaxed);
+                        counts.2.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -359,6 +374,9 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
             "\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
         ));
     }
+    let shape = args.shape.as_ref().map_or(String::new(), |w| {
+        format!("\n    [plc.group.telemetry]\n    window = \"{w}\"\n")
+    });
     std::fs::write(
         &config,
         format!(
@@ -374,7 +392,7 @@ endpoint = "{endpoint}"
   publishing_interval = "{}"
   sampling_interval = "0ms"
   browse = [{{ root = "nsu=urn:opcua-connector:simulator:scale;s=Scale" }}]
-
+{shape}
 [pki]
 dir = "{}"
 trust_unknown_servers = true
@@ -637,7 +655,29 @@ dir = "{}"
                 mqtt_counts.0.load(Ordering::Relaxed),
                 mqtt_counts.1.load(Ordering::Relaxed),
             );
-            (n > 0).then(|| b as f64 / n as f64)
+            let (messages, windows) = (
+                mqtt_counts.2.load(Ordering::Relaxed),
+                mqtt_counts.3.load(Ordering::Relaxed),
+            );
+            if args.shape.is_some() {
+                let raw = offered * window;
+                eprintln!(
+                    "{}: shaped telemetry: {messages} messages ({:.1}/s), {windows} windows, {n} raw samples, {b} bytes ({:.3} bytes per sample offered)",
+                    s.id,
+                    messages as f64 / window.max(0.001),
+                    b as f64 / raw.max(1.0)
+                );
+                (raw > 0.0).then(|| b as f64 / raw)
+            } else {
+                if messages > 0 {
+                    eprintln!(
+                        "{}: telemetry: {messages} messages ({:.1}/s)",
+                        s.id,
+                        messages as f64 / window.max(0.001)
+                    );
+                }
+                (n > 0).then(|| b as f64 / n as f64)
+            }
         },
         subscribe_s,
         stop,
