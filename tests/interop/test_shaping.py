@@ -5,7 +5,8 @@ sine at 2/s, a Float temperature, a string) with `[plc.group.telemetry] window =
 sends telemetry to mosquitto; Parquet keeps every raw sample. DuckDB then computes every window
 the telemetry carried from the Parquet rows: count, min, max, first, last and the sum (in time
 order, as the connector adds) must be equal, the mean and the time-weighted mean (each value
-held until the next, the previous window's last value from the window's start) within 1e-12
+held until the next, the previous window's last value from the window's start, a Bad value
+ending what was held) within 1e-12
 relative; windows start on multiples of 5 s since the epoch (UTC aligned). The string goes out
 raw.
 """
@@ -104,17 +105,17 @@ def expected(out: Path, node: str, start: int, end: int) -> dict[str, Any]:
         [node, start, end],
     ).fetchone()
     count, vmin, vmax, first, last, total = agg
-    good = [(t, v) for t, s, v in rows if s == 0 and v is not None]
-    before = [v for t, v in good if t < start]
-    inside = [(t, v) for t, v in good if start <= t < end]
-    # Time-weighted mean of the held value.
-    held = (start, before[-1]) if before else None
+    numeric = [(t, s, v) for t, s, v in rows if v is not None]
+    before = [(s, v) for t, s, v in numeric if t < start]
+    inside = [(t, s, v) for t, s, v in numeric if start <= t < end]
+    # Time-weighted mean of the held value; a Bad or Uncertain value ends what was held.
+    held = (start, before[-1][1]) if before and before[-1][0] == 0 else None
     area, covered = 0.0, 0
-    for t, v in inside:
+    for t, st, v in inside:
         if held is not None and t > held[0]:
             area += held[1] * (t - held[0])
             covered += t - held[0]
-        held = (t, v)
+        held = (t, v) if st == 0 else None
     if held is not None and end > held[0]:
         area += held[1] * (end - held[0])
         covered += end - held[0]

@@ -75,6 +75,14 @@ impl Check<'_> {
             }
         };
         let (mut mqtt, mut hub) = (raw.to.is_none(), raw.to.is_none());
+        if let Some(to) = raw.to.as_ref().filter(|t| t.get_ref().is_empty()) {
+            self.at(
+                to,
+                &format!("{key}.to"),
+                "empty: leave it out for mqtt and hub",
+            );
+            ok = false;
+        }
         for (i, t) in raw.to.iter().flat_map(|t| t.get_ref().iter()).enumerate() {
             match t.get_ref().as_str() {
                 "mqtt" => mqtt = true,

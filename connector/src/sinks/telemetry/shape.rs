@@ -8,12 +8,16 @@
 //!   `count`, `sum`, `min`, `max`, `mean` (sum / count), `first`, `last` (by time), and `twa`,
 //!   the time-weighted mean of the value held as a step: each value holds until the next one,
 //!   the last value of an earlier window holds from the window's start, the last one of the
-//!   window up to its end. Bad and Uncertain samples are not aggregated; `bad` counts them.
+//!   window up to its end. Bad and Uncertain samples (and NaN, infinities) are not
+//!   aggregated; `bad` counts them, and the value held before one no longer holds after it.
 //! - Everything else (strings, booleans, arrays, structures, events, no value) goes out as
 //!   raw samples, like an unshaped group's.
 //! - A window is sent once the wall clock is [`GRACE`] past its end, or at once when a later
 //!   window's sample arrives. A sample of a window already sent (late, or backfilled from
-//!   history) goes out raw, counted. At shutdown the open windows are sent marked `partial`.
+//!   history), or older than one its window already took, goes out raw, counted. At shutdown
+//!   the open windows are sent marked `partial`. A window is sent for each node that had
+//!   samples in it; the connector's clock decides when (a PLC clock more than [`GRACE`] behind
+//!   makes its samples late).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,6 +70,8 @@ struct Open {
     last: Option<f64>,
     /// The value held since `held.0` (for `twa`).
     held: Option<(i64, f64)>,
+    /// The time of the newest sample taken (samples must come in time order).
+    newest: i64,
     area: f64,
     covered: i64,
 }
@@ -83,9 +89,19 @@ impl Open {
             first: None,
             last: None,
             held: carried.map(|v| (start_us, v)),
+            newest: i64::MIN,
             area: 0.0,
             covered: 0,
         }
+    }
+
+    /// A Bad or Uncertain (or not finite) value: counted, and the value held before it no
+    /// longer holds.
+    fn add_bad(&mut self, t: i64) {
+        self.hold_until(t);
+        self.held = None;
+        self.bad += 1;
+        self.newest = self.newest.max(t);
     }
 
     fn hold_until(&mut self, t: i64) {
@@ -99,6 +115,7 @@ impl Open {
     }
 
     fn add(&mut self, t: i64, v: f64) {
+        self.newest = self.newest.max(t);
         self.hold_until(t);
         self.held = Some((t, v));
         self.count += 1;
@@ -147,13 +164,15 @@ pub enum Taken {
 #[derive(Debug)]
 pub struct Shaper {
     window_us: i64,
-    /// Open window per node (by the item's address: one item per node and group).
-    open: HashMap<usize, Open>,
+    /// Open window per node (node id and tag name: the same across sessions).
+    open: HashMap<NodeKey, Open>,
     /// The last value of each node's last sent window, held into its next.
-    carried: HashMap<usize, (i64, Option<f64>)>,
+    carried: HashMap<NodeKey, (i64, Option<f64>)>,
     /// Finished windows waiting to be sent.
     done: Vec<Window>,
 }
+
+type NodeKey = (Arc<str>, Arc<str>);
 
 /// The numeric value of a sample, if it has one.
 fn numeric(v: &SampleValue) -> Option<f64> {
@@ -183,14 +202,15 @@ impl Shaper {
         let Some(v) = numeric(&s.value) else {
             return Taken::Raw { late: false };
         };
-        let key = Arc::as_ptr(&s.item) as usize;
+        let key: NodeKey = (s.item.node.clone(), s.item.name.clone());
         let start = self.start_of(s.time_us);
         if let Some(open) = self.open.get(&key) {
             if start > open.start_us {
                 // The node moved on: its window is complete.
                 let open = self.open.remove(&key).expect("present");
-                self.finish(key, open, false, None);
-            } else if start < open.start_us {
+                self.finish(key.clone(), open, false, None);
+            } else if start < open.start_us || s.time_us < open.newest {
+                // Older than what the window already took (a republished message).
                 return Taken::Raw { late: true };
             }
         } else if self
@@ -205,18 +225,19 @@ impl Shaper {
             .open
             .entry(key)
             .or_insert_with(|| Open::new(s.item.clone(), start, carried));
-        if s.status & 0xC000_0000 != 0 {
-            open.bad += 1;
+        if s.status & 0xC000_0000 != 0 || !v.is_finite() {
+            open.add_bad(s.time_us);
         } else {
             open.add(s.time_us, v);
         }
         Taken::Windowed
     }
 
-    fn finish(&mut self, key: usize, open: Open, partial: bool, now_us: Option<i64>) {
+    fn finish(&mut self, key: NodeKey, open: Open, partial: bool, now_us: Option<i64>) {
         let start = open.start_us;
         let end = start + self.window_us;
-        let until = now_us.map_or(end, |n| n.clamp(start, end));
+        // A partial window holds up to now, at least up to its newest sample.
+        let until = now_us.map_or(end, |n| n.clamp(start, end).max(open.newest.min(end)));
         let (w, carried) = open.close(end, until, partial);
         self.carried.insert(key, (start, carried));
         self.done.push(w);
@@ -225,11 +246,11 @@ impl Shaper {
     /// Closes the windows whose end is [`GRACE`] behind the wall clock `now_us`.
     pub fn tick(&mut self, now_us: i64) {
         let grace = i64::try_from(GRACE.as_micros()).unwrap_or(0);
-        let due: Vec<usize> = self
+        let due: Vec<NodeKey> = self
             .open
             .iter()
             .filter(|(_, o)| o.start_us + self.window_us + grace <= now_us)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.clone())
             .collect();
         for k in due {
             if let Some(open) = self.open.remove(&k) {
@@ -240,7 +261,7 @@ impl Shaper {
 
     /// Closes every open window, marked partial (shutdown), held up to `now_us`.
     pub fn flush(&mut self, now_us: i64) {
-        let keys: Vec<usize> = self.open.keys().copied().collect();
+        let keys: Vec<NodeKey> = self.open.keys().cloned().collect();
         for k in keys {
             if let Some(open) = self.open.remove(&k) {
                 let complete = open.start_us + self.window_us <= now_us;
@@ -313,9 +334,10 @@ mod tests {
             (1.0, 7.0, 12.0, 4.0, 7.0)
         );
         assert_eq!(w.mean(), Some(4.0));
-        // 4 for 4 s, 1 for 2 s, 7 for 2 s (to the end) over 8 s.
-        assert_eq!(w.twa, Some((4.0 * 4.0 + 1.0 * 2.0 + 7.0 * 2.0) / 8.0));
-        // A late sample of the sent window goes out raw; the next window holds 7 from its start.
+        // 4 for 4 s, 1 for 2 s, 7 for 1 s: the Uncertain sample at 9 s ends what was held.
+        assert_eq!(w.twa, Some((4.0 * 4.0 + 1.0 * 2.0 + 7.0 * 1.0) / 7.0));
+        // A late sample of the sent window goes out raw; nothing is held into the next window
+        // (the window ended on an Uncertain value).
         assert_eq!(
             sh.add(&s(&i, 1_000_000_009.5, d(5.0), 0)),
             Taken::Raw { late: true }
@@ -323,9 +345,28 @@ mod tests {
         sh.tick(1_000_000_022_000_000);
         let w = sh.take();
         assert_eq!(w.len(), 1);
-        // 7 for 3 s, 2 for 7 s.
-        assert_eq!(w[0].twa, Some((7.0 * 3.0 + 2.0 * 7.0) / 10.0));
+        // 2 from 13 s to the end.
+        assert_eq!(w[0].twa, Some(2.0));
         assert_eq!((w[0].count, w[0].first), (1, 2.0));
+    }
+
+    #[test]
+    fn bad_and_out_of_order_values_neither_count_nor_hold_and_nodes_are_keyed_by_id() {
+        let i = item();
+        let mut sh = Shaper::new(Duration::from_secs(10));
+        let d = SampleValue::Double;
+        sh.add(&s(&i, 100.0, d(2.0), 0));
+        sh.add(&s(&i, 104.0, d(f64::NAN), 0)); // bad: 2 held for 4 s only
+        assert_eq!(sh.add(&s(&i, 103.0, d(9.0), 0)), Taken::Raw { late: true });
+        sh.add(&s(&i, 106.0, d(4.0), 0)); // 4 for 4 s
+                                          // The same node through a new item (a new session): the same window.
+        let again = item();
+        sh.add(&s(&again, 108.0, d(4.0), 0));
+        sh.tick(113_000_000);
+        let w = sh.take();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!((w[0].count, w[0].bad, w[0].sum), (3, 1, 10.0));
+        assert_eq!(w[0].twa, Some((2.0 * 4.0 + 4.0 * 4.0) / 8.0));
     }
 
     #[test]
