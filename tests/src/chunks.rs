@@ -99,13 +99,7 @@ pub struct EventRow {
 pub fn read_events(dir: &Path) -> Vec<EventRow> {
     let mut rows = Vec::new();
     for path in parquet_files(dir) {
-        let file = std::fs::File::open(&path).expect("open events chunk");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("an events chunk")
-            .build()
-            .expect("reader");
-        for batch in reader {
-            let b = batch.expect("batch");
+        for b in batches(&path) {
             let col = |c: &str| {
                 b.column_by_name(c)
                     .unwrap_or_else(|| panic!("column {c}"))
@@ -173,6 +167,16 @@ pub fn read_events(dir: &Path) -> Vec<EventRow> {
     rows
 }
 
+/// The record batches of one chunk file (of either table).
+fn batches(path: &Path) -> impl Iterator<Item = RecordBatch> {
+    let file = std::fs::File::open(path).expect("open chunk");
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap_or_else(|e| panic!("{} is not a readable parquet file: {e}", path.display()))
+        .build()
+        .expect("reader")
+        .map(|batch| batch.expect("batch"))
+}
+
 fn strings(batch: &RecordBatch, col: &str) -> Vec<Option<String>> {
     let a = batch
         .column_by_name(col)
@@ -207,14 +211,8 @@ pub fn partition_value(path: &Path, key: &str) -> Option<String> {
 /// Hive-partitioning readers take it (the chunks have no `line` column since schema v2).
 pub fn read_file(path: &Path) -> Vec<Row> {
     let line = partition_value(path, "line").unwrap_or_default();
-    let file = std::fs::File::open(path).expect("open chunk");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap_or_else(|e| panic!("{} is not a readable parquet file: {e}", path.display()))
-        .build()
-        .expect("reader");
     let mut rows = Vec::new();
-    for batch in reader {
-        let b = batch.expect("batch");
+    for b in batches(path) {
         let n = b.num_rows();
         let col = |c: &str| {
             b.column_by_name(c)

@@ -120,9 +120,8 @@ impl Structures {
     pub fn count(&self) -> usize {
         self.current().map_or(0, |c| {
             let tree = &c.0;
-            let types: HashSet<&NodeId> = tree.encoding_to_data_type().values().collect();
-            types
-                .into_iter()
+            Self::types(tree)
+                .iter()
                 .filter(|t| tree.get_struct_type(t).is_some_and(|s| s.is_supported()))
                 .count()
         })

@@ -134,10 +134,10 @@ async fn a_60s_cut_is_backfilled_from_history_contiguous_marked_and_without_dupl
         let s = series(&rows, "fast", &counter_id(c));
         let values: Vec<i128> = s
             .iter()
-            .map(|r| match &r.value {
-                Val::Int(i) => i128::from(*i),
-                Val::UInt(u) => i128::from(*u),
-                other => panic!("{c}: {other:?}"),
+            .map(|r| {
+                r.value
+                    .as_i128()
+                    .unwrap_or_else(|| panic!("{c}: {:?}", r.value))
             })
             .collect();
         if counter_defects(&values) != (0, 0) {
@@ -211,10 +211,10 @@ async fn without_history_the_gap_is_reported_and_nothing_invented() {
     for c in COUNTERS {
         let values: Vec<i128> = series(&rows, "fast", &counter_id(c))
             .iter()
-            .map(|r| match &r.value {
-                Val::Int(i) => i128::from(*i),
-                Val::UInt(u) => i128::from(*u),
-                other => panic!("{c}: {other:?}"),
+            .map(|r| {
+                r.value
+                    .as_i128()
+                    .unwrap_or_else(|| panic!("{c}: {:?}", r.value))
             })
             .collect();
         let (gaps, dups) = counter_defects(&values);

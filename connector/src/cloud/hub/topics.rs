@@ -72,9 +72,12 @@ pub fn telemetry_topic(
     plc: &str,
     group: &str,
 ) -> String {
-    let mut topic = telemetry_base(device_id, module_id);
-    topic.push_str(&property_bag(payload, &[("plc", plc), ("group", group)]));
-    topic
+    stream_topic(
+        device_id,
+        module_id,
+        payload,
+        &[("plc", plc), ("group", group)],
+    )
 }
 
 /// The topic of an event stream's messages: [`telemetry_topic`] plus the application
@@ -86,11 +89,18 @@ pub fn event_topic(
     plc: &str,
     group: &str,
 ) -> String {
+    let properties = [("plc", plc), ("group", group), ("messageType", "event")];
+    stream_topic(device_id, module_id, payload, &properties)
+}
+
+fn stream_topic(
+    device_id: &str,
+    module_id: Option<&str>,
+    payload: Payload,
+    properties: &[(&str, &str)],
+) -> String {
     let mut topic = telemetry_base(device_id, module_id);
-    topic.push_str(&property_bag(
-        payload,
-        &[("plc", plc), ("group", group), ("messageType", "event")],
-    ));
+    topic.push_str(&property_bag(payload, properties));
     topic
 }
 
