@@ -161,22 +161,15 @@ async fn limit_writes_raise_and_clear_the_alarm_and_acknowledge_works_once() {
 
     let events: Events = Arc::default();
     let sink = events.clone();
-    let sub = session
-        .create_subscription(
-            Duration::from_millis(100),
-            300,
-            10,
-            0,
-            0,
-            true,
-            EventCallback::new(move |fields, item| {
-                sink.lock()
-                    .unwrap()
-                    .push((item.client_handle(), fields.unwrap_or_default()));
-            }),
-        )
-        .await
-        .expect("subscription");
+    let sub = subscription(
+        &session,
+        EventCallback::new(move |fields, item| {
+            sink.lock()
+                .unwrap()
+                .push((item.client_handle(), fields.unwrap_or_default()));
+        }),
+    )
+    .await;
     let names = monitor(&session, sub, ObjectId::Server.into(), 1, None).await;
     // On the source, with every field selected through AlarmConditionType (inherited ones too).
     let names2 = monitor(

@@ -137,18 +137,11 @@ async fn counter_history_is_contiguous_pages_the_same_and_reads_backward() {
     // Notifications carry the same source timestamps as the history.
     let received = Arc::new(Mutex::new(Vec::<DataValue>::new()));
     let sink = received.clone();
-    let sub = session
-        .create_subscription(
-            Duration::from_millis(100),
-            300,
-            10,
-            0,
-            0,
-            true,
-            DataChangeCallback::new(move |dv, _| sink.lock().unwrap().push(dv)),
-        )
-        .await
-        .expect("subscription");
+    let sub = subscription(
+        &session,
+        DataChangeCallback::new(move |dv, _| sink.lock().unwrap().push(dv)),
+    )
+    .await;
     let mut item = MonitoredItemCreateRequest::from(filled.clone());
     item.requested_parameters.sampling_interval = 0.0;
     item.requested_parameters.queue_size = 10;

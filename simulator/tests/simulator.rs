@@ -23,24 +23,17 @@ type Received = Arc<Mutex<HashMap<NodeId, Vec<DataValue>>>>;
 async fn subscribe(session: &opcua::client::Session, ids: &[NodeId], chunk: usize) -> Received {
     let received: Received = Arc::default();
     let sink = received.clone();
-    let sub = session
-        .create_subscription(
-            Duration::from_millis(100),
-            300,
-            10,
-            0,
-            0,
-            true,
-            DataChangeCallback::new(move |dv, item| {
-                sink.lock()
-                    .expect("the sample map's lock")
-                    .entry(item.item_to_monitor().node_id.clone())
-                    .or_default()
-                    .push(dv);
-            }),
-        )
-        .await
-        .expect("subscription");
+    let sub = subscription(
+        session,
+        DataChangeCallback::new(move |dv, item| {
+            sink.lock()
+                .expect("the sample map's lock")
+                .entry(item.item_to_monitor().node_id.clone())
+                .or_default()
+                .push(dv);
+        }),
+    )
+    .await;
     for part in ids.chunks(chunk) {
         let items: Vec<MonitoredItemCreateRequest> = part
             .iter()

@@ -132,6 +132,17 @@ pub async fn connect(sim: &Sim) -> Arc<Session> {
 }
 
 /// Node id of `BottlingLine` variable `name` (e.g. `Filler.Speed`) on this session.
+/// A subscription publishing every 100 ms whose notifications go to `callback`.
+pub async fn subscription(
+    session: &Session,
+    callback: impl opcua::client::OnSubscriptionNotificationCore + 'static,
+) -> u32 {
+    session
+        .create_subscription(Duration::from_millis(100), 300, 10, 0, 0, true, callback)
+        .await
+        .expect("subscription")
+}
+
 pub async fn node(session: &Session, name: &str) -> NodeId {
     let ns = session.get_namespace_index(NS).await.expect("namespace");
     NodeId::new(ns, name)
