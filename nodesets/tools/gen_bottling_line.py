@@ -80,9 +80,11 @@ def fingerprint(seed: str, n: int = 16) -> bytes:
 # ---------------------------------------------------------------- variable table
 class V:
     def __init__(self, name, dt, init, sim, group, desc, access=1, analog=None, arr=None,
-                 status=None):
+                 status=None, spike=None):
         self.name, self.dt, self.init, self.sim, self.group = name, dt, init, sim, group
         self.desc, self.access, self.analog, self.arr, self.status = desc, access, analog, arr, status
+        # scripted spike overlay of the profile (a dict of the `spike` keys), or None
+        self.spike = spike
 
 
 def common_vars(machine, serial, state_steps, status_texts, slow="slow"):
@@ -126,7 +128,8 @@ MACHINES["Filler"] = dict(
           "Active product recipe", access=3),
         V("ProductTemperature", "Float", 12.5,
           {"kind": "sine", "amplitude": 0.8, "offset": 12.5, "period": "120s", "noise": 0.05}, "slow",
-          "Product temperature at the filler bowl", analog=(-10.0, 60.0, "degC")),
+          "Product temperature at the filler bowl", analog=(-10.0, 60.0, "degC"),
+          spike={"every": "120s", "at": "60s", "add": 6.0, "length": "20s", "noise": 0.4}),
         V("FillVolume", "Double", 500.0,
           {"kind": "random_walk", "start": 500.0, "step": 0.2, "min": 495.0, "max": 505.0}, "process",
           "Measured fill volume of the last bottle", analog=(0.0, 1000.0, "ml")),
@@ -156,6 +159,8 @@ MACHINES["Filler"] = dict(
           {"kind": "setpoint", "value": 80.0, "min": -50.0, "max": 1000.0}, "setpoints",
           "Alarm limit of ProductTemperature: TemperatureHigh is active while the temperature is above it",
           access=3, analog=(-50.0, 1000.0, "degC")),
+        V("CoolingValve", "Boolean", False, {"kind": "constant", "value": False}, "setpoints",
+          "Cooling valve of the product line: true = open", access=3),
     ],
     # alarm conditions: (name, description); the simulator drives them (see docs/simulator.md)
     conditions=[("TemperatureHigh", "Active while ProductTemperature is above TemperatureLimit")],
@@ -644,11 +649,18 @@ def sim_inline(v):
     return "{ " + ", ".join(parts) + " }"
 
 
+def spike_inline(spike):
+    parts = []
+    for k, x in spike.items():
+        parts.append(f"{k} = {toml_val(x, 'Double' if k in ('add', 'noise') else None)}")
+    return "{ " + ", ".join(parts) + " }"
+
+
 GROUP_NOTES = {
     "fast": "counters and fast process values (followers track their setpoint here)",
     "process": "process values: sine, random walk, ramps, arrays",
     "slow": "slow values: temperatures, states, status texts, fingerprints",
-    "setpoints": "writable setpoints (clients write them; writes outside min..max are refused)",
+    "setpoints": "writable setpoints and actuators (clients write them; setpoint writes outside min..max\n# are refused, a constant holds what is written)",
     "static": "constants: serial numbers, recipe, Running flag (set by Start/Stop)",
 }
 GROUP_ORDER = ["fast", "process", "slow", "setpoints", "static"]
@@ -660,13 +672,17 @@ def build_toml():
     L.append("# Every instance variable of the model appears exactly once below, in one group.")
     L.append("# Groups share an update rate; the Start/Stop methods pause and resume whole groups.")
     L.append("# Per machine: <m>-fast (100ms: counters, followers), <m>-process (200ms..1s: sine, random walk,")
-    L.append("# ramps, arrays), <m>-slow (1s..5s: temperatures, states, texts), <m>-setpoints (writable setpoints,")
-    L.append("# kind setpoint), <m>-static (10s: constants). Start/Stop act on fast+process+slow only, so")
-    L.append("# setpoints stay writable and constants keep their value while a machine is stopped.")
+    L.append("# ramps, arrays), <m>-slow (1s..5s: temperatures, states, texts), <m>-setpoints (writable:")
+    L.append("# setpoints, kind setpoint, and actuators, a writable kind constant such as Filler.CoolingValve),")
+    L.append("# <m>-static (10s: constants). Start/Stop act on fast+process+slow only, so setpoints and")
+    L.append("# actuators stay writable and constants keep their value while a machine is stopped.")
     L.append("# Array variables: element i gets the behaviour value + i.")
     L.append("# Every kind = \"counter\" node is historized (HistoryRead of the last --history-window).")
     L.append("# Alarm Filler.TemperatureHigh (AlarmConditionType): active while Filler.ProductTemperature >")
     L.append("# Filler.TemperatureLimit (setpoint, 80.0), evaluated at each update of either; events on s=Filler.")
+    L.append("# Spikes: Filler.ProductTemperature (sine 12.5 +- 0.8) gets + 6.0 +- 0.4 for 20 s every 120 s from")
+    L.append("# t = 60 s (t = time since the simulator's start): about 18.5 during a spike, far below the")
+    L.append("# alarm limit. Filler.CoolingValve (Boolean, writable, false = closed) is what a local rule opens.")
     L.append("# Structures (kinds batch, nozzle_status; n = the node's update number 0, 1, 2, ...):")
     L.append("#   nozzle_status: NozzleStatus[4], N(i) = { Index: i, FillLevel: 500.0 + i + (n % 10) * 0.25,")
     L.append("#     Ok: (n + i) % 7 != 0 }")
@@ -694,6 +710,8 @@ def build_toml():
                 L.append("  [[group.node]]")
                 L.append(f'  node = "{NSU};s={mname}.{v.name}"')
                 L.append(f"  sim = {sim_inline(v)}")
+                if v.spike:
+                    L.append(f"  spike = {spike_inline(v.spike)}")
                 if v.status:
                     L.append(f"  status = {toml_val(v.status)}   # cycles one per update")
     L.append("")

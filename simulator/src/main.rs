@@ -66,6 +66,10 @@ struct Args {
     /// BadHistoryOperationUnsupported.
     #[arg(long)]
     no_history: bool,
+    /// Subscription tick: how often notifications are published (rounded up to whole ms) and
+    /// the fastest publishing interval granted, e.g. 5ms. At least 1ms.
+    #[arg(long, default_value = "100ms", value_parser = parse_publish_tick)]
+    publish_tick: std::time::Duration,
     /// Log format on stderr.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -77,6 +81,14 @@ fn parse_scale(s: &str) -> Result<ScaleSpec, String> {
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn parse_publish_tick(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < simulator::runtime::MIN_PUBLISH_TICK {
+        return Err(format!("{s:?} is below the fastest subscription tick, 1ms"));
+    }
+    Ok(d)
 }
 
 fn parse_fault(s: &str) -> Result<Fault, String> {
@@ -168,6 +180,7 @@ fn config(args: Args) -> Result<SimConfig, simulator::SimError> {
     c.stats_file = args.stats_file;
     c.history = !args.no_history;
     c.history_window = args.history_window;
+    c.publish_tick = args.publish_tick;
     c.limits.max_monitored_items_per_sub = args.max_items_per_sub;
     c.limits.max_monitored_items_per_call = args.max_items_per_call;
     Ok(c)

@@ -1,5 +1,5 @@
-//! The simulation model: variables with behaviours, groups that tick at a rate, setpoints,
-//! methods and the ground truth of what was produced.
+//! The simulation model: variables with behaviours (and spike overlays), groups that tick at a
+//! rate, setpoints, methods and the ground truth of what was produced and written.
 //!
 //! It knows nothing of OPC UA: the server adapter ([`crate::server`]) maps its variables to
 //! nodes and its refusals to status codes, and [`crate::convert`] its values to variants.
@@ -213,7 +213,7 @@ impl Behaviour {
     }
 
     /// Does this behaviour change on its own at every tick?
-    fn is_generated(&self) -> bool {
+    pub fn is_generated(&self) -> bool {
         !matches!(
             self,
             Behaviour::Setpoint { .. } | Behaviour::Constant { .. }
@@ -244,6 +244,10 @@ pub struct Var {
     pub write_attempts: u64,
     /// Client writes accepted.
     pub writes: u64,
+    /// The accepted writes with the time each reached the simulator (the newest 10,000).
+    pub write_log: WriteLog,
+    /// A scripted spike overlay on the behaviour's value (numeric generated variables only).
+    pub spike: Option<Spike>,
 }
 
 /// A set of variables updated together at one rate.
@@ -369,6 +373,8 @@ impl Model {
             produced_offline: 0,
             write_attempts: 0,
             writes: 0,
+            write_log: WriteLog::default(),
+            spike: None,
         });
         self.groups[group].vars.push(idx);
         self.by_id.insert(id, idx);
@@ -514,6 +520,13 @@ impl Model {
                 return self.vars[idx].value.clone()
             }
         };
+        let value = match self.vars[idx].spike {
+            Some(spike) if spike.active(elapsed) => {
+                let x = value.as_f64().unwrap_or(0.0) + spike.add + self.noise(spike.noise);
+                Value::numeric(ty.kind, x)
+            }
+            _ => value,
+        };
         shape(ty, value)
     }
 
@@ -525,8 +538,15 @@ impl Model {
         }
     }
 
-    /// A client writes `value` (already of the variable's type) to variable `idx`.
-    pub fn write(&mut self, idx: usize, value: Value, online: bool) -> Result<(), Refusal> {
+    /// A client writes `value` (already of the variable's type) to variable `idx`; `at` is
+    /// when the write reached the simulator (kept in the variable's write log if accepted).
+    pub fn write(
+        &mut self,
+        idx: usize,
+        value: Value,
+        online: bool,
+        at: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
         let v = self.vars.get_mut(idx).ok_or(Refusal::NotWritable)?;
         v.write_attempts += 1;
         if !v.behaviour.accepts_writes() {
@@ -545,6 +565,7 @@ impl Model {
                 v.produced_offline += 1;
             }
         }
+        v.write_log.push(at, value.clone());
         v.value = value;
         v.writes += 1;
         Ok(())
@@ -627,7 +648,12 @@ fn jitter(rng: &mut SmallRng, max: Duration) -> chrono::Duration {
     chrono::Duration::microseconds(rng.gen_range(0..us))
 }
 
+pub mod spike;
 pub mod structs;
+pub mod write_log;
+
+pub use spike::Spike;
+pub use write_log::{WriteLog, WriteRecord, WRITE_LOG_CAPACITY};
 
 #[cfg(test)]
 mod tests;

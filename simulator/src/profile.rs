@@ -9,7 +9,9 @@ use toml::Spanned;
 
 use crate::error::{line_of, Problem, SimError};
 use crate::faults::{Fault, FaultKind};
-use crate::model::{Action, Behaviour, Kind, Model, Value, VarType};
+use crate::model::{Action, Behaviour, Kind, Model, Spike, Value, VarType};
+
+mod spike;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,7 @@ struct RawNode {
     sim: Spanned<RawSim>,
     #[serde(default)]
     status: Vec<Spanned<String>>,
+    spike: Option<Spanned<spike::RawSpike>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +128,8 @@ struct NodeSpec {
     element: String,
     sim: RawSimChecked,
     status: Vec<u32>,
+    /// The spike overlay and the line of its table.
+    spike: Option<(Spike, usize)>,
 }
 
 /// A behaviour with durations parsed, still naming follow sources by id.
@@ -273,12 +278,17 @@ impl Profile {
                         ),
                     }
                 }
+                let spike = n.spike.as_ref().and_then(|s| {
+                    let checked = spike::check(s.get_ref(), &element, text, &mut problem)?;
+                    Some((checked, line_of(text, s.span().start)))
+                });
                 nodes.push(NodeSpec {
                     id: n.node.get_ref().clone(),
                     line,
                     element,
                     sim,
                     status,
+                    spike,
                 });
             }
             groups.push(GroupSpec {
@@ -415,6 +425,26 @@ impl Profile {
                     },
                     b => b,
                 };
+                if let Some((_, line)) = &n.spike {
+                    let element = format!("{}.spike", n.element);
+                    if !info.ty.kind.is_numeric() {
+                        let kind = info.ty.kind;
+                        let msg =
+                            format!("{}: a spike needs a numeric variable, not {kind:?}", n.id);
+                        problem(*line, &element, msg);
+                        continue;
+                    }
+                    let follows = matches!(n.sim, RawSimChecked::Follow { .. });
+                    if !follows && !behaviour.is_generated() {
+                        let msg = format!(
+                            "{}: a spike needs a generated behaviour, not {} (it holds what clients write)",
+                            n.id,
+                            name(&behaviour)
+                        );
+                        problem(*line, &element, msg);
+                        continue;
+                    }
+                }
                 let idx = model.add_var(
                     n.id.clone(),
                     info.ty,
@@ -423,6 +453,7 @@ impl Profile {
                     gi,
                     info.initial,
                 );
+                model.vars[idx].spike = n.spike.map(|(s, _)| s);
                 if let RawSimChecked::Follow {
                     source,
                     time_constant,

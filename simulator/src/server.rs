@@ -228,6 +228,9 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
         address_space: &RwLock<AddressSpace>,
         nodes_to_write: &mut [&mut WriteNode],
     ) -> Result<(), StatusCode> {
+        // When the Write reached us, before waiting for the address space (a tick of many
+        // values may hold it): the write log's time, on the clock of the source timestamps.
+        let arrived = chrono::Utc::now();
         let mut address_space = address_space.write();
         let type_tree = context.type_tree.read();
         let binding = self.binding.get();
@@ -273,7 +276,7 @@ impl InMemoryNodeManagerImpl for PlcNodeManagerImpl {
                     .as_ref()
                     .ok_or(Refusal::TypeMismatch)
                     .and_then(|v| from_variant(v, ty))
-                    .and_then(|v| model.write(idx, v, online));
+                    .and_then(|v| model.write(idx, v, online, arrived));
                 if let Err(refusal) = result {
                     write.set_status(status_of(&refusal));
                     continue;

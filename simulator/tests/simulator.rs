@@ -623,4 +623,53 @@ fn bad_profile_and_nodeset_input_exit_2_naming_file_and_element() {
     let (code, err) = run_simulator(&["--scale", "lots@1s"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--scale"), "{err}");
+
+    let (code, err) = run_simulator(&["--publish-tick", "500us"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--publish-tick") && err.contains("1ms"),
+        "{err}"
+    );
+
+    // A spike: a bad duration, then a non-numeric node, each with file, line and key.
+    let node = |name: &str, sim: &str, spike: &str| {
+        format!(
+            "[[group]]\nname = \"g\"\nrate = \"1s\"\n  [[group.node]]\n  node = \"nsu={}\
+             ;s=Filler.{name}\"\n  sim = {sim}\n  spike = {spike}\n",
+            simulator::BOTTLING_LINE_NAMESPACE
+        )
+    };
+    for (file, text, expected) in [
+        (
+            "spike-duration.toml",
+            node(
+                "Speed",
+                "{ kind = \"sine\" }",
+                "{ every = \"1s\", add = 1.0, length = \"soon\" }",
+            ),
+            "spike-duration.toml:7: group[0].node[0].spike.length: bad duration \"soon\"",
+        ),
+        (
+            "spike-bool.toml",
+            node(
+                "Running",
+                "{ kind = \"toggle\" }",
+                "{ every = \"1s\", add = 1.0, length = \"100ms\" }",
+            ),
+            "spike-bool.toml:7: group[0].node[0].spike: nsu=urn:opcua-connector:bottling-line;s=Filler.Running: a spike needs a numeric variable, not Boolean",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        let (code, err) = run_simulator(&[
+            "--port",
+            "0",
+            "--pki-dir",
+            pki,
+            "--profile",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(expected), "{expected} in: {err}");
+    }
 }

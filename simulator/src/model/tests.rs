@@ -1,5 +1,5 @@
 //! Unit tests of the model: counters, setpoints and followers, status cycles, counter resets,
-//! arrays and the seeded scan jitter of source timestamps.
+//! arrays, the seeded scan jitter of source timestamps, spikes and the write log.
 
 use super::*;
 
@@ -69,14 +69,14 @@ fn setpoint_refuses_out_of_range_and_follower_converges() {
         Value::Float(0.0),
     );
     assert_eq!(
-        m.write(sp, Value::Float(101.0), true),
+        m.write(sp, Value::Float(101.0), true, Utc::now()),
         Err(Refusal::OutOfRange)
     );
     assert_eq!(
-        m.write(pv, Value::Float(1.0), true),
+        m.write(pv, Value::Float(1.0), true, Utc::now()),
         Err(Refusal::NotWritable)
     );
-    m.write(sp, Value::Float(50.0), true).unwrap();
+    m.write(sp, Value::Float(50.0), true, Utc::now()).unwrap();
     for _ in 0..30 {
         m.tick(g, Utc::now(), true);
     }
@@ -193,4 +193,124 @@ fn source_timestamps_carry_seeded_scan_jitter() {
     );
     let distinct: std::collections::HashSet<_> = offsets.iter().collect();
     assert!(distinct.len() > 10, "{offsets:?}");
+}
+
+/// A model whose one variable (`kind`) is a ramp 0 -> 1 per second with `spike`, ticked every
+/// 100 ms for `ticks` ticks from the model's start; returns (seconds, value) per tick.
+fn spiked(seed: u64, kind: Kind, spike: Spike, ticks: i64) -> Vec<(f64, Value)> {
+    let mut m = Model::new(seed, Duration::ZERO);
+    let g = m.add_group("g", Duration::from_millis(100));
+    let v = m.add_var(
+        "v",
+        scalar(kind),
+        Behaviour::Ramp {
+            from: 0.0,
+            to: 1.0,
+            period: Duration::from_secs(1),
+        },
+        vec![],
+        g,
+        Value::Float(0.0),
+    );
+    m.vars[v].spike = Some(spike);
+    let start = m.started;
+    (1..=ticks)
+        .map(|i| {
+            let at = start + chrono::Duration::milliseconds(100 * i);
+            m.tick(g, at, true);
+            (i as f64 / 10.0, m.vars[v].value.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn spike_adds_during_its_windows_only_with_seeded_noise() {
+    let spike = Spike {
+        every: Duration::from_secs(1),
+        at: Duration::from_millis(2_000),
+        add: 100.0,
+        length: Duration::from_millis(500),
+        noise: 0.4,
+    };
+    let run = spiked(7, Kind::Double, spike, 59);
+    for (t, v) in &run {
+        let x = v.as_f64().unwrap();
+        let base = t % 1.0;
+        let inside = *t >= 2.0 && (t - 2.0) % 1.0 < 0.5 - 1e-9;
+        if inside {
+            assert!((x - base - 100.0).abs() <= 0.4 + 1e-9, "t={t}: {x}");
+        } else {
+            assert!((x - base).abs() < 1e-9, "t={t}: {x} outside a spike");
+        }
+    }
+    let spiked_ticks = run.iter().filter(|(_, v)| v.as_f64().unwrap() > 50.0);
+    assert_eq!(
+        spiked_ticks.count(),
+        4 * 5,
+        "ticks 2.0..2.4, 3.0..3.4, 4.0..4.4, 5.0..5.4"
+    );
+    assert_eq!(
+        run,
+        spiked(7, Kind::Double, spike, 59),
+        "same seed, same values"
+    );
+    assert_ne!(
+        run,
+        spiked(8, Kind::Double, spike, 59),
+        "the noise is seeded"
+    );
+}
+
+#[test]
+fn a_spiked_integer_is_rounded() {
+    let spike = Spike {
+        every: Duration::from_secs(10),
+        at: Duration::ZERO,
+        add: 2.6,
+        length: Duration::from_secs(1),
+        noise: 0.0,
+    };
+    let run = spiked(1, Kind::Int32, spike, 12);
+    // ramp 0.1 .. 0.9 (+ 2.6 during the first second), then 0.0 .. 0.2 again
+    let ints: Vec<Value> = run.into_iter().map(|(_, v)| v).collect();
+    let expected: Vec<i64> = vec![3, 3, 3, 3, 4, 4, 4, 4, 4, 0, 0, 0];
+    assert_eq!(
+        ints,
+        expected.into_iter().map(Value::Int).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_write_log_keeps_the_newest_accepted_writes_with_their_time() {
+    let mut m = Model::new(1, Duration::ZERO);
+    let g = m.add_group("g", Duration::from_secs(1));
+    let valve = m.add_var(
+        "valve",
+        scalar(Kind::Boolean),
+        Behaviour::Constant {
+            value: Some(Value::Bool(false)),
+        },
+        vec![],
+        g,
+        Value::Bool(false),
+    );
+    let t0 = Utc::now();
+    let n = WRITE_LOG_CAPACITY + 5;
+    for i in 0..n {
+        let at = t0 + chrono::Duration::microseconds(i as i64);
+        m.write(valve, Value::Bool(i % 2 == 1), true, at).unwrap();
+    }
+    let v = &m.vars[valve];
+    assert_eq!(v.writes, n as u64);
+    assert_eq!(v.write_log.len(), WRITE_LOG_CAPACITY);
+    let log = v.write_log.to_vec();
+    assert_eq!(
+        log[0].at_us,
+        t0.timestamp_micros() + 5,
+        "the 5 oldest dropped"
+    );
+    assert_eq!(log[0].value, Value::Bool(true));
+    let last = log.last().unwrap();
+    assert_eq!(last.at_us, t0.timestamp_micros() + n as i64 - 1);
+    assert_eq!(last.value, Value::Bool(false));
 }

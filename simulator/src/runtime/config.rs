@@ -1,6 +1,6 @@
 //! What `start` is given: [`SimConfig`] (inputs, listen address, endpoints and users, PKI,
-//! faults, seed, [`Limits`], stats file), the bundled bottling-line model and profile, and the
-//! parsing of `--security` endpoint specs.
+//! faults, seed, [`Limits`], stats file, subscription tick), the bundled bottling-line model
+//! and profile, and the parsing of `--security` endpoint specs.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -18,6 +18,11 @@ use crate::scale::ScaleSpec;
 pub const BOTTLING_LINE_NODESET: &str =
     include_str!("../../../nodesets/bottling-line.NodeSet2.xml");
 pub const BOTTLING_LINE_PROFILE: &str = include_str!("../../../nodesets/bottling-line.sim.toml");
+/// The default subscription tick ([`SimConfig::publish_tick`]).
+pub const DEFAULT_PUBLISH_TICK: Duration = Duration::from_millis(100);
+/// The fastest subscription tick.
+pub const MIN_PUBLISH_TICK: Duration = Duration::from_millis(1);
+
 /// Namespace URI of the bottling-line model.
 pub const BOTTLING_LINE_NAMESPACE: &str = "urn:opcua-connector:bottling-line";
 
@@ -103,6 +108,10 @@ pub struct SimConfig {
     pub history: bool,
     /// How long values are kept (at most 200,000 per node).
     pub history_window: Duration,
+    /// The subscription tick: how often async-opcua looks for notifications to publish
+    /// (rounded up to whole milliseconds) and the fastest publishing interval granted.
+    /// Default 100 ms (async-opcua's own); at least 1 ms.
+    pub publish_tick: Duration,
 }
 
 impl SimConfig {
@@ -131,6 +140,7 @@ impl SimConfig {
             stats_file: None,
             history: true,
             history_window: Duration::from_secs(600),
+            publish_tick: DEFAULT_PUBLISH_TICK,
         }
     }
 }

@@ -43,7 +43,7 @@ mod ticker;
 pub use auth::{LoginStats, Logins};
 pub use config::{
     all_security, parse_security, Limits, SimConfig, Source, BOTTLING_LINE_NAMESPACE,
-    BOTTLING_LINE_NODESET, BOTTLING_LINE_PROFILE,
+    BOTTLING_LINE_NODESET, BOTTLING_LINE_PROFILE, DEFAULT_PUBLISH_TICK, MIN_PUBLISH_TICK,
 };
 pub use server_build::resolve;
 pub use stats::{process_cpu_seconds, GroupStats, NodeStats, Stats};
@@ -112,6 +112,17 @@ impl Simulator {
 /// Starts the simulator: loads nodesets and profile, binds the endpoint and begins ticking.
 /// Bad input returns `SimError::Input` naming the file, line and element.
 pub async fn start(config: SimConfig, shutdown: CancellationToken) -> Result<Simulator, SimError> {
+    if config.publish_tick < config::MIN_PUBLISH_TICK {
+        return Err(SimError::input(
+            "--publish-tick",
+            None,
+            "publish_tick",
+            format!(
+                "{:?} is below the fastest subscription tick, 1ms",
+                config.publish_tick
+            ),
+        ));
+    }
     if config.nodesets.is_empty() {
         return Err(SimError::input(
             "--nodeset",

@@ -78,6 +78,8 @@ pub(super) fn build_server(
         .max_array_length(1_000_000)
         .max_sessions(config.limits.max_sessions)
         .diagnostics_enabled(false)
+        // whole milliseconds, rounded up: async-opcua's subscription timer
+        .subscription_poll_interval_ms(config.publish_tick.as_nanos().div_ceil(1_000_000) as u64)
         .with_authenticator(Arc::new(CountingAuth::new(&config.users, logins.clone())))
         // async-opcua's core node manager, wrapped so that Acknowledge and ConditionRefresh
         // reach the alarm, then its diagnostics node manager, as `ServerBuilder::new` has them.
@@ -111,6 +113,7 @@ pub(super) fn build_server(
     {
         let l = builder.limits_mut();
         l.subscriptions.min_sampling_interval_ms = config.limits.min_sampling_interval_ms;
+        l.subscriptions.min_publishing_interval_ms = config.publish_tick.as_secs_f64() * 1000.0;
         l.subscriptions.max_monitored_items_per_sub = config.limits.max_monitored_items_per_sub;
         l.subscriptions.max_queued_notifications = config.limits.max_queued_notifications;
         l.subscriptions.max_monitored_item_queue_size = config.limits.max_monitored_item_queue_size;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::shared::Shared;
-use crate::model::{Value, Var};
+use crate::model::{Value, Var, WriteRecord};
 
 /// Ground truth, readable by tests and written to `--stats-file`.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +54,10 @@ pub struct NodeStats {
     pub writes: u64,
     pub last: Value,
     pub status: u32,
+    /// The accepted writes, oldest first, each with the time it reached the simulator (the
+    /// newest 10,000). Left out of the JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub write_log: Vec<WriteRecord>,
 }
 
 impl NodeStats {
@@ -66,6 +70,7 @@ impl NodeStats {
             writes: v.writes,
             last: v.value.clone(),
             status: v.status,
+            write_log: v.write_log.to_vec(),
         }
     }
 }
