@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::buffer::outbox::Outbox;
-use crate::metrics::{Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
+use crate::metrics::{
+    Metrics, MqttMetrics, PlcMetrics, RuleCounters, RuleMetrics, WriteMetrics, LATENCY_BUCKETS_MS,
+};
 
 /// What the endpoint reports.
 pub struct State {
@@ -324,7 +326,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
-    let per_sink: [(&str, &str, Sink); 11] = [
+    let per_sink: [(&str, &str, Sink); 14] = [
         (
             "telemetry_messages_sent_total",
             "Messages handed to the broker.",
@@ -349,6 +351,21 @@ pub fn render(state: &State) -> String {
             "telemetry_shaped_late_total",
             "Samples of a shaped group that came after their window was sent (sent raw).",
             |m| &m.shaped_late,
+        ),
+        (
+            "telemetry_exception_suppressed_total",
+            "Samples report by exception held back (within the deadband or min_interval; Parquet keeps them).",
+            |m| &m.exception_suppressed,
+        ),
+        (
+            "telemetry_heartbeats_total",
+            "Last values sent again after max_interval without a change (report by exception).",
+            |m| &m.heartbeats,
+        ),
+        (
+            "telemetry_alerts_buffered_total",
+            "Alerts of local rules buffered for the destination.",
+            |m| &m.alerts_buffered,
         ),
         (
             "telemetry_reconnects_total",
@@ -445,7 +462,85 @@ pub fn render(state: &State) -> String {
     if let Some(w) = &state.writes {
         writes(&mut out, &line, w);
     }
+    if let Some(r) = &state.metrics.rules {
+        rules(&mut out, &line, r);
+    }
     out
+}
+
+fn rules(out: &mut String, line: &str, r: &RuleMetrics) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for (name, help, pick) in [
+        (
+            "rule_firings_total",
+            "Times a local rule's condition held and its actions ran.",
+            (|c: &RuleCounters| &c.firings) as fn(&RuleCounters) -> &AtomicU64,
+        ),
+        (
+            "rule_suppressed_total",
+            "Times a local rule's condition held within min_interval of its last firing (nothing done).",
+            |c| &c.suppressed,
+        ),
+        ("rule_clears_total", "Times a fired local rule cleared.", |c| &c.clears),
+        (
+            "rule_errors_total",
+            "Local rule actions that failed, and values a rule could not compare.",
+            |c| &c.errors,
+        ),
+    ] {
+        counter(out, name, help, "counter");
+        for c in &r.rules {
+            let _ = writeln!(
+                out,
+                "opcua_connector_{name}{{line=\"{line}\",rule=\"{}\"}} {}",
+                c.rule,
+                get(pick(c))
+            );
+        }
+    }
+    counter(
+        out,
+        "rule_inputs_dropped_total",
+        "Samples of rule nodes dropped because the rule engine was behind.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "opcua_connector_rule_inputs_dropped_total{{line=\"{line}\"}} {}",
+        get(&r.inputs_dropped)
+    );
+    let name = "rule_action_latency_seconds";
+    counter(
+        out,
+        name,
+        "From the arrival of the sample that fired a rule to its PLC write or call being issued.",
+        "histogram",
+    );
+    let l = &r.action_latency;
+    let mut cumulative = 0;
+    for (i, le) in LATENCY_BUCKETS_MS.iter().enumerate() {
+        cumulative += get(&l.buckets[i]);
+        let _ = writeln!(
+            out,
+            "opcua_connector_{name}_bucket{{line=\"{line}\",le=\"{}\"}} {cumulative}",
+            le / 1000.0
+        );
+    }
+    cumulative += get(&l.buckets[LATENCY_BUCKETS_MS.len()]);
+    let _ = writeln!(
+        out,
+        "opcua_connector_{name}_bucket{{line=\"{line}\",le=\"+Inf\"}} {cumulative}"
+    );
+    let _ = writeln!(
+        out,
+        "opcua_connector_{name}_sum{{line=\"{line}\"}} {}",
+        get(&l.sum_us) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "opcua_connector_{name}_count{{line=\"{line}\"}} {}",
+        get(&l.count)
+    );
 }
 
 fn writes(out: &mut String, line: &str, w: &WriteMetrics) {

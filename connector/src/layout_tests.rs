@@ -37,19 +37,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "writes",
         &["config", "metrics", "ratelog", "backoff", "opcua", "cloud"],
     ),
+    (
+        "rules",
+        &[
+            "config", "metrics", "ratelog", "sample", "pipeline", "sinks", "writes",
+        ],
+    ),
     ("http", &["config", "metrics", "ratelog", "buffer"]),
     (
         "runner",
         &[
             "config", "metrics", "ratelog", "sample", "backoff", "opcua", "pipeline", "sinks",
-            "cloud", "buffer", "writes", "http",
+            "cloud", "buffer", "writes", "http", "rules",
         ],
     ),
     (
         "commands",
         &[
             "config", "metrics", "ratelog", "sample", "backoff", "opcua", "pipeline", "sinks",
-            "cloud", "buffer", "writes", "http", "runner",
+            "cloud", "buffer", "writes", "http", "rules", "runner",
         ],
     ),
 ];

@@ -16,6 +16,8 @@
 //! Beside the flow:
 //! - [`writes`]: cloud-to-PLC writes and method calls (twin, MQTT requests, direct methods),
 //!   from the cloud connections' control channels to the PLC write sessions.
+//! - [`rules`]: local rules: conditions on the samples of a PLC's tap that write, call (through
+//!   the write service) and send alerts (into the telemetry outboxes) without the cloud.
 //! - [`sample`], [`metrics`], [`backoff`], [`ratelog`]: the ground every stage stands on: the
 //!   unit of data, the counters, the retry pacing, the pacing of repeating error lines.
 //! - [`http`]: `/metrics` and `/healthz`.
@@ -23,7 +25,8 @@
 //!   `demo`.
 //!
 //! Imports follow the flow: a stage uses the stages after it (opcua -> pipeline -> sinks ->
-//! cloud -> buffer), never one before it; `writes` uses `opcua` and `cloud`; everything may use
+//! cloud -> buffer), never one before it; `writes` uses `opcua` and `cloud`; `rules` uses
+//! `pipeline` (its tap), `sinks` (alerts) and `writes` (its commands); everything may use
 //! the ground modules (`config` too), which use nothing of the crate; `http` reads counters
 //! and outboxes; only `runner` and `commands` see the whole, and nothing imports them. A unit
 //! test (`layout_tests`) keeps it so.
@@ -49,6 +52,7 @@ pub mod metrics;
 pub mod opcua;
 pub mod pipeline;
 pub mod ratelog;
+pub mod rules;
 pub mod runner;
 pub mod sample;
 pub mod sinks;

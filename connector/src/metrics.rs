@@ -122,6 +122,8 @@ pub struct Metrics {
     pub retention: Arc<RetentionMetrics>,
     /// Uploads of the chunks, when configured.
     pub upload: Option<Arc<UploadMetrics>>,
+    /// The local rules, when `[[rule]]` is configured.
+    pub rules: Option<Arc<RuleMetrics>>,
 }
 
 /// Counters of the Parquet retention (one per line).
@@ -168,6 +170,12 @@ pub struct MqttMetrics {
     pub windows_buffered: AtomicU64,
     /// Samples of a shaped group that came after their window was sent (sent raw).
     pub shaped_late: AtomicU64,
+    /// Samples held back by report by exception (within the deadband or min_interval).
+    pub exception_suppressed: AtomicU64,
+    /// Last values sent again by report by exception's max_interval (heartbeats).
+    pub heartbeats: AtomicU64,
+    /// Alerts of the local rules buffered.
+    pub alerts_buffered: AtomicU64,
     pub messages_buffered: AtomicU64,
     pub messages_sent: AtomicU64,
     pub messages_acked: AtomicU64,
@@ -219,4 +227,58 @@ pub struct WriteMetrics {
     pub acks_refused: AtomicU64,
     /// Answers dropped because too many were waiting for the cloud connection.
     pub answers_dropped: Arc<AtomicU64>,
+}
+
+/// Counters of one local rule (`[[rule]]`).
+#[derive(Debug, Default)]
+pub struct RuleCounters {
+    pub rule: String,
+    /// Times its condition held and its actions ran.
+    pub firings: AtomicU64,
+    /// Times its condition held within `min_interval` of the last firing: nothing done.
+    pub suppressed: AtomicU64,
+    /// Times a fired rule cleared.
+    pub clears: AtomicU64,
+    /// Actions that failed (refused, PLC error or unreachable, busy, max_rate) and values
+    /// that could not be compared (a text where a number was expected).
+    pub errors: AtomicU64,
+}
+
+/// The milliseconds that bound the buckets of [`Latency`].
+pub const LATENCY_BUCKETS_MS: [f64; 12] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
+
+/// A histogram of durations (Prometheus buckets, cumulative when rendered).
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Per bucket of [`LATENCY_BUCKETS_MS`] (not cumulative), then the overflow.
+    pub buckets: [AtomicU64; 13],
+    pub count: AtomicU64,
+    /// Sum in microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Counters of the local rules.
+#[derive(Debug, Default)]
+pub struct RuleMetrics {
+    pub rules: Vec<Arc<RuleCounters>>,
+    /// Samples of rule nodes the engine could not take in time (its queue was full).
+    pub inputs_dropped: Arc<AtomicU64>,
+    /// From a sample's arrival to the rule's PLC write or call being issued.
+    pub action_latency: Latency,
 }

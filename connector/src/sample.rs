@@ -216,6 +216,9 @@ pub enum Origin {
     Live,
     /// Read with HistoryRead after a connection outage ([`crate::opcua::backfill`]).
     History,
+    /// The last value sent again by report by exception's `max_interval` (telemetry only,
+    /// never in Parquet).
+    Heartbeat,
 }
 
 impl Origin {
@@ -223,6 +226,7 @@ impl Origin {
         match self {
             Origin::Live => "live",
             Origin::History => "history",
+            Origin::Heartbeat => "heartbeat",
         }
     }
 }

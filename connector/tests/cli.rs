@@ -412,7 +412,7 @@ async fn browse_prints_a_group_block_that_check_accepts() {
         })
         .count();
     assert_eq!(
-        nodes, 75,
+        nodes, 76,
         "every variable of the line, no properties: {stdout}"
     );
     assert!(stdout.contains("Filler/Speed\" },  # Double"), "{stdout}");

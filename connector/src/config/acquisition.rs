@@ -63,3 +63,19 @@ impl Shaping {
     pub const AGGREGATES: [&'static str; 8] =
         ["count", "sum", "min", "max", "mean", "twa", "first", "last"];
 }
+
+/// Report by exception (`[plc.group.telemetry]` deadbands and intervals, or a node's
+/// `telemetry = { ... }`): which samples of a node go to the telemetry destinations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exception {
+    /// A numeric sample goes when it differs from the last one sent by more than this.
+    pub deadband_absolute: Option<f64>,
+    /// ... or by more than this percentage of the last one's magnitude.
+    pub deadband_percent: Option<f64>,
+    /// At most one sample per node and interval; the newest goes at its end.
+    pub min_interval: Duration,
+    /// The last value goes again after this long without a sample sent (heartbeat).
+    pub max_interval: Option<Duration>,
+    pub mqtt: bool,
+    pub hub: bool,
+}

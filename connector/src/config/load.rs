@@ -22,6 +22,7 @@ use super::types::*;
 mod cloud;
 mod events;
 mod plc;
+mod rules;
 mod security;
 mod shaping;
 mod sinks;
@@ -535,6 +536,27 @@ impl Check<'_> {
         let writes: Vec<_> = self.writes(&raw.write, &plc_names);
         let methods: Vec<_> = self.methods(&raw.method, &plc_names);
         let metrics = raw.metrics.map(|m| self.metrics(&m));
+        let rules = {
+            let writes: Vec<WriteMapping> = writes.iter().flatten().cloned().collect();
+            let methods: Vec<MethodMapping> = methods.iter().flatten().cloned().collect();
+            let known = rules::Known {
+                plcs: plcs
+                    .iter()
+                    .flatten()
+                    .map(|p| {
+                        let nodes = p
+                            .groups
+                            .iter()
+                            .flat_map(|g| g.nodes.iter().map(|n| n.node.clone()));
+                        (p.id.clone(), nodes.collect())
+                    })
+                    .collect(),
+                writes: &writes,
+                methods: &methods,
+                telemetry: mqtt.is_some() || hub.is_some(),
+            };
+            self.rules(&raw.rule, &known)
+        };
         Some(Config {
             source: self.file.to_owned(),
             line: line?,
@@ -547,6 +569,7 @@ impl Check<'_> {
             writes: writes.into_iter().collect::<Option<_>>()?,
             methods: methods.into_iter().collect::<Option<_>>()?,
             metrics: optional(metrics)?,
+            rules: rules.into_iter().collect::<Option<_>>()?,
             warnings: Vec::new(),
         })
     }

@@ -30,6 +30,7 @@ mod keypath;
 pub mod load;
 pub mod plan;
 pub mod raw;
+pub mod rules;
 pub mod schema;
 pub mod types;
 

@@ -13,6 +13,9 @@ use schemars::JsonSchema;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+mod rules;
+pub use rules::*;
+
 use super::schema::{
     CompressionName, PayloadName, Refused, SecurityModeName, SecurityPolicyName, UploadVia,
     WhenFullName, WriteTypeName,
@@ -82,6 +85,10 @@ pub struct RawConfig {
     pub method: Vec<Spanned<RawMethod>>,
     /// Prometheus `/metrics` and `/healthz` over HTTP; absent: no listener.
     pub metrics: Option<RawMetrics>,
+    /// `[[rule]]`: a local rule that acts on the line (writes, method calls, alerts) when a
+    /// condition on node values holds, whether or not the cloud is reachable.
+    #[serde(default)]
+    pub rule: Vec<Spanned<RawRule>>,
 }
 
 /// `[line]`: the production line.
@@ -186,17 +193,29 @@ pub struct RawGroup {
     pub telemetry: Option<Spanned<RawShaping>>,
 }
 
-/// `[plc.group.telemetry]`: tumbling windows of the group's numeric samples.
+/// `[plc.group.telemetry]`: what the group sends as telemetry: tumbling windows of its
+/// numeric samples (`window`), or report by exception (deadbands, min and max interval).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShaping {
-    /// Window length, dividing a day: "10s", "1m", "15m"; required.
-    #[schemars(required)]
+    /// Window length, dividing a day: "10s", "1m", "15m"; not with report by exception.
     pub window: Option<Spanned<RawDuration>>,
     /// What each window says: min, max, mean, twa, first, last, count, sum; default all.
     pub aggregates: Option<Spanned<Vec<Spanned<String>>>>,
     /// The telemetry destinations shaped: "mqtt", "hub"; default both.
     pub to: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Report by exception: send a numeric sample only when it differs from the last one
+    /// sent by more than this.
+    pub deadband_absolute: Option<Spanned<f64>>,
+    /// Report by exception: send a numeric sample only when it differs from the last one
+    /// sent by more than this percentage of the last one's magnitude.
+    pub deadband_percent: Option<Spanned<f64>>,
+    /// Report by exception: at most one sample per node and this interval (the newest is
+    /// sent at its end).
+    pub min_interval: Option<Spanned<RawDuration>>,
+    /// Report by exception: send a node's last value again when nothing was sent for this
+    /// long (heartbeat).
+    pub max_interval: Option<Spanned<RawDuration>>,
 }
 
 /// `[[plc.events]]`: an event subscription.
@@ -267,6 +286,10 @@ pub struct RawNodeTable {
     /// Fields of a structure value that also land as rows `<tag>.<field>`, e.g.
     /// ["Speed", "Main.Speed", "Axes[1].Position"]; default none.
     pub flatten: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Report by exception of this node, overriding the group's `[plc.group.telemetry]`
+    /// keys of the same name: { deadband_absolute, deadband_percent, min_interval,
+    /// max_interval }.
+    pub telemetry: Option<Spanned<RawNodeTelemetry>>,
 }
 
 /// `{ root, recursive, include, exclude }`: the variables under a root, found at connect.

@@ -250,6 +250,19 @@ marker!(
     Refused => json_schema!({ "not": {} })
 );
 
+marker!(
+    /// The `all` / `any` list of a rule condition: conditions (checked by the loader; the
+    /// schema does not nest).
+    ConditionList => json_schema!({
+        "type": "array",
+        "items": { "type": "object", "description": "A condition: { node, above | below | at_least | at_most | equals | not_equals | between | outside | rate_above | rate_below, for } or { all | any, for }." },
+    })
+);
+marker!(
+    /// A value of any type (a written value, a method argument, a compared value).
+    AnyValue => json_schema!({ "description": "A number, boolean, text, array or table." })
+);
+
 // A bare number is refused by the loader (it asks for a unit): strings only.
 inline_schema!(RawDuration, "Duration", |_generator| json_schema!({
     "type": "string",

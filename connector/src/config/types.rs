@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use super::acquisition::*;
+pub use super::rules::*;
 
 /// One production line: everything one TOML file configures.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub writes: Vec<WriteMapping>,
     pub methods: Vec<MethodMapping>,
     pub metrics: Option<MetricsConfig>,
+    /// `[[rule]]`: local rules.
+    pub rules: Vec<Rule>,
     /// Insecure but allowed set-ups (`check` prints them, `run` logs them at start).
     pub warnings: Vec<super::load::Problem>,
 }
@@ -127,13 +130,16 @@ pub enum Identifier {
     Opaque(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeEntry {
     pub node: NodeRef,
     /// Tag name for rows and payloads (`name = "..."`); default: the browse path.
     pub alias: Option<String>,
     /// Fields of a structure value that also land as rows of their own (`flatten = [...]`).
     pub flatten: Vec<FieldPath>,
+    /// Report by exception of this node (its own `telemetry = { ... }` merged with the
+    /// group's), when it differs from the group's.
+    pub exception: Option<Exception>,
 }
 
 /// A field inside a structure value: `Main.Speed`, `Axes[1].Position`.
@@ -245,8 +251,10 @@ pub struct Group {
     pub browse: Vec<BrowseSelection>,
     /// History backfill after outages (`backfill = true`).
     pub backfill: Option<BackfillConfig>,
-    /// Shaped telemetry (`[plc.group.telemetry]`).
+    /// Shaped telemetry (`[plc.group.telemetry]` with a window).
     pub telemetry: Option<Shaping>,
+    /// Report by exception (`[plc.group.telemetry]` with deadbands or intervals).
+    pub exception: Option<Exception>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -185,7 +185,7 @@ async fn open(
 fn drive(
     event_loop: EventLoop,
     plc_id: &str,
-    backfill: Option<&Arc<Backfill>>,
+    (backfill, samples): (Option<&Arc<Backfill>>, Option<&SampleSender>),
 ) -> (
     tokio::task::JoinHandle<StatusCode>,
     mpsc::UnboundedReceiver<Event>,
@@ -193,6 +193,7 @@ fn drive(
     let (ev_tx, events) = mpsc::unbounded_channel();
     let plc_id = plc_id.to_owned();
     let backfill = backfill.cloned();
+    let samples = samples.cloned();
     let driver = tokio::spawn(async move {
         let mut stream = std::pin::pin!(event_loop.enter());
         while let Some(e) = stream.next().await {
@@ -202,6 +203,9 @@ fn drive(
                     // sample of a reconnected session comes before the outage is marked.
                     if let Some(b) = &backfill {
                         b.cut();
+                    }
+                    if let Some(t) = &samples {
+                        t.session_down();
                     }
                     Event::Lost(s)
                 }
@@ -262,7 +266,7 @@ async fn serve_writes(
     pacing: &mut Pacing,
 ) -> Result<(), SessionError> {
     let (session, event_loop, endpoint) = open(plc, pki, None).await?;
-    let (driver, mut events) = drive(event_loop, &plc.id, None);
+    let (driver, mut events) = drive(event_loop, &plc.id, (None, None));
     let mut namespaces: Option<Namespaces> = None;
     let mut read_at: Option<tokio::time::Instant> = None;
     let result = loop {
@@ -349,6 +353,7 @@ pub async fn run(
                 if let Some(b) = &backfill {
                     b.cut();
                 }
+                tx.session_down();
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
                 let (wait, news) = pacing.failed(&e);
@@ -408,7 +413,7 @@ async fn connect_and_serve(
 ) -> Result<(), SessionError> {
     let structures = Arc::new(Structures::default());
     let (session, event_loop, endpoint) = open(plc, pki, Some(structures.clone())).await?;
-    let (driver, mut events) = drive(event_loop, &plc.id, backfill);
+    let (driver, mut events) = drive(event_loop, &plc.id, (backfill, Some(tx)));
 
     // The first connect: the event loop reports Reconnected(NewSession) once connected.
     let (gap_tx, mut gaps) = mpsc::unbounded_channel::<(u32, u32)>();

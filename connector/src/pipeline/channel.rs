@@ -23,20 +23,45 @@ pub type Batch = Vec<Sample>;
 pub struct SampleSender {
     tx: SyncSender<Batch>,
     metrics: Arc<PlcMetrics>,
+    /// The local rules' share of the samples, when rules read this PLC.
+    tap: Option<Arc<super::tap::Tap>>,
 }
 
 /// A bounded queue of `capacity` batches (one batch per notification message).
 pub fn channel(capacity: usize, metrics: Arc<PlcMetrics>) -> (SampleSender, Receiver<Batch>) {
     let (tx, rx) = mpsc::sync_channel(capacity.max(1));
-    (SampleSender { tx, metrics }, rx)
+    (
+        SampleSender {
+            tx,
+            metrics,
+            tap: None,
+        },
+        rx,
+    )
 }
 
 impl SampleSender {
+    /// Samples of the nodes the local rules read also go to `tap`.
+    pub fn with_tap(mut self, tap: Option<Arc<super::tap::Tap>>) -> Self {
+        self.tap = tap;
+        self
+    }
+
+    /// The PLC's data session went down: the rules no longer know its values.
+    pub fn session_down(&self) {
+        if let Some(t) = &self.tap {
+            t.down();
+        }
+    }
+
     /// Hands a batch on; waits (counted) when the queue is full. Returns false when the
     /// writer is gone (shutting down, or it died): the batch is counted as dropped.
     pub fn send(&self, batch: Batch) -> bool {
         if batch.is_empty() {
             return true;
+        }
+        if let Some(t) = &self.tap {
+            t.offer(&batch);
         }
         let n = batch.len() as u64;
         let sent = match self.tx.try_send(batch) {

@@ -6,6 +6,7 @@ pub mod lock;
 pub mod shutdown;
 pub mod watchdog;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,11 +19,13 @@ use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
 use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
-use crate::opcua::link::LinkReceiver;
 use crate::opcua::{connect, session};
+use crate::pipeline::tap::{Tap, Tapped, TAP_QUEUE};
 use crate::pipeline::{self, Output, Writer};
+use crate::rules::{watched, Engine};
 use crate::sinks::parquet::retention::Retention;
 use crate::sinks::parquet::ParquetSink;
+use crate::sinks::telemetry::alerts::Alerts;
 use crate::sinks::telemetry::{Encoder, EncoderSettings};
 use crate::writes::{self, channels::Controls};
 use shutdown::{Shutdown, Stage};
@@ -104,11 +107,12 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     let fatal = CancellationToken::new();
     let write_metrics = Arc::new(WriteMetrics::default());
     let serve_writes = writes::channels::served(config);
-    if !serve_writes && (!config.writes.is_empty() || !config.methods.is_empty()) {
+    let cloud = config.hub.is_some() || config.mqtt.is_some();
+    if !cloud && (!config.writes.is_empty() || !config.methods.is_empty()) {
         tracing::warn!(
             writes = config.writes.len(),
             methods = config.methods.len(),
-            "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured"
+            "[[write]] and [[method]] need [hub] or [sink.mqtt] to receive requests; none is configured (local rules still use them)"
         );
     }
     let (controls, ends) = if serve_writes {
@@ -159,11 +163,14 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
             let base = p.events_dir.join(format!("line={}", config.line.id));
             Retention::open(&base, limits, Arc::default())
         });
+    let rules = (!config.rules.is_empty()).then(|| local_rules(config, &destinations));
+    metrics.rules = rules.as_ref().map(|r| r.engine.metrics.clone());
     let line_wide = LineWide {
         hooks,
         fatal: &fatal,
         retention,
         events_retention,
+        taps: rules.as_ref().map(|r| &r.taps),
     };
     let mut links = Vec::new();
     let mut write_sessions = Vec::new();
@@ -189,10 +196,18 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
             )));
         }
     }
+    let mut commands = None;
+    if let Some(r) = rules {
+        commands = r.commands.map(|rx| (rx, r.engine.metrics.clone()));
+        let beat = Arc::new(Beat::default());
+        watched.push(("the rule engine".into(), beat.clone()));
+        spawn_rules(r.engine, r.rx, &shutdown, beat)?;
+    }
     if let Some(ends) = ends {
         let beat = Arc::new(Beat::default());
         watched.push(("the write service".into(), beat.clone()));
-        spawn_writes(config, ends, links, write_sessions, &shutdown, beat)?;
+        let setup = ends.setup(config, links, commands);
+        spawn_writes(setup, write_sessions, &shutdown, beat)?;
     }
     let metrics_addr = serve_http(
         config,
@@ -282,7 +297,12 @@ fn open_destinations(
         spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
         out.push(Destination {
             name: "hub",
-            settings: EncoderSettings::hub(hc, hub.telemetry_topics(), hub.event_topics()),
+            settings: EncoderSettings::hub(
+                hc,
+                hub.telemetry_topics(),
+                hub.event_topics(),
+                hub.alert_topics(),
+            ),
             outbox,
         });
     }
@@ -354,6 +374,75 @@ struct LineWide<'a> {
     fatal: &'a CancellationToken,
     retention: Option<Arc<Retention>>,
     events_retention: Option<Arc<Retention>>,
+    /// Per PLC id, the tap of the local rules (PLCs whose nodes a rule reads).
+    taps: Option<&'a HashMap<String, Arc<Tap>>>,
+}
+
+/// The local rules of a line, before they run.
+struct LocalRules {
+    engine: Engine,
+    rx: tokio::sync::mpsc::Receiver<Tapped>,
+    taps: HashMap<String, Arc<Tap>>,
+    /// The write service's end of the rules' writes and calls, when a rule writes or calls.
+    commands: Option<tokio::sync::mpsc::UnboundedReceiver<writes::service::RuleCommand>>,
+}
+
+fn local_rules(config: &Config, destinations: &[Destination]) -> LocalRules {
+    let (tx, rx) = tokio::sync::mpsc::channel(TAP_QUEUE);
+    let (commands_tx, commands) = if writes::channels::served(config) {
+        let (t, r) = tokio::sync::mpsc::unbounded_channel();
+        (Some(t), Some(r))
+    } else {
+        (None, None)
+    };
+    let alerts = (!destinations.is_empty()).then(|| {
+        let d = destinations
+            .iter()
+            .map(|d| (d.settings.clone(), d.outbox.clone()))
+            .collect();
+        Alerts::new(&config.line.id, d)
+    });
+    let engine = Engine::new(&config.rules, commands_tx, alerts);
+    let dropped = engine.metrics.inputs_dropped.clone();
+    let taps = watched(&config.rules)
+        .into_iter()
+        .map(|(plc, nodes)| {
+            let tap = Tap::new(&plc, nodes, tx.clone(), dropped.clone());
+            (plc, Arc::new(tap))
+        })
+        .collect();
+    LocalRules {
+        engine,
+        rx,
+        taps,
+        commands,
+    }
+}
+
+/// The rule engine on a thread of its own (a current-thread runtime), so that a rule never
+/// waits for a runtime worker busy decoding a large publish response; it stops with the write
+/// service.
+fn spawn_rules(
+    engine: Engine,
+    rx: tokio::sync::mpsc::Receiver<Tapped>,
+    shutdown: &Shutdown,
+    beat: Arc<Beat>,
+) -> Result<(), RunError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::Sink(format!("cannot start the rules runtime: {e}")))?;
+    let token = shutdown.writes.token.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("rules".into())
+        .spawn(move || {
+            rt.block_on(watchdog::beating(beat, engine.run(rx, token)));
+            let _ = done_tx.send(());
+        })
+        .map_err(|e| RunError::Sink(format!("cannot start the rules thread: {e}")))?;
+    shutdown.writes.tasks.spawn(done_rx);
+    Ok(())
 }
 
 /// One PLC: its outputs on a writer thread of its own, fed by its session task.
@@ -390,6 +479,7 @@ fn spawn_plc(
         .as_ref()
         .map_or(1_000_000, |p| p.queue_samples.get());
     let (tx, rx) = pipeline::channel((queue_samples / 1000).max(16), m.clone());
+    let tx = tx.with_tap(line.taps.and_then(|t| t.get(&plc.id).cloned()));
     let writer = Writer {
         outputs,
         rx,
@@ -442,9 +532,7 @@ fn spawn_plc(
 /// The write service and the write sessions, on a thread of their own, so that a write never
 /// waits for a runtime worker busy decoding a large publish response.
 fn spawn_writes<S>(
-    config: &Config,
-    ends: writes::channels::Ends,
-    links: Vec<(String, LinkReceiver)>,
+    setup: writes::service::Setup,
     write_sessions: Vec<S>,
     shutdown: &Shutdown,
     beat: Arc<Beat>,
@@ -452,7 +540,6 @@ fn spawn_writes<S>(
 where
     S: std::future::Future<Output = ()> + Send + 'static,
 {
-    let setup = ends.setup(config, links);
     let service = shutdown
         .writes
         .tasks

@@ -3,19 +3,30 @@
 
 use std::sync::Arc;
 
-use super::service::{CommandTopics, Setup};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::service::{CommandTopics, RuleCommand, Setup};
 use crate::cloud::control::{self, Control, ServiceEnds};
 use crate::cloud::hub::topics::SUBSCRIPTIONS;
 use crate::cloud::mqtt::topic;
 use crate::config::Config;
-use crate::metrics::WriteMetrics;
+use crate::metrics::{RuleMetrics, WriteMetrics};
 use crate::opcua::link::LinkReceiver;
 
-/// Whether the line serves cloud-to-PLC requests: the file maps writes or methods and a hub or
-/// broker carries the requests.
+/// Whether the line runs the write service: the file maps writes or methods, and a hub or
+/// broker carries requests or a local rule writes or calls.
 pub fn served(config: &Config) -> bool {
     let mapped = !config.writes.is_empty() || !config.methods.is_empty();
-    mapped && (config.hub.is_some() || config.mqtt.is_some())
+    mapped && (config.hub.is_some() || config.mqtt.is_some() || rules_act(config))
+}
+
+/// Whether a local rule writes or calls (alerts need no write service).
+pub fn rules_act(config: &Config) -> bool {
+    config
+        .rules
+        .iter()
+        .flat_map(|r| r.actions())
+        .any(|a| !matches!(a, crate::config::Action::Alert { .. }))
 }
 
 /// The connection ends of the control channels, one per cloud connection that carries requests.
@@ -66,7 +77,12 @@ pub fn open(config: &Config, metrics: &Arc<WriteMetrics>) -> (Controls, Ends) {
 
 impl Ends {
     /// What the service runs with, once every PLC's write session can be watched.
-    pub fn setup(self, config: &Config, links: Vec<(String, LinkReceiver)>) -> Setup {
+    pub fn setup(
+        self,
+        config: &Config,
+        links: Vec<(String, LinkReceiver)>,
+        rules: Option<(UnboundedReceiver<RuleCommand>, Arc<RuleMetrics>)>,
+    ) -> Setup {
         Setup {
             writes: config.writes.clone(),
             methods: config.methods.clone(),
@@ -86,6 +102,7 @@ impl Ends {
                 .map_or(crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE, |h| {
                     h.pending_write_max_age
                 }),
+            rules,
         }
     }
 }

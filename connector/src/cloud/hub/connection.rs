@@ -74,6 +74,17 @@ impl Identity {
         )
     }
 
+    /// The topic of a local rule's alerts (`messageType=alert`).
+    pub fn alert_topic(&self, payload: Payload, plc: &str, group: &str) -> String {
+        topics::typed_topic(
+            &self.device_id,
+            self.module_id.as_deref(),
+            payload,
+            (plc, group),
+            "alert",
+        )
+    }
+
     pub fn event_topic(&self, payload: Payload, plc: &str, group: &str) -> String {
         topics::event_topic(
             &self.device_id,

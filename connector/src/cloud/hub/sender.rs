@@ -177,4 +177,11 @@ impl Hub {
         let payload = self.cfg.payload;
         Arc::new(move |plc, group| identity.event_topic(payload, plc, group))
     }
+
+    /// The topic of the local rules' alerts (`messageType=alert`).
+    pub fn alert_topics(&self) -> TopicFn {
+        let identity = self.identity.clone();
+        let payload = self.cfg.payload;
+        Arc::new(move |plc, group| identity.alert_topic(payload, plc, group))
+    }
 }

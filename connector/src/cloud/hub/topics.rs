@@ -89,7 +89,23 @@ pub fn event_topic(
     plc: &str,
     group: &str,
 ) -> String {
-    let properties = [("plc", plc), ("group", group), ("messageType", "event")];
+    typed_topic(device_id, module_id, payload, (plc, group), "event")
+}
+
+/// The telemetry topic of a stream whose messages carry the application property
+/// `messageType` (`event`, `alert`), for routing them apart from samples.
+pub fn typed_topic(
+    device_id: &str,
+    module_id: Option<&str>,
+    payload: Payload,
+    (plc, group): (&str, &str),
+    message_type: &str,
+) -> String {
+    let properties = [
+        ("plc", plc),
+        ("group", group),
+        ("messageType", message_type),
+    ];
     stream_topic(device_id, module_id, payload, &properties)
 }
 

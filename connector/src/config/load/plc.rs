@@ -367,13 +367,25 @@ impl Check<'_> {
             },
         };
 
+        let shaping = self.shaping(raw.telemetry.as_ref(), key);
+        let group_exception = shaping.as_ref().and_then(|(_, e)| e.clone());
         let mut nodes = Vec::new();
         let mut seen = HashSet::new();
         for (k, entry) in raw.nodes.iter().flatten().enumerate() {
             let nkey = format!("{key}.nodes[{k}]");
-            let (id, alias, flatten) = match entry.get_ref() {
-                RawNode::Id(id) => (Some(Spanned::new(entry.span(), id.clone())), None, None),
-                RawNode::Table(t) => (t.id.clone(), t.name.as_ref(), t.flatten.as_ref()),
+            let (id, alias, flatten, telemetry) = match entry.get_ref() {
+                RawNode::Id(id) => (
+                    Some(Spanned::new(entry.span(), id.clone())),
+                    None,
+                    None,
+                    None,
+                ),
+                RawNode::Table(t) => (
+                    t.id.clone(),
+                    t.name.as_ref(),
+                    t.flatten.as_ref(),
+                    t.telemetry.as_ref(),
+                ),
             };
             let Some(id) = id else {
                 self.problem(Some(entry.span()), &format!("{nkey}.id"), "missing");
@@ -405,15 +417,25 @@ impl Check<'_> {
                 }
             };
             let flatten = self.flatten(flatten, &format!("{nkey}.flatten"));
-            nodes.push(
-                node.zip(alias)
-                    .zip(flatten)
-                    .map(|((node, alias), flatten)| NodeEntry {
-                        node,
-                        alias,
-                        flatten,
-                    }),
-            );
+            let exception = match telemetry {
+                None => Some(None),
+                Some(t) => {
+                    if matches!(&node, Some(NodeRef::Index { namespace, .. }) if *namespace != 0) {
+                        let message = "a node with its own telemetry keys is named in the nsu= form (nsu=<namespace uri>;...), as telemetry names it";
+                        self.at(&id, &nkey, message);
+                    }
+                    self.node_exception(t, group_exception.as_ref(), &nkey)
+                        .map(Some)
+                }
+            };
+            nodes.push(node.zip(alias).zip(flatten).zip(exception).map(
+                |(((node, alias), flatten), exception)| NodeEntry {
+                    node,
+                    alias,
+                    flatten,
+                    exception,
+                },
+            ));
         }
         let browse: Vec<_> = raw
             .browse
@@ -430,10 +452,11 @@ impl Check<'_> {
             );
         }
         let backfill = self.backfill(raw, key);
-        let telemetry = self.shaping(raw.telemetry.as_ref(), key);
+        let (telemetry, exception) = shaping?;
         Some(Group {
             backfill: backfill?,
-            telemetry: telemetry?,
+            telemetry,
+            exception,
             name: name?,
             publishing_interval: publishing?,
             sampling_interval: sampling?,

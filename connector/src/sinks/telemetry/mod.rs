@@ -4,6 +4,8 @@
 //!
 //! - [`payload`]: the JSON v1 message text.
 
+pub mod alerts;
+pub mod exception;
 pub mod payload;
 pub mod shape;
 
@@ -31,6 +33,8 @@ pub struct EncoderSettings {
     pub topic: TopicFn,
     /// The topic of an event stream (`[[plc.events]]`).
     pub event_topic: TopicFn,
+    /// The topic of the local rules' alerts (group `alerts`).
+    pub alert_topic: TopicFn,
     /// IoT Hub (else a broker): which `[plc.group.telemetry]` apply (`to`).
     pub hub: bool,
 }
@@ -40,6 +44,7 @@ impl EncoderSettings {
     pub fn broker(cfg: &MqttSinkConfig, line: &str, site: &str) -> Self {
         let (template, line, site) = (cfg.topic.clone(), line.to_owned(), site.to_owned());
         let (events, eline, esite) = (template.clone(), line.clone(), site.clone());
+        let (alerts, aline, asite) = (template.clone(), line.clone(), site.clone());
         EncoderSettings {
             batch_max_samples: cfg.batch_max_samples,
             batch_max_delay: cfg.batch_max_delay,
@@ -47,6 +52,7 @@ impl EncoderSettings {
             payload: cfg.payload,
             topic: Arc::new(move |plc, group| topic(&template, &site, &line, plc, group)),
             event_topic: Arc::new(move |plc, group| topic(&events, &esite, &eline, plc, group)),
+            alert_topic: Arc::new(move |plc, group| topic(&alerts, &asite, &aline, plc, group)),
             hub: false,
         }
     }
@@ -54,7 +60,12 @@ impl EncoderSettings {
 
 impl EncoderSettings {
     /// IoT Hub: `[hub]` batching, the hub's message limit, `topic` from the hub identity.
-    pub fn hub(cfg: &HubConfig, topic: TopicFn, event_topic: TopicFn) -> Self {
+    pub fn hub(
+        cfg: &HubConfig,
+        topic: TopicFn,
+        event_topic: TopicFn,
+        alert_topic: TopicFn,
+    ) -> Self {
         EncoderSettings {
             batch_max_samples: cfg.batch_max_samples,
             batch_max_delay: cfg.batch_max_delay,
@@ -62,6 +73,7 @@ impl EncoderSettings {
             payload: cfg.payload,
             topic,
             event_topic,
+            alert_topic,
             hub: true,
         }
     }
@@ -75,6 +87,8 @@ pub struct Encoder {
     pending: HashMap<Arc<str>, (Instant, Vec<Sample>)>,
     /// Shaped groups: their windows and what each says.
     shaped: HashMap<Arc<str>, (Shaper, Vec<&'static str>)>,
+    /// Groups reported by exception.
+    filtered: HashMap<Arc<str>, exception::Filter>,
     /// The PLC whose samples this encoder takes (for the windows' messages).
     plc: Option<Arc<str>>,
 }
@@ -87,6 +101,7 @@ impl Encoder {
             outbox,
             pending: HashMap::new(),
             shaped: HashMap::new(),
+            filtered: HashMap::new(),
             plc: None,
         }
     }
@@ -101,15 +116,65 @@ impl Encoder {
                     self.shaped.insert(g.name.as_str().into(), entry);
                 }
             }
+            if let Some(e) = &g.exception {
+                if (self.cfg.hub && e.hub) || (!self.cfg.hub && e.mqtt) {
+                    let own = g.nodes.iter().filter_map(|n| {
+                        let e = n.exception.clone()?;
+                        Some((n.node.to_string(), e))
+                    });
+                    let filter = exception::Filter::new(e.clone(), own);
+                    self.filtered.insert(g.name.as_str().into(), filter);
+                }
+            }
         }
         self
     }
 
+    /// Queues a sample for its group's next message; true when the group is full.
+    fn queue(&mut self, s: Sample) -> bool {
+        let e = self
+            .pending
+            .entry(s.item.group.clone())
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        e.1.push(s);
+        e.1.len() >= self.cfg.batch_max_samples.get()
+    }
+
+    /// Samples report by exception lets go now, queued; their counts published.
+    fn release(&mut self, flush: bool) -> Result<(), OutboxError> {
+        if self.filtered.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        let (mut held, mut beats) = (0, 0);
+        for f in self.filtered.values_mut() {
+            due.extend(if flush { f.flush() } else { f.tick(now) });
+            let (h, b) = f.take_counts();
+            held += h;
+            beats += b;
+        }
+        let m = &self.outbox.metrics;
+        m.exception_suppressed.fetch_add(held, Ordering::Relaxed);
+        m.heartbeats.fetch_add(beats, Ordering::Relaxed);
+        let mut full = Vec::new();
+        for s in due {
+            let group = s.item.group.clone();
+            if self.queue(s) && !full.contains(&group) {
+                full.push(group);
+            }
+        }
+        for g in full {
+            self.flush_group(&g)?;
+        }
+        Ok(())
+    }
+
     /// Adds samples; flushes groups that reached `batch_max_samples`.
     pub fn write(&mut self, samples: &[Sample]) -> Result<(), OutboxError> {
-        let max = self.cfg.batch_max_samples.get();
         let mut full = Vec::new();
         let mut late = 0;
+        let now = Instant::now();
         for s in samples {
             if let Some((shaper, _)) = self.shaped.get_mut(&s.item.group) {
                 match shaper.add(s) {
@@ -118,13 +183,16 @@ impl Encoder {
                     Taken::Raw { late: false } => {}
                 }
             }
-            let e = self
-                .pending
-                .entry(s.item.group.clone())
-                .or_insert_with(|| (Instant::now(), Vec::new()));
-            e.1.push(s.clone());
-            if e.1.len() >= max && !full.contains(&s.item.group) {
-                full.push(s.item.group.clone());
+            let s = match self.filtered.get_mut(&s.item.group) {
+                Some(f) => match f.add(s, now) {
+                    Some(s) => s,
+                    None => continue,
+                },
+                None => s.clone(),
+            };
+            let group = s.item.group.clone();
+            if self.queue(s) && !full.contains(&group) {
+                full.push(group);
             }
         }
         if late > 0 {
@@ -207,6 +275,7 @@ impl Encoder {
         if !self.shaped.is_empty() {
             self.send_windows(false)?;
         }
+        self.release(false)?;
         let due: Vec<Arc<str>> = self
             .pending
             .iter()
@@ -227,6 +296,9 @@ impl Encoder {
         } else {
             self.send_windows(true)
         };
+        if let Err(e) = self.release(true) {
+            result = Err(e);
+        }
         let groups: Vec<Arc<str>> = self.pending.keys().cloned().collect();
         for g in groups {
             if let Err(e) = self.flush_group(&g) {

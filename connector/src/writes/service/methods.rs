@@ -98,11 +98,8 @@ impl Service {
         self.method(&name, call.args, MethodAnswer::Mqtt(reply));
     }
 
-    fn method(&mut self, name: &str, payload: Value, answer: MethodAnswer) {
-        let who = match &answer {
-            MethodAnswer::Hub { rid } => format!("direct method rid {rid}"),
-            MethodAnswer::Mqtt(r) => format!("request {}", r.id),
-        };
+    pub(super) fn method(&mut self, name: &str, payload: Value, answer: MethodAnswer) {
+        let who = answer.who();
         let Some(m) = self.methods.iter().find(|m| m.name == name).cloned() else {
             add(&self.metrics.calls_unknown);
             info!(target: "audit", who = %who, method = %name, result = 404, "unknown method");
@@ -120,6 +117,7 @@ impl Service {
                     self.state.forget(&reply.id);
                     self.reply(reply, &method_body(&reply.id, name, 503, Err(detail)));
                 }
+                MethodAnswer::Rule(rule) => add(&rule.errors),
             }
             return;
         }
@@ -230,10 +228,7 @@ impl Service {
                 (500, Err(plc::status_name(s)))
             }
         };
-        let who = match &answer {
-            MethodAnswer::Hub { rid } => format!("direct method rid {rid}"),
-            MethodAnswer::Mqtt(r) => format!("request {}", r.id),
-        };
+        let who = answer.who();
         match &out {
             Ok(v) => {
                 info!(target: "audit", who = %who, method = %name, result = code, outputs = %text(v), "called")
@@ -265,6 +260,19 @@ impl Service {
                 self.state.finish(&reply.id, &body);
                 self.reply(reply, &body);
             }
+            MethodAnswer::Rule(rule) if code != 200 => add(&rule.errors),
+            MethodAnswer::Rule(_) => {}
+        }
+    }
+}
+
+impl MethodAnswer {
+    /// Who asked, for the audit record.
+    fn who(&self) -> String {
+        match self {
+            MethodAnswer::Hub { rid } => format!("direct method rid {rid}"),
+            MethodAnswer::Mqtt(r) => format!("request {}", r.id),
+            MethodAnswer::Rule(r) => format!("rule {}", r.rule),
         }
     }
 }

@@ -45,14 +45,17 @@ use crate::cloud::control::{Answers, Inbound, Outbound, Requests, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
 use crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS;
 use crate::config::types::{MethodMapping, WriteMapping};
-use crate::metrics::WriteMetrics;
+use crate::metrics::{RuleCounters, RuleMetrics, WriteMetrics};
 use crate::opcua::link::{Link, LinkReceiver};
 use crate::ratelog::RateLog;
 
 mod methods;
 mod requests;
+mod rules;
 mod twin;
 mod write;
+
+pub use rules::RuleCommand;
 
 #[cfg(test)]
 mod tests;
@@ -127,6 +130,8 @@ pub struct Setup {
     pub limits: HashMap<String, usize>,
     /// `[hub] pending_write_max_age`.
     pub pending_max_age: Duration,
+    /// The local rules' writes and calls, when `[[rule]]` is configured.
+    pub rules: Option<(mpsc::UnboundedReceiver<RuleCommand>, Arc<RuleMetrics>)>,
 }
 
 /// Who asked, for answers and the audit record.
@@ -136,6 +141,8 @@ enum Origin {
     Twin { version: i64 },
     /// A plain-MQTT write request.
     Request(Reply),
+    /// A local rule: not answered; a failure counts as the rule's error.
+    Rule(Arc<RuleCounters>),
 }
 
 /// Where an MQTT answer goes.
@@ -210,8 +217,12 @@ enum Done {
 /// Where a method's result goes.
 #[derive(Debug, Clone)]
 enum MethodAnswer {
-    Hub { rid: String },
+    Hub {
+        rid: String,
+    },
     Mqtt(Reply),
+    /// A local rule: not answered; a failure counts as the rule's error.
+    Rule(Arc<RuleCounters>),
 }
 
 struct Service {
@@ -234,6 +245,7 @@ struct Service {
     /// Twin acknowledgements sent and waiting to be sent again.
     acks: twin::Acks,
     pending_max_age: Duration,
+    rule_metrics: Option<Arc<RuleMetrics>>,
 }
 
 /// What the loop of [`run`] waits on besides the tick.
@@ -243,6 +255,7 @@ struct Inputs {
     /// Session changes of every PLC, merged.
     link_rx: mpsc::UnboundedReceiver<(String, Option<Link>)>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    rules_in: Option<mpsc::UnboundedReceiver<RuleCommand>>,
 }
 
 /// Runs until `shutdown`.
@@ -262,9 +275,17 @@ pub async fn run(setup: Setup, shutdown: CancellationToken) {
                 }
             }
             Some((plc, link)) = inputs.link_rx.recv() => svc.link(&plc, link),
+            Some(cmd) = recv_rule(&mut inputs.rules_in) => svc.rule(cmd),
             Some(d) = inputs.done_rx.recv() => svc.done(d),
             _ = tick.tick() => svc.tick(),
         }
+    }
+}
+
+async fn recv_rule(rx: &mut Option<mpsc::UnboundedReceiver<RuleCommand>>) -> Option<RuleCommand> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -289,6 +310,7 @@ fn who(origin: &Origin) -> String {
     match origin {
         Origin::Twin { version } => format!("twin v{version}"),
         Origin::Request(r) => format!("request {}", r.id),
+        Origin::Rule(r) => format!("rule {}", r.rule),
     }
 }
 
@@ -320,7 +342,12 @@ impl Service {
             metrics,
             limits,
             pending_max_age,
+            rules,
         } = setup;
+        let (rules_in, rule_metrics) = match rules {
+            Some((rx, m)) => (Some(rx), Some(m)),
+            None => (None, None),
+        };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         // Session changes of every PLC, merged.
         let (link_tx, link_rx) = mpsc::unbounded_channel::<(String, Option<Link>)>();
@@ -380,12 +407,14 @@ impl Service {
             held: Vec::new(),
             acks: twin::Acks::new(),
             pending_max_age,
+            rule_metrics,
         };
         let inputs = Inputs {
             hub_in,
             mqtt_in,
             link_rx,
             done_rx,
+            rules_in,
         };
         (svc, inputs)
     }

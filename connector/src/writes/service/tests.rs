@@ -111,6 +111,7 @@ fn setup(state_file: &Path) -> (Setup, Ends) {
             .map(|p| (p.id.clone(), p.max_concurrent_commands))
             .collect(),
         pending_max_age: crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE,
+        rules: None,
     };
     let ends = Ends {
         hub: hub_in_tx,

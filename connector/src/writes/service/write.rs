@@ -71,6 +71,10 @@ impl Service {
                 self.state.finish(&reply.id, &body);
                 self.reply(&reply, &body);
             }
+            Origin::Rule(rule) if code != 200 => {
+                add(&rule.errors);
+            }
+            Origin::Rule(_) => {}
         }
     }
 
@@ -210,7 +214,7 @@ impl Service {
                             }]);
                         }
                     }
-                    Origin::Request(_) => {
+                    Origin::Request(_) | Origin::Rule(_) => {
                         let detail = format!(
                             "{}: plc {} unreachable; not written",
                             plc::status_name(s),

@@ -3,6 +3,7 @@
 use super::*;
 
 mod plc;
+mod rules;
 mod sinks;
 mod upload;
 mod writes;
@@ -183,6 +184,7 @@ listen = "127.0.0.1:9464"
                 groups: vec![
                     Group {
                         telemetry: None,
+                        exception: None,
                         backfill: None,
                         name: "fast".into(),
                         publishing_interval: ms(100),
@@ -194,6 +196,7 @@ listen = "127.0.0.1:9464"
                                 node: uri("urn:example:filler", "Filler.Speed"),
                                 alias: None,
                                 flatten: vec![],
+                                exception: None,
                             },
                             NodeEntry {
                                 node: NodeRef::Index {
@@ -202,6 +205,7 @@ listen = "127.0.0.1:9464"
                                 },
                                 alias: Some("tank_level".into()),
                                 flatten: vec![],
+                                exception: None,
                             },
                             NodeEntry {
                                 node: NodeRef::Index {
@@ -210,6 +214,7 @@ listen = "127.0.0.1:9464"
                                 },
                                 alias: None,
                                 flatten: vec![],
+                                exception: None,
                             },
                             NodeEntry {
                                 node: NodeRef::Uri {
@@ -220,6 +225,7 @@ listen = "127.0.0.1:9464"
                                 },
                                 alias: None,
                                 flatten: vec![],
+                                exception: None,
                             },
                             NodeEntry {
                                 node: NodeRef::Uri {
@@ -228,6 +234,7 @@ listen = "127.0.0.1:9464"
                                 },
                                 alias: None,
                                 flatten: vec![],
+                                exception: None,
                             },
                         ],
                         browse: vec![BrowseSelection {
@@ -239,6 +246,7 @@ listen = "127.0.0.1:9464"
                     },
                     Group {
                         telemetry: None,
+                        exception: None,
                         backfill: Some(BackfillConfig {
                             max: Duration::from_secs(1800),
                             rate: BackfillConfig::DEFAULT_RATE,
@@ -353,6 +361,7 @@ listen = "127.0.0.1:9464"
             segment_bytes: 64 << 20,
             min_free: 256 << 20,
         },
+        rules: vec![],
         warnings: vec![],
     };
     assert_eq!(config, expected);
