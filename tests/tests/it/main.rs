@@ -16,6 +16,7 @@ mod mosquitto;
 mod mqtt;
 mod mqtt_v5;
 mod refusals;
+mod rules;
 mod secure;
 mod service;
 mod structures;
