@@ -151,6 +151,29 @@ fn bad_configs_exit_2_naming_file_line_and_key() {
         "{err}"
     );
 
+    // Rules and windows: an unknown node, a write to an unmapped property, a window that does
+    // not divide a day, conflicting actions; every problem at once.
+    let rules = format!(
+        "{}\n[[write]]\nproperty = \"valve\"\nplc = \"filler\"\nnode = \"nsu=urn:x;s=V\"\ntype = \"Boolean\"\n\n\
+         [[rule]]\nname = \"r\"\nwhen = {{ node = \"nsu=urn:x;s=Nope\", above = 1 }}\n\
+         on_fire = [{{ write = \"door\", value = true }}]\n\
+         on_clear = [{{ write = \"valve\", value = true }}, {{ write = \"valve\", value = false }}]\n",
+        GOOD.replace(
+            "nodes = [\"nsu=urn:x;s=A\"]",
+            "nodes = [\"nsu=urn:x;s=A\"]\n  telemetry = { window = \"7m\" }"
+        )
+    );
+    let (code, err) = check_text(dir.path(), "rules.toml", &rules);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "rules.toml:12: plc[0].group[0].telemetry.window: window 7m must be at least 1s and divide a day",
+        "rules.toml:25: rule[0].when.node: node nsu=urn:x;s=Nope is not listed in a group of plc \"filler\"",
+        "rules.toml:26: rule[0].on_fire[0].write: no [[write]] property \"door\"",
+        "rules.toml:27: rule[0].on_clear[1]: conflicting actions",
+    ] {
+        assert!(err.contains(expected), "{expected:?} in {err}");
+    }
+
     let (code, _, err) = run(&["check", "--config", "/nonexistent/line.toml"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/line.toml"), "{err}");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::raw::Spanned;
 
 use super::keypath::key_path_at;
-use super::raw::{Quantity, RawConfig, RawDuration, RawSize};
+use super::raw::{Quantity, RawConfig, RawDuration, RawNode, RawSize};
 use super::types::*;
 
 // The checks by concern, each an `impl Check` block; this file has what they share.
@@ -540,15 +540,22 @@ impl Check<'_> {
             let writes: Vec<WriteMapping> = writes.iter().flatten().cloned().collect();
             let methods: Vec<MethodMapping> = methods.iter().flatten().cloned().collect();
             let known = rules::Known {
-                plcs: plcs
+                // From the file as written, so that a plc with a problem of its own still
+                // names its nodes (and its problem is not repeated for every rule).
+                plcs: raw
+                    .plc
                     .iter()
-                    .flatten()
-                    .map(|p| {
+                    .filter_map(|p| {
+                        let p = p.get_ref();
                         let nodes = p
-                            .groups
+                            .group
                             .iter()
-                            .flat_map(|g| g.nodes.iter().map(|n| n.node.clone()));
-                        (p.id.clone(), nodes.collect())
+                            .flat_map(|g| g.get_ref().nodes.iter().flatten());
+                        let nodes = nodes.filter_map(|n| match n.get_ref() {
+                            RawNode::Id(id) => id.parse().ok(),
+                            RawNode::Table(t) => t.id.as_ref()?.get_ref().parse().ok(),
+                        });
+                        Some((p.id.as_ref()?.get_ref().clone(), nodes.collect()))
                     })
                     .collect(),
                 writes: &writes,
