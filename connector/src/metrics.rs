@@ -246,7 +246,7 @@ pub struct RuleCounters {
 
 /// The milliseconds that bound the buckets of [`Latency`].
 pub const LATENCY_BUCKETS_MS: [f64; 12] = [
-    0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0,
 ];
 
 /// A histogram of durations (Prometheus buckets, cumulative when rendered).

@@ -345,9 +345,10 @@ async fn sigterm_drains_the_open_chunk_and_exits_0() {
         .replace(
             "dir = \"data/demo\"",
             &format!(
-                "dir = \"{}\"\n\n[pki]\ndir = \"{}\"\ntrust_unknown_servers = true",
+                "dir = \"{}\"\n\n[pki]\ndir = \"{}\"\ntrust_unknown_servers = true\n\n[buffer]\ndir = \"{}\"",
                 out.display(),
-                dir.path().join("pki").display()
+                dir.path().join("pki").display(),
+                dir.path().join("buffer").display()
             ),
         );
     std::fs::write(&config, text).unwrap();

@@ -48,6 +48,8 @@ pub async fn demo(args: DemoArgs) -> Outcome {
     if let Some(p) = config.parquet.as_mut() {
         p.dir = args.out.clone();
     }
+    // The write service's state (the demo's rule writes through it) beside the data.
+    config.buffer.dir = args.out.join(".buffer");
     // The simulator makes a fresh certificate on first start; the demo trusts it.
     config.pki = Pki {
         dir: pki_root.join("connector"),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::ratelog::RateLog;
-use crate::sample::Sample;
+use crate::sample::{Origin, Sample};
 
 /// How many samples may wait for the rule engine; more are dropped and counted.
 pub const TAP_QUEUE: usize = 65_536;
@@ -49,12 +49,12 @@ impl Tap {
         }
     }
 
-    /// Hands the watched samples of `batch` on (live and backfilled alike: a rule sees what
-    /// the line did, in the order it arrives).
+    /// Hands the live samples of watched nodes in `batch` on (values read back from history
+    /// after an outage are the past: a rule acts on the present only).
     pub fn offer(&self, batch: &[Sample]) {
         let watched: Vec<Sample> = batch
             .iter()
-            .filter(|s| self.nodes.contains(&s.item.node))
+            .filter(|s| s.origin == Origin::Live && self.nodes.contains(&s.item.node))
             .cloned()
             .collect();
         if watched.is_empty() {

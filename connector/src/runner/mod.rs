@@ -244,7 +244,7 @@ fn written_dirs(config: &Config) -> Vec<std::path::PathBuf> {
     if let Some(p) = &config.parquet {
         dirs.push(p.dir.join(format!("line={}", config.line.id)));
     }
-    if config.mqtt.is_some() || config.hub.is_some() {
+    if config.mqtt.is_some() || config.hub.is_some() || writes::channels::served(config) {
         dirs.push(config.buffer.dir.clone());
     }
     dirs

@@ -2,7 +2,7 @@
 //! scenario per run, one Markdown table row per scenario (see docs/benchmarks.md).
 //!
 //! cargo build --release --workspace && target/release/loadtest S1 S3 --duration 30s
-//! (`--shape 1m`: S3 with shaped telemetry)
+//! (`--shape 1m`: S3 with shaped telemetry; `--rules`: a local rule's latency under the load)
 
 // Test code: an unwrap is a failed test with its reason (workspace lint `unwrap_used`).
 #![allow(clippy::unwrap_used)]
@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use tests::{read_all, Val};
+
+#[path = "loadtest/rules.rs"]
+mod rules;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -43,6 +46,11 @@ struct Args {
     /// printed on stderr.
     #[arg(long)]
     shape: Option<String>,
+    /// A local rule under the load: a scripted temperature spike every 100 ms opens and closes
+    /// a valve; its latencies are printed on stderr. The value is the publishing interval of
+    /// the rule's group (default 10ms).
+    #[arg(long, num_args = 0..=1, default_missing_value = "10ms")]
+    rules: Option<String>,
     /// The upload's keep_local, e.g. "0s" (default: kept).
     #[arg(long, requires = "upload")]
     keep_local: Option<String>,
@@ -254,6 +262,16 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
             "--stats-file",
         ])
         .arg(&stats)
+        .args(if args.rules.is_some() {
+            vec![
+                "--profile".to_owned(),
+                rules::profile(&dir)?.display().to_string(),
+                "--publish-tick".to_owned(),
+                "1ms".to_owned(),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -370,13 +388,22 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
                 uploaded.display()
             ));
         }
+    }
+    if args.upload.is_some() || args.rules.is_some() {
         mqtt_section.push_str(&format!(
             "\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
         ));
     }
-    let shape = args.shape.as_ref().map_or(String::new(), |w| {
+    let mut shape = args.shape.as_ref().map_or(String::new(), |w| {
         format!("\n    [plc.group.telemetry]\n    window = \"{w}\"\n")
     });
+    if let Some(publishing) = &args.rules {
+        shape.push_str(&rules::group(publishing));
+        // The [[write]] of the rule is also open to the broker's write requests.
+        mqtt_section =
+            mqtt_section.replace("qos = 1\n", "qos = 1\nallow_insecure_commands = true\n");
+        mqtt_section.push_str(&rules::rule());
+    }
     std::fs::write(
         &config,
         format!(
@@ -588,6 +615,10 @@ dir = "{}"
         (sim_cpu1 - sim_cpu0) / window * 100.0,
         sim_rss as f64 / 1e6
     );
+    let rule_metrics = args.rules.is_some().then(|| {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
+        rt.block_on(tests::http_get(addr, "/metrics")).1
+    });
     let stop = terminate(&mut conn);
     terminate(&mut sim);
 
@@ -600,6 +631,9 @@ dir = "{}"
             rows.extend(tests::read_file(&f));
             chunk_files.push(f);
         }
+    }
+    if let Some(text) = &rule_metrics {
+        rules::report(s.id, text, &stats, &rows)?;
     }
     // Loss and duplicates from the counters (their value is the tick number).
     let mut per_node: HashMap<&str, Vec<i128>> = HashMap::new();

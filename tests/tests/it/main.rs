@@ -10,6 +10,7 @@ mod busy;
 mod chaos;
 mod e2e;
 mod events;
+mod exception;
 mod hub;
 mod limits;
 mod mosquitto;

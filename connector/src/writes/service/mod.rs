@@ -242,6 +242,8 @@ struct Service {
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.
     held: Vec<(bool, Inbound)>,
+    /// Rule writes and calls of the start, before the PLCs were connected, done after.
+    held_rules: Vec<RuleCommand>,
     /// Twin acknowledgements sent and waiting to be sent again.
     acks: twin::Acks,
     pending_max_age: Duration,
@@ -405,6 +407,7 @@ impl Service {
             twin_get: None,
             started: Instant::now(),
             held: Vec::new(),
+            held_rules: Vec::new(),
             acks: twin::Acks::new(),
             pending_max_age,
             rule_metrics,
@@ -642,6 +645,11 @@ impl Service {
     }
 
     fn tick(&mut self) {
+        if !self.held_rules.is_empty() && !self.starting() {
+            for cmd in std::mem::take(&mut self.held_rules) {
+                self.rule(cmd);
+            }
+        }
         if !self.held.is_empty() && !self.starting() {
             for (hub, m) in std::mem::take(&mut self.held) {
                 if hub {

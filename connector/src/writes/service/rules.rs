@@ -1,7 +1,8 @@
 //! Writes and calls of the local rules (`[[rule]]`): the same path as a cloud request (the
 //! `[[write]]` allow-list, type and limits, `max_rate`, `max_concurrent_commands`, read-back,
 //! the audit record, here with `who = "rule <name>"`), answered to nobody: a failure counts
-//! as an error of the rule. Never retried: the rule acts again when it fires again.
+//! as an error of the rule. Never retried: the rule acts again when it fires again. At start,
+//! before every PLC's write session is up and checked (at most 5 s), actions wait for it.
 
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -12,6 +13,7 @@ use tracing::info;
 
 use super::write::rate_wait;
 use super::{add, text, MethodAnswer, Origin, Service};
+use crate::cloud::control::INBOUND_QUEUE;
 use crate::metrics::RuleCounters;
 use crate::writes::coerce::coerce;
 use crate::writes::requests::find_mapping;
@@ -39,6 +41,12 @@ pub enum RuleCommand {
 
 impl Service {
     pub(super) fn rule(&mut self, cmd: RuleCommand) {
+        // At start a rule may fire on the first samples before the write session is up: its
+        // action waits for it (at most the start's grace), as a cloud request does.
+        if self.starting() && self.held_rules.len() < INBOUND_QUEUE {
+            self.held_rules.push(cmd);
+            return;
+        }
         match cmd {
             RuleCommand::Write {
                 rule,
