@@ -478,7 +478,7 @@ fn rules(out: &mut String, line: &str, r: &RuleMetrics) {
         ),
         (
             "rule_suppressed_total",
-            "Times a local rule's condition held within min_interval of its last firing (nothing done).",
+            "Firings of a local rule held back because its condition held within min_interval of its last firing (it fires when the interval is over, if it still holds).",
             |c| &c.suppressed,
         ),
         ("rule_clears_total", "Times a fired local rule cleared.", |c| &c.clears),

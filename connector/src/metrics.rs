@@ -235,7 +235,8 @@ pub struct RuleCounters {
     pub rule: String,
     /// Times its condition held and its actions ran.
     pub firings: AtomicU64,
-    /// Times its condition held within `min_interval` of the last firing: nothing done.
+    /// Times its condition held within `min_interval` of the last firing: the firing waited
+    /// for the interval's end.
     pub suppressed: AtomicU64,
     /// Times a fired rule cleared.
     pub clears: AtomicU64,

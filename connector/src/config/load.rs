@@ -552,10 +552,20 @@ impl Check<'_> {
                             .iter()
                             .flat_map(|g| g.get_ref().nodes.iter().flatten());
                         let nodes = nodes.filter_map(|n| match n.get_ref() {
-                            RawNode::Id(id) => id.parse().ok(),
-                            RawNode::Table(t) => t.id.as_ref()?.get_ref().parse().ok(),
+                            RawNode::Id(id) => Some((id.parse().ok()?, false)),
+                            RawNode::Table(t) => {
+                                Some((t.id.as_ref()?.get_ref().parse().ok()?, t.flatten.is_some()))
+                            }
                         });
-                        Some((p.id.as_ref()?.get_ref().clone(), nodes.collect()))
+                        let groups = p
+                            .group
+                            .iter()
+                            .filter_map(|g| g.get_ref().name.as_ref().map(|n| n.get_ref().clone()));
+                        Some(rules::KnownPlc {
+                            id: p.id.as_ref()?.get_ref().clone(),
+                            nodes: nodes.collect(),
+                            groups: groups.collect(),
+                        })
                     })
                     .collect(),
                 writes: &writes,

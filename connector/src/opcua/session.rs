@@ -205,12 +205,18 @@ fn drive(
                         b.cut();
                     }
                     if let Some(t) = &samples {
-                        t.session_down();
+                        t.session_down(true);
                     }
                     Event::Lost(s)
                 }
                 Ok(SessionPollResult::Reconnected(mode)) => {
-                    Event::Reconnected(matches!(mode, SessionConnectMode::NewSession(_)))
+                    let new = matches!(mode, SessionConnectMode::NewSession(_));
+                    // A resumed session keeps its subscriptions: the last values stand again
+                    // (a new one subscribes afresh, and its first samples bring them).
+                    if let (Some(t), false) = (&samples, new) {
+                        t.session_down(false);
+                    }
+                    Event::Reconnected(new)
                 }
                 Ok(SessionPollResult::ReconnectFailed(s)) => Event::ReconnectFailed(s),
                 Ok(_) => continue,
@@ -353,7 +359,7 @@ pub async fn run(
                 if let Some(b) = &backfill {
                     b.cut();
                 }
-                tx.session_down();
+                tx.session_down(true);
                 PlcMetrics::add(&metrics.connect_failures, 1);
                 metrics.connected.store(false, Ordering::Relaxed);
                 let (wait, news) = pacing.failed(&e);

@@ -47,10 +47,11 @@ impl SampleSender {
         self
     }
 
-    /// The PLC's data session went down: the rules no longer know its values.
-    pub fn session_down(&self) {
+    /// The PLC's data session went down (`true`: the rules no longer know its values) or
+    /// resumed with its subscriptions.
+    pub fn session_down(&self, down: bool) {
         if let Some(t) = &self.tap {
-            t.down();
+            t.down(down);
         }
     }
 

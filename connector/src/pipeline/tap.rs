@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::ratelog::RateLog;
 use crate::sample::{Origin, Sample};
@@ -22,6 +22,8 @@ pub enum Tapped {
     Samples(Vec<Sample>, Instant),
     /// The PLC's data session is down: its nodes' values are no longer known.
     Down(Arc<str>),
+    /// The PLC's data session resumed (its subscriptions kept): the values are current again.
+    Up(Arc<str>),
 }
 
 /// One PLC's tap: its watched nodes (namespace-URI form) and the engine's queue.
@@ -61,18 +63,23 @@ impl Tap {
             return;
         }
         let n = watched.len() as u64;
-        if self
-            .tx
-            .try_send(Tapped::Samples(watched, Instant::now()))
-            .is_err()
+        // Closed: the engine has stopped (shutdown), nothing is behind.
+        if let Err(TrySendError::Full(_)) =
+            self.tx.try_send(Tapped::Samples(watched, Instant::now()))
         {
             self.lost(n);
         }
     }
 
-    /// The PLC's data session went down.
-    pub fn down(&self) {
-        if self.tx.try_send(Tapped::Down(self.plc.clone())).is_err() {
+    /// The PLC's data session went down (`true`) or resumed.
+    pub fn down(&self, down: bool) {
+        let plc = self.plc.clone();
+        let m = if down {
+            Tapped::Down(plc)
+        } else {
+            Tapped::Up(plc)
+        };
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(m) {
             self.lost(0);
         }
     }

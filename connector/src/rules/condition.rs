@@ -27,8 +27,10 @@ pub struct Seen {
     /// Good (status code 0..0x3FFFFFFF with severity Good).
     pub good: bool,
     pub time_us: i64,
-    /// Units per second since the previous Good numeric sample (source time).
+    /// Units per second since the previous sample, both Good and numeric (source time).
     pub rate: Option<f64>,
+    /// The PLC's session is down: the value is not known to be current.
+    pub stale: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -138,11 +140,13 @@ fn node(t: &NodeTest, values: &mut dyn Values) -> Truth {
     let Some(seen) = values.get(t) else {
         return Truth::Unknown;
     };
-    if !seen.good {
+    if !seen.good || seen.stale {
         return Truth::Unknown;
     }
     let truth = |b: bool| if b { Truth::True } else { Truth::False };
     let number = match &seen.value {
+        // NaN and infinities compare with nothing: not known to be above or below.
+        Value::Number(x) if !x.is_finite() => return Truth::Unknown,
         Value::Number(x) => Some(*x),
         _ => None,
     };
@@ -224,6 +228,7 @@ mod tests {
             good: true,
             time_us: 0,
             rate: None,
+            stale: false,
         }
     }
 
@@ -237,6 +242,12 @@ mod tests {
         assert_eq!(eval(&c, &mut st, now, &mut m, &mut wake), Truth::Unknown);
         m.0.insert("a".into(), seen(11.0));
         assert_eq!(eval(&c, &mut st, now, &mut m, &mut wake), Truth::True);
+        m.0.insert("a".into(), seen(f64::NAN));
+        assert_eq!(eval(&c, &mut st, now, &mut m, &mut wake), Truth::Unknown);
+        m.0.insert("a".into(), seen(11.0));
+        m.0.get_mut("a").unwrap().stale = true;
+        assert_eq!(eval(&c, &mut st, now, &mut m, &mut wake), Truth::Unknown);
+        m.0.get_mut("a").unwrap().stale = false;
         m.0.get_mut("a").unwrap().good = false;
         assert_eq!(eval(&c, &mut st, now, &mut m, &mut wake), Truth::Unknown);
         m.0.insert("a".into(), seen(9.0));

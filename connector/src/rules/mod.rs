@@ -6,13 +6,17 @@
 //!   rules' nodes from each PLC's tap (`pipeline::tap`) as they arrive, evaluates the rules
 //!   that read them, and at the instants a `for` completes. A rule fires when `when` holds
 //!   and clears when `clear` holds (without `clear`: when `when` is false, not merely
-//!   unknown); a firing within `min_interval` of the last one is suppressed (no actions,
-//!   none at its clear either). Writes and calls go to the write service (allow-list,
-//!   limits, read-back, audit records naming the rule); alerts into the telemetry outboxes.
+//!   unknown); a firing within `min_interval` of the last one waits for the interval's end
+//!   and happens then if `when` still holds. Which rules are fired survives a restart
+//!   ([`state`]). Writes and calls go to the write service (allow-list, limits, read-back,
+//!   audit records naming the rule); alerts into the telemetry outboxes.
 //!
 //! Rules run whether or not the cloud is reachable: nothing here waits for a connection.
 
 pub mod condition;
+pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,8 +41,11 @@ struct Running {
     counters: Arc<RuleCounters>,
     when: HoldState,
     clear: HoldState,
-    /// Fired and not cleared yet; `true` when the firing was suppressed.
-    fired: Option<bool>,
+    /// Fired and not cleared yet (kept across restarts, see [`state`]).
+    fired: bool,
+    /// `when` holds within `min_interval` of the last firing: it fires when the interval is
+    /// over if it still holds (counted once as suppressed).
+    held_back: bool,
     last_fire: Option<Instant>,
     /// When a `for` of this rule completes.
     wake: Option<Instant>,
@@ -55,6 +62,8 @@ pub struct Engine {
     commands: Option<mpsc::UnboundedSender<RuleCommand>>,
     alerts: Option<Alerts>,
     line_plc: String,
+    /// Which rules are fired, on disk.
+    state: state::Fired,
     pub metrics: Arc<RuleMetrics>,
 }
 
@@ -71,10 +80,12 @@ pub fn watched(rules: &[Rule]) -> HashMap<String, Vec<String>> {
 }
 
 impl Engine {
+    /// The engine of `rules`; `state` keeps which rules are fired across restarts.
     pub fn new(
         rules: &[Rule],
         commands: Option<mpsc::UnboundedSender<RuleCommand>>,
         alerts: Option<Alerts>,
+        state: state::Fired,
     ) -> Engine {
         let mut readers: HashMap<(String, String), Vec<usize>> = HashMap::new();
         let mut running = Vec::new();
@@ -96,7 +107,8 @@ impl Engine {
                 clear: r.clear.as_ref().map(HoldState::of).unwrap_or_default(),
                 rule: r.clone(),
                 counters: c,
-                fired: None,
+                fired: state.is_fired(&r.name),
+                held_back: false,
                 last_fire: None,
                 wake: None,
                 mismatched: Vec::new(),
@@ -113,6 +125,7 @@ impl Engine {
             commands,
             alerts,
             line_plc,
+            state,
             metrics: Arc::new(RuleMetrics {
                 rules: counters,
                 ..Default::default()
@@ -134,7 +147,8 @@ impl Engine {
                 _ = shutdown.cancelled() => break,
                 m = rx.recv() => match m {
                     Some(Tapped::Samples(batch, at)) => self.samples(&batch, at),
-                    Some(Tapped::Down(plc)) => self.down(&plc),
+                    Some(Tapped::Down(plc)) => self.down(&plc, true),
+                    Some(Tapped::Up(plc)) => self.down(&plc, false),
                     None => break,
                 },
                 _ = sleep => self.timers(Instant::now()),
@@ -172,6 +186,7 @@ impl Engine {
                 good,
                 time_us: s.time_us,
                 rate,
+                stale: false,
             };
             self.values.insert(key, seen);
             for i in readers {
@@ -180,9 +195,14 @@ impl Engine {
         }
     }
 
-    /// A PLC's session is down: its values are unknown until its next samples.
-    pub fn down(&mut self, plc: &str) {
-        self.values.retain(|(p, _), _| p != plc);
+    /// A PLC's session is down (`down`): its values are unknown until its next samples or
+    /// until the session resumes (its subscriptions then go on from where they were).
+    pub fn down(&mut self, plc: &str, down: bool) {
+        for ((p, _), v) in self.values.iter_mut() {
+            if p == plc {
+                v.stale = down;
+            }
+        }
         let affected: Vec<usize> = (0..self.rules.len())
             .filter(|i| self.rules[*i].rule.nodes().iter().any(|t| t.plc == plc))
             .collect();
@@ -215,6 +235,14 @@ impl Engine {
             Some(c) => eval(c, &mut r.clear, now, &mut lookup, &mut wake) == Truth::True,
             None => when == Truth::False,
         };
+        if r.held_back || (!r.fired && when == Truth::True) {
+            // The end of min_interval, when this firing may go.
+            if let Some(t) = r.last_fire.map(|t| t + r.rule.min_interval) {
+                if t > now {
+                    wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+                }
+            }
+        }
         r.wake = wake;
         for node in lookup.mismatched {
             if !r.mismatched.contains(&node) {
@@ -225,47 +253,53 @@ impl Engine {
                 r.mismatched.push(node);
             }
         }
-        match r.fired {
-            None if when == Truth::True => self.fire(i, now, arrived),
-            Some(suppressed) if cleared => self.clear(i, suppressed, arrived),
-            _ => {}
+        if r.fired {
+            if cleared {
+                self.clear(i, arrived);
+            }
+        } else if when == Truth::True {
+            let early = r
+                .last_fire
+                .is_some_and(|t| now.saturating_duration_since(t) < r.rule.min_interval);
+            if !early {
+                self.fire(i, now, arrived);
+            } else if !r.held_back {
+                r.held_back = true;
+                r.counters
+                    .suppressed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                info!(rule = %r.rule.name, "rule condition holds within min_interval of the last firing: it fires when the interval is over, if it still holds");
+            }
+        } else {
+            r.held_back = false;
         }
     }
 
     fn fire(&mut self, i: usize, now: Instant, arrived: Instant) {
         let r = &mut self.rules[i];
         r.clear.reset();
-        let early = r
-            .last_fire
-            .is_some_and(|t| now.saturating_duration_since(t) < r.rule.min_interval);
-        r.fired = Some(early);
-        let add = |c: &std::sync::atomic::AtomicU64| {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        };
-        if early {
-            add(&r.counters.suppressed);
-            info!(rule = %r.rule.name, "rule condition holds again within min_interval: suppressed, nothing done");
-            return;
-        }
+        r.fired = true;
+        r.held_back = false;
         r.last_fire = Some(now);
-        add(&r.counters.firings);
+        r.counters
+            .firings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(rule = %r.rule.name, "rule fired");
-        let actions = r.rule.on_fire.clone();
+        let (name, actions) = (r.rule.name.clone(), r.rule.on_fire.clone());
+        self.state.set(&name, true);
         self.act(i, &actions, "fired", arrived);
     }
 
-    fn clear(&mut self, i: usize, suppressed: bool, arrived: Instant) {
+    fn clear(&mut self, i: usize, arrived: Instant) {
         let r = &mut self.rules[i];
-        r.fired = None;
+        r.fired = false;
         r.when.reset();
         r.counters
             .clears
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if suppressed {
-            return;
-        }
         info!(rule = %r.rule.name, "rule cleared");
-        let actions = r.rule.on_clear.clone();
+        let (name, actions) = (r.rule.name.clone(), r.rule.on_clear.clone());
+        self.state.set(&name, false);
         self.act(i, &actions, "cleared", arrived);
     }
 
@@ -336,9 +370,9 @@ impl Engine {
     }
 }
 
-/// A value as JSON text for an alert (`null` when unknown or not comparable).
+/// A value as JSON text for an alert (`null` when unknown, not Good or not comparable).
 fn json_value(v: Option<&Seen>) -> String {
-    match v.map(|s| &s.value) {
+    match v.filter(|s| s.good && !s.stale).map(|s| &s.value) {
         Some(Value::Number(x)) if x.is_finite() => format!("{x}"),
         Some(Value::Number(x)) => format!(
             "\"{}\"",

@@ -244,7 +244,7 @@ fn written_dirs(config: &Config) -> Vec<std::path::PathBuf> {
     if let Some(p) = &config.parquet {
         dirs.push(p.dir.join(format!("line={}", config.line.id)));
     }
-    if config.mqtt.is_some() || config.hub.is_some() || writes::channels::served(config) {
+    if config.mqtt.is_some() || config.hub.is_some() || !config.rules.is_empty() {
         dirs.push(config.buffer.dir.clone());
     }
     dirs
@@ -402,7 +402,9 @@ fn local_rules(config: &Config, destinations: &[Destination]) -> LocalRules {
             .collect();
         Alerts::new(&config.line.id, d)
     });
-    let engine = Engine::new(&config.rules, commands_tx, alerts);
+    let fired =
+        crate::rules::state::Fired::open(config.buffer.dir.join("rules").join("fired.json"));
+    let engine = Engine::new(&config.rules, commands_tx, alerts, fired);
     let dropped = engine.metrics.inputs_dropped.clone();
     let taps = watched(&config.rules)
         .into_iter()

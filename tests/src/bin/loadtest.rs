@@ -253,7 +253,7 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
     let work = tempfile::tempdir()?;
     let dir = work.path().to_path_buf();
     let stats = dir.join("truth.json");
-    let mut sim = Command::new(bins.join("opcua-simulator"))
+    let sim = Command::new(bins.join("opcua-simulator"))
         .args(["--port", "0", "--pki-dir"])
         .arg(dir.join("sim-pki"))
         .args([
@@ -276,8 +276,10 @@ fn run(s: &Scenario, args: &Args) -> Result<Row> {
         .stderr(Stdio::null())
         .spawn()
         .context("start opcua-simulator (build it: cargo build --release --workspace)")?;
+    // Killed on every way out, a failed run too.
+    let mut sim = Killed(sim);
     let mut line = String::new();
-    BufReader::new(sim.stdout.take().context("stdout")?).read_line(&mut line)?;
+    BufReader::new(sim.0.stdout.take().context("stdout")?).read_line(&mut line)?;
     let endpoint = line
         .trim()
         .strip_prefix("endpoint: ")
@@ -434,7 +436,7 @@ dir = "{}"
             mqtt_section
         ),
     )?;
-    let mut conn = Command::new(bins.join("opcua-connector"))
+    let conn = Command::new(bins.join("opcua-connector"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&config)
         .env(
@@ -446,9 +448,10 @@ dir = "{}"
         .stderr(Stdio::piped())
         .spawn()
         .context("start opcua-connector")?;
-    let pid = conn.id();
+    let mut conn = Killed(conn);
+    let pid = conn.0.id();
     // Wait for the "subscribed" log line.
-    let stderr = conn.stderr.take().context("stderr")?;
+    let stderr = conn.0.stderr.take().context("stderr")?;
     let (tx, rx) = std::sync::mpsc::channel::<f64>();
     let plc_ms = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let plc_ms2 = plc_ms.clone();
@@ -501,7 +504,7 @@ dir = "{}"
         });
     }
     let (cpu0, _) = proc_usage(pid);
-    let (sim_cpu0, _) = proc_usage(sim.id());
+    let (sim_cpu0, _) = proc_usage(sim.0.id());
     let t0 = Instant::now();
     let mut write_ms = None;
     if let Some(hub) = &hub {
@@ -579,7 +582,7 @@ dir = "{}"
         std::thread::sleep(duration);
     }
     let (cpu1, rss) = proc_usage(pid);
-    let (sim_cpu1, sim_rss) = proc_usage(sim.id());
+    let (sim_cpu1, sim_rss) = proc_usage(sim.0.id());
     let window = t0.elapsed().as_secs_f64();
     sampling.store(false, Ordering::Relaxed);
     if let Some((c0, b0, _, _)) = upload0 {
@@ -619,8 +622,8 @@ dir = "{}"
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port));
         rt.block_on(tests::http_get(addr, "/metrics")).1
     });
-    let stop = terminate(&mut conn);
-    terminate(&mut sim);
+    let stop = terminate(&mut conn.0);
+    terminate(&mut sim.0);
 
     // The chunks: local, and those a file:// upload holds that are no longer local.
     let mut rows = read_all(&out);

@@ -104,6 +104,22 @@ async fn deadbands_heartbeats_and_min_interval_thin_the_telemetry_not_parquet() 
     let mqtt = running.mqtt.clone().unwrap();
     running.stop().await;
     let rows = read_all(&dir.path().join("parquet"));
+    // What the stop flushed may still be on its way from the broker to the subscriber.
+    let last_tank = series(&rows, "process", &tank).last().map(|r| r.time);
+    eventually(
+        "the flushed samples at the subscriber",
+        Duration::from_secs(10),
+        || {
+            let t = sent(&sub, &tank);
+            let at = last_tank.and_then(chrono::DateTime::from_timestamp_micros);
+            let done = at.is_some_and(|at| {
+                t.last()
+                    .is_some_and(|s| s["t"] == at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+            });
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
     let values = |n: &str| -> Vec<(i64, f64)> {
         series(&rows, "process", n)
             .iter()

@@ -191,9 +191,17 @@ async fn a_temperature_spike_opens_the_cooling_valve_once_per_firing() {
 
     // The signal chattered: within the spikes it crossed 18.0 upwards many more times than it
     // spiked, and the rule without hysteresis fired at each crossing.
+    // Up to the last valve write: the connector stops right after it, and a spike that began
+    // while it was stopping is not one the rule could answer.
+    let last_write = sim
+        .sim
+        .node_stats(&node("Filler.CoolingValve"))
+        .and_then(|s| s.write_log.last().map(|w| w.at_us))
+        .expect("a write");
     let rows = read_all(&dir.path().join("parquet"));
     let temps: Vec<f64> = series(&rows, "filler", &node("Filler.ProductTemperature"))
         .iter()
+        .filter(|r| r.time <= last_write)
         .filter_map(|r| match r.value {
             Val::Double(x) => Some(x),
             _ => None,

@@ -420,8 +420,7 @@ impl Check<'_> {
             let exception = match telemetry {
                 None => Some(None),
                 Some(t) => {
-                    if matches!(&node, Some(NodeRef::Index { namespace, .. }) if *namespace != 0) {
-                        let message = "a node with its own telemetry keys is named in the nsu= form (nsu=<namespace uri>;...), as telemetry names it";
+                    if let Some(message) = node.as_ref().and_then(super::rules::sample_form) {
                         self.at(&id, &nkey, message);
                     }
                     self.node_exception(t, group_exception.as_ref(), &nkey)

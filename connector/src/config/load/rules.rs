@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use base64::Engine as _;
+
 use super::{optional, Check, Span};
 use crate::config::raw::{RawAction, RawCondition, RawRule, Spanned};
 use crate::config::types::*;
@@ -13,12 +15,19 @@ const MAX_DEPTH: usize = 8;
 
 /// What the rules are checked against.
 pub(super) struct Known<'a> {
-    /// Per plc id, the nodes listed in its groups.
-    pub plcs: Vec<(String, Vec<NodeRef>)>,
+    pub plcs: Vec<KnownPlc>,
     pub writes: &'a [WriteMapping],
     pub methods: &'a [MethodMapping],
     /// A broker or hub is configured (alerts go there).
     pub telemetry: bool,
+}
+
+/// A plc as the file lists it.
+pub(super) struct KnownPlc {
+    pub id: String,
+    /// The nodes listed in its groups, and whether each is flattened (a structure).
+    pub nodes: Vec<(NodeRef, bool)>,
+    pub groups: Vec<String>,
 }
 
 impl Check<'_> {
@@ -49,7 +58,7 @@ impl Check<'_> {
                 });
             let plc = match &r.plc {
                 Some(p) => self.rule_plc(p, &format!("{key}.plc"), known),
-                None if known.plcs.len() == 1 => Some(known.plcs[0].0.clone()),
+                None if known.plcs.len() == 1 => Some(known.plcs[0].id.clone()),
                 None => {
                     let message = "the line has several plcs: say which one the conditions read (plc = \"...\"), or give plc in each condition";
                     self.problem(span.clone(), &format!("{key}.plc"), message);
@@ -108,10 +117,10 @@ impl Check<'_> {
     }
 
     fn rule_plc(&mut self, p: &Spanned<String>, key: &str, known: &Known<'_>) -> Option<String> {
-        if known.plcs.iter().any(|(id, _)| id == p.get_ref()) {
+        if known.plcs.iter().any(|k| k.id == *p.get_ref()) {
             return Some(p.get_ref().clone());
         }
-        let ids: Vec<&str> = known.plcs.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = known.plcs.iter().map(|k| k.id.as_str()).collect();
         let message = format!(
             "no plc {:?} in this file (plcs: {})",
             p.get_ref(),
@@ -225,25 +234,28 @@ impl Check<'_> {
         known: &Known<'_>,
     ) -> Option<String> {
         let node = self.node(n, key)?;
-        if matches!(node, NodeRef::Index { namespace, .. } if namespace != 0) {
-            self.at(
-                n,
-                key,
-                "name the node in the nsu= form (nsu=<namespace uri>;...), as samples carry it",
-            );
+        if let Some(message) = sample_form(&node) {
+            self.at(n, key, message);
             return None;
         }
         let listed = known
             .plcs
             .iter()
-            .find(|(id, _)| id == plc)
-            .is_some_and(|(_, nodes)| nodes.contains(&node));
-        if !listed {
-            let message = format!("node {} is not listed in a group of plc {plc:?}: a rule reads the nodes the plc's groups subscribe (nodes = [...])", n.get_ref());
-            self.at(n, key, message);
-            return None;
+            .find(|k| k.id == plc)
+            .and_then(|k| k.nodes.iter().find(|(listed, _)| *listed == node));
+        match listed {
+            None => {
+                let message = format!("node {} is not listed in a group of plc {plc:?}: a rule reads the nodes the plc's groups subscribe (nodes = [...])", n.get_ref());
+                self.at(n, key, message);
+                None
+            }
+            Some((_, true)) => {
+                let message = "the node is a structure with flatten: a rule compares a node's own value (list a scalar node)";
+                self.at(n, key, message);
+                None
+            }
+            Some((_, false)) => Some(node.to_string()),
         }
-        Some(node.to_string())
     }
 
     fn op(&mut self, c: &RawCondition, which: &str, key: &str) -> Option<Op> {
@@ -428,6 +440,15 @@ impl Check<'_> {
             );
             return None;
         }
+        if let Some(k) = known
+            .plcs
+            .iter()
+            .find(|k| k.groups.iter().any(|g| g == ALERTS_GROUP))
+        {
+            let message = format!("plc {:?} has a group named {ALERTS_GROUP:?}: alerts are sent as group {ALERTS_GROUP:?}; rename the group", k.id);
+            self.at(text, &format!("{key}.alert"), message);
+            return None;
+        }
         let message = self.non_empty(text, &format!("{key}.alert"))?;
         let severity = match &r.severity {
             None => Some(500),
@@ -458,12 +479,15 @@ impl Check<'_> {
             return None;
         };
         let t = mapping.write_type;
+        let whole = |x: f64| x.fract() == 0.0;
         let fits = match t {
             WriteType::Boolean => value.is_boolean(),
-            WriteType::String | WriteType::ByteString | WriteType::LocalizedText => {
-                value.is_string()
-            }
-            _ => value.is_number(),
+            WriteType::String | WriteType::LocalizedText => value.is_string(),
+            WriteType::ByteString => value
+                .as_str()
+                .is_some_and(|b| base64::engine::general_purpose::STANDARD.decode(b).is_ok()),
+            WriteType::Float | WriteType::Double => value.as_f64().is_some_and(f64::is_finite),
+            _ => value.as_f64().is_some_and(whole),
         };
         if !fits {
             let message = format!(
@@ -476,6 +500,12 @@ impl Check<'_> {
             return None;
         }
         if let Some(x) = value.as_f64() {
+            let (lo, hi) = t.numeric_range().unwrap_or((f64::MIN, f64::MAX));
+            if x < lo || x > hi {
+                let message = format!("{x} is not a {} ({lo} ..= {hi})", t.name());
+                self.at(v, key, message);
+                return None;
+            }
             let low = mapping.min.is_some_and(|m| x < m);
             let high = mapping.max.is_some_and(|m| x > m);
             if low || high {
@@ -520,6 +550,26 @@ impl Owner<'_> {
         }
     }
 }
+
+/// Why `node` is not in the form samples name nodes by (`nsu=<uri>;...`, or `i=...` of
+/// namespace 0), if it is not.
+pub(super) fn sample_form(node: &NodeRef) -> Option<&'static str> {
+    match node {
+        NodeRef::Index { namespace, .. } if *namespace != 0 => {
+            Some("name the node in the nsu= form (nsu=<namespace uri>;...), as samples carry it")
+        }
+        NodeRef::Uri { namespace_uri, .. } if namespace_uri == OPC_UA_NAMESPACE => {
+            Some("a node of namespace 0 is named without nsu= (e.g. i=2258), as samples carry it")
+        }
+        _ => None,
+    }
+}
+
+/// The namespace URI of namespace 0.
+const OPC_UA_NAMESPACE: &str = "http://opcfoundation.org/UA/";
+
+/// The group the alerts of a plc are sent as (the telemetry's `ALERTS_GROUP`).
+const ALERTS_GROUP: &str = "alerts";
 
 /// The tests a condition gives, in a fixed order.
 fn ops_given(c: &RawCondition) -> Vec<&'static str> {

@@ -178,10 +178,15 @@ impl Check<'_> {
             mqtt,
             hub,
         };
-        if let (Some(d), Some(lo)) = (keys.max_interval, ex.max_interval) {
-            if lo <= ex.min_interval {
+        // After merging with the group's: either may come from there.
+        let at = keys
+            .max_interval
+            .map(|d| (d.span(), "max_interval"))
+            .or(keys.min_interval.map(|d| (d.span(), "min_interval")));
+        if let (Some((span, k)), Some(hi)) = (at, ex.max_interval) {
+            if hi <= ex.min_interval {
                 let message = "max_interval must be longer than min_interval";
-                self.at(d, &format!("{key}.max_interval"), message);
+                self.problem(Some(span), &format!("{key}.{k}"), message);
                 ok = false;
             }
         }

@@ -3,12 +3,13 @@
 //! too coarse. Per node (and tag name):
 //!
 //! - the first sample is sent; a sample whose status differs from the last one sent is sent;
-//! - a Good numeric sample is sent when it differs from the last one sent by more than
+//! - a Good numeric sample (any Good status code) is sent when it differs from the last one sent by more than
 //!   `deadband_absolute` and by more than `deadband_percent` of the last one's magnitude
 //!   (each when given); without deadbands, when it differs at all; any other value (text,
 //!   boolean, array, structure) when it differs;
 //! - `min_interval`: at most one sample per interval; a sample that passes within it waits
-//!   (a newer one that passes replaces it) and is sent when the interval ends;
+//!   (a newer one that passes replaces it, one that does not drops it) and is sent when the
+//!   interval ends;
 //! - `max_interval`: when nothing was sent for that long, the newest sample received is sent
 //!   again, marked `"origin":"heartbeat"`.
 //!
@@ -87,6 +88,11 @@ impl Filter {
         };
         n.newest = s.clone();
         if !passes(&n.rule, &n.sent, s) {
+            // Back near the value sent: a change waiting for min_interval is no longer news
+            // (sending it would leave the destination at a value the PLC left).
+            if n.waiting.take().is_some() {
+                self.suppressed += 1;
+            }
             self.suppressed += 1;
             return None;
         }
@@ -158,7 +164,7 @@ fn passes(rule: &Exception, sent: &Sample, s: &Sample) -> bool {
         return true;
     }
     match (number(&sent.value), number(&s.value)) {
-        (Some(a), Some(b)) if s.status == 0 => {
+        (Some(a), Some(b)) if s.status & 0xC000_0000 == 0 => {
             if a.is_nan() || b.is_nan() {
                 return a.is_nan() != b.is_nan();
             }
@@ -284,6 +290,26 @@ mod tests {
         assert_eq!(beat[0].origin, Origin::Heartbeat);
         assert_eq!(number(&beat[0].value), Some(3.0));
         assert_eq!(f.take_counts(), (0, 1));
+    }
+
+    #[test]
+    fn a_change_that_went_back_within_min_interval_is_not_sent() {
+        let mut f = Filter::new(ex(Some(0.5), None, 1000, None), []);
+        let t0 = Instant::now();
+        assert!(f.add(&sample("a", 10.0, 0), t0).is_some());
+        assert!(f.add(&sample("a", 11.0, 0), t0).is_none(), "waits");
+        assert!(
+            f.add(&sample("a", 10.1, 0), t0).is_none(),
+            "back within the deadband"
+        );
+        assert!(
+            f.tick(t0 + Duration::from_secs(2)).is_empty(),
+            "11 is no longer news"
+        );
+        // Good with a sub-code (Good_LocalOverride) is Good: the deadband applies.
+        let mut g = Filter::new(ex(Some(0.5), None, 0, None), []);
+        assert!(g.add(&sample("a", 10.0, 0x00D8_0000), t0).is_some());
+        assert!(g.add(&sample("a", 10.2, 0x00D8_0000), t0).is_none());
     }
 
     #[test]

@@ -242,8 +242,8 @@ struct Service {
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.
     held: Vec<(bool, Inbound)>,
-    /// Rule writes and calls of the start, before the PLCs were connected, done after.
-    held_rules: Vec<RuleCommand>,
+    /// The rule writes waiting and running, per property.
+    rule_writes: rules::RuleWrites,
     /// Twin acknowledgements sent and waiting to be sent again.
     acks: twin::Acks,
     pending_max_age: Duration,
@@ -407,7 +407,7 @@ impl Service {
             twin_get: None,
             started: Instant::now(),
             held: Vec::new(),
-            held_rules: Vec::new(),
+            rule_writes: rules::RuleWrites::default(),
             acks: twin::Acks::new(),
             pending_max_age,
             rule_metrics,
@@ -645,11 +645,7 @@ impl Service {
     }
 
     fn tick(&mut self) {
-        if !self.held_rules.is_empty() && !self.starting() {
-            for cmd in std::mem::take(&mut self.held_rules) {
-                self.rule(cmd);
-            }
-        }
+        self.rule_tick();
         if !self.held.is_empty() && !self.starting() {
             for (hub, m) in std::mem::take(&mut self.held) {
                 if hub {

@@ -71,10 +71,13 @@ impl Service {
                 self.state.finish(&reply.id, &body);
                 self.reply(&reply, &body);
             }
-            Origin::Rule(rule) if code != 200 => {
-                add(&rule.errors);
+            Origin::Rule(rule) => {
+                if code != 200 {
+                    add(&rule.errors);
+                }
+                // Refused before it ran: the property's next write may go.
+                self.rule_writes.running.remove(property);
             }
-            Origin::Rule(_) => {}
         }
     }
 
@@ -152,6 +155,7 @@ impl Service {
         };
         self.running(&mapping.plc, false);
         let twin = matches!(origin, Origin::Twin { .. });
+        let rule = matches!(origin, Origin::Rule(_));
         if twin {
             if let Some(p) = self.props.get_mut(&property) {
                 p.running = false;
@@ -214,7 +218,11 @@ impl Service {
                             }]);
                         }
                     }
-                    Origin::Request(_) | Origin::Rule(_) => {
+                    Origin::Rule(rule) => {
+                        // Tried again: what the rule wants the property to be.
+                        return self.rule_unreachable(&property, rule, value);
+                    }
+                    Origin::Request(_) => {
                         let detail = format!(
                             "{}: plc {} unreachable; not written",
                             plc::status_name(s),
@@ -227,6 +235,9 @@ impl Service {
         }
         if twin {
             self.kick(&property);
+        }
+        if rule {
+            self.rule_written(&property);
         }
     }
 }

@@ -325,3 +325,107 @@ fn windows_and_report_by_exception_are_alternatives() {
         "the group has no report by exception",
     );
 }
+
+#[test]
+fn rule_values_nodes_and_groups_that_would_fail_at_run_time_are_refused() {
+    let text = r#"
+[line]
+id = "line-a"
+
+[[plc]]
+id = "filler"
+endpoint = "opc.tcp://192.0.2.10:4840"
+
+  [[plc.group]]
+  name = "alerts"
+  publishing_interval = "1s"
+  nodes = ["nsu=urn:x;s=Temp", { id = "nsu=urn:x;s=Batch", flatten = ["Count"] }, "i=2258"]
+
+[sink.mqtt]
+url = "mqtts://broker.local"
+tls = { ca_file = "ca.pem" }
+
+[[write]]
+property = "count"
+plc = "filler"
+node = "nsu=urn:x;s=Count"
+type = "Int16"
+
+[[write]]
+property = "raw"
+plc = "filler"
+node = "nsu=urn:x;s=Raw"
+type = "ByteString"
+
+[[rule]]
+name = "a"
+when = { node = "nsu=urn:x;s=Batch", above = 1 }
+on_fire = [{ write = "count", value = 1.5 }, { write = "raw", value = "not base64!" }]
+
+[[rule]]
+name = "b"
+when = { node = "nsu=http://opcfoundation.org/UA/;i=2258", above = 1 }
+on_fire = [{ write = "count", value = 70000 }]
+
+[[rule]]
+name = "c"
+when = { node = "nsu=urn:x;s=Temp", above = 1 }
+on_fire = [{ alert = "hot" }]
+"#;
+    let all = problems(text);
+    let at = |needle: &str, key: &str, part: &str| {
+        let prefix = format!("{FILE}:{}: {key}: ", line_of(text, needle));
+        assert!(
+            all.iter()
+                .any(|p| p.starts_with(&prefix) && p.contains(part)),
+            "no {prefix:?} with {part:?} in {all:#?}"
+        );
+    };
+    at(
+        "s=Batch\", above",
+        "rule[0].when.node",
+        "structure with flatten",
+    );
+    at(
+        "value = 1.5",
+        "rule[0].on_fire[0].value",
+        "is written as Int16",
+    );
+    at(
+        "value = 1.5",
+        "rule[0].on_fire[1].value",
+        "is written as ByteString",
+    );
+    at(
+        "opcfoundation",
+        "rule[1].when.node",
+        "namespace 0 is named without nsu=",
+    );
+    at(
+        "value = 70000",
+        "rule[1].on_fire[0].value",
+        "is not a Int16",
+    );
+    at(
+        "value = 70000",
+        "rule[1].on_fire[0].write",
+        "written by rule \"a\" too",
+    );
+    at(
+        "alert = \"hot\"",
+        "rule[2].on_fire[0].alert",
+        "has a group named \"alerts\"",
+    );
+    assert_eq!(all.len(), 7, "{all:#?}");
+}
+
+#[test]
+fn a_node_min_interval_beyond_the_group_max_interval_is_refused() {
+    let text = "\n[line]\nid = \"l\"\n\n[[plc]]\nid = \"p\"\nendpoint = \"opc.tcp://h:4840\"\n\n  [[plc.group]]\n  name = \"g\"\n  publishing_interval = \"1s\"\n  nodes = [{ id = \"nsu=urn:x;s=A\", telemetry = { min_interval = \"10m\" } }]\n  telemetry = { max_interval = \"5m\" }\n";
+    assert_problem(
+        text,
+        12,
+        "plc[0].group[0].nodes[0].telemetry.min_interval",
+        "max_interval must be longer than min_interval",
+    );
+}
