@@ -162,6 +162,18 @@ pub async fn demo(args: DemoArgs) -> Outcome {
             );
         }
     }
+    if let Some(r) = &metrics.rules {
+        for c in &r.rules {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            println!(
+                "  rule {:<15} fired {}, cleared {}, errors {} (a spike every 2 min from 1 min: try --duration 2m)",
+                c.rule,
+                get(&c.firings),
+                get(&c.clears),
+                get(&c.errors)
+            );
+        }
+    }
     println!("  simulator truth      {}", truth.display());
     let glob = format!("{}/**/*.parquet", args.out.display());
     println!();

@@ -226,7 +226,7 @@ pub async fn write(
     link: &Link,
     node: &NodeId,
     value: Variant,
-    readback: bool,
+    (read_old, readback): (bool, bool),
     timeout: Duration,
 ) -> Result<Written, Failure> {
     let session = &link.session;
@@ -234,7 +234,11 @@ pub async fn write(
     let work = async {
         // The old value is for the audit record only; a node that cannot be read can still be
         // written.
-        let old = read_value(session, node).await.ok().flatten();
+        let old = if read_old {
+            read_value(session, node).await.ok().flatten()
+        } else {
+            None
+        };
         let results = session
             .write(&[WriteValue {
                 node_id: node.clone(),

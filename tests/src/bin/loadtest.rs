@@ -636,7 +636,8 @@ dir = "{}"
         }
     }
     if let Some(text) = &rule_metrics {
-        rules::report(s.id, text, &stats, &rows)?;
+        let plc = plc_ms.lock().unwrap().clone();
+        rules::report(s.id, text, &stats, &rows, plc)?;
     }
     // Loss and duplicates from the counters (their value is the tick number).
     let mut per_node: HashMap<&str, Vec<i128>> = HashMap::new();

@@ -78,11 +78,17 @@ plc = "sim"
 node = "{valve}"
 type = "Boolean"
 
+[[method]]
+name = "resetFiller"
+plc = "sim"
+object = "{filler}"
+method = "{reset}"
+
 [[rule]]
 name = "cool-filler"
 when = {{ node = "{temp}", above = {FIRE:.1} }}
 clear = {{ node = "{temp}", below = {CLEAR:.1} }}
-on_fire = [{{ write = "coolingValve", value = true }}, {{ alert = "Filler product temperature spike: cooling valve opened", severity = 700 }}]
+on_fire = [{{ write = "coolingValve", value = true }}, {{ alert = "Filler product temperature spike: cooling valve opened", severity = 700 }}, {{ call = "resetFiller", args = ["temperature spike"] }}]
 on_clear = [{{ write = "coolingValve", value = false }}]
 
 [[rule]]
@@ -92,6 +98,8 @@ on_fire = [{{ alert = "above {FIRE:.1} (no hysteresis)", severity = 100 }}]
 "#,
         temp = node("Filler.ProductTemperature"),
         valve = node("Filler.CoolingValve"),
+        filler = node("Filler"),
+        reset = node("Filler.ResetCounters"),
         pki = dir.join("pki").display(),
         parquet = dir.join("parquet").display(),
         buffer = dir.join("buffer").display(),
@@ -181,6 +189,11 @@ async fn a_temperature_spike_opens_the_cooling_valve_once_per_firing() {
     assert!(opened >= 3, "{writes:?}");
     assert_eq!(opened, fired, "one write per firing");
     assert_eq!(closed, cleared, "one write per clear");
+    // Every firing also called the filler's ResetCounters, audited under the rule's name.
+    assert_eq!(
+        log_lines(&log, &["audit", "called", "who=rule cool-filler"]),
+        fired
+    );
     // Every write has its audit record naming the rule.
     assert_eq!(
         log_lines(&log, &["audit", "written", "who=rule cool-filler"]),

@@ -132,8 +132,12 @@ impl Service {
         }
         let done = self.done_tx.clone();
         let (property, readback) = (mapping.property.clone(), mapping.readback);
+        // A rule acts on the value it just saw: reading the old value first (for the audit
+        // record) would cost a round trip of its reaction time.
+        let read_old = !matches!(origin, Origin::Rule(_));
         tokio::spawn(async move {
-            let result = plc::write(&link, &node, variant, readback, WRITE_TIMEOUT).await;
+            let result =
+                plc::write(&link, &node, variant, (read_old, readback), WRITE_TIMEOUT).await;
             let _ = done.send(Done::Written {
                 property,
                 origin,

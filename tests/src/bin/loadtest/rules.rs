@@ -72,7 +72,13 @@ fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
 
 /// Prints the rule's figures (stderr) from the last `/metrics` text, the simulator's stats
 /// file and the Parquet rows.
-pub fn report(id: &str, metrics: &str, stats: &Path, rows: &[tests::Row]) -> Result<()> {
+pub fn report(
+    id: &str,
+    metrics: &str,
+    stats: &Path,
+    rows: &[tests::Row],
+    plc_ms: Vec<f64>,
+) -> Result<()> {
     let get = |name: &str| super::metric(metrics, name);
     let firings = get("opcua_connector_rule_firings_total");
     let suppressed = get("opcua_connector_rule_suppressed_total");
@@ -97,6 +103,11 @@ pub fn report(id: &str, metrics: &str, stats: &Path, rows: &[tests::Row]) -> Res
         bucket_quantile(&buckets, 0.5),
         bucket_quantile(&buckets, 0.99),
     );
+    if !plc_ms.is_empty() {
+        let n = plc_ms.len();
+        let (p50, p99, max) = quantiles(plc_ms);
+        eprintln!("{id}: rule: the PLC part of its {n} writes (write, read back) ms p50 {p50:.2} p99 {p99:.2} max {max:.2}");
+    }
     // PLC value change -> PLC sees the write.
     let truth: serde_json::Value =
         serde_json::from_slice(&std::fs::read(stats).context("the simulator's stats file")?)?;
