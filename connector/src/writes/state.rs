@@ -54,8 +54,19 @@ const JOURNAL_QUEUE: usize = 4_096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Record {
-    Twin { twin: String, v: i64 },
-    Request { req: String, a: Value },
+    Twin {
+        twin: String,
+        v: i64,
+    },
+    Request {
+        req: String,
+        a: Value,
+    },
+    /// The twin versions handled so far belong to an earlier twin (the newest was `v`): a
+    /// new one starts from nothing.
+    TwinSetAside {
+        twin_set_aside: i64,
+    },
 }
 
 /// The file of an older version: one JSON document.
@@ -84,6 +95,7 @@ impl Live {
                 *e = (*e).max(v);
             }
             Record::Request { req, a } => self.remember(req, a),
+            Record::TwinSetAside { .. } => self.twin.clear(),
         }
     }
 
@@ -275,6 +287,21 @@ impl State {
         }
     }
 
+    /// The newest desired version handled for any property (0 when none).
+    pub fn newest_handled(&self) -> i64 {
+        self.live.twin.values().copied().max().unwrap_or(0)
+    }
+
+    /// Forgets every handled twin version (the twin is a new one: its versions start again
+    /// at 1); saves. Request ids are kept.
+    pub fn set_twin_aside(&mut self) {
+        let newest = self.newest_handled();
+        self.live.twin.clear();
+        self.append(Record::TwinSetAside {
+            twin_set_aside: newest,
+        });
+    }
+
     /// The remembered answer to request `id` if it was seen (`Null` while in progress).
     pub fn answer(&self, id: &str) -> Option<&Value> {
         self.live.answers.get(id)
@@ -390,6 +417,24 @@ fn compact_to(path: &Path, live: &Live) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_old_twin_set_aside_stays_aside_and_requests_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w/state.jsonl");
+        let mut s = State::open(&path);
+        s.set_handled("a", 50);
+        s.set_handled("b", 48);
+        s.finish("r1", &json!({"id": "r1", "status": 200}));
+        assert_eq!(s.newest_handled(), 50);
+        s.set_twin_aside();
+        s.set_handled("a", 1);
+        drop(s);
+        let s = State::open(&path);
+        assert_eq!((s.handled("a"), s.handled("b")), (1, 0));
+        assert_eq!(s.newest_handled(), 1);
+        assert!(s.answer("r1").is_some(), "request ids are not the twin's");
+    }
 
     #[test]
     fn versions_and_answers_survive_a_reopen() {

@@ -21,5 +21,6 @@ mod rules;
 mod secure;
 mod service;
 mod structures;
+mod twin_identity;
 mod unattended;
 mod writes;

@@ -69,7 +69,7 @@ timeout = "5s"
 
 /// A line with one PLC (no subscriptions: a PLC used for writes only), `sinks`, and the
 /// mappings.
-fn line_config(dir: &Path, opc: &str, sinks: &str) -> config::Config {
+pub(crate) fn line_config(dir: &Path, opc: &str, sinks: &str) -> config::Config {
     let text = line_text(dir, opc, sinks);
     config::parse(Path::new("writes-test.toml"), &text).unwrap_or_else(|e| panic!("config: {e}"))
 }
@@ -84,7 +84,7 @@ fn line_text(dir: &Path, opc: &str, sinks: &str) -> String {
     )
 }
 
-fn hub_section(env: &str, port: u16) -> String {
+pub(crate) fn hub_section(env: &str, port: u16) -> String {
     std::env::set_var(
         env,
         format!("HostName=testhub.azure-devices.net;DeviceId={DEVICE};SharedAccessKey={KEY}"),
@@ -92,7 +92,7 @@ fn hub_section(env: &str, port: u16) -> String {
     format!("[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{port}\"\n")
 }
 
-fn stats(sim: &Sim, name: &str) -> simulator::NodeStats {
+pub(crate) fn stats(sim: &Sim, name: &str) -> simulator::NodeStats {
     sim.sim
         .node_stats(&node(name))
         .unwrap_or_else(|| panic!("{name} in the model"))
@@ -112,7 +112,7 @@ fn calls(sim: &Sim) -> u64 {
 }
 
 /// Waits for the acknowledgement of `path` at `version` with code `ac`; returns it.
-async fn ack(hub: &HubDouble, path: &str, version: i64, ac: i64) -> Value {
+pub(crate) async fn ack(hub: &HubDouble, path: &str, version: i64, ac: i64) -> Value {
     eventually(
         &format!("ack {ac} of {path} v{version}"),
         Duration::from_secs(20),
@@ -127,7 +127,7 @@ async fn ack(hub: &HubDouble, path: &str, version: i64, ac: i64) -> Value {
     .await
 }
 
-async fn start(config: &config::Config, hub: &HubDouble) -> Running {
+pub(crate) async fn start(config: &config::Config, hub: &HubDouble) -> Running {
     let gets = hub.gets();
     let running = runner::start(config).expect("connector starts");
     eventually("twin GET after connect", Duration::from_secs(20), || {

@@ -106,6 +106,18 @@ impl Service {
             Ok(p) => p,
             Err(e) => return self.malformed("twin desired section", &e),
         };
+        // A twin's desired $version only grows: one below a version handled is another twin
+        // (the identity deleted and added again, or provisioned to another hub), whose
+        // versions start again at 1. What was handled belongs to the old one.
+        let newest = self.state.newest_handled();
+        if patch.version < newest {
+            warn!(
+                twin_version = patch.version,
+                handled_version = newest,
+                "the twin's desired $version is below the last one handled: a new twin (the device re-created or re-provisioned); the write state of the old twin is set aside and this one reconciled from its own reported acknowledgements"
+            );
+            self.state.set_twin_aside();
+        }
         // Acknowledgements already in the twin count as handled (a lost state file must not
         // make the connector write old values again).
         if let Some(reported) = reported {

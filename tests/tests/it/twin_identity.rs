@@ -1,0 +1,60 @@
+//! A re-created device identity (deleted and added again, or provisioned to another hub)
+//! starts its twin at `$version` 1 while the write state still holds the versions of the old
+//! twin: the state is set aside and the new twin's desired values are written and
+//! acknowledged, once (issue #15).
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::*;
+
+use crate::writes::{ack, hub_section, line_config, start, stats};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_twin_after_an_old_state_file_is_written_once_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    // The state of an earlier twin: versions up to 50.
+    let state = dir.path().join("buffer/writes");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("state.jsonl"),
+        "{\"twin\":\"fillerSpeedSetpoint\",\"v\":50}\n{\"twin\":\"recipe.name\",\"v\":48}\n",
+    )
+    .unwrap();
+    // The new twin: one desired value, $version 1.
+    let v = hub.desire_silently(json!({"fillerSpeedSetpoint": 640.0}));
+    assert_eq!(v, 1);
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &hub_section("TWIN_IDENTITY_HUB_CS", port),
+    );
+    let running = start(&config, &hub).await;
+    let a = ack(&hub, "fillerSpeedSetpoint", 1, 200).await;
+    assert_eq!(a["value"], json!(640.0), "{a}");
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1);
+    // The new twin's versions are followed from there: v2 of another property.
+    let v2 = hub.desire(json!({"recipe": {"name": "Still 0.5 l"}})).await;
+    ack(&hub, "recipe.name", v2, 200).await;
+    running.stop().await;
+
+    // A restart with the new state: nothing written again.
+    let running = start(&config, &hub).await;
+    let v3 = hub.desire(json!({"fillerSpeedSetpoint": 641.0})).await;
+    ack(&hub, "fillerSpeedSetpoint", v3, 200).await;
+    eventually("the write of v3", Duration::from_secs(10), || {
+        let n = stats(&sim, "Filler.SpeedSetpoint").writes;
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+    assert_eq!(stats(&sim, "Filler.RecipeName").writes, 1, "v2 once");
+    running.stop().await;
+    assert_eq!(
+        stats(&sim, "Filler.SpeedSetpoint").writes,
+        2,
+        "v1 and v3, each once"
+    );
+}
