@@ -122,7 +122,8 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         (Controls::default(), None)
     };
     let mut watched = Vec::new();
-    let destinations = open_destinations(config, controls, &shutdown.senders, &mut watched)?;
+    let (destinations, hub_identity) =
+        open_destinations(config, controls, &shutdown.senders, &mut watched)?;
     if let Err(e) = connect::prepare_pki(&config.pki) {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
@@ -206,7 +207,8 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
     if let Some(ends) = ends {
         let beat = Arc::new(Beat::default());
         watched.push(("the write service".into(), beat.clone()));
-        let setup = ends.setup(config, links, commands);
+        let mut setup = ends.setup(config, links, commands);
+        setup.hub_identity = hub_identity;
         spawn_writes(setup, write_sessions, &shutdown, beat)?;
     }
     let metrics_addr = serve_http(
@@ -257,7 +259,7 @@ fn open_destinations(
     mut controls: Controls,
     senders: &Stage,
     watched: &mut Vec<Watched>,
-) -> Result<Vec<Destination>, RunError> {
+) -> Result<(Vec<Destination>, Option<String>), RunError> {
     let sending = |outbox: &Arc<Outbox>, qos, control: Option<Control>| Sending {
         qos,
         outbox: outbox.clone(),
@@ -266,6 +268,7 @@ fn open_destinations(
         renew: None,
         control,
     };
+    let mut identity = None;
     let mut out = Vec::new();
     if let Some(mc) = &config.mqtt {
         let outbox = Outbox::open(&config.buffer, "mqtt", mc.max_message_bytes)
@@ -287,6 +290,7 @@ fn open_destinations(
     }
     if let Some(hc) = &config.hub {
         let hub = Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
+        identity = Some(hub.identity_text());
         let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
             .map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
@@ -306,7 +310,7 @@ fn open_destinations(
             outbox,
         });
     }
-    Ok(out)
+    Ok((out, identity))
 }
 
 /// A cloud connection on a thread of its own (a current-thread runtime): its buffer reads,

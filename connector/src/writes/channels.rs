@@ -103,6 +103,7 @@ impl Ends {
                     h.pending_write_max_age
                 }),
             rules,
+            hub_identity: None,
         }
     }
 }

@@ -67,6 +67,10 @@ enum Record {
     TwinSetAside {
         twin_set_aside: i64,
     },
+    /// The hub identity (`host/device[/module]`) the twin versions are of.
+    Identity {
+        identity: String,
+    },
 }
 
 /// The file of an older version: one JSON document.
@@ -81,6 +85,8 @@ struct Legacy {
 /// The remembered state: what the service asks, and what the journal thread compacts.
 #[derive(Debug, Default, Clone)]
 struct Live {
+    /// The hub identity the twin versions are of (none before it was first recorded).
+    identity: Option<String>,
     twin: BTreeMap<String, i64>,
     order: VecDeque<String>,
     /// Answers by request id; `Value::Null` while the request is in progress (in memory only).
@@ -96,6 +102,7 @@ impl Live {
             }
             Record::Request { req, a } => self.remember(req, a),
             Record::TwinSetAside { .. } => self.twin.clear(),
+            Record::Identity { identity } => self.identity = Some(identity),
         }
     }
 
@@ -124,7 +131,10 @@ impl Live {
                 a: a.clone(),
             })
         });
-        twin.chain(requests).collect()
+        let identity = self.identity.iter().map(|i| Record::Identity {
+            identity: i.clone(),
+        });
+        identity.chain(twin).chain(requests).collect()
     }
 
     fn len(&self) -> usize {
@@ -292,6 +302,21 @@ impl State {
         self.live.twin.values().copied().max().unwrap_or(0)
     }
 
+    /// The hub identity the twin versions are of, if recorded.
+    pub fn identity(&self) -> Option<&str> {
+        self.live.identity.as_deref()
+    }
+
+    /// Records the hub identity the twin versions are of; saves.
+    pub fn set_identity(&mut self, identity: &str) {
+        if self.identity() != Some(identity) {
+            self.live.identity = Some(identity.to_owned());
+            self.append(Record::Identity {
+                identity: identity.to_owned(),
+            });
+        }
+    }
+
     /// Forgets every handled twin version (the twin is a new one: its versions start again
     /// at 1); saves. Request ids are kept.
     pub fn set_twin_aside(&mut self) {
@@ -429,8 +454,10 @@ mod tests {
         assert_eq!(s.newest_handled(), 50);
         s.set_twin_aside();
         s.set_handled("a", 1);
+        s.set_identity("hub.example/dev-1");
         drop(s);
         let s = State::open(&path);
+        assert_eq!(s.identity(), Some("hub.example/dev-1"));
         assert_eq!((s.handled("a"), s.handled("b")), (1, 0));
         assert_eq!(s.newest_handled(), 1);
         assert!(s.answer("r1").is_some(), "request ids are not the twin's");

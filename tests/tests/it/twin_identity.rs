@@ -58,3 +58,44 @@ async fn a_fresh_twin_after_an_old_state_file_is_written_once_and_acknowledged()
         "v1 and v3, each once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_of_another_hub_is_set_aside_even_when_the_versions_look_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let (_broker, port) = plain_mosquitto(dir.path());
+    let hub = HubDouble::start(port).await;
+    // Written for the same device on another hub, where fillerSpeedSetpoint reached v3.
+    let state = dir.path().join("buffer/writes");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(
+        state.join("state.jsonl"),
+        "{\"identity\":\"otherhub.azure-devices.net/line-w-edge\"}\n{\"twin\":\"fillerSpeedSetpoint\",\"v\":3}\n",
+    )
+    .unwrap();
+    // This hub's twin: fillerSpeedSetpoint set at v2, the document at v5 (above the state's
+    // 3: the version check alone would take v2 as handled).
+    hub.desire_silently(json!({"recipe": {"name": "Still 0.5 l"}}));
+    let v = hub.desire_silently(json!({"fillerSpeedSetpoint": 610.0}));
+    assert_eq!(v, 2);
+    let mut doc = v;
+    for i in 0..3 {
+        doc = hub.desire_silently(json!({"recipe": {"name": format!("Still {i}")}}));
+    }
+    assert_eq!(doc, 5);
+    let config = line_config(
+        dir.path(),
+        sim.sim.endpoint_url(),
+        &hub_section("TWIN_IDENTITY_HUB_CS_2", port),
+    );
+    let running = start(&config, &hub).await;
+    // Acknowledged with the document's $version.
+    ack(&hub, "fillerSpeedSetpoint", doc, 200).await;
+    assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1);
+    running.stop().await;
+    let journal = std::fs::read_to_string(state.join("state.jsonl")).unwrap();
+    assert!(
+        journal.contains("\"identity\":\"testhub.azure-devices.net/line-w-edge\""),
+        "{journal}"
+    );
+}

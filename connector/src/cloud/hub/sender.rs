@@ -178,6 +178,11 @@ impl Hub {
         Arc::new(move |plc, group| identity.event_topic(payload, plc, group))
     }
 
+    /// Who the connector is on the hub: `host/device` or `host/device/module`.
+    pub fn identity_text(&self) -> String {
+        format!("{}/{}", self.identity.host, self.identity.client_id())
+    }
+
     /// The topic of the local rules' alerts (`messageType=alert`).
     pub fn alert_topics(&self) -> TopicFn {
         let identity = self.identity.clone();

@@ -132,6 +132,9 @@ pub struct Setup {
     pub pending_max_age: Duration,
     /// The local rules' writes and calls, when `[[rule]]` is configured.
     pub rules: Option<(mpsc::UnboundedReceiver<RuleCommand>, Arc<RuleMetrics>)>,
+    /// The hub identity (`host/device[/module]`) the twin belongs to, when `[hub]` is
+    /// configured: a state written for another is set aside.
+    pub hub_identity: Option<String>,
 }
 
 /// Who asked, for answers and the audit record.
@@ -248,6 +251,7 @@ struct Service {
     acks: twin::Acks,
     pending_max_age: Duration,
     rule_metrics: Option<Arc<RuleMetrics>>,
+    hub_identity: Option<String>,
 }
 
 /// What the loop of [`run`] waits on besides the tick.
@@ -345,6 +349,7 @@ impl Service {
             limits,
             pending_max_age,
             rules,
+            hub_identity,
         } = setup;
         let (rules_in, rule_metrics) = match rules {
             Some((rx, m)) => (Some(rx), Some(m)),
@@ -411,6 +416,7 @@ impl Service {
             acks: twin::Acks::new(),
             pending_max_age,
             rule_metrics,
+            hub_identity,
         };
         let inputs = Inputs {
             hub_in,
@@ -497,6 +503,7 @@ impl Service {
     fn hub(&mut self, m: Inbound) {
         let msg = match m {
             Inbound::Connected => {
+                self.check_identity();
                 self.get_twin();
                 return;
             }

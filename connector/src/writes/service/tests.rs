@@ -112,6 +112,7 @@ fn setup(state_file: &Path) -> (Setup, Ends) {
             .collect(),
         pending_max_age: crate::config::load::DEFAULT_PENDING_WRITE_MAX_AGE,
         rules: None,
+        hub_identity: None,
     };
     let ends = Ends {
         hub: hub_in_tx,

@@ -25,6 +25,24 @@ use crate::writes::{Refusal, MAX_PROPERTY_BYTES};
 pub(super) const TWIN_GET_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Service {
+    /// At a hub ConnAck: a write state recorded for another hub identity (the device moved
+    /// to another hub, or a new identity) is set aside, the twin reconciled from scratch.
+    pub(super) fn check_identity(&mut self) {
+        let Some(id) = self.hub_identity.clone() else {
+            return;
+        };
+        if let Some(old) = self.state.identity().filter(|old| *old != id) {
+            warn!(
+                state_identity = %old,
+                hub_identity = %id,
+                handled_version = self.state.newest_handled(),
+                "the write state was written for another hub identity: the old twin's versions are set aside and this twin reconciled from its own reported acknowledgements"
+            );
+            self.state.set_twin_aside();
+        }
+        self.state.set_identity(&id);
+    }
+
     /// Asks the hub for the full twin (after every hub ConnAck, and again without an answer).
     pub(super) fn get_twin(&mut self) {
         if self.hub_out.is_none() {
