@@ -10,7 +10,9 @@ use serde_json::Value;
 use tests::chunks::{read_all, series, Val};
 use tests::*;
 
-const DEADBAND: f64 = 0.05;
+/// Above the largest step of the sine between two updates (0.094), so that about every
+/// other sample stays back, more near the peaks.
+const DEADBAND: f64 = 0.1;
 
 fn node(name: &str) -> String {
     format!("nsu={LINE_NS};s={name}")
@@ -97,7 +99,7 @@ async fn deadbands_heartbeats_and_min_interval_thin_the_telemetry_not_parquet() 
                 .filter(|s| s["origin"] == "heartbeat")
                 .count();
             let (p, t) = (sent(&sub, &pressure).len(), sent(&sub, &tank).len());
-            async move { (beats >= 4 && p >= 10 && t >= 3).then_some(()) }
+            async move { (beats >= 4 && p >= 6 && t >= 3).then_some(()) }
         },
     )
     .await;
@@ -167,7 +169,7 @@ async fn deadbands_heartbeats_and_min_interval_thin_the_telemetry_not_parquet() 
         "the telemetry is the deadband of the raw rows:\n{got:?}\n{expected:?}"
     );
     assert!(
-        raw.len() > got.len() + 3,
+        got.len() * 4 < raw.len() * 3,
         "the deadband held samples back: {} raw, {} sent",
         raw.len(),
         got.len()
