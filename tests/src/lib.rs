@@ -32,8 +32,14 @@ pub const COUNTERS: [&str; 5] = [
     "Conveyor.ItemsTransported",
 ];
 
-pub fn counter_id(name: &str) -> String {
+/// The node id of a bottling-line variable: `nsu=<line namespace>;s=<name>`.
+pub fn line_node(name: &str) -> String {
     format!("nsu={LINE_NS};s={name}")
+}
+
+/// The node id of one of the [`COUNTERS`].
+pub fn counter_id(name: &str) -> String {
+    line_node(name)
 }
 
 pub fn init_logs() {

@@ -61,7 +61,6 @@ pub struct Engine {
     readers: HashMap<(String, String), Vec<usize>>,
     commands: Option<mpsc::UnboundedSender<RuleCommand>>,
     alerts: Option<Alerts>,
-    line_plc: String,
     /// Which rules are fired, on disk.
     state: state::Fired,
     pub metrics: Arc<RuleMetrics>,
@@ -114,17 +113,12 @@ impl Engine {
                 mismatched: Vec::new(),
             });
         }
-        let line_plc = rules
-            .first()
-            .and_then(|r| r.nodes().first().map(|t| t.plc.clone()))
-            .unwrap_or_default();
         Engine {
             rules: running,
             values: HashMap::new(),
             readers,
             commands,
             alerts,
-            line_plc,
             state,
             metrics: Arc::new(RuleMetrics {
                 rules: counters,
@@ -347,11 +341,13 @@ impl Engine {
             let v = self.values.get(&(t.plc.clone(), t.node.clone()));
             values.push((t.node.clone(), json_value(v)));
         }
+        // The stream of the plc the rule reads first (`when` names at least one node).
         let plc = r
             .rule
             .nodes()
             .first()
-            .map_or_else(|| self.line_plc.clone(), |t: &&NodeTest| t.plc.clone());
+            .map(|t| t.plc.clone())
+            .unwrap_or_default();
         let a = Alert {
             rule: r.rule.name.clone(),
             plc,

@@ -224,6 +224,13 @@ fn azurite(dir: &std::path::Path, port: u16) -> Result<Killed> {
 }
 
 /// The connector's counter `name` (summed over labels) from `/metrics`.
+/// p50, p99 and the largest of `v` (not empty), nearest rank.
+fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+    (q(0.5), q(0.99), v[v.len() - 1])
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
@@ -511,7 +518,7 @@ dir = "{}"
         // 100 twin writes spread over the run, each timed from the desired patch to its
         // acknowledgement 200 (broker hops, connector, OPC UA read-write-readback).
         let gap = (duration / 100).max(Duration::from_millis(50));
-        let mut times = rt.block_on(async {
+        let times = rt.block_on(async {
             let mut times = Vec::new();
             for i in 0..100 {
                 let next = tokio::time::Instant::now() + gap;
@@ -534,19 +541,15 @@ dir = "{}"
             }
             times
         });
-        times.sort_by(f64::total_cmp);
         if !times.is_empty() {
-            let q = |p: f64| {
-                times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1]
-            };
-            write_ms = Some((q(0.5), q(0.99), times[times.len() - 1]));
-            eprintln!("S6: {} of 100 twin writes acknowledged; round trip ms p50 {:.2} p99 {:.2} max {:.2}", times.len(), q(0.5), q(0.99), times[times.len() - 1]);
-            let mut plc = plc_ms.lock().unwrap().clone();
-            plc.sort_by(f64::total_cmp);
+            let n = times.len();
+            let (p50, p99, max) = quantiles(times);
+            write_ms = Some((p50, p99, max));
+            eprintln!("S6: {n} of 100 twin writes acknowledged; round trip ms p50 {p50:.2} p99 {p99:.2} max {max:.2}");
+            let plc = plc_ms.lock().unwrap().clone();
             if !plc.is_empty() {
-                let q =
-                    |p: f64| plc[((plc.len() as f64 * p).ceil() as usize).clamp(1, plc.len()) - 1];
-                eprintln!("S6: of which the PLC part (read old value, write, read back) ms p50 {:.2} p99 {:.2} max {:.2}", q(0.5), q(0.99), plc[plc.len() - 1]);
+                let (p50, p99, max) = quantiles(plc);
+                eprintln!("S6: of which the PLC part (read old value, write, read back) ms p50 {p50:.2} p99 {p99:.2} max {max:.2}");
             }
         }
         std::thread::sleep(duration.saturating_sub(t0.elapsed()));

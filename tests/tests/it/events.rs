@@ -18,10 +18,6 @@ const CONDITION: &str = "Filler.TemperatureHigh";
 /// An event row's (active, acked, retain, message).
 type State<'a> = (Option<bool>, Option<bool>, Option<bool>, &'a str);
 
-fn node(name: &str) -> String {
-    format!("nsu={LINE_NS};s={name}")
-}
-
 fn config(dir: &Path, opc: &str, port: u16) -> connector::config::Config {
     let text = format!(
         r#"[line]
@@ -71,12 +67,12 @@ object = "{condition}"
 method = "i=9111"
 timeout = "5s"
 "#,
-        counter = node("Filler.BottlesFilled"),
+        counter = line_node("Filler.BottlesFilled"),
         pki = dir.join("pki").display(),
         parquet = dir.join("parquet").display(),
         buffer = dir.join("buffer").display(),
-        limit = node("Filler.TemperatureLimit"),
-        condition = node(CONDITION),
+        limit = line_node("Filler.TemperatureLimit"),
+        condition = line_node(CONDITION),
     );
     connector::config::parse(Path::new("events-test.toml"), &text)
         .unwrap_or_else(|e| panic!("config: {e}"))
@@ -155,8 +151,8 @@ async fn alarm_events_land_in_order_and_an_acknowledge_from_the_cloud_reaches_th
     assert_eq!(raised["severity"], 700);
     assert_eq!(raised["message"], "Filler product temperature above limit");
     assert_eq!(raised["condition_name"], "TemperatureHigh");
-    assert_eq!(raised["condition_id"], node(CONDITION));
-    assert_eq!(raised["source_node"], node("Filler"));
+    assert_eq!(raised["condition_id"], line_node(CONDITION));
+    assert_eq!(raised["source_node"], line_node("Filler"));
     assert_eq!(raised["source_name"], "Filler");
     assert_eq!(raised["event_type"], "i=2915");
     assert_eq!(raised["fields"]["Quality"], json!(0), "{raised}");
@@ -261,12 +257,15 @@ async fn alarm_events_land_in_order_and_an_acknowledge_from_the_cloud_reaches_th
         .all(|w| w[0].time <= w[1].time && w[0].event_id != w[1].event_id));
     for r in &rows {
         assert_eq!((r.plc.as_str(), r.group.as_str()), ("sim", "alarms"));
-        assert_eq!(r.condition_id.as_deref(), Some(node(CONDITION).as_str()));
+        assert_eq!(
+            r.condition_id.as_deref(),
+            Some(line_node(CONDITION).as_str())
+        );
         assert_eq!(r.condition_name.as_deref(), Some("TemperatureHigh"));
         assert_eq!((r.severity, r.event_type.as_str()), (700, "i=2915"));
         assert_eq!(
             (r.source_node.clone(), r.source_name.as_str()),
-            (node("Filler"), "Filler")
+            (line_node("Filler"), "Filler")
         );
         assert_eq!((r.enabled, r.confirmed), (Some(true), Some(true)));
         let fields: Value = serde_json::from_str(r.fields_json.as_deref().unwrap()).unwrap();

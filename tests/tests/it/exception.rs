@@ -14,10 +14,6 @@ use tests::*;
 /// other sample stays back, more near the peaks.
 const DEADBAND: f64 = 0.1;
 
-fn node(name: &str) -> String {
-    format!("nsu={LINE_NS};s={name}")
-}
-
 fn config(dir: &Path, opc: &str, port: u16) -> connector::config::Config {
     let text = format!(
         r#"[line]
@@ -54,9 +50,9 @@ batch_max_delay = "100ms"
 [buffer]
 dir = "{buffer}"
 "#,
-        pressure = node("Filler.FillPressure"),
-        serial = node("Filler.SerialNumber"),
-        tank = node("Filler.TankLevel"),
+        pressure = line_node("Filler.FillPressure"),
+        serial = line_node("Filler.SerialNumber"),
+        tank = line_node("Filler.TankLevel"),
         pki = dir.join("pki").display(),
         parquet = dir.join("parquet").display(),
         buffer = dir.join("buffer").display(),
@@ -86,9 +82,9 @@ async fn deadbands_heartbeats_and_min_interval_thin_the_telemetry_not_parquet() 
     let running =
         connector::runner::start(&config(dir.path(), sim.sim.endpoint_url(), port)).unwrap();
     let (pressure, serial, tank) = (
-        node("Filler.FillPressure"),
-        node("Filler.SerialNumber"),
-        node("Filler.TankLevel"),
+        line_node("Filler.FillPressure"),
+        line_node("Filler.SerialNumber"),
+        line_node("Filler.TankLevel"),
     );
     eventually(
         "heartbeats of the serial number and a thinned ramp",

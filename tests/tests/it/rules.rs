@@ -16,10 +16,6 @@ use tests::*;
 const FIRE: f64 = 18.0;
 const CLEAR: f64 = 14.0;
 
-fn node(name: &str) -> String {
-    format!("nsu={LINE_NS};s={name}")
-}
-
 /// The bundled line with Filler.ProductTemperature every 100 ms and a noisy spike of +6.0 for
 /// 2 s every 4 s from 1 s: about 18.5 +- 2.0 during a spike (crossing 18.0 up and down),
 /// 12.5 +- 0.9 between them.
@@ -96,10 +92,10 @@ name = "chatty"
 when = {{ node = "{temp}", above = {FIRE:.1} }}
 on_fire = [{{ alert = "above {FIRE:.1} (no hysteresis)", severity = 100 }}]
 "#,
-        temp = node("Filler.ProductTemperature"),
-        valve = node("Filler.CoolingValve"),
-        filler = node("Filler"),
-        reset = node("Filler.ResetCounters"),
+        temp = line_node("Filler.ProductTemperature"),
+        valve = line_node("Filler.CoolingValve"),
+        filler = line_node("Filler"),
+        reset = line_node("Filler.ResetCounters"),
         pki = dir.join("pki").display(),
         parquet = dir.join("parquet").display(),
         buffer = dir.join("buffer").display(),
@@ -113,7 +109,7 @@ on_fire = [{{ alert = "above {FIRE:.1} (no hysteresis)", severity = 100 }}]
 fn valve_writes(sim: &Sim) -> Vec<bool> {
     let s = sim
         .sim
-        .node_stats(&node("Filler.CoolingValve"))
+        .node_stats(&line_node("Filler.CoolingValve"))
         .expect("valve stats");
     s.write_log
         .iter()
@@ -208,11 +204,11 @@ async fn a_temperature_spike_opens_the_cooling_valve_once_per_firing() {
     // while it was stopping is not one the rule could answer.
     let last_write = sim
         .sim
-        .node_stats(&node("Filler.CoolingValve"))
+        .node_stats(&line_node("Filler.CoolingValve"))
         .and_then(|s| s.write_log.last().map(|w| w.at_us))
         .expect("a write");
     let rows = read_all(&dir.path().join("parquet"));
-    let temps: Vec<f64> = series(&rows, "filler", &node("Filler.ProductTemperature"))
+    let temps: Vec<f64> = series(&rows, "filler", &line_node("Filler.ProductTemperature"))
         .iter()
         .filter(|r| r.time <= last_write)
         .filter_map(|r| match r.value {

@@ -10,20 +10,47 @@ use tests::*;
 
 use crate::writes::{ack, hub_section, line_config, start, stats};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fresh_twin_after_an_old_state_file_is_written_once_and_acknowledged() {
+/// A simulator, a broker with the hub double, and the write state `journal` left in the
+/// buffer directory; the state file's path.
+struct Bench {
+    dir: tempfile::TempDir,
+    sim: Sim,
+    _broker: Mosquitto,
+    port: u16,
+    hub: HubDouble,
+    state: std::path::PathBuf,
+}
+
+async fn bench(journal: &str) -> Bench {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
-    let (_broker, port) = plain_mosquitto(dir.path());
+    let (broker, port) = plain_mosquitto(dir.path());
     let hub = HubDouble::start(port).await;
+    let state = dir.path().join("buffer/writes/state.jsonl");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, journal).unwrap();
+    Bench {
+        dir,
+        sim,
+        _broker: broker,
+        port,
+        hub,
+        state,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_twin_after_an_old_state_file_is_written_once_and_acknowledged() {
     // The state of an earlier twin: versions up to 50.
-    let state = dir.path().join("buffer/writes");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("state.jsonl"),
-        "{\"twin\":\"fillerSpeedSetpoint\",\"v\":50}\n{\"twin\":\"recipe.name\",\"v\":48}\n",
-    )
-    .unwrap();
+    let Bench {
+        dir,
+        sim,
+        port,
+        hub,
+        _broker,
+        ..
+    } = bench("{\"twin\":\"fillerSpeedSetpoint\",\"v\":50}\n{\"twin\":\"recipe.name\",\"v\":48}\n")
+        .await;
     // The new twin: one desired value, $version 1.
     let v = hub.desire_silently(json!({"fillerSpeedSetpoint": 640.0}));
     assert_eq!(v, 1);
@@ -61,18 +88,18 @@ async fn a_fresh_twin_after_an_old_state_file_is_written_once_and_acknowledged()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_of_another_hub_is_set_aside_even_when_the_versions_look_handled() {
-    let dir = tempfile::tempdir().unwrap();
-    let sim = start_sim(dir.path(), |_| {}).await;
-    let (_broker, port) = plain_mosquitto(dir.path());
-    let hub = HubDouble::start(port).await;
     // Written for the same device on another hub, where fillerSpeedSetpoint reached v3.
-    let state = dir.path().join("buffer/writes");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("state.jsonl"),
+    let Bench {
+        dir,
+        sim,
+        port,
+        hub,
+        state,
+        _broker,
+    } = bench(
         "{\"identity\":\"otherhub.azure-devices.net/line-w-edge\"}\n{\"twin\":\"fillerSpeedSetpoint\",\"v\":3}\n",
     )
-    .unwrap();
+    .await;
     // This hub's twin: fillerSpeedSetpoint set at v2, the document at v5 (above the state's
     // 3: the version check alone would take v2 as handled).
     hub.desire_silently(json!({"recipe": {"name": "Still 0.5 l"}}));
@@ -93,7 +120,7 @@ async fn a_state_of_another_hub_is_set_aside_even_when_the_versions_look_handled
     ack(&hub, "fillerSpeedSetpoint", doc, 200).await;
     assert_eq!(stats(&sim, "Filler.SpeedSetpoint").writes, 1);
     running.stop().await;
-    let journal = std::fs::read_to_string(state.join("state.jsonl")).unwrap();
+    let journal = std::fs::read_to_string(&state).unwrap();
     assert!(
         journal.contains("\"identity\":\"testhub.azure-devices.net/line-w-edge\""),
         "{journal}"

@@ -16,10 +16,6 @@ use tests::*;
 const DEVICE: &str = "line-w-edge";
 const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
 
-fn node(name: &str) -> String {
-    format!("nsu={LINE_NS};s={name}")
-}
-
 /// The `[[write]]` and `[[method]]` sections every test uses.
 fn mappings() -> String {
     format!(
@@ -58,12 +54,12 @@ object = "{filler}"
 method = "{reset}"
 timeout = "5s"
 "#,
-        speed_sp = node("Filler.SpeedSetpoint"),
-        recipe = node("Filler.RecipeName"),
-        speed = node("Filler.Speed"),
-        torque = node("Capper.TorqueSetpoint"),
-        filler = node("Filler"),
-        reset = node("Filler.ResetCounters"),
+        speed_sp = line_node("Filler.SpeedSetpoint"),
+        recipe = line_node("Filler.RecipeName"),
+        speed = line_node("Filler.Speed"),
+        torque = line_node("Capper.TorqueSetpoint"),
+        filler = line_node("Filler"),
+        reset = line_node("Filler.ResetCounters"),
     )
 }
 
@@ -94,7 +90,7 @@ pub(crate) fn hub_section(env: &str, port: u16) -> String {
 
 pub(crate) fn stats(sim: &Sim, name: &str) -> simulator::NodeStats {
     sim.sim
-        .node_stats(&node(name))
+        .node_stats(&line_node(name))
         .unwrap_or_else(|| panic!("{name} in the model"))
 }
 
@@ -107,7 +103,7 @@ fn double_of(sim: &Sim, name: &str) -> f64 {
 
 fn calls(sim: &Sim) -> u64 {
     sim.sim
-        .method_calls(&node("Filler.ResetCounters"))
+        .method_calls(&line_node("Filler.ResetCounters"))
         .expect("method")
 }
 

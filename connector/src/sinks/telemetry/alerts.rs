@@ -10,9 +10,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::payload::{self, json_str, rfc3339, Stream};
-use super::{gzip_bytes, EncoderSettings};
-use crate::buffer::outbox::{frame, Outbox, OutboxError};
-use crate::config::Payload;
+use super::{buffer, EncoderSettings};
+use crate::buffer::outbox::{Outbox, OutboxError};
 
 /// The group name of the alert streams.
 pub const ALERTS_GROUP: &str = "alerts";
@@ -82,15 +81,9 @@ impl Alerts {
             let sent = outbox
                 .reserve(&format!("{}/{ALERTS_GROUP}", a.plc), 1)
                 .and_then(|seq| {
-                    let m = payload::assemble(id, seq, &body);
-                    let gzip = settings.payload == Payload::JsonGzip;
-                    let bytes = if gzip {
-                        gzip_bytes(m.as_bytes())
-                    } else {
-                        m.into_bytes()
-                    };
                     let topic = (settings.alert_topic)(&a.plc, ALERTS_GROUP);
-                    outbox.push(frame(&topic, gzip, &bytes))
+                    let m = payload::assemble(id, seq, &body);
+                    buffer(outbox, settings.payload, &topic, m)
                 });
             match sent {
                 Ok(()) => {

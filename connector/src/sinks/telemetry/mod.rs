@@ -259,13 +259,7 @@ impl Encoder {
     }
 
     fn push(&self, topic: &str, m: String) -> Result<(), OutboxError> {
-        let gzip = self.cfg.payload == Payload::JsonGzip;
-        let body = if gzip {
-            gzip_bytes(m.as_bytes())
-        } else {
-            m.into_bytes()
-        };
-        self.outbox.push(frame(topic, gzip, &body))
+        buffer(&self.outbox, self.cfg.payload, topic, m)
     }
 
     /// Flushes groups whose oldest sample waited `batch_max_delay`; moves messages held in
@@ -350,6 +344,17 @@ impl Encoder {
             .fetch_add(samples.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Buffers message `m` for `topic` in `outbox`, gzip-compressed when `payload` says so.
+fn buffer(outbox: &Outbox, payload: Payload, topic: &str, m: String) -> Result<(), OutboxError> {
+    let gzip = payload == Payload::JsonGzip;
+    let body = if gzip {
+        gzip_bytes(m.as_bytes())
+    } else {
+        m.into_bytes()
+    };
+    outbox.push(frame(topic, gzip, &body))
 }
 
 pub fn gzip_bytes(data: &[u8]) -> Vec<u8> {

@@ -176,26 +176,29 @@ impl Service {
             }
             return;
         };
-        let why_not = match self.plcs.get(&mapping.plc) {
-            Some(s) if s.link.is_none() => Some("not connected"),
-            Some(s) if !s.checked => Some("its nodes are being checked"),
-            Some(s) if s.busy() => Some("busy (max_concurrent_commands)"),
-            Some(_) => None,
-            None => Some("unknown"),
+        // The PLC's session when the write may go now, else why not.
+        let link = match self.plcs.get(&mapping.plc) {
+            None => Err("unknown"),
+            Some(s) if !s.checked => Err("not connected, or its nodes are being checked"),
+            Some(s) if s.busy() => Err("busy (max_concurrent_commands)"),
+            Some(s) => s.link.clone().ok_or("not connected"),
         };
         let rate = mapping.max_rate.and_then(|r| {
             let last = self.props.get(property).and_then(|p| p.last_write);
             rate_wait(r, last, now)
         });
-        if why_not.is_some() || rate.is_some() {
-            if let Some(w) = self.rule_writes.waiting.get_mut(property) {
-                w.not_before = rate;
-                if let (Some(why), Some(more)) = (why_not, WAIT.hit()) {
-                    info!(who = %format!("rule {}", w.rule.rule), plc = %mapping.plc, property = %property, suppressed = more, "a rule write waits for its plc: {why}");
+        let link = match (link, rate) {
+            (Ok(link), None) => link,
+            (why, rate) => {
+                if let Some(w) = self.rule_writes.waiting.get_mut(property) {
+                    w.not_before = rate;
+                    if let (Err(why), Some(more)) = (why, WAIT.hit()) {
+                        info!(who = %format!("rule {}", w.rule.rule), plc = %mapping.plc, property = %property, suppressed = more, "a rule write waits for its plc: {why}");
+                    }
                 }
+                return;
             }
-            return;
-        }
+        };
         let Some(w) = self.rule_writes.waiting.remove(property) else {
             return;
         };
@@ -203,9 +206,6 @@ impl Service {
         let variant = match coerce(&w.value, &mapping) {
             Ok(v) => v,
             Err(r) => return self.refused(&mapping, origin, w.value, &r),
-        };
-        let Some(link) = self.plcs.get(&mapping.plc).and_then(|s| s.link.clone()) else {
-            return;
         };
         self.issued(w.since);
         self.rule_writes.running.insert(property.to_owned());

@@ -55,12 +55,6 @@ pub fn rule() -> String {
     )
 }
 
-fn quantiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
-    (q(0.5), q(0.99), v[v.len() - 1])
-}
-
 /// The quantile `p` of a Prometheus histogram as its bucket's upper bound, in ms.
 fn bucket_quantile(buckets: &[(f64, f64)], p: f64) -> f64 {
     let total = buckets.last().map_or(0.0, |b| b.1);
@@ -105,7 +99,7 @@ pub fn report(
     );
     if !plc_ms.is_empty() {
         let n = plc_ms.len();
-        let (p50, p99, max) = quantiles(plc_ms);
+        let (p50, p99, max) = super::quantiles(plc_ms);
         eprintln!("{id}: rule: the PLC part of its {n} writes (write, read back) ms p50 {p50:.2} p99 {p99:.2} max {max:.2}");
     }
     // PLC value change -> PLC sees the write.
@@ -153,7 +147,7 @@ pub fn report(
         return Ok(());
     }
     let n = ms.len();
-    let (p50, p99, max) = quantiles(ms);
+    let (p50, p99, max) = super::quantiles(ms);
     eprintln!(
         "{id}: rule: PLC value change -> PLC sees the write over {n} firings ({} edges in Parquet, {} opening writes, {unmatched} unmatched): p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
         edges.len(),
