@@ -16,9 +16,14 @@ use simulator::{SimConfig, Simulator};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod certs;
 pub mod chunks;
+pub mod front;
 pub mod hub_double;
+pub mod proxy;
+pub use certs::{certificates, openssl, signed};
 pub use chunks::*;
+pub use front::MqttFront;
 pub use hub_double::{free_port, mosquitto, plain_mosquitto, HubDouble, Mosquitto};
 
 pub const LINE_NS: &str = simulator::BOTTLING_LINE_NAMESPACE;

@@ -83,12 +83,20 @@ fn mqtt(out: &mut String, m: &MqttSinkConfig, line: &Line) -> std::fmt::Result {
         (Some(u), None) => writeln!(out, "    username {u:?}, no password")?,
         (Some(u), Some(p)) => writeln!(out, "    username {u:?}, password from {}", secret(p))?,
     }
+    if let MqttTransport::WebSockets { path } = &m.transport {
+        writeln!(out, "    MQTT over WebSockets, path {path}")?;
+    }
+    proxy(out, m.proxy.as_ref())?;
     if let Some(tls) = &m.tls {
         let path = |p: &Option<std::path::PathBuf>| {
             p.as_ref()
                 .map_or_else(|| "none".to_owned(), |p| p.display().to_string())
         };
-        write!(out, "    tls ca {}", path(&tls.ca_file))?;
+        let ca = tls
+            .ca_file
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), ToString::to_string);
+        write!(out, "    tls ca {ca}")?;
         if tls.cert_file.is_some() {
             write!(
                 out,
@@ -123,6 +131,16 @@ fn mqtt(out: &mut String, m: &MqttSinkConfig, line: &Line) -> std::fmt::Result {
     )
 }
 
+fn proxy(out: &mut String, p: Option<&ProxyConfig>) -> std::fmt::Result {
+    let Some(p) = p else { return Ok(()) };
+    write!(out, "    through the HTTP proxy {} (CONNECT)", p.url)?;
+    match (&p.username, &p.password) {
+        (Some(u), Some(s)) => writeln!(out, ", user {u:?}, password from {}", secret(s)),
+        (Some(u), None) => writeln!(out, ", user {u:?}, no password"),
+        _ => writeln!(out),
+    }
+}
+
 fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
     match &h.auth {
         HubAuth::ConnectionString(s) => writeln!(
@@ -150,14 +168,27 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
             )?;
         }
     }
-    match (&h.insecure_endpoint, &h.ca_file) {
-        (Some(endpoint), _) => writeln!(
+    let how = match h.transport {
+        HubTransport::Mqtt => "MQTT 3.1.1 over TLS on 8883",
+        HubTransport::WebSockets => "MQTT 3.1.1 over WebSockets over TLS on 443",
+    };
+    match (&h.insecure_endpoint, &h.endpoint, &h.ca_file) {
+        (Some(endpoint), _, _) => writeln!(
             out,
             "    INSECURE: plain MQTT to {endpoint} instead of the hub (for tests only)"
         )?,
-        (None, Some(ca)) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883, ca {}", ca.display())?,
-        (None, None) => writeln!(out, "    MQTT 3.1.1 over TLS on 8883")?,
+        (None, Some(endpoint), ca) => {
+            let how = how.split(" on ").next().unwrap_or(how);
+            write!(out, "    {how} to the endpoint {endpoint}")?;
+            match ca {
+                Some(ca) => writeln!(out, ", ca {ca}")?,
+                None => writeln!(out)?,
+            }
+        }
+        (None, None, Some(ca)) => writeln!(out, "    {how}, ca {ca}")?,
+        (None, None, None) => writeln!(out, "    {how}")?,
     }
+    proxy(out, h.proxy.as_ref())?;
     if let Some(endpoint) = &h.https_endpoint {
         writeln!(
             out,

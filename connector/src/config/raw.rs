@@ -384,9 +384,17 @@ pub struct RawUpload {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMqtt {
-    /// mqtt://host[:port] (plain, 1883) or mqtts://host[:port] (TLS, 8883); required.
+    /// mqtt://host[:port] (plain, 1883), mqtts://host[:port] (TLS, 8883), wss://host[:port][/path] (MQTT over WebSockets with TLS, 443, path "/mqtt") or ws://host[:port][/path] (plain, 80); required.
     #[schemars(required)]
     pub url: Option<Spanned<String>>,
+    /// HTTP proxy to tunnel the connection through (HTTP CONNECT), "http://host:port"; default none.
+    pub proxy: Option<Spanned<String>>,
+    /// User name for the proxy's basic authentication; default none.
+    pub proxy_username: Option<Spanned<String>>,
+    /// Environment variable holding the proxy password; only with proxy_username.
+    pub proxy_password_env: Option<Spanned<String>>,
+    /// File holding the proxy password; only with proxy_username.
+    pub proxy_password_file: Option<Spanned<String>>,
     /// MQTT protocol version, "3.1.1" or "5"; default "3.1.1".
     pub version: Option<Spanned<RawVersion>>,
     /// Client id, unique on the broker; default "opcua-connector-{line.id}".
@@ -420,7 +428,7 @@ pub struct RawMqtt {
     pub payload: Option<Spanned<String>>,
     /// Keep-alive, whole seconds from "1s" to "65535s"; default "30s".
     pub keep_alive: Option<Spanned<RawDuration>>,
-    /// { ca_file, cert_file, key_file }: TLS of an mqtts:// url, which needs it.
+    /// { ca_file, cert_file, key_file }: TLS of an mqtts:// or wss:// url, which needs it.
     pub tls: Option<RawTls>,
     /// Serve [[write]] / [[method]] over plain mqtt:// without a username; default false.
     pub allow_insecure_commands: Option<Spanned<bool>>,
@@ -430,7 +438,7 @@ pub struct RawMqtt {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    /// PEM file of the CA(s) of the broker's certificate (the system's are not used); required.
+    /// PEM file of the CA(s) of the broker's certificate, or "system" to trust the operating system's root certificates (an explicit opt-in); required.
     #[schemars(required)]
     pub ca_file: Option<Spanned<String>>,
     /// PEM client certificate, with key_file; default none.
@@ -459,8 +467,21 @@ pub struct RawHub {
     pub insecure_endpoint: Option<Spanned<String>>,
     /// Tests only: the hub's HTTPS API (file upload) at this loopback host:port, TLS still checked against the hub's name; default none.
     pub https_endpoint: Option<Spanned<String>>,
-    /// PEM file of the hub's root CA (the system's are not used); required unless insecure_endpoint without https_endpoint.
+    /// PEM file of the hub's root CA, or "system" to trust the operating system's root certificates (an explicit opt-in); required unless insecure_endpoint without https_endpoint.
     pub ca_file: Option<Spanned<String>>,
+    /// A TLS endpoint host:port instead of the hub's own (a private hub, a test hub), its certificate checked against that host; default none.
+    pub endpoint: Option<Spanned<String>>,
+    /// "mqtt" (MQTT over TLS, port 8883) or "websockets" (MQTT over WebSockets over TLS, port 443); default "mqtt".
+    #[schemars(extend("enum" = ["mqtt", "websockets"]))]
+    pub transport: Option<Spanned<String>>,
+    /// HTTP proxy to tunnel the connection through (HTTP CONNECT), "http://host:port"; default none.
+    pub proxy: Option<Spanned<String>>,
+    /// User name for the proxy's basic authentication; default none.
+    pub proxy_username: Option<Spanned<String>>,
+    /// Environment variable holding the proxy password; only with proxy_username.
+    pub proxy_password_env: Option<Spanned<String>>,
+    /// File holding the proxy password; only with proxy_username.
+    pub proxy_password_file: Option<Spanned<String>>,
     /// Samples of one group per message at most; default 500.
     #[schemars(range(min = 1))]
     pub batch_max_samples: Option<Spanned<i64>>,

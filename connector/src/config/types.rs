@@ -660,21 +660,66 @@ pub enum Payload {
     JsonGzip,
 }
 
+/// The certificates a TLS server's chain must end in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaRoots {
+    /// A PEM file of one or more CA certificates.
+    File(PathBuf),
+    /// The operating system's root store (`ca_file = "system"`, an explicit opt-in that
+    /// `check` points out).
+    System,
+}
+
+impl std::fmt::Display for CaRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaRoots::File(p) => write!(f, "{}", p.display()),
+            CaRoots::System => f.write_str("the system's root certificates"),
+        }
+    }
+}
+
+/// An HTTP proxy that the MQTT connection is tunnelled through (HTTP CONNECT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// `http://host:port` as written (no credentials in it).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Basic authentication: the username, with the password from the environment or a file.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// How an MQTT connection is carried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttTransport {
+    /// MQTT straight over TCP (TLS when configured).
+    Tcp,
+    /// MQTT over WebSockets (`ws://`, `wss://`): the upgrade request's path.
+    WebSockets { path: String },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
-    /// PEM CA bundle; the platform roots are not used, so it is required for mqtts://.
-    pub ca_file: Option<PathBuf>,
+    /// The CA of the broker's certificate: a PEM file, or the system's roots when asked for
+    /// (`"system"`); required for mqtts:// and wss://.
+    pub ca_file: Option<CaRoots>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSinkConfig {
-    /// `mqtt://host:port` or `mqtts://host:port`.
+    /// `mqtt://host:port`, `mqtts://host:port`, `ws://host:port/path` or
+    /// `wss://host:port/path`.
     pub url: String,
     pub host: String,
     pub port: u16,
     pub tls: Option<TlsConfig>,
+    pub transport: MqttTransport,
+    /// An HTTP CONNECT proxy between the connector and the broker.
+    pub proxy: Option<ProxyConfig>,
     pub version: MqttVersion,
     /// Client id; default `opcua-connector-{line}`.
     pub client_id: String,
@@ -710,6 +755,15 @@ pub enum HubAuth {
     },
 }
 
+/// How the connection to IoT Hub is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubTransport {
+    /// MQTT over TLS on port 8883.
+    Mqtt,
+    /// MQTT over WebSockets over TLS on port 443, where a firewall allows only HTTPS.
+    WebSockets,
+}
+
 /// IoT Hub's limit for one device-to-cloud message (body and properties).
 pub const HUB_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
@@ -723,8 +777,16 @@ pub struct HubConfig {
     /// Tests only: the hub's HTTPS API (file upload) at this loopback `host:port` instead of
     /// the hub's 443; TLS is still checked against the hub's host name.
     pub https_endpoint: Option<String>,
-    /// PEM CA bundle for the hub's TLS (default: none given = must be set for real hubs).
-    pub ca_file: Option<PathBuf>,
+    /// A TLS endpoint instead of the hub's (`host:port`, e.g. a private or test hub): the
+    /// certificate is checked against that host.
+    pub endpoint: Option<String>,
+    /// MQTT on 8883, or MQTT over WebSockets on 443 (`/$iothub/websocket`).
+    pub transport: HubTransport,
+    /// An HTTP CONNECT proxy between the connector and the hub.
+    pub proxy: Option<ProxyConfig>,
+    /// The roots of the hub's TLS (a PEM file, or the system's on request); required but with
+    /// a plain `insecure_endpoint`.
+    pub ca_file: Option<CaRoots>,
     pub batch_max_samples: NonZeroUsize,
     pub batch_max_delay: Duration,
     pub payload: Payload,

@@ -1,151 +1,33 @@
-//! The Azure IoT Hub device dialect against a hub test double: a proxy in front of an
-//! embedded broker that reads every MQTT CONNECT and checks the client id, the username and
-//! the SAS password (recomputed from the device key) before letting the connection through.
+//! The Azure IoT Hub device dialect against a hub test double: a front ([`tests::front`]) of
+//! an embedded broker that reads every MQTT CONNECT and checks the client id, the username and
+//! the SAS password (verified with the device key) before letting the connection through.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use connector::cloud::hub::{resource_uri, sas_token};
 use connector::config;
 use connector::runner;
 use tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const HOST: &str = "testhub.azure-devices.net";
 const DEVICE: &str = "line-a-edge";
 const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
 
-#[derive(Debug, Clone)]
-struct Connect {
-    client_id: String,
-    username: String,
-    password: String,
-    accepted: bool,
-    at: std::time::Instant,
-}
-
-fn field(buf: &[u8], at: &mut usize) -> Option<String> {
-    let len = usize::from(u16::from_be_bytes([*buf.get(*at)?, *buf.get(*at + 1)?]));
-    let s = std::str::from_utf8(buf.get(*at + 2..*at + 2 + len)?)
-        .ok()?
-        .to_owned();
-    *at += 2 + len;
-    Some(s)
-}
-
-/// Parses an MQTT 3.1.1 CONNECT packet body (after the fixed header).
-fn parse_connect(body: &[u8]) -> Option<(String, Option<String>, Option<String>)> {
-    let mut at = 0;
-    let proto = field(body, &mut at)?;
-    if proto != "MQTT" || *body.get(at)? != 4 {
-        return None;
-    }
-    let flags = *body.get(at + 1)?;
-    at += 4; // level, flags, keep-alive
-    let client_id = field(body, &mut at)?;
-    if flags & 0x04 != 0 {
-        field(body, &mut at)?;
-        field(body, &mut at)?;
-    }
-    let username = if flags & 0x80 != 0 {
-        Some(field(body, &mut at)?)
-    } else {
-        None
-    };
-    let password = if flags & 0x40 != 0 {
-        Some(field(body, &mut at)?)
-    } else {
-        None
-    };
-    Some((client_id, username, password))
-}
-
-/// Is `password` a valid, unexpired SAS token of our device?
-fn valid_sas(password: &str) -> bool {
-    let Some(se) = password
-        .rsplit("&se=")
-        .next()
-        .and_then(|s| s.split('&').next())
-        .and_then(|s| s.parse::<u64>().ok())
-    else {
-        return false;
-    };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let expected = sas_token(&resource_uri(HOST, DEVICE, None), KEY, se, None).unwrap();
-    se > now && password == expected
-}
-
-async fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut first = [0u8; 1];
-    s.read_exact(&mut first).await.ok()?;
-    let mut header = vec![first[0]];
-    let (mut len, mut mult) = (0usize, 1usize);
-    loop {
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await.ok()?;
-        header.push(b[0]);
-        len += usize::from(b[0] & 0x7f) * mult;
-        mult *= 128;
-        if b[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.ok()?;
-    header.extend_from_slice(&body);
-    Some(header)
-}
-
-/// The hub double: returns its port and the CONNECTs it saw.
-async fn hub_double(broker: u16) -> (u16, Arc<Mutex<Vec<Connect>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<Connect>>> = Arc::default();
-    let s2 = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let seen = s2.clone();
-            tokio::spawn(async move {
-                let Some(packet) = read_packet(&mut client).await else {
-                    return;
-                };
-                let hdr = 1 + packet[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
-                let Some((client_id, username, password)) = parse_connect(&packet[hdr..]) else {
-                    return;
-                };
-                let (username, password) =
-                    (username.unwrap_or_default(), password.unwrap_or_default());
-                let accepted = client_id == DEVICE
-                    && username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")
-                    && valid_sas(&password);
-                seen.lock().unwrap().push(Connect {
-                    client_id,
-                    username,
-                    password,
-                    accepted,
-                    at: std::time::Instant::now(),
-                });
-                if packet[0] != 0x10 || !accepted {
-                    // CONNACK "not authorized", then close.
-                    let _ = client.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
-                    return;
-                }
-                let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", broker)).await else {
-                    return;
-                };
-                if upstream.write_all(&packet).await.is_err() {
-                    return;
-                }
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            });
-        }
-    });
-    (port, seen)
+/// The hub double: the front checking client id, username and SAS (with the device key)
+/// before the broker.
+async fn hub_double(broker: u16) -> MqttFront {
+    MqttFront::start(broker, None, |c| {
+        c.client_id == DEVICE
+            && c.username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")
+            && front::sas_check(
+                &c.password,
+                &format!("{HOST}/devices/{DEVICE}"),
+                KEY,
+                front::now_s(),
+            )
+            .is_ok()
+    })
+    .await
 }
 
 fn hub_config(dir: &Path, opc: &str, hub_port: u16, env: &str) -> config::Config {
@@ -165,10 +47,11 @@ async fn start_line(
     dir: &Path,
     env: &str,
     key: &str,
-) -> (Sim, Arc<Mutex<Vec<Connect>>>, Subscriber, runner::Running) {
+) -> (Sim, MqttFront, Subscriber, runner::Running) {
     let sim = start_sim(dir, |_| {}).await;
     let broker = start_broker();
-    let (hub_port, seen) = hub_double(broker).await;
+    let seen = hub_double(broker).await;
+    let hub_port = seen.port;
     let sub = Subscriber::start(broker, "devices/#").await;
     std::env::set_var(
         env,
@@ -199,7 +82,7 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
     freeze_and_settle(&sim, || sub.count()).await;
     running.stop().await;
 
-    let connects = seen.lock().unwrap().clone();
+    let connects = seen.connects();
     assert!(
         connects.len() >= 3,
         "first connect and two renewals: {connects:?}"
@@ -271,7 +154,7 @@ async fn a_token_signed_with_the_wrong_key_is_refused_and_telemetry_stays_buffer
         "refused connects and buffered telemetry",
         Duration::from_secs(20),
         || {
-            let refused = seen.lock().unwrap().iter().filter(|c| !c.accepted).count();
+            let refused = seen.refused();
             let buffered = hub
                 .messages_buffered
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -279,7 +162,7 @@ async fn a_token_signed_with_the_wrong_key_is_refused_and_telemetry_stays_buffer
         },
     )
     .await;
-    assert!(seen.lock().unwrap().iter().all(|c| !c.accepted));
+    assert_eq!(seen.accepted(), 0);
     assert_eq!(sub.count(), 0, "nothing reaches the hub with a bad token");
     assert!(!hub.connected.load(std::sync::atomic::Ordering::Relaxed));
     running.stop().await;
@@ -293,7 +176,8 @@ async fn a_wrong_key_is_retried_at_most_twice_a_minute_with_one_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
     let broker = start_broker();
-    let (hub_port, seen) = hub_double(broker).await;
+    let seen = hub_double(broker).await;
+    let hub_port = seen.port;
     let env = "E2E_HUB_CS_WRONG_PACING";
     let text = format!(
         "[line]\nid = \"line-p\"\n\n[[plc]]\nid = \"sim\"\nendpoint = \"{}\"\n\n  [[plc.group]]\n  name = \"fast\"\n  \
@@ -325,7 +209,7 @@ async fn a_wrong_key_is_retried_at_most_twice_a_minute_with_one_log_line() {
     .await;
     child.terminate();
     child.exit_within(Duration::from_secs(30)).await;
-    let connects = seen.lock().unwrap().clone();
+    let connects = seen.connects();
     let offsets: Vec<f64> = connects
         .iter()
         .map(|c| c.at.duration_since(start).as_secs_f64())

@@ -10,9 +10,12 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use super::connection::{ConnectionString, Identity, SecretKey};
 use super::files::FileUploads;
 use super::sas;
-use crate::cloud::mqtt::sender::{rustls_config, Renewer};
+use crate::cloud::mqtt::sender::{proxy, rustls_config, Renewer};
 use crate::cloud::mqtt::TopicFn;
-use crate::config::{HubAuth, HubConfig, Secret, HUB_MAX_MESSAGE_BYTES};
+use crate::config::{HubAuth, HubConfig, HubTransport, Secret, HUB_MAX_MESSAGE_BYTES};
+
+/// The path of IoT Hub's MQTT-over-WebSockets endpoint.
+pub const WEBSOCKET_PATH: &str = "/$iothub/websocket";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -22,7 +25,7 @@ pub enum HubError {
     ConnectionString(String),
     #[error("{0}")]
     Tls(String),
-    #[error("insecure_endpoint {0:?} is not host:port")]
+    #[error("endpoint {0:?} is not host:port")]
     Endpoint(String),
     #[error("file upload: {0}")]
     Files(String),
@@ -99,7 +102,7 @@ impl Hub {
             .client_cert
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        rustls_config(self.cfg.ca_file.as_deref(), client).map_err(|e| HubError::Tls(e.to_string()))
+        rustls_config(self.cfg.ca_file.as_ref(), client).map_err(|e| HubError::Tls(e.to_string()))
     }
 
     /// The client of the hub's file-upload API, with this identity and the hub's TLS.
@@ -114,23 +117,44 @@ impl Hub {
         .map_err(HubError::Files)
     }
 
-    /// MQTT 3.1.1 options: client id, keep-alive, TLS on 8883 (or the test-only plain
-    /// endpoint), the X.509 client certificate when configured.
+    /// MQTT 3.1.1 options: client id, keep-alive, TLS on 8883 or WebSockets on 443 (to the
+    /// hub, its gateway or the configured `endpoint`; the test-only plain endpoint), the proxy
+    /// and the X.509 client certificate when configured.
     pub fn options(&self) -> Result<MqttOptions, HubError> {
-        let (host, port, tls) = match &self.cfg.insecure_endpoint {
-            Some(ep) => {
-                let (h, p) = ep
-                    .rsplit_once(':')
-                    .ok_or_else(|| HubError::Endpoint(ep.clone()))?;
-                (
-                    h.to_owned(),
-                    p.parse().map_err(|_| HubError::Endpoint(ep.clone()))?,
-                    false,
-                )
-            }
-            None => (self.connect_host.clone(), 8883, true),
+        let parse = |ep: &String| -> Result<(String, u16), HubError> {
+            let (h, p) = ep
+                .rsplit_once(':')
+                .ok_or_else(|| HubError::Endpoint(ep.clone()))?;
+            let port = p.parse().map_err(|_| HubError::Endpoint(ep.clone()))?;
+            Ok((
+                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                port,
+            ))
         };
-        let mut o = MqttOptions::new(self.identity.client_id(), host, port);
+        let websockets = self.cfg.transport == HubTransport::WebSockets;
+        let (host, port, tls) = match (&self.cfg.insecure_endpoint, &self.cfg.endpoint) {
+            (Some(ep), _) => {
+                let (h, p) = parse(ep)?;
+                (h, p, false)
+            }
+            (None, Some(ep)) => {
+                let (h, p) = parse(ep)?;
+                (h, p, true)
+            }
+            (None, None) if websockets => (self.connect_host.clone(), 443, true),
+            (None, None) => (self.connect_host.clone(), 8883, true),
+        };
+        let address = if tls && websockets {
+            let h = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            format!("wss://{h}:{port}{WEBSOCKET_PATH}")
+        } else {
+            host
+        };
+        let mut o = MqttOptions::new(self.identity.client_id(), address, port);
         o.set_keep_alive(std::time::Duration::from_secs(60));
         o.set_clean_session(true);
         o.set_inflight(100);
@@ -140,9 +164,15 @@ impl Hub {
             o.set_credentials(self.identity.username(), "");
         }
         if tls {
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                Arc::new(self.tls()?),
-            )));
+            let config = TlsConfiguration::Rustls(Arc::new(self.tls()?));
+            o.set_transport(if websockets {
+                Transport::wss_with_config(config)
+            } else {
+                Transport::tls_with_config(config)
+            });
+        }
+        if let Some(p) = &self.cfg.proxy {
+            o.set_proxy(proxy(p).map_err(HubError::Secret)?);
         }
         Ok(o)
     }

@@ -21,11 +21,12 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::MqttError;
-use crate::config::MqttSinkConfig;
+use crate::config::{CaRoots, MqttSinkConfig, MqttTransport, ProxyConfig};
 
-/// A rustls client config from PEM files: the CA bundle, and an optional client certificate.
+/// A rustls client config: the roots (a PEM CA bundle or the system's), and an optional
+/// client certificate from PEM files.
 pub fn rustls_config(
-    ca_file: Option<&std::path::Path>,
+    ca_file: Option<&CaRoots>,
     client: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<rustls::ClientConfig, MqttError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -33,7 +34,20 @@ pub fn rustls_config(
         std::fs::read(p).map_err(|e| MqttError::Tls(format!("cannot read {}: {e}", p.display())))
     };
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = ca_file {
+    if let Some(CaRoots::System) = ca_file {
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found
+                .errors
+                .first()
+                .map_or_else(|| "none found".to_owned(), ToString::to_string);
+            return Err(MqttError::Tls(format!(
+                "ca_file = \"system\": no usable root certificate in the operating system's store ({why})"
+            )));
+        }
+    }
+    if let Some(CaRoots::File(ca)) = ca_file {
         let pem = read(ca)?;
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| MqttError::Tls(format!("{}: {e}", ca.display())))?;
@@ -70,8 +84,45 @@ pub fn rustls_config(
     }
 }
 
+/// rumqttc's proxy settings: HTTP CONNECT, with basic authentication when configured.
+pub fn proxy(cfg: &ProxyConfig) -> Result<rumqttc::Proxy, String> {
+    let auth = match &cfg.username {
+        None => rumqttc::ProxyAuth::None,
+        Some(user) => rumqttc::ProxyAuth::Basic {
+            username: user.clone(),
+            password: match &cfg.password {
+                Some(s) => s.read("proxy_password")?,
+                None => String::new(),
+            },
+        },
+    };
+    Ok(rumqttc::Proxy {
+        ty: rumqttc::ProxyType::Http,
+        auth,
+        addr: cfg.host.clone(),
+        port: cfg.port,
+    })
+}
+
+/// The broker address rumqttc takes: the host, or for WebSockets the whole url
+/// (`ws[s]://host:port/path`; rumqttc reads host and port from it).
+fn broker_address(cfg: &MqttSinkConfig) -> String {
+    match &cfg.transport {
+        MqttTransport::Tcp => cfg.host.clone(),
+        MqttTransport::WebSockets { path } => {
+            let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
+            let host = if cfg.host.contains(':') {
+                format!("[{}]", cfg.host)
+            } else {
+                cfg.host.clone()
+            };
+            format!("{scheme}://{host}:{}{path}", cfg.port)
+        }
+    }
+}
+
 pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut o = MqttOptions::new(cfg.client_id.clone(), broker_address(cfg), cfg.port);
     o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     o.set_clean_session(true);
     o.set_inflight(WINDOW as u16);
@@ -88,10 +139,16 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        let rc = rustls_config(tls.ca_file.as_deref(), client)?;
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(rc),
-        )));
+        let rc = TlsConfiguration::Rustls(Arc::new(rustls_config(tls.ca_file.as_ref(), client)?));
+        o.set_transport(match cfg.transport {
+            MqttTransport::Tcp => Transport::tls_with_config(rc),
+            MqttTransport::WebSockets { .. } => Transport::wss_with_config(rc),
+        });
+    } else if let MqttTransport::WebSockets { .. } = cfg.transport {
+        o.set_transport(Transport::Ws);
+    }
+    if let Some(p) = &cfg.proxy {
+        o.set_proxy(proxy(p).map_err(MqttError::Tls)?);
     }
     Ok(o)
 }
@@ -205,11 +262,52 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     flow.shut();
 }
 
-/// The broker (or hub) refused the credentials: retried with the long back-off.
+/// The broker (or hub) refused the credentials (a CONNACK, or a certificate in the TLS
+/// handshake): retried with the long back-off.
 fn refused_login(e: &rumqttc::ConnectionError) -> bool {
     use rumqttc::ConnectReturnCode as C;
     matches!(
         e,
         rumqttc::ConnectionError::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized)
-    )
+    ) || certificate_refused(e)
+}
+
+/// A TLS certificate was refused, ours by the server (a fatal alert about it) or the server's
+/// by us: nothing a quick retry mends, so it is paced like a refused password.
+pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as A;
+    let of = |r: &rustls::Error| match r {
+        rustls::Error::InvalidCertificate(_) => true,
+        rustls::Error::AlertReceived(a) => matches!(
+            a,
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                // A certificate whose signature does not verify (e.g. made by another CA of
+                // the same name) is answered with this one.
+                | A::DecryptError
+        ),
+        _ => false,
+    };
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return of(r);
+        }
+        // io::Error's source() skips the error it wraps: look at that one directly.
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(r) = wrapped {
+            return of(r);
+        }
+        at = err.source();
+    }
+    false
 }

@@ -41,7 +41,7 @@ fn reject_backoff() -> Backoff {
 /// same way.
 pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
     let v3 = super::sender::options(cfg)?;
-    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    let mut o = MqttOptions::new(cfg.client_id.clone(), v3.broker_address().0, cfg.port);
     o.set_keep_alive(cfg.keep_alive.max(Duration::from_secs(1)));
     o.set_clean_start(true);
     o.set_outgoing_inflight_upper_limit(WINDOW as u16);
@@ -53,6 +53,9 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
         o.set_credentials(login.username, login.password);
     }
     o.set_transport(v3.transport());
+    if let Some(proxy) = v3.proxy() {
+        o.set_proxy(proxy);
+    }
     o.set_network_options(super::sender::network_options());
     Ok(o)
 }
@@ -252,7 +255,8 @@ fn undecodable_refusal(e: &ConnectionError) -> Option<u8> {
     }
 }
 
-/// The broker refused the credentials: retried with the long back-off.
+/// The broker refused the credentials (a CONNACK, or a certificate in the TLS handshake):
+/// retried with the long back-off.
 fn refused_login(e: &ConnectionError) -> bool {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as C;
     matches!(
@@ -260,7 +264,7 @@ fn refused_login(e: &ConnectionError) -> bool {
         ConnectionError::ConnectionRefused(
             C::BadUserNamePassword | C::NotAuthorized | C::Banned | C::BadAuthenticationMethod
         )
-    )
+    ) || super::sender::certificate_refused(e)
 }
 
 fn warn_rejected(p: &PubAck, id: u64, wait: Duration) {

@@ -38,7 +38,8 @@ pub const DEFAULT_SAS_TTL: Duration = Duration::from_secs(3600);
 pub const MIN_SAS_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HUB_BATCH_MAX_SAMPLES: usize = 500;
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]` (IPv6 hosts in brackets), split up.
+/// `mqtt://`, `mqtts://`, `ws://` or `wss://` with `host[:port]` (IPv6 hosts in brackets),
+/// and a path for the WebSockets ones, split up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MqttUrl {
     /// As written.
@@ -46,19 +47,31 @@ struct MqttUrl {
     tls: bool,
     host: String,
     port: u16,
+    /// The upgrade request's path (WebSockets), `None` for MQTT over TCP.
+    websocket_path: Option<String>,
 }
+
+/// The path of a `ws://` or `wss://` url without one.
+pub const DEFAULT_WEBSOCKET_PATH: &str = "/mqtt";
+const URL_FORMS: &str =
+    "mqtt://host[:port], mqtts://host[:port], ws://host[:port][/path] or wss://host[:port][/path]";
 
 /// Never echoes a url that may carry credentials.
 fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
+    let schemes = [
+        ("mqtts://", true, false, DEFAULT_MQTTS_PORT),
+        ("mqtt://", false, false, DEFAULT_MQTT_PORT),
+        ("wss://", true, true, 443),
+        ("ws://", false, true, 80),
+    ];
+    let Some((rest, tls, websocket, default_port)) = schemes
+        .iter()
+        .find_map(|&(scheme, tls, ws, port)| url.strip_prefix(scheme).map(|r| (r, tls, ws, port)))
+    else {
         return Err(if url.contains('@') {
-            "the url must start with mqtt:// or mqtts://".to_owned()
+            format!("the url must be {URL_FORMS}")
         } else {
-            format!("url {url:?} must start with mqtt:// or mqtts://")
+            format!("url {url:?} must be {URL_FORMS}")
         });
     };
     if rest.contains('@') {
@@ -67,16 +80,26 @@ fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
                 .to_owned(),
         );
     }
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.contains(['/', '?', '#']) {
-        return Err(format!(
-            "url {url:?} must be mqtt://host[:port] or mqtts://host[:port], without a path"
-        ));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains(['?', '#']) || path.contains(['?', '#']) {
+        return Err(format!("url {url:?} must be {URL_FORMS}, without a query"));
     }
-    let default_port = if tls {
-        DEFAULT_MQTTS_PORT
+    let websocket_path = if websocket {
+        Some(if path.is_empty() {
+            DEFAULT_WEBSOCKET_PATH.to_owned()
+        } else {
+            path.to_owned()
+        })
     } else {
-        DEFAULT_MQTT_PORT
+        if !path.is_empty() && path != "/" {
+            return Err(format!(
+                "url {url:?} must be {URL_FORMS}: only WebSockets urls have a path"
+            ));
+        }
+        None
     };
     let (host, port) =
         split_host_port(authority).map_err(|reason| format!("url {url:?}: {reason}"))?;
@@ -85,7 +108,34 @@ fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
         tls,
         host: host.to_owned(),
         port: port.unwrap_or(default_port),
+        websocket_path,
     })
+}
+
+/// `http://host[:port]` of an HTTP proxy (port 80 by default), without credentials.
+fn parse_proxy_url(url: &str) -> Result<(String, u16), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(if url.contains('@') {
+            "the proxy must be http://host:port (an HTTP proxy taking CONNECT)".to_owned()
+        } else {
+            format!("proxy {url:?} must be http://host:port (an HTTP proxy taking CONNECT)")
+        });
+    };
+    if rest.contains('@') {
+        return Err(
+            "credentials in the proxy url are not allowed: use proxy_username and proxy_password_env or proxy_password_file"
+                .to_owned(),
+        );
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(format!(
+            "proxy {url:?} must be http://host:port, without a path"
+        ));
+    }
+    let (host, port) =
+        split_host_port(authority).map_err(|reason| format!("proxy {url:?}: {reason}"))?;
+    Ok((host.to_owned(), port.unwrap_or(80)))
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`; the host without brackets.
@@ -183,9 +233,75 @@ fn check_topic_template(template: &str, has_site: bool) -> Result<(), String> {
     Ok(())
 }
 
-const MQTTS_NEEDS_CA: &str = "missing: give tls.ca_file, the PEM file of the CA that signed the broker's certificate (an mqtts:// url needs it; the system's roots are not used)";
+const MQTTS_NEEDS_CA: &str = "missing: give tls.ca_file, the PEM file of the CA that signed the broker's certificate (an mqtts:// or wss:// url needs it), or \"system\" to trust the operating system's roots";
+const SYSTEM_ROOTS: &str = "trusts every root certificate of the operating system's store (any public CA can vouch for the server): prefer the PEM file of the one CA that signs it";
+
+/// The proxy keys of `[sink.mqtt]` and `[hub]`.
+struct RawProxy<'a> {
+    url: &'a Option<Spanned<String>>,
+    username: &'a Option<Spanned<String>>,
+    password_env: &'a Option<Spanned<String>>,
+    password_file: &'a Option<Spanned<String>>,
+}
 
 impl Check<'_> {
+    /// `ca_file`: a PEM file, or `"system"` (warned about).
+    fn ca_roots(&mut self, value: &Spanned<String>, key: &str) -> Option<CaRoots> {
+        if value.get_ref() == "system" {
+            self.warn(Some(value.span()), key, SYSTEM_ROOTS);
+            return Some(CaRoots::System);
+        }
+        self.non_empty(value, key)
+            .map(|f| CaRoots::File(PathBuf::from(f)))
+    }
+
+    /// `proxy`, `proxy_username`, `proxy_password_env` / `_file` under `table`.
+    fn proxy(&mut self, raw: RawProxy<'_>, table: &str) -> Option<Option<ProxyConfig>> {
+        let k = |name: &str| format!("{table}.{name}");
+        let password = self.secret_ref(raw.password_env, raw.password_file, &k("proxy_password"));
+        let Some(url) = raw.url else {
+            for (given, name) in [
+                (raw.username, "proxy_username"),
+                (raw.password_env, "proxy_password_env"),
+                (raw.password_file, "proxy_password_file"),
+            ] {
+                if let Some(given) = given {
+                    self.at(given, &k(name), "proxy credentials need a proxy");
+                    return None;
+                }
+            }
+            return Some(None);
+        };
+        let parsed = match parse_proxy_url(url.get_ref()) {
+            Ok(p) => Some(p),
+            Err(message) => {
+                self.at(url, &k("proxy"), message);
+                None
+            }
+        };
+        let username = self.optional_non_empty(raw.username, &k("proxy_username"));
+        let password = password?;
+        if raw.username.is_none() {
+            for (given, name) in [
+                (raw.password_env, "proxy_password_env"),
+                (raw.password_file, "proxy_password_file"),
+            ] {
+                if let Some(given) = given {
+                    self.at(given, &k(name), "a proxy password needs proxy_username");
+                    return None;
+                }
+            }
+        }
+        let (host, port) = parsed?;
+        Some(Some(ProxyConfig {
+            url: url.get_ref().clone(),
+            host,
+            port,
+            username: username?,
+            password,
+        }))
+    }
+
     fn payload(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<Payload> {
         let Some(p) = value else {
             return Some(Payload::Json);
@@ -348,6 +464,15 @@ impl Check<'_> {
                 None
             }),
         };
+        let proxy = self.proxy(
+            RawProxy {
+                url: &raw.proxy,
+                username: &raw.proxy_username,
+                password_env: &raw.proxy_password_env,
+                password_file: &raw.proxy_password_file,
+            },
+            "sink.mqtt",
+        );
         let tls = raw.tls.as_ref().map(|t| self.tls(t));
         let tls = match (&url, tls) {
             // The url is already reported.
@@ -371,7 +496,7 @@ impl Check<'_> {
                 self.problem(
                     Some(at),
                     &k("tls"),
-                    "tls needs an mqtts:// url (this one is plain mqtt://)",
+                    "tls needs an mqtts:// or wss:// url (this one is plain)",
                 );
                 None
             }
@@ -387,6 +512,11 @@ impl Check<'_> {
             host: url.host,
             port: url.port,
             tls: tls?,
+            transport: match url.websocket_path {
+                Some(path) => MqttTransport::WebSockets { path },
+                None => MqttTransport::Tcp,
+            },
+            proxy: proxy?,
             version: version?,
             client_id: client_id?,
             username: username?,
@@ -408,7 +538,10 @@ impl Check<'_> {
 
     fn tls(&mut self, raw: &RawTls) -> Option<TlsConfig> {
         let k = |name: &str| format!("sink.mqtt.tls.{name}");
-        let ca_file = self.optional_non_empty(&raw.ca_file, &k("ca_file"));
+        let ca_file = match &raw.ca_file {
+            None => Some(None),
+            Some(ca) => self.ca_roots(ca, &k("ca_file")).map(Some),
+        };
         let pair = match (&raw.cert_file, &raw.key_file) {
             (None, None) => Some((None, None)),
             (Some(c), Some(key)) => {
@@ -435,7 +568,7 @@ impl Check<'_> {
         };
         let (cert_file, key_file) = pair?;
         Some(TlsConfig {
-            ca_file: ca_file?.map(PathBuf::from),
+            ca_file: ca_file?,
             cert_file: cert_file.map(PathBuf::from),
             key_file: key_file.map(PathBuf::from),
         })
@@ -508,17 +641,61 @@ impl Check<'_> {
             "the hub's HTTPS API is reached at a loopback address: for tests against a local hub double only",
             "https_endpoint is for tests against a local hub double (127.0.0.1, ::1 or localhost)",
         );
+        let endpoint = match (&raw.endpoint, &raw.insecure_endpoint) {
+            (None, _) => Some(None),
+            (Some(e), Some(_)) => {
+                self.at(
+                    e,
+                    &k("endpoint"),
+                    "give endpoint (TLS) or insecure_endpoint (plain, tests only), not both",
+                );
+                None
+            }
+            (Some(e), None) => match parse_host_port(e.get_ref()) {
+                Ok(_) => Some(Some(e.get_ref().clone())),
+                Err(message) => {
+                    self.at(e, &k("endpoint"), message);
+                    None
+                }
+            },
+        };
+        let transport = match &raw.transport {
+            None => Some(HubTransport::Mqtt),
+            Some(t) => match t.get_ref().as_str() {
+                "mqtt" => Some(HubTransport::Mqtt),
+                "websockets" if raw.insecure_endpoint.is_some() => {
+                    self.at(t, &k("transport"), "websockets is MQTT over WebSockets over TLS: not with insecure_endpoint (plain MQTT); use endpoint for a TLS test hub");
+                    None
+                }
+                "websockets" => Some(HubTransport::WebSockets),
+                other => {
+                    self.at(
+                        t,
+                        &k("transport"),
+                        format!("unknown transport {other:?}: use \"mqtt\" (port 8883) or \"websockets\" (port 443)"),
+                    );
+                    None
+                }
+            },
+        };
+        let proxy = self.proxy(
+            RawProxy {
+                url: &raw.proxy,
+                username: &raw.proxy_username,
+                password_env: &raw.proxy_password_env,
+                password_file: &raw.proxy_password_file,
+            },
+            "hub",
+        );
         let ca_file = match (&raw.ca_file, &raw.insecure_endpoint, &raw.https_endpoint) {
             (Some(ca), Some(_), None) => {
                 self.at(ca, &k("ca_file"), "ca_file is not used with insecure_endpoint (plain MQTT, for tests only): remove one, or give https_endpoint (a test hub's HTTPS API, which uses it)");
                 None
             }
-            (Some(ca), _, _) => self
-                .non_empty(ca, &k("ca_file"))
-                .map(|c| Some(PathBuf::from(c))),
+            (Some(ca), _, _) => self.ca_roots(ca, &k("ca_file")).map(Some),
             (None, Some(_), None) => Some(None),
             (None, _, _) => {
-                self.problem(header, &k("ca_file"), "missing: give ca_file, the PEM file of the hub's root CA (DigiCert Global Root G2 for Azure IoT Hub); the system's roots are not used");
+                self.problem(header, &k("ca_file"), "missing: give ca_file, the PEM file of the hub's root CA (DigiCert Global Root G2 for Azure IoT Hub), or \"system\" to trust the operating system's roots");
                 None
             }
         };
@@ -543,6 +720,9 @@ impl Check<'_> {
             sas_ttl: sas_ttl?,
             insecure_endpoint: insecure_endpoint?,
             https_endpoint: https_endpoint?,
+            endpoint: endpoint?,
+            transport: transport?,
+            proxy: proxy?,
             ca_file: ca_file?,
             batch_max_samples: batch_max_samples?,
             batch_max_delay: batch_max_delay?,

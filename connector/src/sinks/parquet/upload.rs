@@ -37,7 +37,7 @@ use super::retention::{sync_new, Retention};
 use crate::backoff::Backoff;
 use crate::cloud::hub::files::{BlobGrant, FileUploads, Outcome};
 use crate::cloud::hub::sender::Hub;
-use crate::config::{HubConfig, StoreTarget, UploadConfig, UploadTarget};
+use crate::config::{CaRoots, HubConfig, StoreTarget, UploadConfig, UploadTarget};
 use crate::metrics::UploadMetrics;
 use crate::ratelog::RateLog;
 
@@ -114,9 +114,10 @@ impl Destination {
                 let api = Hub::new(hub)
                     .and_then(|h| h.file_uploads())
                     .map_err(|e| e.to_string())?;
+                // The system's roots: object_store's client has them already.
                 let roots = match &hub.ca_file {
-                    None => Vec::new(),
-                    Some(ca) => std::fs::read(ca)
+                    None | Some(CaRoots::System) => Vec::new(),
+                    Some(CaRoots::File(ca)) => std::fs::read(ca)
                         .map_err(|e| e.to_string())
                         .and_then(|pem| {
                             object_store::Certificate::from_pem_bundle(&pem)

@@ -43,6 +43,8 @@ fn mqtt_defaults_fill_in_everything_but_the_url() {
             host: "broker.local".into(),
             port: 1883,
             tls: None,
+            transport: MqttTransport::Tcp,
+            proxy: None,
             version: MqttVersion::V311,
             client_id: "opcua-connector-line-a".into(),
             username: None,
@@ -85,14 +87,177 @@ fn mqtt_url_gives_host_and_port_with_scheme_defaults() {
 }
 
 #[test]
+fn websocket_urls_carry_a_path_and_need_tls_for_wss() {
+    let tls = "\ntls = { ca_file = \"ca.pem\" }";
+    let cases = [
+        ("wss://b.example", tls, 443, "/mqtt"),
+        ("wss://b.example:8443/ws", tls, 8443, "/ws"),
+        ("ws://b.example", "", 80, "/mqtt"),
+        ("ws://b.example:9001/", "", 9001, "/"),
+    ];
+    for (url, extra, port, path) in cases {
+        let m = mqtt_of(&format!("url = \"{url}\"{extra}"));
+        assert_eq!(
+            (m.port, m.transport),
+            (
+                port,
+                MqttTransport::WebSockets {
+                    path: path.to_owned()
+                }
+            ),
+            "{url}"
+        );
+        assert_eq!(m.tls.is_some(), url.starts_with("wss"));
+    }
+    let text = with_table("sink.mqtt", "url = \"wss://b\"");
+    assert_problem(&text, 15, "sink.mqtt.tls.ca_file", "or wss:// url needs it");
+}
+
+#[test]
+fn the_system_roots_are_an_opt_in_that_check_warns_about() {
+    let text = with_table(
+        "sink.mqtt",
+        "url = \"wss://b\"\ntls = { ca_file = \"system\" }",
+    );
+    let config = parse_ok(&text);
+    assert_eq!(
+        config.mqtt.unwrap().tls.unwrap().ca_file,
+        Some(CaRoots::System)
+    );
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.key == "sink.mqtt.tls.ca_file"
+                && w.line == Some(16)
+                && w.message.contains("every root certificate")),
+        "{:?}",
+        config.warnings
+    );
+    let text = with_table(
+        "hub",
+        "connection_string_env = \"CS\"\nca_file = \"system\"",
+    );
+    let config = parse_ok(&text);
+    assert_eq!(config.hub.unwrap().ca_file, Some(CaRoots::System));
+    assert!(config.warnings.iter().any(|w| w.key == "hub.ca_file"));
+}
+
+#[test]
+fn a_proxy_is_an_http_url_with_credentials_from_env_or_file() {
+    let m = mqtt_of(
+        "url = \"mqtt://b\"\nproxy = \"http://proxy.plant:3128\"\nproxy_username = \"edge\"\nproxy_password_env = \"PROXY_PW\"",
+    );
+    assert_eq!(
+        m.proxy,
+        Some(ProxyConfig {
+            url: "http://proxy.plant:3128".into(),
+            host: "proxy.plant".into(),
+            port: 3128,
+            username: Some("edge".into()),
+            password: Some(Secret::Env("PROXY_PW".into())),
+        })
+    );
+    let h = hub_of(&format!("{HUB_CS}\nproxy = \"http://10.0.0.1\""));
+    assert_eq!(
+        h.proxy.map(|p| (p.host, p.port)),
+        Some(("10.0.0.1".into(), 80))
+    );
+    for (body, key, part) in [
+        (
+            "proxy = \"https://p:3128\"",
+            "sink.mqtt.proxy",
+            "must be http://host:port",
+        ),
+        (
+            "proxy = \"http://u:pw@p:3128\"",
+            "sink.mqtt.proxy",
+            "credentials in the proxy url",
+        ),
+        (
+            "proxy = \"http://p:3128/x\"",
+            "sink.mqtt.proxy",
+            "without a path",
+        ),
+        (
+            "proxy_username = \"u\"",
+            "sink.mqtt.proxy_username",
+            "need a proxy",
+        ),
+        (
+            "proxy = \"http://p\"\nproxy_password_file = \"pw\"",
+            "sink.mqtt.proxy_password_file",
+            "needs proxy_username",
+        ),
+    ] {
+        let text = with_table("sink.mqtt", &format!("url = \"mqtt://b\"\n{body}"));
+        assert_problem(&text, 15 + body.lines().count(), key, part);
+    }
+    let text = with_table(
+        "sink.mqtt",
+        "url = \"mqtt://b\"\nproxy = \"http://u:hunter2@p\"",
+    );
+    let e = parse(Path::new(FILE), &text).unwrap_err().to_string();
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn hub_endpoint_keeps_tls_and_websockets_is_a_transport() {
+    let h = hub_of(&format!(
+        "{HUB_CS}\nendpoint = \"hub.plant.local:8883\"\ntransport = \"websockets\""
+    ));
+    assert_eq!(
+        (h.endpoint.as_deref(), h.transport),
+        (Some("hub.plant.local:8883"), HubTransport::WebSockets)
+    );
+    assert_eq!(hub_of(HUB_CS).transport, HubTransport::Mqtt);
+    for (body, key, part) in [
+        ("endpoint = \"h\"", "hub.endpoint", "has no port"),
+        (
+            "endpoint = \"mqtts://h:1\"",
+            "hub.endpoint",
+            "without a scheme",
+        ),
+        (
+            "transport = \"amqp\"",
+            "hub.transport",
+            "unknown transport \"amqp\"",
+        ),
+    ] {
+        let text = with_table("hub", &format!("{HUB_CS}\n{body}"));
+        assert_problem(&text, 17, key, part);
+    }
+    let text = with_table(
+        "hub",
+        "connection_string_env = \"CS\"\ninsecure_endpoint = \"127.0.0.1:1\"\nendpoint = \"127.0.0.1:2\"",
+    );
+    assert_problem(&text, 17, "hub.endpoint", "not both");
+    let text = with_table(
+        "hub",
+        "connection_string_env = \"CS\"\ninsecure_endpoint = \"127.0.0.1:1\"\ntransport = \"websockets\"",
+    );
+    assert_problem(&text, 17, "hub.transport", "not with insecure_endpoint");
+    // endpoint is TLS: the CA is still required.
+    let text = with_table(
+        "hub",
+        "connection_string_env = \"CS\"\nendpoint = \"127.0.0.1:2\"",
+    );
+    assert_problem(&text, 14, "hub.ca_file", "missing");
+}
+
+#[test]
 fn mqtt_url_problems_name_the_url_key() {
     for (url, part) in [
-        ("tcp://b:1883", "must start with mqtt:// or mqtts://"),
+        (
+            "tcp://b:1883",
+            "must be mqtt://host[:port], mqtts://host[:port], ws://",
+        ),
         ("mqtt://", "no host"),
         ("mqtt://:1883", "no host"),
         ("mqtt://b:0", "port \"0\" must be 1..=65535"),
         ("mqtt://b:99999", "must be 1..=65535"),
-        ("mqtt://b/topic", "without a path"),
+        ("mqtt://b/topic", "only WebSockets urls have a path"),
+        ("wss://b/mqtt?x=1", "without a query"),
         ("mqtt://[::1", "unclosed ["),
     ] {
         let text = with_table("sink.mqtt", &format!("url = \"{url}\""));
@@ -286,7 +451,7 @@ fn mqtt_tls_goes_with_mqtts_and_needs_a_ca() {
     assert_eq!(
         m.tls,
         Some(TlsConfig {
-            ca_file: Some("ca.pem".into()),
+            ca_file: Some(CaRoots::File("ca.pem".into())),
             cert_file: None,
             key_file: None
         })
@@ -307,7 +472,12 @@ fn mqtt_tls_goes_with_mqtts_and_needs_a_ca() {
         "sink.mqtt",
         "url = \"mqtt://b\"\ntls = { ca_file = \"ca.pem\" }",
     );
-    assert_problem(&text, 16, "sink.mqtt.tls", "tls needs an mqtts:// url");
+    assert_problem(
+        &text,
+        16,
+        "sink.mqtt.tls",
+        "tls needs an mqtts:// or wss:// url",
+    );
     let text = with_table(
         "sink.mqtt",
         "url = \"mqtts://b\"\ntls = { ca_file = \"ca.pem\", cert_file = \"c.pem\" }",
@@ -340,7 +510,10 @@ fn hub_defaults_and_connection_string_sources() {
             sas_ttl: Duration::from_secs(3600),
             insecure_endpoint: None,
             https_endpoint: None,
-            ca_file: Some("ca.pem".into()),
+            endpoint: None,
+            transport: HubTransport::Mqtt,
+            proxy: None,
+            ca_file: Some(CaRoots::File("ca.pem".into())),
             batch_max_samples: NonZeroUsize::new(500).unwrap(),
             batch_max_delay: Duration::from_millis(200),
             payload: Payload::Json,

@@ -146,7 +146,7 @@ fn iot_hub_file_upload_takes_the_hub_identity_and_no_store_settings() {
     .unwrap_or_else(|e| panic!("{e}"));
     let h = c.hub.unwrap();
     assert_eq!(h.https_endpoint.as_deref(), Some("127.0.0.1:8443"));
-    assert_eq!(h.ca_file, Some(PathBuf::from("ca.pem")));
+    assert_eq!(h.ca_file, Some(CaRoots::File("ca.pem".into())));
     assert!(
         c.warnings
             .iter()
