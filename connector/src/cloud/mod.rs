@@ -10,3 +10,4 @@
 pub mod control;
 pub mod hub;
 pub mod mqtt;
+pub mod status;

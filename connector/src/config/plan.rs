@@ -87,6 +87,13 @@ fn mqtt(out: &mut String, m: &MqttSinkConfig, line: &Line) -> std::fmt::Result {
         writeln!(out, "    MQTT over WebSockets, path {path}")?;
     }
     proxy(out, m.proxy.as_ref())?;
+    if let Some((topic, interval)) = &m.status {
+        writeln!(
+            out,
+            "    status retained on {topic} (online / offline with a last will), on change at most every {}",
+            duration(*interval)
+        )?;
+    }
     if let Some(tls) = &m.tls {
         let path = |p: &Option<std::path::PathBuf>| {
             p.as_ref()
@@ -189,6 +196,13 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
         (None, None, None) => writeln!(out, "    {how}")?,
     }
     proxy(out, h.proxy.as_ref())?;
+    if let Some(interval) = h.status_interval {
+        writeln!(
+            out,
+            "    the connector's state in the reported property connectorStatus, on change at most every {}",
+            duration(interval)
+        )?;
+    }
     if let Some(endpoint) = &h.https_endpoint {
         writeln!(
             out,

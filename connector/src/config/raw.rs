@@ -432,6 +432,10 @@ pub struct RawMqtt {
     pub tls: Option<RawTls>,
     /// Serve [[write]] / [[method]] over plain mqtt:// without a username; default false.
     pub allow_insecure_commands: Option<Spanned<bool>>,
+    /// Retained status topic ({site}, {line}) with a last will: "online" while connected, "offline" with the reason; default none.
+    pub status_topic: Option<Spanned<String>>,
+    /// Shortest time between two status updates, at least "1s"; default "30s"; only with status_topic.
+    pub status_interval: Option<Spanned<RawDuration>>,
 }
 
 /// `tls = { ca_file, cert_file, key_file }`.
@@ -492,6 +496,8 @@ pub struct RawHub {
     pub payload: Option<Spanned<String>>,
     /// A desired value still waiting for its PLC after this long is not written; default "1h".
     pub pending_write_max_age: Option<Spanned<RawDuration>>,
+    /// Report the connector's state (version, PLC sessions, backlog) in the reported property connectorStatus, on change and at most this often, at least "1s"; default none (not reported).
+    pub status_interval: Option<Spanned<RawDuration>>,
 }
 
 /// `x509 = { host, device_id, module_id, cert_file, key_file }`.

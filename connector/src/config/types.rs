@@ -740,6 +740,9 @@ pub struct MqttSinkConfig {
     pub keep_alive: Duration,
     /// Serve writes and methods over plain `mqtt://` without a username (explicit opt-in).
     pub allow_insecure_commands: bool,
+    /// The retained status topic (template with `{site}`, `{line}`) and the shortest time
+    /// between two updates.
+    pub status: Option<(String, Duration)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -793,6 +796,8 @@ pub struct HubConfig {
     /// A desired value waiting for its PLC longer than this is not written: acknowledged
     /// 400 expired.
     pub pending_write_max_age: Duration,
+    /// The connector's state in the reported property `connectorStatus`, at most this often.
+    pub status_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

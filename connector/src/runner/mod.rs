@@ -17,6 +17,7 @@ use crate::cloud::control::Control;
 use crate::cloud::hub::sender::Hub;
 use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
+use crate::cloud::status::{StatusBoard, StatusKind, StatusPlan};
 use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::{connect, session};
@@ -122,8 +123,9 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         (Controls::default(), None)
     };
     let mut watched = Vec::new();
+    let board = StatusBoard::new(&config.line.id);
     let (destinations, hub_identity) =
-        open_destinations(config, controls, &shutdown.senders, &mut watched)?;
+        open_destinations(config, controls, &board, &shutdown.senders, &mut watched)?;
     if let Err(e) = connect::prepare_pki(&config.pki) {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
@@ -197,6 +199,7 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
             )));
         }
     }
+    board.set_plcs(metrics.plcs.clone());
     let mut commands = None;
     if let Some(r) = rules {
         commands = r.commands.map(|rx| (rx, r.engine.metrics.clone()));
@@ -257,6 +260,7 @@ fn written_dirs(config: &Config) -> Vec<std::path::PathBuf> {
 fn open_destinations(
     config: &Config,
     mut controls: Controls,
+    board: &Arc<StatusBoard>,
     senders: &Stage,
     watched: &mut Vec<Watched>,
 ) -> Result<(Vec<Destination>, Option<String>), RunError> {
@@ -267,13 +271,24 @@ fn open_destinations(
         grace: DRAIN,
         renew: None,
         control,
+        status: None,
     };
+    let site = config.line.site.as_deref().unwrap_or("");
     let mut identity = None;
     let mut out = Vec::new();
     if let Some(mc) = &config.mqtt {
         let outbox = Outbox::open(&config.buffer, "mqtt", mc.max_message_bytes)
             .map_err(|e| RunError::Mqtt(e.to_string()))?;
-        let s = sending(&outbox, mc.qos, controls.mqtt.take());
+        let s = Sending {
+            status: mc.status.as_ref().map(|(template, interval)| StatusPlan {
+                kind: StatusKind::Retained {
+                    topic: crate::cloud::mqtt::topic(template, site, &config.line.id, "", ""),
+                },
+                board: board.clone(),
+                interval: *interval,
+            }),
+            ..sending(&outbox, mc.qos, controls.mqtt.take())
+        };
         if mc.version == MqttVersion::V5 {
             let opts = sender_v5::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
             spawn_sender(senders, "mqtt", sender_v5::run(opts, s), watched)?;
@@ -281,7 +296,6 @@ fn open_destinations(
             let opts = sender::options(mc).map_err(|e| RunError::Mqtt(e.to_string()))?;
             spawn_sender(senders, "mqtt", sender::run(opts, s), watched)?;
         }
-        let site = config.line.site.as_deref().unwrap_or("");
         out.push(Destination {
             name: "mqtt",
             settings: EncoderSettings::broker(mc, &config.line.id, site),
@@ -296,6 +310,11 @@ fn open_destinations(
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
         let s = Sending {
             renew: hub.renewer(),
+            status: hc.status_interval.map(|interval| StatusPlan {
+                kind: StatusKind::Reported,
+                board: board.clone(),
+                interval,
+            }),
             ..sending(&outbox, 1, controls.hub.take())
         };
         spawn_sender(senders, "hub", sender::run(opts, s), watched)?;

@@ -21,6 +21,7 @@ mod refusals;
 mod rules;
 mod secure;
 mod service;
+mod status;
 mod structures;
 mod transports;
 mod twin_identity;

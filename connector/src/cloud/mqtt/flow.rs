@@ -51,6 +51,8 @@ pub struct Sending {
     pub renew: Option<Renewer>,
     /// The cloud-to-PLC side of the connection, when writes or methods are served.
     pub control: Option<Control>,
+    /// The connector's status on this connection (a retained topic, or reported properties).
+    pub status: Option<crate::cloud::status::StatusPlan>,
 }
 
 pub struct Flow {
@@ -309,6 +311,16 @@ impl Flow {
     /// buffer id (and its PUBACK is ignored).
     pub fn control_sent(&mut self) {
         self.sent.push_back(None);
+    }
+
+    /// What waits in the buffer.
+    pub fn backlog(&self) -> crate::cloud::status::Backlog {
+        let s = self.lock().stats();
+        crate::cloud::status::Backlog {
+            messages: s.pending,
+            bytes: s.bytes_on_disk,
+            oldest: s.oldest_pending_age,
+        }
     }
 
     /// Whether the in-flight window has room for a control message.

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
 
 use super::flow::{Flow, Sending, WINDOW};
 use crate::cloud::control::{Control, Message};
+use crate::cloud::status::StatusReporter;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -174,8 +175,17 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         grace,
         renew,
         control,
+        status,
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
+    let mut status = status.map(StatusReporter::new);
+    let will = |s: &StatusReporter| {
+        s.will()
+            .map(|(topic, body)| LastWill::new(topic, body, QoS::AtLeastOnce, true))
+    };
+    if let Some(w) = status.as_ref().and_then(will) {
+        opts.set_last_will(w);
+    }
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -196,12 +206,24 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
                 .is_ok()
         });
+        if let Some(s) = status.as_mut().filter(|_| flow.has_room()) {
+            if let Some((topic, body, retain)) = s.due(flow.backlog()) {
+                if client
+                    .try_publish(topic, QoS::AtLeastOnce, retain, body)
+                    .is_ok()
+                {
+                    flow.control_sent();
+                }
+            }
+        }
         flow.fill(|topic, _gzip, body| {
             client.try_publish(topic, qos, false, body.to_vec()).is_ok()
         });
+        let recheck = status.as_ref().map(StatusReporter::recheck);
         let event = tokio::select! {
             e = eventloop.poll() => e,
             _ = control.ready() => continue,
+            _ = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() && flow.connected => continue,
             _ = flow.renewal_due() => {
                 // Reconnect with a fresh token: what was in flight goes out again after the
                 // ConnAck (the buffer rewinds).
@@ -230,6 +252,13 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 flow.connack();
+                if let Some(s) = status.as_mut() {
+                    s.connected();
+                    // The will of the next connection says when this one was opened.
+                    if let Some(w) = will(s) {
+                        eventloop.mqtt_options.set_last_will(w);
+                    }
+                }
                 control.subscribe("mqtt", |topic| {
                     client
                         .try_subscribe(topic, QoS::AtLeastOnce)
@@ -258,7 +287,22 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             }
         }
     }
-    let _ = client.try_disconnect();
+    match status.as_ref().and_then(StatusReporter::stopped) {
+        // A clean stop says so (retained) before the DISCONNECT, which discards the will.
+        Some((topic, body)) if flow.connected => {
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, body);
+            let _ = client.try_disconnect();
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok(e)) = tokio::time::timeout_at(until, eventloop.poll()).await {
+                if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        }
+        _ => {
+            let _ = client.try_disconnect();
+        }
+    }
     flow.shut();
 }
 

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{Packet, PubAck, PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PubAck, PubAckReason, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use rumqttc::Outgoing;
@@ -28,6 +28,7 @@ use super::flow::{permanent, Flow, Sending, WINDOW};
 use super::MqttError;
 use crate::backoff::Backoff;
 use crate::cloud::control::{Control, Message};
+use crate::cloud::status::StatusReporter;
 use crate::config::MqttSinkConfig;
 
 /// Back-off after a rejected message before the reconnect that re-sends it.
@@ -102,8 +103,17 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         grace,
         renew,
         control,
+        status,
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
+    let mut status = status.map(StatusReporter::new);
+    let will = |s: &StatusReporter| {
+        s.will()
+            .map(|(topic, body)| LastWill::new(topic, body, QoS::AtLeastOnce, true, None))
+    };
+    if let Some(w) = status.as_ref().and_then(will) {
+        opts.set_last_will(w);
+    }
     let qos = if qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -135,14 +145,30 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 )
                 .is_ok()
         });
+        if let Some(s) = status.as_mut().filter(|_| flow.has_room()) {
+            if let Some((topic, body, retain)) = s.due(flow.backlog()) {
+                let props = PublishProperties {
+                    content_type: Some("application/json".to_owned()),
+                    ..Default::default()
+                };
+                if client
+                    .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, body, props)
+                    .is_ok()
+                {
+                    flow.control_sent();
+                }
+            }
+        }
         flow.fill(|topic, gzip, body| {
             client
                 .try_publish_with_properties(topic, qos, false, body.to_vec(), properties(gzip))
                 .is_ok()
         });
+        let recheck = status.as_ref().map(StatusReporter::recheck);
         let event = tokio::select! {
             e = eventloop.poll() => e,
             _ = control.ready() => continue,
+            _ = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() && flow.connected => continue,
             _ = flow.renewal_due() => {
                 if let Some((user, pass)) = flow.credentials() {
                     eventloop.options.set_credentials(user, pass);
@@ -171,6 +197,13 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 let broker = c.properties.and_then(|p| p.max_packet_size);
                 flow.set_limit(broker.map_or(own_limit, |b| own_limit.min(b as usize)));
                 flow.connack();
+                if let Some(s) = status.as_mut() {
+                    s.connected();
+                    // The will of the next connection says when this one was opened.
+                    if let Some(w) = will(s) {
+                        eventloop.options.set_last_will(w);
+                    }
+                }
                 control.subscribe("mqtt5", |topic| {
                     client
                         .try_subscribe(topic, QoS::AtLeastOnce)
@@ -238,7 +271,22 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             }
         }
     }
-    let _ = client.try_disconnect();
+    match status.as_ref().and_then(StatusReporter::stopped) {
+        // A clean stop says so (retained) before the DISCONNECT, which discards the will.
+        Some((topic, body)) if flow.connected => {
+            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, body);
+            let _ = client.try_disconnect();
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok(e)) = tokio::time::timeout_at(until, eventloop.poll()).await {
+                if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        }
+        _ => {
+            let _ = client.try_disconnect();
+        }
+    }
     flow.shut();
 }
 

@@ -9,7 +9,7 @@ use crate::config::raw::Spanned;
 
 use super::{format_size, is_loopback_host, optional, Check, Span, DEFAULT_PENDING_WRITE_MAX_AGE};
 use crate::config::is_valid_id;
-use crate::config::raw::{Quantity, RawHub, RawMqtt, RawTls, RawX509};
+use crate::config::raw::{Quantity, RawDuration, RawHub, RawMqtt, RawTls, RawX509};
 use crate::config::types::*;
 
 /// `[sink.mqtt]` defaults.
@@ -37,6 +37,8 @@ pub const DEFAULT_SAS_TTL: Duration = Duration::from_secs(3600);
 /// Short enough for tests of token renewal; real deployments keep the default.
 pub const MIN_SAS_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HUB_BATCH_MAX_SAMPLES: usize = 500;
+/// The shortest time between two status updates by default.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `mqtt://`, `mqtts://`, `ws://` or `wss://` with `host[:port]` (IPv6 hosts in brackets),
 /// and a path for the WebSockets ones, split up.
@@ -302,6 +304,23 @@ impl Check<'_> {
         }))
     }
 
+    /// A status interval: at least 1 s, default 30 s.
+    fn status_interval(
+        &mut self,
+        value: Option<&Spanned<RawDuration>>,
+        key: &str,
+    ) -> Option<Duration> {
+        let Some(v) = value else {
+            return Some(DEFAULT_STATUS_INTERVAL);
+        };
+        let d = self.duration(v, key)?;
+        if d < Duration::from_secs(1) {
+            self.at(v, key, "must be at least 1s");
+            return None;
+        }
+        Some(d)
+    }
+
     fn payload(&mut self, value: &Option<Spanned<String>>, key: &str) -> Option<Payload> {
         let Some(p) = value else {
             return Some(Payload::Json);
@@ -506,8 +525,39 @@ impl Check<'_> {
             }
             (Some(_), Some(t)) => t.map(Some),
         };
+        let status = match (&raw.status_topic, &raw.status_interval) {
+            (None, None) => Some(None),
+            (None, Some(i)) => {
+                self.at(
+                    i,
+                    &k("status_interval"),
+                    "status_interval needs status_topic",
+                );
+                None
+            }
+            (Some(t), interval) => {
+                let text = t.get_ref();
+                let checked = check_topic_template(text, has_site).and_then(|()| {
+                    if text.contains("{plc}") || text.contains("{group}") {
+                        Err(format!("status topic {text:?} is per line: only {{site}} and {{line}} can be used"))
+                    } else {
+                        Ok(())
+                    }
+                });
+                let topic = match checked {
+                    Ok(()) => Some(text.clone()),
+                    Err(message) => {
+                        self.at(t, &k("status_topic"), message);
+                        None
+                    }
+                };
+                let interval = self.status_interval(interval.as_ref(), &k("status_interval"));
+                topic.zip(interval).map(Some)
+            }
+        };
         let (_, url) = url?;
         Some(MqttSinkConfig {
+            status: status?,
             url: url.text,
             host: url.host,
             port: url.port,
@@ -712,10 +762,17 @@ impl Check<'_> {
             None => Some(DEFAULT_PENDING_WRITE_MAX_AGE),
             Some(d) => self.positive_duration(d, &k("pending_write_max_age")),
         };
+        let status_interval = match &raw.status_interval {
+            None => Some(None),
+            Some(i) => self
+                .status_interval(Some(i), &k("status_interval"))
+                .map(Some),
+        };
         if raw.connection_string.is_some() {
             return None;
         }
         Some(HubConfig {
+            status_interval: status_interval?,
             auth: auth?,
             sas_ttl: sas_ttl?,
             insecure_endpoint: insecure_endpoint?,

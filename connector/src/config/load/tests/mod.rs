@@ -344,6 +344,7 @@ listen = "127.0.0.1:9464"
             payload: Payload::JsonGzip,
             keep_alive: Duration::from_secs(60),
             allow_insecure_commands: false,
+            status: None,
         }),
         hub: Some(HubConfig {
             auth: HubAuth::ConnectionString(Secret::File("/run/secrets/iothub".into())),
@@ -358,6 +359,7 @@ listen = "127.0.0.1:9464"
             batch_max_delay: Duration::from_secs(1),
             payload: Payload::JsonGzip,
             pending_write_max_age: Duration::from_secs(3600),
+            status_interval: None,
         }),
         buffer: BufferConfig {
             dir: "/var/lib/opcua-connector/buffer".into(),

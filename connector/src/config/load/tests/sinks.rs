@@ -59,6 +59,7 @@ fn mqtt_defaults_fill_in_everything_but_the_url() {
             payload: Payload::Json,
             keep_alive: Duration::from_secs(30),
             allow_insecure_commands: false,
+            status: None,
         }
     );
     let with_site = with_table("sink.mqtt", "url = \"mqtt://b\"")
@@ -243,6 +244,52 @@ fn hub_endpoint_keeps_tls_and_websockets_is_a_transport() {
         "connection_string_env = \"CS\"\nendpoint = \"127.0.0.1:2\"",
     );
     assert_problem(&text, 14, "hub.ca_file", "missing");
+}
+
+#[test]
+fn status_topics_are_per_line_and_intervals_at_least_a_second() {
+    let m = mqtt_of("url = \"mqtt://b\"\nstatus_topic = \"opcua/{line}/status\"");
+    assert_eq!(
+        m.status,
+        Some(("opcua/{line}/status".into(), Duration::from_secs(30)))
+    );
+    let m = mqtt_of(
+        "url = \"mqtt://b\"\nstatus_topic = \"opcua/{line}/status\"\nstatus_interval = \"5s\"",
+    );
+    assert_eq!(m.status.map(|s| s.1), Some(Duration::from_secs(5)));
+    assert_eq!(
+        hub_of(&format!("{HUB_CS}\nstatus_interval = \"1m\"")).status_interval,
+        Some(Duration::from_secs(60))
+    );
+    for (body, line, key, part) in [
+        (
+            "status_topic = \"opcua/{plc}/status\"",
+            16,
+            "sink.mqtt.status_topic",
+            "per line",
+        ),
+        (
+            "status_topic = \"opcua/#\"",
+            16,
+            "sink.mqtt.status_topic",
+            "#",
+        ),
+        (
+            "status_interval = \"5s\"",
+            16,
+            "sink.mqtt.status_interval",
+            "needs status_topic",
+        ),
+        (
+            "status_topic = \"s/{line}\"\nstatus_interval = \"100ms\"",
+            17,
+            "sink.mqtt.status_interval",
+            "at least 1s",
+        ),
+    ] {
+        let text = with_table("sink.mqtt", &format!("url = \"mqtt://b\"\n{body}"));
+        assert_problem(&text, line, key, part);
+    }
 }
 
 #[test]
@@ -518,6 +565,7 @@ fn hub_defaults_and_connection_string_sources() {
             batch_max_delay: Duration::from_millis(200),
             payload: Payload::Json,
             pending_write_max_age: Duration::from_secs(3600),
+            status_interval: None,
         }
     );
     // The variable is not read while loading: IOTHUB_CS does not exist here.
