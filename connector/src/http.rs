@@ -582,6 +582,23 @@ fn writes(out: &mut String, line: &str, w: &WriteMetrics) {
             get(c)
         );
     }
+    counter(
+        out,
+        "c2d_messages_total",
+        "IoT Hub cloud-to-device messages: write or method requests, other messages (not acted upon), refused for their size.",
+        "counter",
+    );
+    for (kind, c) in [
+        ("request", &w.c2d_requests),
+        ("other", &w.c2d_other),
+        ("refused", &w.c2d_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "opcua_connector_c2d_messages_total{{line=\"{line}\",kind=\"{kind}\"}} {}",
+            get(c)
+        );
+    }
     for (name, help, c) in [
         (
             "commands_malformed_total",

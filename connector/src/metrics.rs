@@ -227,6 +227,12 @@ pub struct WriteMetrics {
     pub acks_refused: AtomicU64,
     /// Answers dropped because too many were waiting for the cloud connection.
     pub answers_dropped: Arc<AtomicU64>,
+    /// Cloud-to-device messages that were write or method requests.
+    pub c2d_requests: AtomicU64,
+    /// Cloud-to-device messages that were not requests (counted, logged, not acted upon).
+    pub c2d_other: AtomicU64,
+    /// Cloud-to-device messages refused for their size (over 64 KiB).
+    pub c2d_refused: AtomicU64,
 }
 
 /// Counters of one local rule (`[[rule]]`).

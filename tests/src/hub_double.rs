@@ -154,7 +154,7 @@ impl HubDouble {
     pub async fn start(port: u16) -> HubDouble {
         let mut o = MqttOptions::new(format!("hub-double-{port}"), "127.0.0.1", port);
         o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_max_packet_size(1 << 20, 4 << 20);
         let (client, mut el) = AsyncClient::new(o, 1000);
         el.set_network_options(connector::cloud::mqtt::sender::network_options());
         let twin: Arc<Mutex<Twin>> = Arc::default();

@@ -174,6 +174,12 @@ impl Control {
         channel(Vec::new(), Arc::default(), Arc::default()).0
     }
 
+    /// One more topic filter to subscribe to after every ConnAck (one known only once the
+    /// identity is, such as a device's cloud-to-device messages).
+    pub fn add_subscription(&mut self, filter: String) {
+        self.subscriptions.push(filter);
+    }
+
     /// After a ConnAck: requests the subscriptions with `subscribe` (failures are logged
     /// with `tag`), then tells the write service.
     pub fn subscribe(&self, tag: &str, mut subscribe: impl FnMut(&str) -> Result<(), String>) {

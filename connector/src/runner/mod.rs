@@ -308,6 +308,13 @@ fn open_destinations(
         let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
             .map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
+        let mut control = controls.hub.take();
+        if let Some(c) = control.as_mut() {
+            // Cloud-to-device messages reach devices only (a module gets none over MQTT).
+            if let Some(filter) = hub.c2d_filter() {
+                c.add_subscription(filter);
+            }
+        }
         let s = Sending {
             renew: hub.renewer(),
             status: hc.status_interval.map(|interval| StatusPlan {
@@ -315,7 +322,7 @@ fn open_destinations(
                 board: board.clone(),
                 interval,
             }),
-            ..sending(&outbox, 1, controls.hub.take())
+            ..sending(&outbox, 1, control)
         };
         spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
         out.push(Destination {

@@ -7,6 +7,7 @@
 
 mod backfill;
 mod busy;
+mod c2d;
 mod chaos;
 mod e2e;
 mod events;

@@ -13,7 +13,7 @@ use simulator::model::Value as SimValue;
 use simulator::FaultKind;
 use tests::*;
 
-const DEVICE: &str = "line-w-edge";
+pub(crate) const DEVICE: &str = "line-w-edge";
 const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
 
 /// The `[[write]]` and `[[method]]` sections every test uses.

@@ -14,6 +14,9 @@ use crate::cloud::mqtt::sender::{proxy, rustls_config, Renewer};
 use crate::cloud::mqtt::TopicFn;
 use crate::config::{HubAuth, HubConfig, HubTransport, Secret, HUB_MAX_MESSAGE_BYTES};
 
+/// The largest packet taken from the hub.
+pub const C2D_MAX_INCOMING: usize = 2 << 20;
+
 /// The path of IoT Hub's MQTT-over-WebSockets endpoint.
 pub const WEBSOCKET_PATH: &str = "/$iothub/websocket";
 
@@ -158,7 +161,9 @@ impl Hub {
         o.set_keep_alive(std::time::Duration::from_secs(60));
         o.set_clean_session(true);
         o.set_inflight(100);
-        o.set_max_packet_size(HUB_MAX_MESSAGE_BYTES + 4096, HUB_MAX_MESSAGE_BYTES + 4096);
+        // In: room for an oversized cloud-to-device message, refused by the write service
+        // without dropping the connection (IoT Hub itself sends at most 64 KiB).
+        o.set_max_packet_size(C2D_MAX_INCOMING, HUB_MAX_MESSAGE_BYTES + 4096);
         if self.key.is_none() {
             // X.509: the username without a password.
             o.set_credentials(self.identity.username(), "");
@@ -206,6 +211,14 @@ impl Hub {
         let identity = self.identity.clone();
         let payload = self.cfg.payload;
         Arc::new(move |plc, group| identity.event_topic(payload, plc, group))
+    }
+
+    /// The topic filter of the device's cloud-to-device messages (none for a module).
+    pub fn c2d_filter(&self) -> Option<String> {
+        self.identity
+            .module_id
+            .is_none()
+            .then(|| super::topics::c2d_filter(&self.identity.device_id))
     }
 
     /// Who the connector is on the hub: `host/device` or `host/device/module`.

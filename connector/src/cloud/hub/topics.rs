@@ -120,6 +120,33 @@ fn stream_topic(
     topic
 }
 
+/// Cloud-to-device messages of a device (modules receive none over MQTT).
+pub fn c2d_filter(device_id: &str) -> String {
+    format!("devices/{device_id}/messages/devicebound/#")
+}
+
+/// The device-to-cloud topic of an answer to a cloud-to-device request: the application
+/// property `messageType` (`writeResponse`, `methodResponse`) and the request's message id as
+/// the correlation id `$.cid`, so that a back end matches them.
+pub fn response_topic(
+    device_id: &str,
+    module_id: Option<&str>,
+    message_type: &str,
+    correlation_id: Option<&str>,
+) -> String {
+    let mut topic = stream_topic(
+        device_id,
+        module_id,
+        Payload::Json,
+        &[("messageType", message_type)],
+    );
+    if let Some(cid) = correlation_id {
+        topic.push_str("&$.cid=");
+        topic.push_str(&encode_component(cid));
+    }
+    topic
+}
+
 /// Publish an empty message here to get the full twin.
 pub fn twin_get(rid: &str) -> String {
     format!("$iothub/twin/GET/?$rid={rid}")
@@ -149,6 +176,9 @@ pub enum Incoming {
     DesiredPatch { version: u64 },
     /// `$iothub/methods/POST/{name}/?$rid={rid}`: a direct method call.
     MethodRequest { name: String, rid: String },
+    /// `devices/{device}/messages/devicebound/{property bag}`: a cloud-to-device message,
+    /// its system (`$.mid`, `$.to`, ...) and application properties decoded, in order.
+    CloudToDevice { properties: Vec<(String, String)> },
 }
 
 /// A topic that is not one the hub sends to a device in the shape it documents.
@@ -193,6 +223,14 @@ impl fmt::Display for Incoming {
             Incoming::MethodRequest { name, rid } => {
                 write!(f, "$iothub/methods/POST/{name}/?$rid={rid}")
             }
+            Incoming::CloudToDevice { properties } => {
+                f.write_str("devices/.../messages/devicebound/")?;
+                for (i, (k, v)) in properties.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { "&" };
+                    write!(f, "{sep}{}={}", encode_component(k), encode_component(v))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -226,9 +264,53 @@ fn parse_query(query: &str) -> Result<Query<'_>, &'static str> {
     Ok(q)
 }
 
+/// `key=value&...`, percent-decoded; a key without `=` has an empty value.
+fn parse_bag(bag: &str) -> Result<Vec<(String, String)>, &'static str> {
+    bag.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match (percent_decode(k), percent_decode(v)) {
+                (Some(k), Some(v)) if !k.is_empty() => Ok((k, v)),
+                _ => Err("a property is not percent-encoded UTF-8 key=value"),
+            }
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Parses a topic the hub published to us; never panics on malformed input.
 pub fn parse_incoming(topic: &str) -> Result<Incoming, TopicError> {
     let err = |reason| TopicError::new(topic, reason);
+    if let Some(bag) = topic
+        .strip_prefix("devices/")
+        .and_then(|rest| rest.split_once("/messages/devicebound/"))
+        .filter(|(device, _)| !device.is_empty() && !device.contains('/'))
+        .map(|(_, bag)| bag)
+    {
+        return parse_bag(bag)
+            .map(|properties| Incoming::CloudToDevice { properties })
+            .map_err(err);
+    }
     let (path, query) = topic
         .split_once('?')
         .ok_or_else(|| err("no ?$rid= or ?$version= part"))?;
@@ -261,7 +343,9 @@ pub fn parse_incoming(topic: &str) -> Result<Incoming, TopicError> {
             rid: rid.to_owned(),
         });
     }
-    Err(err("not a twin response, desired patch or method request"))
+    Err(err(
+        "not a twin response, desired patch, method request or cloud-to-device message",
+    ))
 }
 
 #[cfg(test)]
@@ -420,8 +504,8 @@ mod tests {
             ("$iothub/methods/POST/a/b/?$rid=1", "no method name"),
             ("$iothub/methods/POST/reset/?$version=1", "no $rid"),
             (
-                "devices/d/messages/devicebound/?x=1",
-                "not a twin response, desired patch or method request",
+                "devices/d/messages/events/?x=1",
+                "not a twin response, desired patch, method request or cloud-to-device message",
             ),
         ] {
             let e = parse_incoming(topic).unwrap_err();
@@ -502,8 +586,40 @@ mod tests {
                 assert!(!rid.is_empty() && !rid.contains('&'), "{topic}");
             }
             Ok(Incoming::DesiredPatch { .. }) => {}
+            Ok(Incoming::CloudToDevice { properties }) => {
+                assert!(properties.iter().all(|(k, _)| !k.is_empty()), "{topic}");
+            }
             Err(e) => assert!(e.topic.chars().count() <= 100),
         }
+    }
+
+    #[test]
+    fn cloud_to_device_topics_give_their_decoded_properties() {
+        let topic = "devices/line-a-edge/messages/devicebound/%24.mid=m-1&%24.to=%2Fdevices%2Fline-a-edge%2Fmessages%2FdeviceBound&request=write&note=a%20b%26c";
+        assert_eq!(
+            parse_incoming(topic),
+            Ok(Incoming::CloudToDevice {
+                properties: vec![
+                    ("$.mid".into(), "m-1".into()),
+                    (
+                        "$.to".into(),
+                        "/devices/line-a-edge/messages/deviceBound".into()
+                    ),
+                    ("request".into(), "write".into()),
+                    ("note".into(), "a b&c".into()),
+                ]
+            })
+        );
+        assert_eq!(
+            parse_incoming("devices/d/messages/devicebound/"),
+            Ok(Incoming::CloudToDevice { properties: vec![] })
+        );
+        assert!(parse_incoming("devices/d/messages/devicebound/a=%zz").is_err());
+        assert_eq!(c2d_filter("d"), "devices/d/messages/devicebound/#");
+        assert_eq!(
+            response_topic("d", None, "writeResponse", Some("m 1")),
+            "devices/d/messages/events/$.ct=application%2Fjson&$.ce=utf-8&messageType=writeResponse&$.cid=m%201"
+        );
     }
 
     #[test]

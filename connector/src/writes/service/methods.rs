@@ -39,6 +39,26 @@ impl Service {
 
     /// A message on `{command_topic}/method/{name}`.
     pub(super) fn mqtt_method(&mut self, name: String, msg: Message, topics: &CommandTopics) {
+        let to = |id: &str| Reply {
+            id: id.to_owned(),
+            topic: msg
+                .response_topic
+                .clone()
+                .unwrap_or_else(|| topics.method_response(&name)),
+            correlation: msg.correlation.clone(),
+            via_hub: false,
+        };
+        self.method_request_to(&name, &msg.payload, &to);
+    }
+
+    /// A method call request (the body of [`Self::mqtt_method`]) answered to `to(id)`: on
+    /// the broker, or on the hub for a cloud-to-device request.
+    pub(super) fn method_request_to(
+        &mut self,
+        name: &str,
+        payload: &[u8],
+        to: &dyn Fn(&str) -> Reply,
+    ) {
         if name.len() > MAX_PROPERTY_BYTES {
             add(&self.metrics.calls_unknown);
             let e = format!(
@@ -56,30 +76,22 @@ impl Service {
             #[serde(default)]
             expires: Option<chrono::DateTime<chrono::FixedOffset>>,
         }
-        let to = |id: &str| Reply {
-            id: id.to_owned(),
-            topic: msg
-                .response_topic
-                .clone()
-                .unwrap_or_else(|| topics.method_response(&name)),
-            correlation: msg.correlation.clone(),
-        };
-        let call = match serde_json::from_slice::<Call>(&msg.payload) {
+        let call = match serde_json::from_slice::<Call>(payload) {
             Ok(c) => match check_id(&c.id) {
                 Ok(()) => c,
                 Err(e) => {
                     add(&self.metrics.calls_bad_arguments);
                     self.malformed("method request", &e);
-                    return self.reply(&to(""), &method_body("", &name, 400, Err(e.to_string())));
+                    return self.reply(&to(""), &method_body("", name, 400, Err(e.to_string())));
                 }
             },
             Err(e) => {
                 add(&self.metrics.calls_bad_arguments);
                 self.malformed("method request", &e);
-                let id = request_id(&msg.payload);
+                let id = request_id(payload);
                 return self.reply(
                     &to(&id),
-                    &method_body(&id, &name, 400, Err(format!("malformed: {e}"))),
+                    &method_body(&id, name, 400, Err(format!("malformed: {e}"))),
                 );
             }
         };
@@ -91,11 +103,11 @@ impl Service {
         if call.expires.is_some_and(|t| Utc::now() >= t) {
             add(&self.metrics.calls_bad_arguments);
             info!(target: "audit", who = %format!("request {}", call.id), method = %name, result = 400, detail = "expired", "call refused");
-            let body = method_body(&call.id, &name, 400, Err("expired".into()));
+            let body = method_body(&call.id, name, 400, Err("expired".into()));
             self.state.finish(&call.id, &body);
             return self.reply(&reply, &body);
         }
-        self.method(&name, call.args, MethodAnswer::Mqtt(reply));
+        self.method(name, call.args, MethodAnswer::Mqtt(reply));
     }
 
     pub(super) fn method(&mut self, name: &str, payload: Value, answer: MethodAnswer) {

@@ -49,6 +49,7 @@ use crate::metrics::{RuleCounters, RuleMetrics, WriteMetrics};
 use crate::opcua::link::{Link, LinkReceiver};
 use crate::ratelog::RateLog;
 
+mod c2d;
 mod methods;
 mod requests;
 mod rules;
@@ -154,6 +155,8 @@ struct Reply {
     id: String,
     topic: String,
     correlation: Option<Vec<u8>>,
+    /// Answered on the hub's connection (a cloud-to-device request), not the broker's.
+    via_hub: bool,
 }
 
 /// A desired value waiting to be written.
@@ -444,7 +447,12 @@ impl Service {
     }
 
     fn reply(&self, to: &Reply, body: &Value) {
-        if let Some(out) = &self.mqtt_out {
+        let out = if to.via_hub {
+            &self.hub_out
+        } else {
+            &self.mqtt_out
+        };
+        if let Some(out) = out {
             out.send(Outbound {
                 topic: to.topic.clone(),
                 payload: body.to_string().into_bytes(),
@@ -523,6 +531,7 @@ impl Service {
             Ok(Incoming::MethodRequest { name, rid }) => {
                 self.direct_method(&name, rid, &msg.payload)
             }
+            Ok(Incoming::CloudToDevice { properties }) => self.c2d(properties, msg),
         }
     }
 

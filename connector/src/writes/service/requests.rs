@@ -21,27 +21,31 @@ use crate::writes::Refusal;
 impl Service {
     /// A message on `{command_topic}/write`.
     pub(super) fn write_request(&mut self, msg: Message, topics: &CommandTopics) {
-        let to = |id: &str, msg: &Message| Reply {
+        let to = |id: &str| Reply {
             id: id.to_owned(),
             topic: msg
                 .response_topic
                 .clone()
                 .unwrap_or_else(|| topics.write_response.clone()),
             correlation: msg.correlation.clone(),
+            via_hub: false,
         };
+        self.write_request_to(&msg, &to);
+    }
+
+    /// A write request (the body of [`Self::write_request`]) answered to `to(id)`: on the
+    /// broker, or on the hub for a cloud-to-device request.
+    pub(super) fn write_request_to(&mut self, msg: &Message, to: &dyn Fn(&str) -> Reply) {
         let req = match parse_request(&msg.payload) {
             Ok(r) => r,
             Err(e) => {
                 self.malformed("write request", &e);
                 let id = request_id(&msg.payload);
-                self.reply(
-                    &to(&id, &msg),
-                    &write_response(&id, 400, &e.to_string(), None),
-                );
+                self.reply(&to(&id), &write_response(&id, 400, &e.to_string(), None));
                 return;
             }
         };
-        let reply = to(&req.id, &msg);
+        let reply = to(&req.id);
         if self.duplicate(&reply) {
             return;
         }
@@ -61,7 +65,8 @@ impl Service {
             .is_some_and(|s| s.link.is_some() && !s.checked);
         if checking && self.held.len() < INBOUND_QUEUE {
             // Just connected, its nodes being checked: answered right after.
-            self.held.push((false, Inbound::Message(msg)));
+            self.held
+                .push((reply.via_hub, Inbound::Message(msg.clone())));
             return;
         }
         if let Some(detail) = self.busy(&mapping.plc) {
