@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub mod certs;
 pub mod chunks;
 pub mod front;
+pub mod https_hub;
 pub mod hub_double;
 pub mod proxy;
 pub use certs::{certificates, openssl, signed};
@@ -448,6 +449,39 @@ impl Decoded {
                 "{name} ends at the ground truth"
             );
         }
+    }
+}
+
+/// Every counter sample once, in order, up to the simulator's last value, from the bodies of
+/// telemetry messages (any transport) with repeats dropped by (epoch, plc, group, seq).
+pub fn assert_bodies_complete<'a>(sim: &Sim, bodies: impl IntoIterator<Item = &'a [u8]>) {
+    let mut values: BTreeMap<String, Vec<(u64, i128)>> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for body in bodies {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        let key = (
+            v["epoch"].to_string(),
+            v["plc"].to_string(),
+            v["group"].to_string(),
+            seq,
+        );
+        if !seen.insert(key) {
+            continue;
+        }
+        for s in v["samples"].as_array().unwrap() {
+            values
+                .entry(s["node"].as_str().unwrap().to_owned())
+                .or_default()
+                .push((seq, json_int(&s["v"])));
+        }
+    }
+    for name in COUNTERS {
+        let mut v = values[&counter_id(name)].clone();
+        v.sort_by_key(|(seq, _)| *seq);
+        let v: Vec<i128> = v.into_iter().map(|(_, x)| x).collect();
+        assert_eq!(counter_defects(&v), (0, 0), "{name}: {v:?}");
+        assert_eq!(*v.last().unwrap(), truth_last(sim, &counter_id(name)));
     }
 }
 

@@ -535,6 +535,16 @@ impl Check<'_> {
         }
         let writes: Vec<_> = self.writes(&raw.write, &plc_names);
         let methods: Vec<_> = self.methods(&raw.method, &plc_names);
+        if let Some(Some(h)) = &hub {
+            if matches!(h.transport, HubTransport::Https { .. }) {
+                self.https_commands(
+                    &raw.write,
+                    &raw.method,
+                    mqtt.is_some(),
+                    !raw.rule.is_empty(),
+                );
+            }
+        }
         let metrics = raw.metrics.map(|m| self.metrics(&m));
         let rules = {
             let writes: Vec<WriteMapping> = writes.iter().flatten().cloned().collect();

@@ -175,9 +175,17 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
             )?;
         }
     }
+    let https;
     let how = match h.transport {
         HubTransport::Mqtt => "MQTT 3.1.1 over TLS on 8883",
         HubTransport::WebSockets => "MQTT 3.1.1 over WebSockets over TLS on 443",
+        HubTransport::Https { send_every } => {
+            https = format!(
+                "telemetry only, POSTed over HTTPS every {} (connection closed between) on 443",
+                duration(send_every)
+            );
+            &https
+        }
     };
     match (&h.insecure_endpoint, &h.endpoint, &h.ca_file) {
         (Some(endpoint), _, _) => writeln!(

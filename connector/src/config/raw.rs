@@ -475,9 +475,11 @@ pub struct RawHub {
     pub ca_file: Option<Spanned<String>>,
     /// A TLS endpoint host:port instead of the hub's own (a private hub, a test hub), its certificate checked against that host; default none.
     pub endpoint: Option<Spanned<String>>,
-    /// "mqtt" (MQTT over TLS, port 8883) or "websockets" (MQTT over WebSockets over TLS, port 443); default "mqtt".
-    #[schemars(extend("enum" = ["mqtt", "websockets"]))]
+    /// "mqtt" (MQTT over TLS, port 8883), "websockets" (MQTT over WebSockets over TLS, port 443) or "https" (telemetry only, POSTed every send_every, the connection closed between); default "mqtt".
+    #[schemars(extend("enum" = ["mqtt", "websockets", "https"]))]
     pub transport: Option<Spanned<String>>,
+    /// With transport = "https": how often the buffered telemetry is sent, at least "1s"; default "1m".
+    pub send_every: Option<Spanned<RawDuration>>,
     /// HTTP proxy to tunnel the connection through (HTTP CONNECT), "http://host:port"; default none.
     pub proxy: Option<Spanned<String>>,
     /// User name for the proxy's basic authentication; default none.

@@ -765,6 +765,9 @@ pub enum HubTransport {
     Mqtt,
     /// MQTT over WebSockets over TLS on port 443, where a firewall allows only HTTPS.
     WebSockets,
+    /// Telemetry only, POSTed over HTTPS on a schedule with the connection closed between
+    /// (no twin, methods or cloud-to-device messages).
+    Https { send_every: Duration },
 }
 
 /// IoT Hub's limit for one device-to-cloud message (body and properties).

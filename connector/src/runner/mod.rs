@@ -18,7 +18,7 @@ use crate::cloud::hub::sender::Hub;
 use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
 use crate::cloud::status::{StatusBoard, StatusKind, StatusPlan};
-use crate::config::{Config, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
+use crate::config::{Config, HubTransport, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
 use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::{connect, session};
 use crate::pipeline::tap::{Tap, Tapped, TAP_QUEUE};
@@ -324,7 +324,14 @@ fn open_destinations(
             }),
             ..sending(&outbox, 1, control)
         };
-        spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
+        match hc.transport {
+            HubTransport::Https { send_every } => {
+                let events = crate::cloud::hub::https::Events::new(&hub).map_err(RunError::Hub)?;
+                let run = crate::cloud::hub::https::run(events, s, send_every);
+                spawn_sender(senders, "hub", run, watched)?;
+            }
+            _ => spawn_sender(senders, "hub", sender::run(opts, s), watched)?,
+        }
         out.push(Destination {
             name: "hub",
             settings: EncoderSettings::hub(

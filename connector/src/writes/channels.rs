@@ -51,7 +51,12 @@ pub fn open(config: &Config, metrics: &Arc<WriteMetrics>) -> (Controls, Ends) {
         mqtt: None,
         metrics: metrics.clone(),
     };
-    if config.hub.is_some() {
+    // Over HTTPS the hub has no twin, methods or cloud-to-device messages to serve.
+    let hub_commands = config
+        .hub
+        .as_ref()
+        .is_some_and(|h| !matches!(h.transport, crate::config::HubTransport::Https { .. }));
+    if hub_commands {
         let subs = SUBSCRIPTIONS.iter().map(|s| s.to_string()).collect();
         let (c, e) = control::channel(
             subs,

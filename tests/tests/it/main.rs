@@ -12,6 +12,7 @@ mod chaos;
 mod e2e;
 mod events;
 mod exception;
+mod https;
 mod hub;
 mod hub_tls;
 mod limits;

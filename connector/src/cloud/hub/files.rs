@@ -187,7 +187,7 @@ impl FileUploads {
 
 /// A request error with its causes (reqwest's own message says little: "error sending
 /// request"); TLS problems are in the causes.
-fn describe(e: &reqwest::Error) -> String {
+pub(super) fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

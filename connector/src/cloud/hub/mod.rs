@@ -4,6 +4,7 @@
 
 pub mod connection;
 pub mod files;
+pub mod https;
 pub mod sas;
 pub mod sender;
 pub mod topics;

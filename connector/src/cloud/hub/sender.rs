@@ -213,6 +213,60 @@ impl Hub {
         Arc::new(move |plc, group| identity.event_topic(payload, plc, group))
     }
 
+    /// The URL of the device's events endpoint (HTTPS) and a maker of fresh clients for it
+    /// (the hub's TLS with the X.509 client certificate when configured, the proxy).
+    #[allow(clippy::type_complexity)]
+    pub fn events_client(
+        &self,
+    ) -> Result<
+        (
+            String,
+            Box<dyn Fn() -> Result<reqwest::Client, String> + Send + Sync>,
+        ),
+        String,
+    > {
+        if self.identity.module_id.is_some() {
+            return Err("transport = \"https\": IoT Hub takes no module telemetry over HTTPS; use a device identity or transport = \"mqtt\"".into());
+        }
+        let authority = self
+            .cfg
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| self.connect_host.clone());
+        let url = format!(
+            "https://{authority}/devices/{}/messages/events?api-version={}",
+            super::encode_component(&self.identity.device_id),
+            super::https::EVENTS_API_VERSION
+        );
+        let tls = self.tls().map_err(|e| e.to_string())?;
+        let proxy = match &self.cfg.proxy {
+            None => None,
+            Some(p) => {
+                let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| e.to_string())?;
+                if let Some(user) = &p.username {
+                    let password = match &p.password {
+                        Some(s) => s.read("proxy_password")?,
+                        None => String::new(),
+                    };
+                    proxy = proxy.basic_auth(user, &password);
+                }
+                Some(proxy)
+            }
+        };
+        let make = move || {
+            let mut b = reqwest::Client::builder()
+                .use_preconfigured_tls(tls.clone())
+                .https_only(true)
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .user_agent(concat!("opcua-connector/", env!("CARGO_PKG_VERSION")));
+            if let Some(p) = &proxy {
+                b = b.proxy(p.clone());
+            }
+            b.build().map_err(|e| e.to_string())
+        };
+        Ok((url, Box::new(make)))
+    }
+
     /// The topic filter of the device's cloud-to-device messages (none for a module).
     pub fn c2d_filter(&self) -> Option<String> {
         self.identity

@@ -264,6 +264,11 @@ fn parse_query(query: &str) -> Result<Query<'_>, &'static str> {
     Ok(q)
 }
 
+/// The properties of a property bag, decoded; a malformed one gives none.
+pub fn property_pairs(bag: &str) -> Vec<(String, String)> {
+    parse_bag(bag).unwrap_or_default()
+}
+
 /// `key=value&...`, percent-decoded; a key without `=` has an empty value.
 fn parse_bag(bag: &str) -> Result<Vec<(String, String)>, &'static str> {
     bag.split('&')

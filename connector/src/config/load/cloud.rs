@@ -9,7 +9,9 @@ use crate::config::raw::Spanned;
 
 use super::{format_size, is_loopback_host, optional, Check, Span, DEFAULT_PENDING_WRITE_MAX_AGE};
 use crate::config::is_valid_id;
-use crate::config::raw::{Quantity, RawDuration, RawHub, RawMqtt, RawTls, RawX509};
+use crate::config::raw::{
+    Quantity, RawDuration, RawHub, RawMethod, RawMqtt, RawTls, RawWrite, RawX509,
+};
 use crate::config::types::*;
 
 /// `[sink.mqtt]` defaults.
@@ -37,6 +39,8 @@ pub const DEFAULT_SAS_TTL: Duration = Duration::from_secs(3600);
 /// Short enough for tests of token renewal; real deployments keep the default.
 pub const MIN_SAS_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_HUB_BATCH_MAX_SAMPLES: usize = 500;
+/// How often `transport = "https"` sends by default.
+pub const DEFAULT_SEND_EVERY: Duration = Duration::from_secs(60);
 /// The shortest time between two status updates by default.
 pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -718,16 +722,57 @@ impl Check<'_> {
                     None
                 }
                 "websockets" => Some(HubTransport::WebSockets),
+                "https" if raw.insecure_endpoint.is_some() => {
+                    self.at(t, &k("transport"), "https is TLS: not with insecure_endpoint (plain MQTT); use endpoint for a TLS test hub");
+                    None
+                }
+                "https" => {
+                    let every = match &raw.send_every {
+                        None => Some(DEFAULT_SEND_EVERY),
+                        Some(given) => self.duration(given, &k("send_every")).and_then(|d| {
+                            if d < Duration::from_secs(1) {
+                                self.at(given, &k("send_every"), "must be at least 1s");
+                                return None;
+                            }
+                            Some(d)
+                        }),
+                    };
+                    if let Some(i) = &raw.status_interval {
+                        self.at(i, &k("status_interval"), "reported properties need the twin, which transport = \"https\" does not have: use mqtt or websockets");
+                    }
+                    if let Some(x) = &raw.x509 {
+                        if let Some(m) = &x.module_id {
+                            self.at(m, &k("x509.module_id"), "transport = \"https\" sends a device's telemetry; IoT Hub takes no module telemetry over HTTPS");
+                        }
+                    }
+                    every.map(|send_every| HubTransport::Https { send_every })
+                }
                 other => {
                     self.at(
                         t,
                         &k("transport"),
-                        format!("unknown transport {other:?}: use \"mqtt\" (port 8883) or \"websockets\" (port 443)"),
+                        format!("unknown transport {other:?}: use \"mqtt\" (port 8883), \"websockets\" (port 443) or \"https\" (telemetry only)"),
                     );
                     None
                 }
             },
         };
+        if let (Some(every), false) = (
+            &raw.send_every,
+            matches!(transport, Some(HubTransport::Https { .. })),
+        ) {
+            if raw
+                .transport
+                .as_ref()
+                .is_none_or(|t| t.get_ref() != "https")
+            {
+                self.at(
+                    every,
+                    &k("send_every"),
+                    "send_every goes with transport = \"https\"",
+                );
+            }
+        }
         let proxy = self.proxy(
             RawProxy {
                 url: &raw.proxy,
@@ -786,6 +831,33 @@ impl Check<'_> {
             payload: payload?,
             pending_write_max_age: pending_write_max_age?,
         })
+    }
+
+    /// `[hub] transport = "https"` serves no requests: `[[write]]` / `[[method]]` are an error
+    /// when nothing else uses them (no `[sink.mqtt]`, no `[[rule]]`), else a warning.
+    pub(super) fn https_commands(
+        &mut self,
+        writes: &[Spanned<RawWrite>],
+        methods: &[Spanned<RawMethod>],
+        broker: bool,
+        rules: bool,
+    ) {
+        let first = writes
+            .first()
+            .map(|w| (w.span(), "write"))
+            .or_else(|| methods.first().map(|m| (m.span(), "method")));
+        let Some((span, what)) = first else {
+            return;
+        };
+        let message = "transport = \"https\" carries telemetry only: the hub's twin, direct methods and cloud-to-device messages need mqtt or websockets";
+        if broker || rules {
+            let message =
+                format!("{message}; [[write]] / [[method]] serve [sink.mqtt] and local rules only");
+            self.warn(Some(span), &format!("{what}[0]"), message);
+        } else {
+            let message = format!("{message}, and nothing else here ([sink.mqtt], [[rule]]) uses [[write]] / [[method]]: remove them or use transport = \"mqtt\"");
+            self.problem(Some(span), &format!("{what}[0]"), message);
+        }
     }
 
     /// A tests-only `host:port` of `[hub]`: on loopback a warning (`warning`), elsewhere an

@@ -293,6 +293,51 @@ fn status_topics_are_per_line_and_intervals_at_least_a_second() {
 }
 
 #[test]
+fn https_transport_sends_on_a_schedule_and_serves_no_requests() {
+    let h = hub_of(&format!("{HUB_CS}\ntransport = \"https\""));
+    assert_eq!(
+        h.transport,
+        HubTransport::Https {
+            send_every: Duration::from_secs(60)
+        }
+    );
+    let h = hub_of(&format!(
+        "{HUB_CS}\ntransport = \"https\"\nsend_every = \"5s\""
+    ));
+    assert_eq!(
+        h.transport,
+        HubTransport::Https {
+            send_every: Duration::from_secs(5)
+        }
+    );
+    for (body, key, part) in [
+        (
+            "transport = \"https\"\nsend_every = \"10ms\"",
+            "hub.send_every",
+            "at least 1s",
+        ),
+        (
+            "send_every = \"5s\"",
+            "hub.send_every",
+            "goes with transport",
+        ),
+        (
+            "transport = \"https\"\nstatus_interval = \"5s\"",
+            "hub.status_interval",
+            "need the twin",
+        ),
+    ] {
+        let text = with_table("hub", &format!("{HUB_CS}\n{body}"));
+        assert_problem(&text, 16 + body.lines().count(), key, part);
+    }
+    let text = format!(
+        "{}\n[[write]]\nproperty = \"speed\"\nplc = \"filler\"\nnode = \"ns=2;s=Speed\"\ntype = \"Double\"\n",
+        with_table("hub", &format!("{HUB_CS}\ntransport = \"https\""))
+    );
+    assert_problem(&text, 19, "write[0]", "carries telemetry only");
+}
+
+#[test]
 fn mqtt_url_problems_name_the_url_key() {
     for (url, part) in [
         (
