@@ -731,6 +731,8 @@ pub struct HubConfig {
     /// A desired value waiting for its PLC longer than this is not written: acknowledged
     /// 400 expired.
     pub pending_write_max_age: Duration,
+    /// IoT Plug and Play: the DTDL model id (a DTMI) announced in the MQTT username.
+    pub model_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

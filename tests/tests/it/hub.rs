@@ -1,6 +1,7 @@
 //! The Azure IoT Hub device dialect against a hub test double: a proxy in front of an
-//! embedded broker that reads every MQTT CONNECT and checks the client id, the username and
-//! the SAS password (recomputed from the device key) before letting the connection through.
+//! embedded broker that reads every MQTT CONNECT and checks the client id, the username (with
+//! the IoT Plug and Play model id) and the SAS password (recomputed from the device key)
+//! before letting the connection through.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 const HOST: &str = "testhub.azure-devices.net";
 const DEVICE: &str = "line-a-edge";
 const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
+/// The IoT Plug and Play model the line announces (`[hub] model_id`), and as the username
+/// carries it.
+const MODEL: &str = "dtmi:com:example:opcua_connector:LineA;1";
+const MODEL_IN_USERNAME: &str = "dtmi%3Acom%3Aexample%3Aopcua_connector%3ALineA%3B1";
 
 #[derive(Debug, Clone)]
 struct Connect {
@@ -121,7 +126,10 @@ async fn hub_double(broker: u16) -> (u16, Arc<Mutex<Vec<Connect>>>) {
                 let (username, password) =
                     (username.unwrap_or_default(), password.unwrap_or_default());
                 let accepted = client_id == DEVICE
-                    && username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")
+                    && username
+                        == format!(
+                            "{HOST}/{DEVICE}/?api-version=2021-04-12&model-id={MODEL_IN_USERNAME}"
+                        )
                     && valid_sas(&password);
                 seen.lock().unwrap().push(Connect {
                     client_id,
@@ -153,7 +161,7 @@ fn hub_config(dir: &Path, opc: &str, hub_port: u16, env: &str) -> config::Config
         dir,
         opc,
         &format!(
-            "[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\nsas_ttl = \"3s\"\nbatch_max_delay = \"100ms\"\n\n[buffer]\ndir = \"{}\"\n",
+            "[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\nsas_ttl = \"3s\"\nbatch_max_delay = \"100ms\"\nmodel_id = \"{MODEL}\"\n\n[buffer]\ndir = \"{}\"\n",
             dir.join("buffer").display()
         ),
     )
@@ -208,8 +216,10 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
         connects.iter().all(|c| c.accepted),
         "every CONNECT had the right client id, username and a valid SAS token: {connects:?}"
     );
+    // Renewals too announce the IoT Plug and Play model.
     assert!(connects.iter().all(|c| c.client_id == DEVICE
-        && c.username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")));
+        && c.username
+            == format!("{HOST}/{DEVICE}/?api-version=2021-04-12&model-id={MODEL_IN_USERNAME}")));
     let ses: Vec<u64> = connects
         .iter()
         .map(|c| c.password.rsplit("&se=").next().unwrap().parse().unwrap())

@@ -353,6 +353,7 @@ listen = "127.0.0.1:9464"
             batch_max_delay: Duration::from_secs(1),
             payload: Payload::JsonGzip,
             pending_write_max_age: Duration::from_secs(3600),
+            model_id: None,
         }),
         buffer: BufferConfig {
             dir: "/var/lib/opcua-connector/buffer".into(),
