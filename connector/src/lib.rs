@@ -22,7 +22,7 @@
 //!   unit of data, the counters, the retry pacing, the pacing of repeating error lines.
 //! - [`http`]: `/metrics` and `/healthz`.
 //! - [`runner`]: wires a line and stops it in order; [`commands`]: `run`, `check`, `browse`,
-//!   `demo`.
+//!   `schema`, `dtdl`, `demo`.
 //!
 //! Imports follow the flow: a stage uses the stages after it (opcua -> pipeline -> sinks ->
 //! cloud -> buffer), never one before it; `writes` uses `opcua` and `cloud`; `rules` uses

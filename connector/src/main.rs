@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 #[cfg(feature = "demo")]
 use connector::commands::demo::DemoArgs;
-use connector::commands::{self, browse::BrowseArgs, logs, Failure};
+use connector::commands::{self, browse::BrowseArgs, dtdl::DtdlArgs, logs, Failure};
 use connector::config::{SecurityMode, SecurityPolicy};
 
 /// OPC UA edge connector: PLC subscriptions to Parquet, MQTT and Azure IoT Hub; cloud writes back.
@@ -66,6 +66,24 @@ enum Command {
     },
     /// Print the JSON Schema of the config file (editor completion and checks of keys).
     Schema,
+    /// Print the line's IoT Plug and Play model: a DTDL v3 Interface (JSON-LD) of its
+    /// telemetry, writable [[write]] properties and [[method]] commands.
+    ///
+    /// The @id is [hub] model_id, or one made from the line's site and id (noted on stderr).
+    /// The methods' arguments are read from the PLCs (the config's endpoints, security and
+    /// users, as `run` connects); a PLC not reachable within --timeout leaves its methods
+    /// without request and response schemas, noted on stderr. Names that DTDL does not
+    /// allow are changed (noted); two entries with one DTDL name are an error (exit 2).
+    Dtdl {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Do not connect to the PLCs (the methods' arguments stay unknown).
+        #[arg(long)]
+        offline: bool,
+        /// How long each PLC may take to connect and answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// The newcomer's first run: bundled simulator + connector writing Parquet.
     #[cfg(feature = "demo")]
     Demo {
@@ -105,16 +123,23 @@ fn main() -> ExitCode {
     // reader of the data (an upload agent) is given access by group ACLs, deliberately.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    // The demo shows its own progress; only warnings and errors interleave with it.
+    // The demo shows its own progress, dtdl prints a model: only warnings and errors
+    // interleave with them.
     #[cfg(feature = "demo")]
-    let quiet = matches!(cli.command, Command::Demo { .. });
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Dtdl { .. });
     #[cfg(not(feature = "demo"))]
-    let quiet = false;
+    let quiet = matches!(cli.command, Command::Dtdl { .. });
     let format = match cli.log_format {
         LogFormat::Text => logs::Format::Text,
         LogFormat::Json => logs::Format::Json,
     };
-    logs::init(format, if quiet { "warn" } else { "info" });
+    // dtdl says in its notes why a PLC could not be reached: the stack's lines add nothing.
+    let stack = if matches!(cli.command, Command::Dtdl { .. }) {
+        "off"
+    } else {
+        "error"
+    };
+    logs::init(format, if quiet { "warn" } else { "info" }, stack);
     let outcome = match cli.command {
         Command::Check { config } => commands::check::check(&config),
         Command::Schema => commands::schema::schema(),
@@ -168,6 +193,18 @@ async fn async_command(command: Command) -> commands::Outcome {
                 password_env,
                 pki_dir,
                 trust_server,
+            })
+            .await
+        }
+        Command::Dtdl {
+            config,
+            offline,
+            timeout,
+        } => {
+            commands::dtdl::dtdl(DtdlArgs {
+                config,
+                offline,
+                timeout,
             })
             .await
         }

@@ -179,6 +179,105 @@ fn bad_configs_exit_2_naming_file_line_and_key() {
     assert!(err.contains("/nonexistent/line.toml"), "{err}");
 }
 
+/// `dtdl` on `config` with `args`: exit code, the model (when stdout is JSON) and stderr.
+fn dtdl(config: &Path, args: &[&str]) -> (i32, Option<serde_json::Value>, String) {
+    let mut all = vec!["dtdl", "--config", config.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all);
+    (code, serde_json::from_str(&out).ok(), err)
+}
+
+fn named<'a>(model: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    model["contents"]
+        .as_array()
+        .expect("contents")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {model:#}"))
+}
+
+#[test]
+fn dtdl_prints_the_demo_lines_interface() {
+    let (code, model, err) = dtdl(&configs_dir().join("demo.toml"), &["--offline"]);
+    assert_eq!(code, 0, "{err}");
+    let model = model.expect("JSON on stdout");
+    assert_eq!(model["@context"], "dtmi:dtdl:context;3");
+    assert_eq!(model["@type"], "Interface");
+    assert_eq!(
+        model["@id"],
+        "dtmi:opcua_connector:demo_plant:bottling_demo;1"
+    );
+    assert!(
+        err.contains("[hub] model_id is not set")
+            && err.contains("dtmi:opcua_connector:demo_plant:bottling_demo;1"),
+        "{err}"
+    );
+    for (name, kind) in [
+        ("line1_fast", "Telemetry"),
+        ("line1_process", "Telemetry"),
+        ("fillerSpeedSetpoint", "Property"),
+        ("coolingValve", "Property"),
+        ("resetCounters", "Command"),
+    ] {
+        assert_eq!(named(&model, name)["@type"], kind, "{name}");
+    }
+    assert_eq!(named(&model, "fillerSpeedSetpoint")["writable"], true);
+    // Offline: the method is described, and stderr says why it has no arguments.
+    assert!(named(&model, "resetCounters").get("request").is_none());
+    assert!(
+        err.contains("note: method[0] (name \"resetCounters\")") && err.contains("--offline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dtdl_notes_a_plc_it_cannot_reach_and_refuses_names_that_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port that was free a moment ago: nothing answers there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let line = format!(
+        "{}\n[pki]\ndir = \"{}\"\n\n[[method]]\nname = \"reset\"\nplc = \"filler\"\n\
+         object = \"nsu=urn:x;s=F\"\nmethod = \"nsu=urn:x;s=F.Reset\"\n",
+        GOOD.replace("127.0.0.1:4840", &format!("127.0.0.1:{port}")),
+        dir.path().join("pki").display()
+    );
+    let path = dir.path().join("line.toml");
+    std::fs::write(&path, &line).unwrap();
+    let (code, model, err) = dtdl(&path, &["--timeout", "3s"]);
+    assert_eq!(code, 0, "{err}");
+    let model = model.expect("JSON on stdout");
+    assert!(named(&model, "reset").get("request").is_none());
+    assert!(
+        err.contains("note: method[0] (name \"reset\")")
+            && err.contains(&format!(
+                "plc filler at opc.tcp://127.0.0.1:{port}/ not reachable"
+            )),
+        "{err}"
+    );
+
+    let collide = format!(
+        "{line}\n[[write]]\nproperty = \"filler-fast\"\nplc = \"filler\"\nnode = \"nsu=urn:x;s=B\"\ntype = \"Double\"\n"
+    );
+    std::fs::write(&path, collide).unwrap();
+    let (code, model, err) = dtdl(&path, &["--offline"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(model.is_none());
+    assert!(
+        err.contains("write[0] (property \"filler-fast\") and plc[0].group[0] (plc \"filler\", group \"fast\") both have the DTDL name \"filler_fast\""),
+        "{err}"
+    );
+
+    let (code, out, _) = run(&["dtdl", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("model_id") && out.contains("--offline"),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_warns_of_insecure_set_ups_and_refuses_anonymous_plain_commands() {
     let dir = tempfile::tempdir().unwrap();

@@ -149,6 +149,19 @@ def test_values_outside_a_fixed_set_are_refused(validator: Draft7Validator) -> N
         assert "is not one of" in found[0] or "is not valid under any of the given schemas" in found[0], found
 
 
+def test_a_hub_model_id_must_be_a_versioned_dtmi(validator: Draft7Validator) -> None:
+    hub = '\n[hub]\nconnection_string_env = "CS"\ninsecure_endpoint = "127.0.0.1:1883"\nmodel_id = "{}"\n'
+    taken = {"dtmi:com:example:BottlingLine;1": True, "dtmi:com:example:X;1.2": True,
+             "dtmi:com:example:BottlingLine": False, "dtmi:com:ex-ample:X;1": False,
+             "dtmi:com:example_:X;1": False, "dtmi:com:example:X;0": False,
+             f"dtmi:{'a' * 130};1": False}
+    for value, ok in taken.items():
+        doc = tomllib.loads(DEMO.read_text(encoding="utf-8") + hub.format(value))
+        found = problems(validator, doc)
+        assert (not found) == ok, (value, found)
+        assert ok or all(p.startswith("hub.model_id: ") for p in found), found
+
+
 def test_zstd_levels_and_the_fixed_compressions_are_taken(validator: Draft7Validator) -> None:
     taken = {"zstd": True, "zstd:1": True, "zstd:22": True, "none": True, "zstd:0": False, "zstd:23": False}
     for value, ok in taken.items():

@@ -16,12 +16,15 @@ pub enum Format {
     Json,
 }
 
-/// Installs the process's log subscriber: `level` and up by default, `RUST_LOG` overrides.
-pub fn init(format: Format, level: &str) {
+/// Installs the process's log subscriber: `level` and up by default (async-opcua's own lines
+/// at `stack_level`: `error`, or `off` for a command that reports its failures itself),
+/// `RUST_LOG` overrides.
+pub fn init(format: Format, level: &str, stack_level: &str) {
     // async-opcua logs routine events (keep-alives, reconnect attempts) as warnings; ours say
     // what matters with the plc named. Audit records of cloud-to-PLC writes stay at any level.
+    let s = stack_level;
     let default = format!(
-        "{level},audit=info,opcua_client=error,opcua_core=error,opcua_server=error,opcua_crypto=error,opcua_types=error,opcua_nodes=error"
+        "{level},audit=info,opcua_client={s},opcua_core={s},opcua_server={s},opcua_crypto={s},opcua_types={s},opcua_nodes={s}"
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -5,6 +5,7 @@ pub mod browse;
 pub mod check;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod dtdl;
 pub mod logs;
 pub mod run;
 pub mod schema;

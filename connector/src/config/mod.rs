@@ -17,7 +17,8 @@
 //!     or x509);
 //!   - `writes.rs`: `[[write]]` and `[[method]]`;
 //!   - `tests/`: the check's tests, one file per concern.
-//! - `ids`: the rule for IoT Hub device and module ids ([`is_valid_id`]).
+//! - `ids`: the rules for IoT Hub device and module ids ([`is_valid_id`]) and for the IoT Plug
+//!   and Play model id ([`check_model_id`], a DTMI).
 //! - `plan`: renders a validated config for `opcua-connector check`.
 //! - `schema`: the JSON Schema of the file, derived from `raw` (`opcua-connector schema`,
 //!   `configs/opcua-connector.schema.json`), for editors.
@@ -34,6 +35,6 @@ pub mod rules;
 pub mod schema;
 pub mod types;
 
-pub use ids::is_valid_id;
+pub use ids::{check_model_id, is_dtmi_segment, is_valid_id, MAX_MODEL_ID};
 pub use load::{load, parse, ConfigError, Problem};
 pub use types::*;

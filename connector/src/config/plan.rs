@@ -223,7 +223,11 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
         payload(h.payload),
         h.batch_max_samples,
         duration(h.batch_max_delay)
-    )
+    )?;
+    match &h.model_id {
+        Some(m) => writeln!(out, "    IoT Plug and Play model {m}"),
+        None => Ok(()),
+    }
 }
 
 fn compression(c: Compression) -> String {
@@ -528,6 +532,7 @@ tls = { ca_file = "certs/ca.pem", cert_file = "certs/c.pem", key_file = "certs/c
 [hub]
 connection_string_env = "IOTHUB_DEVICE_CONNECTION_STRING"
 ca_file = "certs/digicert-g2.pem"
+model_id = "dtmi:com:example:LineA;1"
 
 [buffer]
 when_full = "pause"
@@ -547,6 +552,7 @@ when_full = "pause"
             "  iot hub: device from the connection string in env IOTHUB_DEVICE_CONNECTION_STRING (SAS tokens valid 1h, renewed before expiry)",
             "    MQTT 3.1.1 over TLS on 8883, ca certs/digicert-g2.pem",
             "    qos 1, json, batches of up to 500 samples, 256KB or 200ms",
+            "    IoT Plug and Play model dtmi:com:example:LineA;1",
             "buffer data/buffer (up to 2GiB in 16MiB segments; when full: pause (backpressure to the PLCs))",
         ] {
             assert!(text.contains(part), "missing {part:?} in\n{text}");

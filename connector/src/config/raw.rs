@@ -500,6 +500,14 @@ pub struct RawHub {
     pub pending_write_max_age: Option<Spanned<RawDuration>>,
     /// Report the connector's state (version, PLC sessions, backlog) in the reported property connectorStatus, on change and at most this often, at least "1s"; default none (not reported).
     pub status_interval: Option<Spanned<RawDuration>>,
+    /// IoT Plug and Play: the DTDL model id (DTMI, e.g. "dtmi:com:example:BottlingLine;1") announced at connect; default none.
+    #[schemars(
+        length(max = 128),
+        regex(
+            pattern = r"^dtmi:[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?(?::[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?)*;[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,5})?$"
+        )
+    )]
+    pub model_id: Option<Spanned<String>>,
 }
 
 /// `x509 = { host, device_id, module_id, cert_file, key_file }`.

@@ -801,6 +801,8 @@ pub struct HubConfig {
     pub pending_write_max_age: Duration,
     /// The connector's state in the reported property `connectorStatus`, at most this often.
     pub status_interval: Option<Duration>,
+    /// IoT Plug and Play: the DTDL model id (a DTMI) announced in the MQTT username.
+    pub model_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

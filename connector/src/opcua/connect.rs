@@ -129,8 +129,19 @@ pub fn ua_mode(m: SecurityMode) -> MessageSecurityMode {
     }
 }
 
-/// An OPC UA client with our application identity, PKI and limits.
+/// An OPC UA client with our application identity, PKI and limits, retrying a failed
+/// connection for ever (the session's owner decides when to give up).
 pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
+    build_client(pki, plc, -1)
+}
+
+/// The same client, trying each connection once: for a command that reports a PLC it cannot
+/// reach rather than waiting for it (`dtdl`).
+pub fn client_trying_once(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
+    build_client(pki, plc, 0)
+}
+
+fn build_client(pki: &Pki, plc: &str, retry_limit: i32) -> Result<Client, SessionError> {
     ClientBuilder::new()
         .application_name("opcua-connector")
         .application_uri("urn:opcua-connector")
@@ -141,7 +152,7 @@ pub fn client(pki: &Pki, plc: &str) -> Result<Client, SessionError> {
         // The stack's own checks of time, host and application URI want the URI as the first
         // alternative name: `trust` does them, in any order, with CAs and CRLs.
         .verify_server_certs(false)
-        .session_retry_limit(-1)
+        .session_retry_limit(retry_limit)
         .session_retry_initial(Duration::from_millis(250))
         .session_retry_max(Duration::from_secs(1))
         .keep_alive_interval(Duration::from_secs(2))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use opcua::client::{Session, SessionConnectMode, SessionPollResult};
+use opcua::client::{Client, Session, SessionConnectMode, SessionPollResult};
 use opcua::types::{
     AttributeId, EndpointDescription, ReadValueId, StatusCode, TimestampsToReturn, VariableId,
     Variant,
@@ -25,7 +25,9 @@ use crate::backoff::Backoff;
 use crate::config::{Pki, Plc};
 use crate::metrics::PlcMetrics;
 use crate::opcua::backfill::Backfill;
-use crate::opcua::connect::{check_certificate, client, endpoint, identity, refusal, SessionError};
+use crate::opcua::connect::{
+    check_certificate, client, client_trying_once, endpoint, identity, refusal, SessionError,
+};
 use crate::opcua::events::LastEvents;
 use crate::opcua::link::{publish_link, LinkSender};
 use crate::opcua::resolve::Namespaces;
@@ -143,6 +145,84 @@ pub async fn read_namespaces(session: &Session) -> Result<Namespaces, StatusCode
     }
 }
 
+/// A session opened once, for a command that reads a few things from a PLC and is done
+/// (`opcua-connector dtdl`): the PLC's endpoint, security and user as `run` opens them, the
+/// server's certificate checked against `[pki]` the same way.
+pub struct OneShot {
+    pub session: Arc<Session>,
+    pub ns: Namespaces,
+    driver: tokio::task::JoinHandle<StatusCode>,
+}
+
+/// Opens a [`OneShot`] session and reads the namespace array, all within `within`; the
+/// reason in words when it cannot (the endpoint's answer, a refusal, or the time up).
+pub async fn connect_once(plc: &Plc, pki: &Pki, within: Duration) -> Result<OneShot, String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let late = |what: &str| format!("{what} within {} s", within.as_secs_f64());
+    let client = client_trying_once(pki, &plc.id).map_err(|e| e.to_string())?;
+    let (session, event_loop, _) =
+        tokio::time::timeout_at(deadline, open_with(client, plc, pki, None))
+            .await
+            .map_err(|_| late("no answer from the endpoint"))?
+            .map_err(|e| e.to_string())?;
+    let mut driver = event_loop.spawn();
+    // Tried once: a session that cannot be made ends its event loop, with the reason.
+    let connected = tokio::time::timeout_at(deadline, async {
+        tokio::select! {
+            ok = session.wait_for_connection() => Ok(ok),
+            ended = &mut driver => Err(match ended {
+                Ok(status) => format!("the session ended: {status}"),
+                Err(e) => format!("the session ended: {e}"),
+            }),
+        }
+    })
+    .await;
+    match connected {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            driver.abort();
+            return Err("no session".to_owned());
+        }
+        Ok(Err(why)) => return Err(why),
+        Err(_) => {
+            driver.abort();
+            return Err(late("no session"));
+        }
+    }
+    match tokio::time::timeout_at(deadline, read_namespaces(&session)).await {
+        Ok(Ok(ns)) => Ok(OneShot {
+            session,
+            ns,
+            driver,
+        }),
+        failed => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), session.disconnect()).await;
+            driver.abort();
+            Err(match failed {
+                Ok(Err(status)) => format!("cannot read the namespace array: {status}"),
+                _ => late("no namespace array"),
+            })
+        }
+    }
+}
+
+impl OneShot {
+    /// The session as the write service sees one (what `writes::plc` reads through).
+    pub fn link(&self) -> crate::opcua::link::Link {
+        crate::opcua::link::Link {
+            session: self.session.clone(),
+            ns: self.ns.clone(),
+            generation: 0,
+        }
+    }
+
+    /// Closes the session (within 3 s) and stops its event loop.
+    pub async fn close(self) {
+        close(&self.session).await;
+        self.driver.abort();
+    }
+}
+
 enum Event {
     Lost(StatusCode),
     Reconnected(bool),
@@ -158,7 +238,15 @@ async fn open(
     pki: &Pki,
     structures: Option<Arc<Structures>>,
 ) -> Result<(Arc<Session>, EventLoop, EndpointDescription), SessionError> {
-    let client = client(pki, &plc.id)?;
+    open_with(client(pki, &plc.id)?, plc, pki, structures).await
+}
+
+async fn open_with(
+    client: Client,
+    plc: &Plc,
+    pki: &Pki,
+    structures: Option<Arc<Structures>>,
+) -> Result<(Arc<Session>, EventLoop, EndpointDescription), SessionError> {
     let endpoint = endpoint(&client, plc, &pki.dir).await?;
     let identity = identity(&plc.id, &plc.auth)?;
     let connect_error = |e: opcua::types::Error| SessionError::Connect {

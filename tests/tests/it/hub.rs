@@ -1,6 +1,7 @@
 //! The Azure IoT Hub device dialect against a hub test double: a front ([`tests::front`]) of
-//! an embedded broker that reads every MQTT CONNECT and checks the client id, the username and
-//! the SAS password (verified with the device key) before letting the connection through.
+//! an embedded broker that reads every MQTT CONNECT and checks the client id, the username (with
+//! the IoT Plug and Play model id) and the SAS password (verified with the device key) before
+//! letting the connection through.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,13 +13,18 @@ use tests::*;
 const HOST: &str = "testhub.azure-devices.net";
 const DEVICE: &str = "line-a-edge";
 const KEY: &str = "c2VjcmV0LWRldmljZS1rZXktMDAxLTAxMjM0NTY3ODk=";
+/// The IoT Plug and Play model the line announces (`[hub] model_id`), and as the username
+/// carries it.
+const MODEL: &str = "dtmi:com:example:opcua_connector:LineA;1";
+const MODEL_IN_USERNAME: &str = "dtmi%3Acom%3Aexample%3Aopcua_connector%3ALineA%3B1";
 
 /// The hub double: the front checking client id, username and SAS (with the device key)
 /// before the broker.
 async fn hub_double(broker: u16) -> MqttFront {
     MqttFront::start(broker, None, |c| {
         c.client_id == DEVICE
-            && c.username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")
+            && c.username
+                == format!("{HOST}/{DEVICE}/?api-version=2021-04-12&model-id={MODEL_IN_USERNAME}")
             && front::sas_check(
                 &c.password,
                 &format!("{HOST}/devices/{DEVICE}"),
@@ -35,7 +41,7 @@ fn hub_config(dir: &Path, opc: &str, hub_port: u16, env: &str) -> config::Config
         dir,
         opc,
         &format!(
-            "[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\nsas_ttl = \"3s\"\nbatch_max_delay = \"100ms\"\n\n[buffer]\ndir = \"{}\"\n",
+            "[hub]\nconnection_string_env = \"{env}\"\ninsecure_endpoint = \"127.0.0.1:{hub_port}\"\nsas_ttl = \"3s\"\nbatch_max_delay = \"100ms\"\nmodel_id = \"{MODEL}\"\n\n[buffer]\ndir = \"{}\"\n",
             dir.join("buffer").display()
         ),
     )
@@ -91,8 +97,10 @@ async fn hub_telemetry_with_sas_renewal_reaches_the_double_complete_and_in_order
         connects.iter().all(|c| c.accepted),
         "every CONNECT had the right client id, username and a valid SAS token: {connects:?}"
     );
+    // Renewals too announce the IoT Plug and Play model.
     assert!(connects.iter().all(|c| c.client_id == DEVICE
-        && c.username == format!("{HOST}/{DEVICE}/?api-version=2021-04-12")));
+        && c.username
+            == format!("{HOST}/{DEVICE}/?api-version=2021-04-12&model-id={MODEL_IN_USERNAME}")));
     let ses: Vec<u64> = connects
         .iter()
         .map(|c| c.password.rsplit("&se=").next().unwrap().parse().unwrap())

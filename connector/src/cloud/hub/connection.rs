@@ -53,9 +53,16 @@ impl Identity {
         topics::client_id(&self.device_id, self.module_id.as_deref())
     }
 
-    /// The MQTT username: `{host}/{device}[/{module}]/?api-version=2021-04-12`.
-    pub fn username(&self) -> String {
-        topics::username(&self.host, &self.device_id, self.module_id.as_deref())
+    /// The MQTT username: `{host}/{device}[/{module}]/?api-version=2021-04-12`, with
+    /// `&model-id={DTMI}` (percent-encoded) when the device announces an IoT Plug and Play
+    /// model.
+    pub fn username(&self, model_id: Option<&str>) -> String {
+        topics::username(
+            &self.host,
+            &self.device_id,
+            self.module_id.as_deref(),
+            model_id,
+        )
     }
 
     /// The SAS resource URI: `{host}/devices/{device}[/modules/{module}]`.
@@ -312,8 +319,13 @@ mod tests {
         let id = cs.identity();
         assert_eq!(id.client_id(), "line-a-edge/opcua-connector");
         assert_eq!(
-            id.username(),
+            id.username(None),
             "myhub.azure-devices.net/line-a-edge/opcua-connector/?api-version=2021-04-12"
+        );
+        assert_eq!(
+            id.username(Some("dtmi:com:example:Line;3")),
+            "myhub.azure-devices.net/line-a-edge/opcua-connector/?api-version=2021-04-12\
+             &model-id=dtmi%3Acom%3Aexample%3ALine%3B3"
         );
         assert_eq!(
             id.resource_uri(),

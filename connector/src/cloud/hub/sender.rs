@@ -99,6 +99,11 @@ impl Hub {
         &self.identity
     }
 
+    /// The MQTT username, with `[hub] model_id` (IoT Plug and Play) when it is set.
+    pub fn username(&self) -> String {
+        self.identity.username(self.cfg.model_id.as_deref())
+    }
+
     /// TLS to the hub: its CA file, and the X.509 client certificate when configured.
     fn tls(&self) -> Result<rustls::ClientConfig, HubError> {
         let client = self
@@ -166,7 +171,7 @@ impl Hub {
         o.set_max_packet_size(C2D_MAX_INCOMING, HUB_MAX_MESSAGE_BYTES + 4096);
         if self.key.is_none() {
             // X.509: the username without a password.
-            o.set_credentials(self.identity.username(), "");
+            o.set_credentials(self.username(), "");
         }
         if tls {
             let config = TlsConfiguration::Rustls(Arc::new(self.tls()?));
@@ -187,7 +192,7 @@ impl Hub {
         let key = self.key.clone()?;
         let (resource, username, ttl) = (
             self.identity.resource_uri(),
-            self.identity.username(),
+            self.username(),
             self.cfg.sas_ttl,
         );
         Some(Arc::new(move || {
@@ -285,5 +290,68 @@ impl Hub {
         let identity = self.identity.clone();
         let payload = self.cfg.payload;
         Arc::new(move |plc, group| identity.alert_topic(payload, plc, group))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Payload;
+
+    fn x509_hub(module_id: Option<&str>, model_id: Option<&str>) -> Hub {
+        let cfg = HubConfig {
+            auth: HubAuth::X509 {
+                host: "myhub.azure-devices.net".into(),
+                device_id: "line-a-edge".into(),
+                module_id: module_id.map(str::to_owned),
+                cert_file: "d.pem".into(),
+                key_file: "d.key".into(),
+            },
+            sas_ttl: std::time::Duration::from_secs(3600),
+            insecure_endpoint: Some("127.0.0.1:1883".into()),
+            https_endpoint: None,
+            endpoint: None,
+            transport: crate::config::HubTransport::Mqtt,
+            proxy: None,
+            ca_file: None,
+            batch_max_samples: std::num::NonZeroUsize::MIN,
+            batch_max_delay: std::time::Duration::from_millis(200),
+            payload: Payload::Json,
+            pending_write_max_age: std::time::Duration::from_secs(3600),
+            model_id: model_id.map(str::to_owned),
+            status_interval: None,
+        };
+        Hub::new(&cfg).expect("an x509 hub")
+    }
+
+    /// The username the CONNECT carries (X.509: set in the options; SAS: by the renewer).
+    fn connect_username(hub: &Hub) -> String {
+        hub.options()
+            .expect("options")
+            .credentials()
+            .expect("credentials")
+            .username
+    }
+
+    #[test]
+    fn the_connect_username_announces_model_id_only_when_configured() {
+        let plain = x509_hub(None, None);
+        assert_eq!(
+            connect_username(&plain),
+            "myhub.azure-devices.net/line-a-edge/?api-version=2021-04-12"
+        );
+        let pnp = x509_hub(None, Some("dtmi:com:example:BottlingLine;1"));
+        assert_eq!(
+            connect_username(&pnp),
+            "myhub.azure-devices.net/line-a-edge/?api-version=2021-04-12\
+             &model-id=dtmi%3Acom%3Aexample%3ABottlingLine%3B1"
+        );
+        let module = x509_hub(Some("opcua"), Some("dtmi:com:example:BottlingLine;1"));
+        assert_eq!(
+            connect_username(&module),
+            "myhub.azure-devices.net/line-a-edge/opcua/?api-version=2021-04-12\
+             &model-id=dtmi%3Acom%3Aexample%3ABottlingLine%3B1"
+        );
+        assert_eq!(module.username(), connect_username(&module));
     }
 }

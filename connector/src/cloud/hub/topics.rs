@@ -30,12 +30,24 @@ pub fn client_id(device_id: &str, module_id: Option<&str>) -> String {
     }
 }
 
-/// `{host}/{device}/?api-version=2021-04-12` or `{host}/{device}/{module}/?api-version=...`.
-pub fn username(host: &str, device_id: &str, module_id: Option<&str>) -> String {
-    format!(
+/// `{host}/{device}/?api-version=2021-04-12` or `{host}/{device}/{module}/?api-version=...`;
+/// with a model id (IoT Plug and Play) `&model-id={DTMI}` follows, percent-encoded
+/// (`dtmi%3Acom%3Aexample%3ALine%3B1`), as the Azure IoT SDKs send it.
+pub fn username(
+    host: &str,
+    device_id: &str,
+    module_id: Option<&str>,
+    model_id: Option<&str>,
+) -> String {
+    let mut name = format!(
         "{host}/{}/?api-version={API_VERSION}",
         client_id(device_id, module_id)
-    )
+    );
+    if let Some(model) = model_id {
+        name.push_str("&model-id=");
+        name.push_str(&encode_component(model));
+    }
+    name
 }
 
 /// `devices/{device}/messages/events/` or `devices/{device}/modules/{module}/messages/events/`.
@@ -365,16 +377,37 @@ mod tests {
             "line-a-edge/opcua-connector"
         );
         assert_eq!(
-            username("myhub.azure-devices.net", "device-001", None),
+            username("myhub.azure-devices.net", "device-001", None, None),
             "myhub.azure-devices.net/device-001/?api-version=2021-04-12"
         );
         assert_eq!(
             username(
                 "myhub.azure-devices.net",
                 "line-a-edge",
-                Some("opcua-connector")
+                Some("opcua-connector"),
+                None
             ),
             "myhub.azure-devices.net/line-a-edge/opcua-connector/?api-version=2021-04-12"
+        );
+    }
+
+    #[test]
+    fn username_announces_the_plug_and_play_model_id() {
+        let model = Some("dtmi:com:example:BottlingLine;1");
+        assert_eq!(
+            username("myhub.azure-devices.net", "device-001", None, model),
+            "myhub.azure-devices.net/device-001/?api-version=2021-04-12\
+             &model-id=dtmi%3Acom%3Aexample%3ABottlingLine%3B1"
+        );
+        assert_eq!(
+            username(
+                "myhub.azure-devices.net",
+                "line-a-edge",
+                Some("opcua-connector"),
+                Some("dtmi:opcua_connector:plant_1:line_a;1.2")
+            ),
+            "myhub.azure-devices.net/line-a-edge/opcua-connector/?api-version=2021-04-12\
+             &model-id=dtmi%3Aopcua_connector%3Aplant_1%3Aline_a%3B1.2"
         );
     }
 

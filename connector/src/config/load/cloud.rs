@@ -8,11 +8,11 @@ use std::time::Duration;
 use crate::config::raw::Spanned;
 
 use super::{format_size, is_loopback_host, optional, Check, Span, DEFAULT_PENDING_WRITE_MAX_AGE};
-use crate::config::is_valid_id;
 use crate::config::raw::{
     Quantity, RawDuration, RawHub, RawMethod, RawMqtt, RawTls, RawWrite, RawX509,
 };
 use crate::config::types::*;
+use crate::config::{check_model_id, is_valid_id};
 
 /// `[sink.mqtt]` defaults.
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
@@ -813,6 +813,16 @@ impl Check<'_> {
                 .status_interval(Some(i), &k("status_interval"))
                 .map(Some),
         };
+        let model_id = match &raw.model_id {
+            None => Some(None),
+            Some(m) => match check_model_id(m.get_ref()) {
+                Ok(()) => Some(Some(m.get_ref().clone())),
+                Err(message) => {
+                    self.at(m, &k("model_id"), message);
+                    None
+                }
+            },
+        };
         if raw.connection_string.is_some() {
             return None;
         }
@@ -830,6 +840,7 @@ impl Check<'_> {
             batch_max_delay: batch_max_delay?,
             payload: payload?,
             pending_write_max_age: pending_write_max_age?,
+            model_id: model_id?,
         })
     }
 

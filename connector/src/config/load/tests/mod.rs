@@ -360,6 +360,7 @@ listen = "127.0.0.1:9464"
             payload: Payload::JsonGzip,
             pending_write_max_age: Duration::from_secs(3600),
             status_interval: None,
+            model_id: None,
         }),
         buffer: BufferConfig {
             dir: "/var/lib/opcua-connector/buffer".into(),

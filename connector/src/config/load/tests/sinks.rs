@@ -25,8 +25,8 @@ fn hub_of(body: &str) -> HubConfig {
 fn unknown_keys_in_broker_hub_and_buffer_are_reported() {
     let text = with_table("sink.mqtt", "url = \"mqtt://x\"\nretain = true");
     assert_problem(&text, 16, "sink.mqtt.retain", "unknown key `retain`");
-    let text = with_table("hub", &format!("{HUB_CS}\nmodel_id = \"dtmi:x;1\""));
-    assert_problem(&text, 17, "hub.model_id", "unknown key `model_id`");
+    let text = with_table("hub", &format!("{HUB_CS}\nmodel = \"dtmi:x;1\""));
+    assert_problem(&text, 17, "hub.model", "unknown key `model`");
     let text = with_table("buffer", "max_size = \"1GiB\"");
     assert_problem(&text, 15, "buffer.max_size", "unknown key `max_size`");
     let text = with_table("hub", "x509 = { host = \"h\", device = \"d\" }");
@@ -611,6 +611,7 @@ fn hub_defaults_and_connection_string_sources() {
             payload: Payload::Json,
             pending_write_max_age: Duration::from_secs(3600),
             status_interval: None,
+            model_id: None,
         }
     );
     // The variable is not read while loading: IOTHUB_CS does not exist here.
@@ -624,6 +625,30 @@ fn hub_defaults_and_connection_string_sources() {
         (h.insecure_endpoint.as_deref(), h.ca_file, h.sas_ttl),
         (Some("127.0.0.1:1883"), None, Duration::from_secs(2))
     );
+}
+
+#[test]
+fn hub_model_id_is_a_versioned_dtmi() {
+    let h = hub_of(&format!(
+        "{HUB_CS}\nmodel_id = \"dtmi:com:example:BottlingLine;2\""
+    ));
+    assert_eq!(
+        h.model_id.as_deref(),
+        Some("dtmi:com:example:BottlingLine;2")
+    );
+    assert_eq!(hub_of(HUB_CS).model_id, None);
+    for (value, why) in [
+        ("dtmi:com:example:BottlingLine", "has no version"),
+        ("urn:com:example;1", "is not a DTMI"),
+        (
+            "dtmi:com:example:Bottling-Line;1",
+            "segment \"Bottling-Line\"",
+        ),
+        ("dtmi:dtdl:Line;1", "reserves"),
+    ] {
+        let text = with_table("hub", &format!("{HUB_CS}\nmodel_id = \"{value}\""));
+        assert_problem(&text, 17, "hub.model_id", why);
+    }
 }
 
 #[test]
