@@ -66,6 +66,24 @@ fn assert_complete_hub(sim: &Sim, messages: &[(String, Vec<u8>)], prefix: &str) 
     assert_bodies_complete(sim, messages.iter().map(|(_, b)| b.as_slice()));
 }
 
+/// Waits for telemetry, settles, stops the connector, and checks every counter sample arrived
+/// once on `prefix`.
+async fn delivered_complete(
+    what: &str,
+    sim: &Sim,
+    sub: &Subscriber,
+    running: runner::Running,
+    prefix: &str,
+) {
+    eventually(what, Duration::from_secs(40), || async {
+        (sub.count() >= 10).then_some(())
+    })
+    .await;
+    freeze_and_settle(sim, || sub.count()).await;
+    running.stop().await;
+    assert_complete_hub(sim, &sub.messages.lock().unwrap(), prefix);
+}
+
 async fn sas_over_tls(device: &'static str, module: Option<&'static str>, env: &str) {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
@@ -86,22 +104,16 @@ async fn sas_over_tls(device: &'static str, module: Option<&'static str>, env: &
         hub.port,
     ))
     .expect("runner");
-    eventually("telemetry over TLS", Duration::from_secs(30), || async {
-        (sub.count() >= 10).then_some(())
-    })
-    .await;
-    freeze_and_settle(&sim, || sub.count()).await;
-    running.stop().await;
+    let prefix = match module {
+        None => format!("devices/{device}/messages/events/"),
+        Some(m) => format!("devices/{device}/modules/{m}/messages/events/"),
+    };
+    delivered_complete("telemetry over TLS", &sim, &sub, running, &prefix).await;
     let connects = hub.connects();
     assert!(
         !connects.is_empty() && connects.iter().all(|c| c.accepted && !c.client_cert),
         "{connects:?}"
     );
-    let prefix = match module {
-        None => format!("devices/{device}/messages/events/"),
-        Some(m) => format!("devices/{device}/modules/{m}/messages/events/"),
-    };
-    assert_complete_hub(&sim, &sub.messages.lock().unwrap(), &prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,19 +166,14 @@ async fn a_wrong_key_over_tls_is_refused_paced_and_its_telemetry_delivered_once_
     );
     // The hub learns the key the device has (the operator fixed the registration).
     hub.set_check(sas_identity("line-key", None, OTHER_KEY));
-    eventually(
+    delivered_complete(
         "accepted after the fix",
-        Duration::from_secs(40),
-        || async { (sub.count() >= 10).then_some(()) },
+        &sim,
+        &sub,
+        running,
+        "devices/line-key/messages/events/",
     )
     .await;
-    freeze_and_settle(&sim, || sub.count()).await;
-    running.stop().await;
-    assert_complete_hub(
-        &sim,
-        &sub.messages.lock().unwrap(),
-        "devices/line-key/messages/events/",
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,19 +206,14 @@ async fn an_x509_device_reaches_mosquitto_requiring_its_certificate() {
         tls,
     ))
     .expect("runner");
-    eventually(
+    delivered_complete(
         "telemetry with the certificate",
-        Duration::from_secs(30),
-        || async { (sub.count() >= 10).then_some(()) },
+        &sim,
+        &sub,
+        running,
+        "devices/line-x509/messages/events/",
     )
     .await;
-    freeze_and_settle(&sim, || sub.count()).await;
-    running.stop().await;
-    assert_complete_hub(
-        &sim,
-        &sub.messages.lock().unwrap(),
-        "devices/line-x509/messages/events/",
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
