@@ -326,7 +326,7 @@ pub fn render(state: &State) -> String {
         }
     }
     type Sink = fn(&MqttMetrics) -> &AtomicU64;
-    let per_sink: [(&str, &str, Sink); 14] = [
+    let per_sink: [(&str, &str, Sink); 15] = [
         (
             "telemetry_messages_sent_total",
             "Messages handed to the broker.",
@@ -376,6 +376,11 @@ pub fn render(state: &State) -> String {
             "telemetry_renewals_total",
             "Reconnects to renew credentials (SAS tokens).",
             |m| &m.renewals,
+        ),
+        (
+            "telemetry_status_failures_total",
+            "Status updates (IoT Hub connectorStatus) the hub did not take, sent again later.",
+            |m| &m.status_failures,
         ),
         (
             "telemetry_rejected_total",

@@ -39,13 +39,16 @@ pub const REPORTED_PROPERTY: &str = "connectorStatus";
 #[derive(Debug)]
 pub struct StatusBoard {
     line: String,
+    /// The line's PLCs, as configured (disconnected until their sessions exist).
+    names: Vec<String>,
     plcs: OnceLock<Vec<Arc<PlcMetrics>>>,
 }
 
 impl StatusBoard {
-    pub fn new(line: &str) -> Arc<StatusBoard> {
+    pub fn new(line: &str, plcs: Vec<String>) -> Arc<StatusBoard> {
         Arc::new(StatusBoard {
             line: line.to_owned(),
+            names: plcs,
             plcs: OnceLock::new(),
         })
     }
@@ -57,7 +60,8 @@ impl StatusBoard {
 
     /// (plc, connected) of every PLC, in the config's order.
     fn sessions(&self) -> Vec<(String, bool)> {
-        self.plcs.get().map_or_else(Vec::new, |p| {
+        let starting = || self.names.iter().map(|n| (n.clone(), false)).collect();
+        self.plcs.get().map_or_else(starting, |p| {
             p.iter()
                 .map(|m| (m.plc.clone(), m.connected.load(Ordering::Relaxed)))
                 .collect()
@@ -98,6 +102,8 @@ pub struct StatusReporter {
     plan: StatusPlan,
     /// Sent since the last connect: when, and what it said.
     last: Option<(Instant, Key)>,
+    /// The last one was not taken: send again once the interval has passed.
+    again: bool,
     rid: u64,
 }
 
@@ -106,6 +112,7 @@ impl StatusReporter {
         StatusReporter {
             plan,
             last: None,
+            again: false,
             rid: 0,
         }
     }
@@ -133,11 +140,12 @@ impl StatusReporter {
         let sessions = self.plan.board.sessions();
         let key: Key = (sessions.clone(), backlog.behind());
         if let Some((at, last)) = &self.last {
-            if *last == key || at.elapsed() < self.plan.interval {
+            if (*last == key && !self.again) || at.elapsed() < self.plan.interval {
                 return None;
             }
         }
         self.last = Some((Instant::now(), key));
+        self.again = false;
         let state = self.online(&sessions, backlog);
         Some(match &self.plan.kind {
             StatusKind::Retained { topic } => (topic.clone(), state.to_string().into_bytes(), true),
@@ -151,6 +159,40 @@ impl StatusReporter {
                 )
             }
         })
+    }
+
+    /// The message could not be handed to the client: sent again at the next chance.
+    pub fn not_sent(&mut self) {
+        self.last = None;
+    }
+
+    /// A topic the hub answers on: `Some(taken)` when it is the answer to one of our reported
+    /// PATCHes (`$iothub/twin/res/{status}/?$rid=status-N`), `None` for anything else. One not
+    /// taken (429 throttled, 4xx, 5xx) is sent again once the interval has passed.
+    pub fn answered(&mut self, topic: &str) -> Option<bool> {
+        let rest = topic.strip_prefix("$iothub/twin/res/")?;
+        let (status, query) = rest.split_once("/?")?;
+        let ours = query
+            .split('&')
+            .any(|p| p.strip_prefix("$rid=status-").is_some());
+        if !ours {
+            return None;
+        }
+        let taken = status.parse::<u16>().is_ok_and(|s| (200..300).contains(&s));
+        if !taken {
+            static LOG: crate::ratelog::RateLog = crate::ratelog::RateLog::per_minute();
+            if let Some(suppressed) = LOG.hit() {
+                tracing::warn!(status = %status, suppressed,
+                    "hub: the connectorStatus update was not taken; sent again after status_interval");
+            }
+            self.again = true;
+        }
+        Some(taken)
+    }
+
+    /// Whether the answers to reported PATCHes are to be subscribed to.
+    pub fn reports(&self) -> bool {
+        matches!(self.plan.kind, StatusKind::Reported)
     }
 
     /// How long until [`Self::due`] may have something to send after a change.
@@ -211,7 +253,7 @@ mod tests {
     use super::*;
 
     fn reporter(kind: StatusKind, interval: Duration) -> (StatusReporter, Arc<PlcMetrics>) {
-        let board = StatusBoard::new("line-a");
+        let board = StatusBoard::new("line-a", vec!["filler".into()]);
         let plc = PlcMetrics::new("filler");
         board.set_plcs(vec![plc.clone()]);
         let r = StatusReporter::new(StatusPlan {

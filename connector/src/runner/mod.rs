@@ -123,7 +123,10 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         (Controls::default(), None)
     };
     let mut watched = Vec::new();
-    let board = StatusBoard::new(&config.line.id);
+    let board = StatusBoard::new(
+        &config.line.id,
+        config.plcs.iter().map(|p| p.id.clone()).collect(),
+    );
     let (destinations, hub_identity) =
         open_destinations(config, controls, &board, &shutdown.senders, &mut watched)?;
     if let Err(e) = connect::prepare_pki(&config.pki) {
@@ -272,6 +275,7 @@ fn open_destinations(
         renew: None,
         control,
         status: None,
+        send_limit: None,
     };
     let site = config.line.site.as_deref().unwrap_or("");
     let mut identity = None;
@@ -317,6 +321,8 @@ fn open_destinations(
         }
         let s = Sending {
             renew: hub.renewer(),
+            // It takes larger packets (cloud-to-device) than the hub takes from it.
+            send_limit: Some(HUB_MAX_MESSAGE_BYTES + 4096),
             status: hc.status_interval.map(|interval| StatusPlan {
                 kind: StatusKind::Reported,
                 board: board.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tests::*;
 
-use crate::writes::{ack, hub_section, line_config, start, stats, DEVICE};
+use crate::writes::{hub_section, line_config, start, stats, DEVICE};
 
 fn c2d_topic(properties: &str) -> String {
     format!("devices/{DEVICE}/messages/devicebound/{properties}")
@@ -63,11 +63,8 @@ async fn c2d_requests_are_applied_once_and_answered_other_messages_counted() {
     let running = start(&config, &hub).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
 
-    // The PLC's write session is up once a twin write went through (a request meanwhile is
-    // answered 500 "not connected" and not kept, as on the broker).
-    let v = hub.desire(json!({"fillerSpeedSetpoint": 600.0})).await;
-    ack(&hub, "fillerSpeedSetpoint", v, 200).await;
-
+    // At once after the hub connect, before the PLC's write session is up (as messages queued
+    // in the hub while the connector was away arrive): held, then applied.
     // A write request as C2D: applied once, answered 200 with the message id as $.cid.
     let before = stats(&sim, "Filler.SpeedSetpoint").write_attempts;
     let write = json!({"id": "c2d-w-1", "property": "fillerSpeedSetpoint", "value": 640.0});

@@ -57,6 +57,16 @@ async fn https_batches_arrive_on_fresh_connections_and_a_60_s_outage_is_delivere
 
     // The hub away for 60 s: the schedules fail, the telemetry stays buffered.
     hub.set_down(true);
+    // A schedule under way when the hub went down may finish on its open connection.
+    eventually(
+        "every open connection closed",
+        Duration::from_secs(30),
+        || {
+            let open = hub.connections().iter().any(|(_, closed)| closed.is_none());
+            async move { (!open).then_some(()) }
+        },
+    )
+    .await;
     let before = hub.accepted().len();
     let buffered = m.messages_buffered.load(Ordering::Relaxed);
     let outage = std::time::Instant::now();

@@ -1,6 +1,7 @@
 //! The connector's own status in the cloud: the retained status topic of `[sink.mqtt]` with
 //! its last will (mosquitto publishes it when the process is killed), the `stopped` message of
-//! a clean stop, and the hub's reported property `connectorStatus` following a PLC session.
+//! a clean stop, and the hub's reported property `connectorStatus` following a PLC session
+//! (a PATCH the hub throttles is sent again).
 
 use std::path::Path;
 use std::time::Duration;
@@ -169,10 +170,23 @@ async fn the_hub_twin_reports_the_connector_state_and_follows_the_plc_session() 
         (Some("online"), Some(env!("CARGO_PKG_VERSION")), Some(1)),
         "{up}"
     );
+    // The hub throttles the next PATCH (429): counted, and sent again after the interval.
+    hub.throttle_patches(1);
+    let before = hub.patch_log().len();
     sim.sim.inject(simulator::FaultKind::Restart {
         down: Duration::from_secs(4),
     });
-    let down = reported("disconnected", 0).await;
+    let down = reported("disconnected", before).await;
+    assert_eq!(
+        hub.throttled(),
+        1,
+        "the first report of the change was throttled"
+    );
+    let m = running.hub.clone().expect("hub metrics");
+    assert_eq!(
+        m.status_failures.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(down["connectorStatus"]["plcs_connected"], 0);
     let n = hub.patch_log().len();
     let back = reported("connected", n).await;

@@ -104,6 +104,7 @@ impl FileUploads {
         sas_ttl: Duration,
         tls: rustls::ClientConfig,
         connect_to: Option<&str>,
+        proxy: Option<reqwest::Proxy>,
     ) -> Result<FileUploads, String> {
         if identity.module_id.is_some() {
             return Err("IoT Hub's file upload is for device identities; this is a module's (use a device identity or another upload)".into());
@@ -114,6 +115,7 @@ impl FileUploads {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("opcua-connector/", env!("CARGO_PKG_VERSION")));
+        builder = super::sender::with_proxy(builder, proxy.as_ref());
         if let Some(address) = connect_to {
             use std::net::ToSocketAddrs;
             let addr = address

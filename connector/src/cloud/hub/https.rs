@@ -11,7 +11,7 @@
 //! back-off, capped by it); a 400 / 413 for one message moves it to the dead-letter file.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -41,21 +41,41 @@ enum Stop {
 pub struct Events {
     url: String,
     make_client: Box<dyn Fn() -> Result<reqwest::Client, String> + Send + Sync>,
-    token: Box<dyn Fn() -> Result<Option<String>, String> + Send + Sync>,
+    renewer: Option<crate::cloud::mqtt::flow::Renewer>,
 }
 
 impl Events {
     pub fn new(hub: &Hub) -> Result<Events, String> {
         let (url, make_client) = hub.events_client()?;
-        let renewer = hub.renewer();
         Ok(Events {
             url,
             make_client,
-            token: Box::new(move || match &renewer {
-                None => Ok(None),
-                Some(r) => r().map(|(_, token, _)| Some(token)),
-            }),
+            renewer: hub.renewer(),
         })
+    }
+}
+
+/// The SAS token of the POSTs, made again when it is due for renewal (a long drain outlives
+/// one); none with X.509.
+struct Token {
+    current: Option<(String, SystemTime)>,
+}
+
+impl Token {
+    fn get(&mut self, events: &Events) -> Result<Option<String>, Stop> {
+        let Some(renew) = &events.renewer else {
+            return Ok(None);
+        };
+        let due = self
+            .current
+            .as_ref()
+            .is_none_or(|(_, at)| SystemTime::now() >= *at);
+        if due {
+            // A token that cannot be made is this side's problem, not a refusal by the hub.
+            let (_, token, renew_at) = renew().map_err(Stop::Failed)?;
+            self.current = Some((token, renew_at));
+        }
+        Ok(self.current.as_ref().map(|(t, _)| t.clone()))
     }
 }
 
@@ -75,7 +95,8 @@ pub fn headers(topic: &str) -> Vec<(String, String)> {
     out
 }
 
-/// Sends every `every` until `shutdown`; then once more within `grace`.
+/// Sends every `every` until `shutdown`; then once more within `grace`. `connected` says
+/// whether the last schedule that reached the hub succeeded (no connection stays open).
 pub async fn run(events: Events, sending: Sending, every: Duration) {
     let Sending {
         outbox,
@@ -84,38 +105,45 @@ pub async fn run(events: Events, sending: Sending, every: Duration) {
         ..
     } = sending;
     let metrics = outbox.metrics.clone();
+    metrics.connected.store(true, Ordering::Relaxed);
     let mut failures = Backoff::new(Duration::from_secs(1), every);
     let mut refusals = Backoff::new(Duration::from_secs(5), Duration::from_secs(300));
     let mut said: Option<String> = None;
+    let mut token = Token { current: None };
     let mut next = Instant::now();
     loop {
-        let stopping = tokio::select! {
+        let mut stopping = tokio::select! {
             _ = tokio::time::sleep_until(next) => false,
             _ = shutdown.cancelled() => true,
         };
-        let pending = outbox
-            .buffer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .stats()
-            .pending;
-        let result = if pending == 0 {
-            Ok(0)
-        } else if stopping {
-            tokio::time::timeout(grace, send_all(&events, &outbox))
-                .await
-                .unwrap_or_else(|_| {
+        let mut result = Ok(0);
+        if !stopping && pending(&outbox) > 0 {
+            // A stop during a long drain ends it; the rest goes in the grace below.
+            tokio::select! {
+                r = send_all(&events, &outbox, &mut token) => result = r,
+                _ = shutdown.cancelled() => {
+                    rewind(&outbox);
+                    stopping = true;
+                }
+            }
+        }
+        if stopping && pending(&outbox) > 0 {
+            result = match tokio::time::timeout(grace, send_all(&events, &outbox, &mut token)).await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    rewind(&outbox);
                     Err(Stop::Failed("the drain took longer than its grace".into()))
-                })
-        } else {
-            send_all(&events, &outbox).await
-        };
+                }
+            };
+        }
         let wait = match result {
             Ok(n) => {
-                // The schedule's connection is closed now.
-                metrics.connected.store(false, Ordering::Relaxed);
-                if n > 0 && said.take().is_some() {
-                    info!(sent = n, "hub: HTTPS telemetry sent again");
+                if n > 0 {
+                    metrics.connected.store(true, Ordering::Relaxed);
+                    if said.take().is_some() {
+                        info!(sent = n, "hub: HTTPS telemetry sent again");
+                    }
                 }
                 failures.reset();
                 refusals.reset();
@@ -146,11 +174,19 @@ pub async fn run(events: Events, sending: Sending, every: Duration) {
     metrics.connected.store(false, Ordering::Relaxed);
 }
 
+fn pending(outbox: &Outbox) -> u64 {
+    outbox
+        .buffer
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .stats()
+        .pending
+}
+
 /// One schedule: a fresh client (connection), every pending message POSTed in order until
 /// the buffer is empty; the client is dropped at the end, closing the connection.
-async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
+async fn send_all(events: &Events, outbox: &Outbox, token: &mut Token) -> Result<usize, Stop> {
     let client = (events.make_client)().map_err(Stop::Failed)?;
-    let token = (events.token)().map_err(Stop::Refused)?;
     let metrics = &outbox.metrics;
     let mut sent = 0;
     loop {
@@ -165,8 +201,15 @@ async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
         for (id, frame) in batch {
             let Some((topic, gzip, body)) = unframe(&frame) else {
                 warn!(id, "hub: unreadable buffered message skipped");
-                ack(outbox, id, 0);
+                settle(outbox, id);
                 continue;
+            };
+            let token = match token.get(events) {
+                Ok(t) => t,
+                Err(e) => {
+                    rewind(outbox);
+                    return Err(e);
+                }
             };
             let mut request = client
                 .post(&events.url)
@@ -179,8 +222,7 @@ async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
                 request = request.header(reqwest::header::AUTHORIZATION, t);
             }
             metrics.messages_sent.fetch_add(1, Ordering::Relaxed);
-            let outcome = request.send().await;
-            let status = match outcome {
+            let status = match request.send().await {
                 Ok(r) => r.status(),
                 Err(e) => {
                     rewind(outbox);
@@ -189,7 +231,6 @@ async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
             };
             match status.as_u16() {
                 200..=299 => {
-                    metrics.connected.store(true, Ordering::Relaxed);
                     ack(outbox, id, body.len());
                     sent += 1;
                 }
@@ -200,7 +241,7 @@ async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
                 400 | 413 => {
                     let reason = format!("the hub refused the message with {status}");
                     outbox.dead_letter(topic, gzip, body, &reason);
-                    ack(outbox, id, 0);
+                    settle(outbox, id);
                 }
                 _ => {
                     rewind(outbox);
@@ -208,6 +249,15 @@ async fn send_all(events: &Events, outbox: &Outbox) -> Result<usize, Stop> {
                 }
             }
         }
+    }
+}
+
+/// A message that leaves the buffer without being delivered (dead-lettered, unreadable):
+/// not counted as acknowledged.
+fn settle(outbox: &Outbox, id: u64) {
+    let mut b = outbox.buffer.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = b.ack(id) {
+        warn!(error = %e, id, "hub: cannot record the ack");
     }
 }
 

@@ -44,6 +44,18 @@ pub struct Hub {
     client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+/// The configured proxy, or none at all: the environment's `HTTPS_PROXY` is not used (the
+/// hub's MQTT connection does not see it either; one place configures the way out).
+pub fn with_proxy(
+    builder: reqwest::ClientBuilder,
+    proxy: Option<&reqwest::Proxy>,
+) -> reqwest::ClientBuilder {
+    match proxy {
+        Some(p) => builder.proxy(p.clone()),
+        None => builder.no_proxy(),
+    }
+}
+
 /// The connection string (whitespace around it trimmed).
 fn connection_string(s: &Secret) -> Result<String, HubError> {
     s.read("connection_string")
@@ -113,7 +125,7 @@ impl Hub {
         rustls_config(self.cfg.ca_file.as_ref(), client).map_err(|e| HubError::Tls(e.to_string()))
     }
 
-    /// The client of the hub's file-upload API, with this identity and the hub's TLS.
+    /// The client of the hub's file-upload API, with this identity, the hub's TLS and proxy.
     pub fn file_uploads(&self) -> Result<FileUploads, HubError> {
         FileUploads::new(
             &self.identity,
@@ -121,6 +133,7 @@ impl Hub {
             self.cfg.sas_ttl,
             self.tls()?,
             self.cfg.https_endpoint.as_deref(),
+            self.http_proxy().map_err(HubError::Files)?,
         )
         .map_err(HubError::Files)
     }
@@ -244,32 +257,34 @@ impl Hub {
             super::https::EVENTS_API_VERSION
         );
         let tls = self.tls().map_err(|e| e.to_string())?;
-        let proxy = match &self.cfg.proxy {
-            None => None,
-            Some(p) => {
-                let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| e.to_string())?;
-                if let Some(user) = &p.username {
-                    let password = match &p.password {
-                        Some(s) => s.read("proxy_password")?,
-                        None => String::new(),
-                    };
-                    proxy = proxy.basic_auth(user, &password);
-                }
-                Some(proxy)
-            }
-        };
+        let proxy = self.http_proxy()?;
         let make = move || {
-            let mut b = reqwest::Client::builder()
+            let b = reqwest::Client::builder()
                 .use_preconfigured_tls(tls.clone())
                 .https_only(true)
                 .connect_timeout(std::time::Duration::from_secs(10))
                 .user_agent(concat!("opcua-connector/", env!("CARGO_PKG_VERSION")));
-            if let Some(p) = &proxy {
-                b = b.proxy(p.clone());
-            }
-            b.build().map_err(|e| e.to_string())
+            with_proxy(b, proxy.as_ref())
+                .build()
+                .map_err(|e| e.to_string())
         };
         Ok((url, Box::new(make)))
+    }
+
+    /// The configured proxy for the hub's HTTPS requests (telemetry, file upload).
+    pub fn http_proxy(&self) -> Result<Option<reqwest::Proxy>, String> {
+        let Some(p) = &self.cfg.proxy else {
+            return Ok(None);
+        };
+        let mut proxy = reqwest::Proxy::all(&p.url).map_err(|e| e.to_string())?;
+        if let Some(user) = &p.username {
+            let password = match &p.password {
+                Some(s) => s.read("proxy_password")?,
+                None => String::new(),
+            };
+            proxy = proxy.basic_auth(user, &password);
+        }
+        Ok(Some(proxy))
     }
 
     /// The topic filter of the device's cloud-to-device messages (none for a module).

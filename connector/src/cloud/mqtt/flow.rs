@@ -53,6 +53,9 @@ pub struct Sending {
     pub control: Option<Control>,
     /// The connector's status on this connection (a retained topic, or reported properties).
     pub status: Option<crate::cloud::status::StatusPlan>,
+    /// The largest packet the connection may send, when it is not the client's incoming
+    /// limit (rumqttc's `max_packet_size()`): the hub takes less than it sends us.
+    pub send_limit: Option<usize>,
 }
 
 pub struct Flow {

@@ -17,9 +17,11 @@ use rumqttc::{
 
 use super::flow::{Flow, Sending, WINDOW};
 use crate::cloud::control::{Control, Message};
+use crate::cloud::hub::TWIN_RESPONSES;
 use crate::cloud::status::StatusReporter;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::atomic::Ordering;
 
 use super::MqttError;
 use crate::config::{CaRoots, MqttSinkConfig, MqttTransport, ProxyConfig};
@@ -97,10 +99,16 @@ pub fn proxy(cfg: &ProxyConfig) -> Result<rumqttc::Proxy, String> {
             },
         },
     };
+    // rumqttc joins "{addr}:{port}": an IPv6 address keeps its brackets.
+    let addr = if cfg.host.contains(':') {
+        format!("[{}]", cfg.host)
+    } else {
+        cfg.host.clone()
+    };
     Ok(rumqttc::Proxy {
         ty: rumqttc::ProxyType::Http,
         auth,
-        addr: cfg.host.clone(),
+        addr,
         port: cfg.port,
     })
 }
@@ -156,6 +164,9 @@ pub fn options(cfg: &MqttSinkConfig) -> Result<MqttOptions, MqttError> {
 
 pub use super::flow::Renewer;
 
+/// How long a clean stop waits for its `stopped` status and DISCONNECT to be written.
+pub const STOP_WAIT: Duration = Duration::from_millis(250);
+
 /// TCP options: no Nagle delay, so small answers (acknowledgements, PUBACKs, write
 /// responses) are not held back ~40 ms waiting for the peer's delayed ACK.
 pub fn network_options() -> rumqttc::NetworkOptions {
@@ -176,6 +187,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         renew,
         control,
         status,
+        send_limit,
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
     let mut status = status.map(StatusReporter::new);
@@ -196,11 +208,15 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         opts.set_credentials(user, pass);
     }
     // What rumqttc refuses to send ("Cannot send packet of size ..."): moved aside before.
-    flow.set_limit(opts.max_packet_size());
+    flow.set_limit(send_limit.unwrap_or(opts.max_packet_size()));
     flow.set_keep_alive(opts.keep_alive());
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
     while flow.keep_going(&shutdown, grace) {
+        if let Some(w) = status.as_ref().filter(|_| !flow.connected).and_then(will) {
+            // The will of the connection about to be opened says when it was.
+            eventloop.mqtt_options.set_last_will(w);
+        }
         flow.send_control(&mut control, |out| {
             client
                 .try_publish(&out.topic, QoS::AtLeastOnce, false, out.payload.clone())
@@ -213,6 +229,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                     .is_ok()
                 {
                     flow.control_sent();
+                } else {
+                    s.not_sent();
                 }
             }
         }
@@ -254,9 +272,9 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 flow.connack();
                 if let Some(s) = status.as_mut() {
                     s.connected();
-                    // The will of the next connection says when this one was opened.
-                    if let Some(w) = will(s) {
-                        eventloop.mqtt_options.set_last_will(w);
+                    if s.reports() {
+                        // The hub's answers to the status PATCHes.
+                        let _ = client.try_subscribe(TWIN_RESPONSES, QoS::AtLeastOnce);
                     }
                 }
                 control.subscribe("mqtt", |topic| {
@@ -265,12 +283,23 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                         .map_err(|e| e.to_string())
                 });
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => control.deliver(Message {
-                topic: p.topic.clone(),
-                payload: p.payload.to_vec(),
-                response_topic: None,
-                correlation: None,
-            }),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                match status.as_mut().and_then(|s| s.answered(&p.topic)) {
+                    Some(false) => {
+                        outbox
+                            .metrics
+                            .status_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(true) => {}
+                    None => control.deliver(Message {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        response_topic: None,
+                        correlation: None,
+                    }),
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Outgoing(Outgoing::PingReq)) => flow.ping_sent(),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
@@ -290,12 +319,26 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     match status.as_ref().and_then(StatusReporter::stopped) {
         // A clean stop says so (retained) before the DISCONNECT, which discards the will.
         Some((topic, body)) if flow.connected => {
-            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, body);
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, true, body)
+                .is_ok()
+            {
+                flow.control_sent();
+            }
             let _ = client.try_disconnect();
-            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            // Briefly (the senders' share of the stop is short): acknowledgements that come
+            // meanwhile still take their messages out of the buffer.
+            let until = tokio::time::Instant::now() + STOP_WAIT;
             while let Ok(Ok(e)) = tokio::time::timeout_at(until, eventloop.poll()).await {
-                if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                    break;
+                match e {
+                    Event::Outgoing(Outgoing::Disconnect) => break,
+                    Event::Outgoing(Outgoing::Publish(pkid)) => flow.outgoing_publish(pkid),
+                    Event::Incoming(Packet::PubAck(p)) => {
+                        if let Some(id) = flow.puback(p.pkid) {
+                            flow.ack(id);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -354,4 +397,40 @@ pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
         at = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wrapped(e: rustls::Error) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn certificate_refusals_are_told_from_other_tls_failures() {
+        use rustls::AlertDescription as A;
+        for refused in [
+            rustls::Error::AlertReceived(A::BadCertificate),
+            rustls::Error::AlertReceived(A::UnknownCA),
+            rustls::Error::AlertReceived(A::CertificateRequired),
+            rustls::Error::AlertReceived(A::DecryptError),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        ] {
+            let shown = format!("{refused:?}");
+            let e = rumqttc::ConnectionError::Io(wrapped(refused));
+            assert!(certificate_refused(&e), "{shown}");
+        }
+        for passing in [
+            rumqttc::ConnectionError::Io(wrapped(rustls::Error::AlertReceived(
+                rustls::AlertDescription::InternalError,
+            ))),
+            rumqttc::ConnectionError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )),
+        ] {
+            assert!(!certificate_refused(&passing), "{passing:?}");
+        }
+    }
 }

@@ -104,6 +104,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         renew,
         control,
         status,
+        ..
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
     let mut status = status.map(StatusReporter::new);
@@ -129,6 +130,10 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     let mut rejections = reject_backoff();
     while flow.keep_going(&shutdown, grace) {
+        if let Some(w) = status.as_ref().filter(|_| !flow.connected).and_then(will) {
+            // The will of the connection about to be opened says when it was.
+            eventloop.options.set_last_will(w);
+        }
         flow.send_control(&mut control, |out| {
             let props = PublishProperties {
                 content_type: Some("application/json".to_owned()),
@@ -156,6 +161,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                     .is_ok()
                 {
                     flow.control_sent();
+                } else {
+                    s.not_sent();
                 }
             }
         }
@@ -199,10 +206,6 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 flow.connack();
                 if let Some(s) = status.as_mut() {
                     s.connected();
-                    // The will of the next connection says when this one was opened.
-                    if let Some(w) = will(s) {
-                        eventloop.options.set_last_will(w);
-                    }
                 }
                 control.subscribe("mqtt5", |topic| {
                     client
@@ -274,12 +277,25 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     match status.as_ref().and_then(StatusReporter::stopped) {
         // A clean stop says so (retained) before the DISCONNECT, which discards the will.
         Some((topic, body)) if flow.connected => {
-            let _ = client.try_publish(topic, QoS::AtLeastOnce, true, body);
+            if client
+                .try_publish(topic, QoS::AtLeastOnce, true, body)
+                .is_ok()
+            {
+                flow.control_sent();
+            }
             let _ = client.try_disconnect();
-            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            // Briefly, as the 3.1.1 sender: acknowledgements meanwhile still count.
+            let until = tokio::time::Instant::now() + super::sender::STOP_WAIT;
             while let Ok(Ok(e)) = tokio::time::timeout_at(until, eventloop.poll()).await {
-                if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
-                    break;
+                match e {
+                    Event::Outgoing(Outgoing::Disconnect) => break,
+                    Event::Outgoing(Outgoing::Publish(pkid)) => flow.outgoing_publish(pkid),
+                    Event::Incoming(Packet::PubAck(p)) if reason_code(p.reason) < 0x80 => {
+                        if let Some(id) = flow.puback(p.pkid) {
+                            flow.ack(id);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

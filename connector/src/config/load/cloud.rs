@@ -298,6 +298,9 @@ impl Check<'_> {
                 }
             }
         }
+        if let (Some(u), Some(_)) = (raw.username, &password) {
+            self.warn(Some(u.span()), &k("proxy_username"), "basic authentication at an http:// proxy: the proxy password crosses the network in clear (to the proxy; the broker or hub connection itself stays TLS)");
+        }
         let (host, port) = parsed?;
         Some(Some(ProxyConfig {
             url: url.get_ref().clone(),

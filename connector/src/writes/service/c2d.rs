@@ -15,7 +15,7 @@
 use tracing::{info, warn};
 
 use super::{add, Reply, Service};
-use crate::cloud::control::Message;
+use crate::cloud::control::{Inbound, Message, INBOUND_QUEUE};
 use crate::cloud::hub::topics;
 use crate::ratelog::RateLog;
 use crate::writes::state::cut;
@@ -35,10 +35,12 @@ impl Service {
                 .map(|(_, v)| v.as_str())
         };
         let message_id = prop("$.mid").map(|m| cut(m, 128));
+        // Counted when it first came, not again when replayed after a hold.
+        let first = !self.replaying;
         if msg.payload.len() > C2D_MAX_BYTES {
             static LOG: RateLog = RateLog::per_minute();
             add(&self.metrics.c2d_refused);
-            if let Some(suppressed) = LOG.hit() {
+            if let Some(suppressed) = LOG.hit().filter(|_| first) {
                 warn!(bytes = msg.payload.len(), message_id = ?message_id, suppressed,
                     "cloud-to-device message over IoT Hub's {C2D_MAX_BYTES} bytes refused: not acted upon");
             }
@@ -64,7 +66,15 @@ impl Service {
                 return;
             }
         };
-        add(&self.metrics.c2d_requests);
+        if first {
+            add(&self.metrics.c2d_requests);
+        }
+        // Queued in the hub while the connector was away, it comes at the first connect: held
+        // like a direct method until the PLC sessions are up.
+        if self.starting() && self.held.len() < INBOUND_QUEUE {
+            self.held.push((true, Inbound::Message(msg)));
+            return;
+        }
         let topic = self.c2d_answer_topic(answer_type, message_id.as_deref());
         let to = |id: &str| Reply {
             id: id.to_owned(),

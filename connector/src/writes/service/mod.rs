@@ -248,6 +248,8 @@ struct Service {
     started: Instant,
     /// Requests that arrived before the PLCs were connected at start, replayed after.
     held: Vec<(bool, Inbound)>,
+    /// Replaying held requests (counted when they first came).
+    replaying: bool,
     /// The rule writes waiting and running, per property.
     rule_writes: rules::RuleWrites,
     /// Twin acknowledgements sent and waiting to be sent again.
@@ -415,6 +417,7 @@ impl Service {
             twin_get: None,
             started: Instant::now(),
             held: Vec::new(),
+            replaying: false,
             rule_writes: rules::RuleWrites::default(),
             acks: twin::Acks::new(),
             pending_max_age,
@@ -663,6 +666,7 @@ impl Service {
     fn tick(&mut self) {
         self.rule_tick();
         if !self.held.is_empty() && !self.starting() {
+            self.replaying = true;
             for (hub, m) in std::mem::take(&mut self.held) {
                 if hub {
                     self.hub(m);
@@ -670,6 +674,7 @@ impl Service {
                     self.mqtt(m);
                 }
             }
+            self.replaying = false;
         }
         self.twin_get_overdue();
         self.acks_due();
