@@ -141,6 +141,49 @@ fn proxy(out: &mut String, p: Option<&ProxyConfig>) -> std::fmt::Result {
     }
 }
 
+/// The hub identity DPS assigns: how the connector registers, and where it keeps the
+/// assignment.
+fn dps(out: &mut String, d: &DpsConfig, sas_ttl: Duration) -> std::fmt::Result {
+    let credential = match &d.credential {
+        DpsCredential::SymmetricKey(s) => format!(
+            "individual enrollment, device key from {} (SAS tokens valid {}, renewed before expiry)",
+            secret(s),
+            duration(sas_ttl)
+        ),
+        DpsCredential::GroupKey(s) => format!(
+            "group enrollment, device key derived from the group key in {} (SAS tokens valid {}, renewed before expiry)",
+            secret(s),
+            duration(sas_ttl)
+        ),
+        DpsCredential::X509 {
+            cert_file,
+            key_file,
+        } => format!(
+            "x509 certificate {} (key {})",
+            cert_file.display(),
+            key_file.display()
+        ),
+    };
+    writeln!(
+        out,
+        "  iot hub: device assigned by DPS, id scope {}, registration id {:?}, {credential}",
+        d.id_scope, d.registration_id
+    )?;
+    match &d.endpoint {
+        Some(e) => write!(out, "    DPS: MQTT 3.1.1 over TLS to the endpoint {e}")?,
+        None => write!(
+            out,
+            "    DPS: MQTT 3.1.1 over TLS to {}:{DPS_PORT}",
+            d.global_endpoint
+        )?,
+    }
+    writeln!(out, ", ca {}", d.ca_file)?;
+    writeln!(
+        out,
+        "    the assignment is kept in the buffer's dps/assignment.json; registered again when the hub refuses it"
+    )
+}
+
 fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
     match &h.auth {
         HubAuth::ConnectionString(s) => writeln!(
@@ -167,6 +210,7 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
                 key_file.display()
             )?;
         }
+        HubAuth::Dps(d) => dps(out, d, h.sas_ttl)?,
     }
     let how = match h.transport {
         HubTransport::Mqtt => "MQTT 3.1.1 over TLS on 8883",

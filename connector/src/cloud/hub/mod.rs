@@ -3,12 +3,14 @@
 //! functions the connection uses; the telemetry sender; the file-upload API (HTTPS).
 
 pub mod connection;
+pub mod current;
 pub mod files;
 pub mod sas;
 pub mod sender;
 pub mod topics;
 
 pub use connection::{is_valid_id, ConnectionString, ConnectionStringError, Identity, SecretKey};
+pub use current::CurrentIdentity;
 pub use sas::{encode_component, expiry_unix_s, renew_at, resource_uri, sas_token, SasError};
 pub use topics::{
     client_id, method_response, parse_incoming, property_bag, telemetry_base, telemetry_topic,

@@ -102,6 +102,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         grace,
         renew,
         control,
+        topics,
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
     let qos = if qos == 0 {
@@ -110,6 +111,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         QoS::AtLeastOnce
     };
     let mut flow = Flow::new(outbox.clone(), qos == QoS::AtMostOnce, "mqtt5", renew);
+    flow.set_topics(topics);
     if let Some((user, pass)) = flow.credentials() {
         opts.set_credentials(user, pass);
     }
