@@ -59,7 +59,7 @@ fn connection_string(env: &str, device: &str, module: Option<&str>, key: &str) -
 }
 
 /// Every counter sample once, in order, up to the simulator's last value.
-fn assert_complete_hub(sim: &Sim, messages: &[(String, Vec<u8>)], prefix: &str) {
+pub(super) fn assert_complete_hub(sim: &Sim, messages: &[(String, Vec<u8>)], prefix: &str) {
     let mut values: std::collections::BTreeMap<String, Vec<(u64, i128)>> = Default::default();
     let mut seen = std::collections::HashSet::new();
     for (topic, body) in messages {

@@ -8,6 +8,7 @@
 mod backfill;
 mod busy;
 mod chaos;
+mod dps;
 mod e2e;
 mod events;
 mod exception;
