@@ -143,7 +143,12 @@ fn proxy(out: &mut String, p: Option<&ProxyConfig>) -> std::fmt::Result {
 
 /// The hub identity DPS assigns: how the connector registers, and where it keeps the
 /// assignment.
-fn dps(out: &mut String, d: &DpsConfig, sas_ttl: Duration) -> std::fmt::Result {
+fn dps(
+    out: &mut String,
+    d: &DpsConfig,
+    sas_ttl: Duration,
+    buffer: &std::path::Path,
+) -> std::fmt::Result {
     let credential = match &d.credential {
         DpsCredential::SymmetricKey(s) => format!(
             "individual enrollment, device key from {} (SAS tokens valid {}, renewed before expiry)",
@@ -180,11 +185,12 @@ fn dps(out: &mut String, d: &DpsConfig, sas_ttl: Duration) -> std::fmt::Result {
     writeln!(out, ", ca {}", d.ca_file)?;
     writeln!(
         out,
-        "    the assignment is kept in the buffer's dps/assignment.json; registered again when the hub refuses it"
+        "    the assignment is kept in {}; registered again when the hub refuses it",
+        buffer.join("dps").join("assignment.json").display()
     )
 }
 
-fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
+fn hub(out: &mut String, h: &HubConfig, buffer: &std::path::Path) -> std::fmt::Result {
     match &h.auth {
         HubAuth::ConnectionString(s) => writeln!(
             out,
@@ -210,7 +216,7 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
                 key_file.display()
             )?;
         }
-        HubAuth::Dps(d) => dps(out, d, h.sas_ttl)?,
+        HubAuth::Dps(d) => dps(out, d, h.sas_ttl, buffer)?,
     }
     let how = match h.transport {
         HubTransport::Mqtt => "MQTT 3.1.1 over TLS on 8883",
@@ -445,7 +451,7 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
         mqtt(out, m, &c.line)?;
     }
     if let Some(h) = &c.hub {
-        hub(out, h)?;
+        hub(out, h, &c.buffer.dir)?;
     }
     if c.mqtt.is_some() || c.hub.is_some() {
         let b = &c.buffer;

@@ -235,7 +235,7 @@ fn the_plan_says_where_the_identity_comes_from_without_a_secret() {
     for part in [
         "iot hub: device assigned by DPS, id scope 0ne00000A0A, registration id \"line-a\", group enrollment, device key derived from the group key in env DPS_GROUP_KEY",
         "DPS: MQTT 3.1.1 over TLS to global.azure-devices-provisioning.net:8883, ca dps-ca.pem",
-        "dps/assignment.json",
+        "the assignment is kept in data/buffer/dps/assignment.json",
     ] {
         assert!(plan.contains(part), "{part:?} not in\n{plan}");
     }
