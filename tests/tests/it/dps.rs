@@ -121,8 +121,11 @@ async fn a_group_enrollment_registers_polls_and_every_sample_reaches_the_assigne
     )
     .await;
     std::env::set_var("E2E_DPS_GROUP", GROUP_KEY);
-    let running =
-        runner::start(&p.config("group_key_env = \"E2E_DPS_GROUP\"", "")).expect("runner");
+    let mut config = p.config("group_key_env = \"E2E_DPS_GROUP\"", "");
+    config.metrics = Some(connector::config::MetricsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+    let running = runner::start(&config).expect("runner");
     eventually(
         "telemetry as the assigned device",
         Duration::from_secs(30),
@@ -134,7 +137,19 @@ async fn a_group_enrollment_registers_polls_and_every_sample_reaches_the_assigne
     .await;
     freeze_and_settle(&p.sim, || p.sub.count()).await;
     let m = running.metrics.dps.clone().expect("dps metrics");
+    let text = metrics_text(running.metrics_addr.expect("metrics address")).await;
     running.stop().await;
+    for line in [
+        "opcua_connector_dps_registrations_total{line=\"line-m\",result=\"assigned\"} 1",
+        "opcua_connector_dps_registrations_total{line=\"line-m\",result=\"refused\"} 0",
+        "opcua_connector_dps_polls_total{line=\"line-m\"} 2",
+        "opcua_connector_dps_cache_used_total{line=\"line-m\"} 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} not in /metrics:\n{text}"
+        );
+    }
     // One registration: 202 to the register and to the first poll, 200 to the second.
     assert_eq!(p.dps.registrations(), 1);
     assert_eq!(p.dps.polls(), 2);
