@@ -14,7 +14,8 @@ use tracing::warn;
 
 use crate::buffer::outbox::Outbox;
 use crate::metrics::{
-    Metrics, MqttMetrics, PlcMetrics, RuleCounters, RuleMetrics, WriteMetrics, LATENCY_BUCKETS_MS,
+    DpsMetrics, Metrics, MqttMetrics, PlcMetrics, RuleCounters, RuleMetrics, WriteMetrics,
+    LATENCY_BUCKETS_MS,
 };
 
 /// What the endpoint reports.
@@ -470,7 +471,54 @@ pub fn render(state: &State) -> String {
     if let Some(r) = &state.metrics.rules {
         rules(&mut out, &line, r);
     }
+    if let Some(d) = &state.metrics.dps {
+        dps(&mut out, &line, d);
+    }
     out
+}
+
+/// The Device Provisioning Service's counters (`[dps]`).
+fn dps(out: &mut String, line: &str, d: &DpsMetrics) {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    counter(
+        out,
+        "dps_registrations_total",
+        "Registrations with the Device Provisioning Service by result: assigned, refused (the credential), failed (enrollment disabled, registration failed, another 4xx), throttled (429), error (network, timeout, 5xx, unreadable answer, unreadable credential).",
+        "counter",
+    );
+    for (result, c) in [
+        ("assigned", &d.assigned),
+        ("refused", &d.refused),
+        ("failed", &d.failed),
+        ("throttled", &d.throttled),
+        ("error", &d.errors),
+    ] {
+        let _ = writeln!(
+            out,
+            "opcua_connector_dps_registrations_total{{line=\"{line}\",result=\"{result}\"}} {}",
+            get(c)
+        );
+    }
+    for (name, help, c) in [
+        (
+            "dps_polls_total",
+            "Operation-status polls sent to the Device Provisioning Service.",
+            &d.polls,
+        ),
+        (
+            "dps_cache_used_total",
+            "Starts that used the cached DPS assignment without registering.",
+            &d.cache_used,
+        ),
+        (
+            "dps_reprovisions_total",
+            "Registrations started because the hub refused the identity DPS had assigned.",
+            &d.reprovisions,
+        ),
+    ] {
+        counter(out, name, help, "counter");
+        let _ = writeln!(out, "opcua_connector_{name}{{line=\"{line}\"}} {}", get(c));
+    }
 }
 
 fn rules(out: &mut String, line: &str, r: &RuleMetrics) {

@@ -124,6 +124,30 @@ pub struct Metrics {
     pub upload: Option<Arc<UploadMetrics>>,
     /// The local rules, when `[[rule]]` is configured.
     pub rules: Option<Arc<RuleMetrics>>,
+    /// Registrations with the Device Provisioning Service, when `[dps]` is configured.
+    pub dps: Option<Arc<DpsMetrics>>,
+}
+
+/// Counters of the Device Provisioning Service (`[dps]`): registrations by result.
+#[derive(Debug, Default)]
+pub struct DpsMetrics {
+    /// Registrations that ended with an assignment.
+    pub assigned: AtomicU64,
+    /// DPS refused the credential (CONNACK not authorized, 401, a refused certificate).
+    pub refused: AtomicU64,
+    /// The enrollment is disabled, the registration failed, or DPS answered another 4xx.
+    pub failed: AtomicU64,
+    /// DPS answered 429 (throttled): retried after its retry-after.
+    pub throttled: AtomicU64,
+    /// The connection to DPS failed, DPS did not answer in time, answered 5xx or something
+    /// unreadable, or the credential could not be read.
+    pub errors: AtomicU64,
+    /// Operation-status polls sent.
+    pub polls: AtomicU64,
+    /// Starts that used the cached assignment without registering.
+    pub cache_used: AtomicU64,
+    /// Registrations started because the hub refused the assigned identity.
+    pub reprovisions: AtomicU64,
 }
 
 /// Counters of the Parquet retention (one per line).

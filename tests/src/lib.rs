@@ -18,12 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 pub mod certs;
 pub mod chunks;
+pub mod dps_double;
 pub mod front;
 pub mod https_hub;
 pub mod hub_double;
 pub mod proxy;
 pub use certs::{certificates, openssl, signed};
 pub use chunks::*;
+pub use dps_double::{DpsDouble, Enrollment};
 pub use front::MqttFront;
 pub use hub_double::{free_port, mosquitto, plain_mosquitto, HubDouble, Mosquitto};
 

@@ -20,6 +20,7 @@ use super::types::*;
 
 // The checks by concern, each an `impl Check` block; this file has what they share.
 mod cloud;
+mod dps;
 mod events;
 mod plc;
 mod rules;
@@ -511,6 +512,9 @@ impl Check<'_> {
         }
         let plc_names: Vec<String> = plc_ids.into_iter().map(|(id, _)| id).collect();
         let pki = self.pki(raw.pki);
+        let upload_via = raw.sink.as_ref().and_then(|s| s.parquet.as_ref());
+        let upload_via = upload_via.and_then(|p| p.upload.as_ref()?.get_ref().via.as_ref());
+        let dps = self.dps(raw.dps.as_ref(), raw.hub.is_some(), upload_via, &line_id);
         let (parquet, mqtt) = match raw.sink {
             Some(sink) => (sink.parquet, sink.mqtt),
             None => (None, None),
@@ -524,7 +528,7 @@ impl Check<'_> {
             }
             checked
         });
-        let hub = raw.hub.map(|h| self.hub(&h));
+        let hub = raw.hub.map(|h| self.hub(&h, dps));
         let buffer = self.buffer(raw.buffer.as_ref());
         if let Some(buffer) = &buffer {
             // A broker's limit is known once [sink.mqtt] is valid; the hub's is fixed.

@@ -15,6 +15,7 @@
 //!     `[metrics]`;
 //!   - `cloud.rs`: `[sink.mqtt]` (url, topic templates, tls) and `[hub]` (connection string
 //!     or x509);
+//!   - `dps.rs`: `[dps]`, the provisioning service that assigns the `[hub]` identity;
 //!   - `writes.rs`: `[[write]]` and `[[method]]`;
 //!   - `tests/`: the check's tests, one file per concern.
 //! - `ids`: the rules for IoT Hub device and module ids ([`is_valid_id`]) and for the IoT Plug
@@ -26,6 +27,7 @@
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
 pub mod acquisition;
+pub mod dps;
 mod ids;
 mod keypath;
 pub mod load;

@@ -148,7 +148,56 @@ fn proxy(out: &mut String, p: Option<&ProxyConfig>) -> std::fmt::Result {
     }
 }
 
-fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
+/// The hub identity DPS assigns: how the connector registers, and where it keeps the
+/// assignment.
+fn dps(
+    out: &mut String,
+    d: &DpsConfig,
+    sas_ttl: Duration,
+    buffer: &std::path::Path,
+) -> std::fmt::Result {
+    let credential = match &d.credential {
+        DpsCredential::SymmetricKey(s) => format!(
+            "individual enrollment, device key from {} (SAS tokens valid {}, renewed before expiry)",
+            secret(s),
+            duration(sas_ttl)
+        ),
+        DpsCredential::GroupKey(s) => format!(
+            "group enrollment, device key derived from the group key in {} (SAS tokens valid {}, renewed before expiry)",
+            secret(s),
+            duration(sas_ttl)
+        ),
+        DpsCredential::X509 {
+            cert_file,
+            key_file,
+        } => format!(
+            "x509 certificate {} (key {})",
+            cert_file.display(),
+            key_file.display()
+        ),
+    };
+    writeln!(
+        out,
+        "  iot hub: device assigned by DPS, id scope {}, registration id {:?}, {credential}",
+        d.id_scope, d.registration_id
+    )?;
+    match &d.endpoint {
+        Some(e) => write!(out, "    DPS: MQTT 3.1.1 over TLS to the endpoint {e}")?,
+        None => write!(
+            out,
+            "    DPS: MQTT 3.1.1 over TLS to {}:{DPS_PORT}",
+            d.global_endpoint
+        )?,
+    }
+    writeln!(out, ", ca {}", d.ca_file)?;
+    writeln!(
+        out,
+        "    the assignment is kept in {}; registered again when the hub refuses it",
+        buffer.join("dps").join("assignment.json").display()
+    )
+}
+
+fn hub(out: &mut String, h: &HubConfig, buffer: &std::path::Path) -> std::fmt::Result {
     match &h.auth {
         HubAuth::ConnectionString(s) => writeln!(
             out,
@@ -174,6 +223,7 @@ fn hub(out: &mut String, h: &HubConfig) -> std::fmt::Result {
                 key_file.display()
             )?;
         }
+        HubAuth::Dps(d) => dps(out, d, h.sas_ttl, buffer)?,
     }
     let https;
     let how = match h.transport {
@@ -427,7 +477,7 @@ fn write_plan(out: &mut String, c: &Config) -> std::fmt::Result {
         mqtt(out, m, &c.line)?;
     }
     if let Some(h) = &c.hub {
-        hub(out, h)?;
+        hub(out, h, &c.buffer.dir)?;
     }
     if c.mqtt.is_some() || c.hub.is_some() {
         let b = &c.buffer;

@@ -13,7 +13,9 @@ use schemars::JsonSchema;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+mod dps;
 mod rules;
+pub use dps::*;
 pub use rules::*;
 
 use super::schema::{
@@ -75,6 +77,8 @@ pub struct RawConfig {
     pub sink: Option<RawSinks>,
     /// Azure IoT Hub: the connector as one device or IoT Edge module; absent: no hub.
     pub hub: Option<RawHub>,
+    /// Azure Device Provisioning Service: assigns the [hub] identity at the first start; absent: the [hub] identity is configured.
+    pub dps: Option<RawDps>,
     /// Store-and-forward on disk for `[sink.mqtt]` and `[hub]`; absent: the defaults.
     pub buffer: Option<RawBuffer>,
     /// `[[write]]`: a node the cloud may write (an allow-list).

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use super::acquisition::*;
+pub use super::dps::*;
 pub use super::rules::*;
 
 /// One production line: everything one TOML file configures.
@@ -756,6 +757,8 @@ pub enum HubAuth {
         cert_file: PathBuf,
         key_file: PathBuf,
     },
+    /// Assigned by the Device Provisioning Service (`[dps]`) at the first start.
+    Dps(Box<DpsConfig>),
 }
 
 /// How the connection to IoT Hub is carried.

@@ -14,12 +14,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::outbox::Outbox;
 use crate::cloud::control::Control;
+use crate::cloud::dps::DpsHub;
 use crate::cloud::hub::sender::Hub;
+use crate::cloud::hub::CurrentIdentity;
 use crate::cloud::mqtt::flow::Sending;
 use crate::cloud::mqtt::{sender, sender_v5};
 use crate::cloud::status::{StatusBoard, StatusKind, StatusPlan};
-use crate::config::{Config, HubTransport, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES};
-use crate::metrics::{Beat, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
+use crate::config::{
+    Config, DpsConfig, HubAuth, HubConfig, HubTransport, MqttVersion, Plc, HUB_MAX_MESSAGE_BYTES,
+};
+use crate::metrics::{Beat, DpsMetrics, Metrics, MqttMetrics, PlcMetrics, WriteMetrics};
 use crate::opcua::{connect, session};
 use crate::pipeline::tap::{Tap, Tapped, TAP_QUEUE};
 use crate::pipeline::{self, Output, Writer};
@@ -127,12 +131,18 @@ pub fn start_with(config: &Config, hooks: &Hooks) -> Result<Running, RunError> {
         &config.line.id,
         config.plcs.iter().map(|p| p.id.clone()).collect(),
     );
-    let (destinations, hub_identity) =
-        open_destinations(config, controls, &board, &shutdown.senders, &mut watched)?;
+    let mut metrics = Metrics::default();
+    let (destinations, hub_identity) = open_destinations(
+        config,
+        controls,
+        &board,
+        &shutdown.senders,
+        &mut watched,
+        &mut metrics,
+    )?;
     if let Err(e) = connect::prepare_pki(&config.pki) {
         tracing::error!(error = %e, pki = %config.pki.dir.display(), "cannot prepare the OPC UA certificate");
     }
-    let mut metrics = Metrics::default();
     let retention = config.parquet.as_ref().map(|p| {
         let r = &p.retention;
         let limits = crate::sinks::parquet::retention::Limits {
@@ -259,14 +269,15 @@ fn written_dirs(config: &Config) -> Vec<std::path::PathBuf> {
 }
 
 /// The telemetry destinations (broker first, then hub): per destination one outbox and one
-/// connection task for the line.
+/// connection task for the line; the hub identity in use (the write state records it).
 fn open_destinations(
     config: &Config,
     mut controls: Controls,
     board: &Arc<StatusBoard>,
     senders: &Stage,
     watched: &mut Vec<Watched>,
-) -> Result<(Vec<Destination>, Option<String>), RunError> {
+    metrics: &mut Metrics,
+) -> Result<(Vec<Destination>, Option<CurrentIdentity>), RunError> {
     let sending = |outbox: &Arc<Outbox>, qos, control: Option<Control>| Sending {
         qos,
         outbox: outbox.clone(),
@@ -276,6 +287,7 @@ fn open_destinations(
         control,
         status: None,
         send_limit: None,
+        topics: None,
     };
     let site = config.line.site.as_deref().unwrap_or("");
     let mut identity = None;
@@ -306,9 +318,38 @@ fn open_destinations(
             outbox,
         });
     }
-    if let Some(hc) = &config.hub {
+    if let (Some(hc), Some(dps)) = (&config.hub, config.hub.as_ref().and_then(dps_of)) {
+        // The identity comes from DPS: the sender registers first (or uses the cached
+        // assignment); the encoders buffer meanwhile, under the identity in use or the
+        // registration id (every topic is resolved again when it is sent).
+        let m = Arc::new(DpsMetrics::default());
+        metrics.dps = Some(m.clone());
+        let dps_hub = DpsHub::new(hc, dps, &config.buffer.dir, m);
+        let current = dps_hub.current();
+        identity = Some(current.clone());
+        let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
+            .map_err(|e| RunError::Hub(e.to_string()))?;
+        let s = Sending {
+            topics: Some(current.topic_map()),
+            send_limit: Some(HUB_MAX_MESSAGE_BYTES + 4096),
+            status: hc.status_interval.map(|interval| StatusPlan {
+                kind: StatusKind::Reported,
+                board: board.clone(),
+                interval,
+            }),
+            ..sending(&outbox, 1, controls.hub.take())
+        };
+        spawn_sender(senders, "hub", dps_hub.run(s), watched)?;
+        let [telemetry, events, alerts] = current.encoder_topics(hc.payload, &dps.registration_id);
+        out.push(Destination {
+            name: "hub",
+            settings: EncoderSettings::hub(hc, telemetry, events, alerts),
+            outbox,
+        });
+    } else if let Some(hc) = &config.hub {
         let hub = Hub::new(hc).map_err(|e| RunError::Hub(e.to_string()))?;
-        identity = Some(hub.identity_text());
+        let current = CurrentIdentity::fixed(hub.identity().clone());
+        identity = Some(current.clone());
         let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
             .map_err(|e| RunError::Hub(e.to_string()))?;
         let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
@@ -328,6 +369,9 @@ fn open_destinations(
                 board: board.clone(),
                 interval,
             }),
+            // Messages buffered under another identity (a previous connection string) are
+            // sent under this one.
+            topics: Some(current.topic_map()),
             ..sending(&outbox, 1, control)
         };
         match hc.transport {
@@ -350,6 +394,14 @@ fn open_destinations(
         });
     }
     Ok((out, identity))
+}
+
+/// The `[dps]` of a hub whose identity DPS assigns.
+fn dps_of(hub: &HubConfig) -> Option<&DpsConfig> {
+    match &hub.auth {
+        HubAuth::Dps(d) => Some(d),
+        _ => None,
+    }
 }
 
 /// A cloud connection on a thread of its own (a current-thread runtime): its buffer reads,

@@ -59,7 +59,7 @@ fn connection_string(env: &str, device: &str, module: Option<&str>, key: &str) -
 }
 
 /// Every message on the device's telemetry topic, every counter sample once.
-fn assert_complete_hub(sim: &Sim, messages: &[(String, Vec<u8>)], prefix: &str) {
+pub(super) fn assert_complete_hub(sim: &Sim, messages: &[(String, Vec<u8>)], prefix: &str) {
     for (topic, _) in messages {
         assert!(topic.starts_with(prefix), "{topic} starts with {prefix}");
     }

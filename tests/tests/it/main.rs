@@ -9,6 +9,7 @@ mod backfill;
 mod busy;
 mod c2d;
 mod chaos;
+mod dps;
 mod dtdl;
 mod e2e;
 mod events;

@@ -104,6 +104,26 @@ impl Hub {
                 key: None,
                 client_cert: Some((cert_file.clone(), key_file.clone())),
             }),
+            HubAuth::Dps(_) => Err(HubError::ConnectionString(
+                "the identity is assigned by DPS at run time ([dps])".into(),
+            )),
+        }
+    }
+
+    /// The identity DPS assigned: `key` signs the SAS tokens (the device key DPS took), or
+    /// `client_cert` (certificate and key files) authenticates with X.509.
+    pub fn assigned(
+        cfg: &HubConfig,
+        identity: Identity,
+        key: Option<SecretKey>,
+        client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Hub {
+        Hub {
+            cfg: cfg.clone(),
+            connect_host: identity.host.clone(),
+            identity,
+            key,
+            client_cert,
         }
     }
 

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::backoff::Backoff;
 use crate::buffer::outbox::{unframe, Outbox};
 use crate::cloud::control::{Control, Outbound};
+use crate::cloud::mqtt::TopicMap;
 
 /// Messages in flight at once (also the client's request channel size, plus a margin).
 pub const WINDOW: usize = 100;
@@ -56,6 +57,9 @@ pub struct Sending {
     /// The largest packet the connection may send, when it is not the client's incoming
     /// limit (rumqttc's `max_packet_size()`): the hub takes less than it sends us.
     pub send_limit: Option<usize>,
+    /// The topic each buffered message is published on, resolved when it is sent (IoT Hub:
+    /// under the identity in use); `None`: the topic it was stored with.
+    pub topics: Option<TopicMap>,
 }
 
 pub struct Flow {
@@ -90,6 +94,8 @@ pub struct Flow {
     /// [`Flow::refused_unmatched`]): one message in flight at a time, for this many more
     /// acknowledgements.
     probe: Option<usize>,
+    /// The topic a buffered message is sent on (see [`Sending::topics`]).
+    topics: Option<TopicMap>,
 }
 
 impl Flow {
@@ -129,7 +135,13 @@ impl Flow {
             renew_at: None,
             limit: usize::MAX,
             probe: None,
+            topics: None,
         }
+    }
+
+    /// Resolves each buffered message's topic with `topics` when it is sent.
+    pub fn set_topics(&mut self, topics: Option<TopicMap>) {
+        self.topics = topics;
     }
 
     /// The largest packet the client may send.
@@ -259,6 +271,8 @@ impl Flow {
                 self.ack(id);
                 continue;
             };
+            let resolved = self.topics.as_ref().and_then(|map| map(topic));
+            let topic = resolved.as_deref().unwrap_or(topic);
             let size = topic.len() + body.len() + PUBLISH_OVERHEAD;
             if size > self.limit {
                 let reason = format!(

@@ -22,6 +22,10 @@ pub fn topic(template: &str, site: &str, line: &str, plc: &str, group: &str) -> 
 /// The topic of a (plc, group) stream.
 pub type TopicFn = std::sync::Arc<dyn Fn(&str, &str) -> String + Send + Sync>;
 
+/// The topic a buffered message is published on, from the topic it was stored with: `None`
+/// keeps it (IoT Hub: the identity in use when it is sent, see `hub::current`).
+pub type TopicMap = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("{0}")]

@@ -178,19 +178,39 @@ pub fn network_options() -> rumqttc::NetworkOptions {
 /// Runs until `shutdown`; then tries for up to `grace` to deliver what is buffered. With
 /// `control`, also subscribes to its topics after every ConnAck, hands what arrives on them
 /// to the write service and publishes its answers.
-pub async fn run(mut opts: MqttOptions, sending: Sending) {
-    let Sending {
-        qos,
-        outbox,
-        shutdown,
-        grace,
-        renew,
-        control,
-        status,
-        send_limit,
-    } = sending;
-    let mut control = control.unwrap_or_else(Control::none);
-    let mut status = status.map(StatusReporter::new);
+pub async fn run(opts: MqttOptions, mut sending: Sending) {
+    session(opts, &mut sending, false).await;
+}
+
+/// How a [`session`] ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Shut down (after the drain).
+    Stopped,
+    /// The broker refused the credentials (`stop_when_refused`): `error` says how, and
+    /// `connected` whether it had accepted them earlier in the session.
+    Refused {
+        error: rumqttc::ConnectionError,
+        connected: bool,
+    },
+}
+
+/// [`run`] with one client: until shutdown or, with `stop_when_refused`, until the broker
+/// refuses the credentials (instead of retrying them after the long back-off), so that the
+/// caller can get new ones (IoT Hub: register again with DPS) and start a new session with
+/// `sending` (its control channel is put back). Nothing buffered is lost either way.
+pub async fn session(
+    mut opts: MqttOptions,
+    sending: &mut Sending,
+    stop_when_refused: bool,
+) -> Ended {
+    let (outbox, shutdown, grace) = (
+        sending.outbox.clone(),
+        sending.shutdown.clone(),
+        sending.grace,
+    );
+    let mut control = sending.control.take().unwrap_or_else(Control::none);
+    let mut status = sending.status.clone().map(StatusReporter::new);
     let will = |s: &StatusReporter| {
         s.will()
             .map(|(topic, body)| LastWill::new(topic, body, QoS::AtLeastOnce, true))
@@ -198,12 +218,19 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     if let Some(w) = status.as_ref().and_then(will) {
         opts.set_last_will(w);
     }
-    let qos = if qos == 0 {
+    let send_limit = sending.send_limit;
+    let qos = if sending.qos == 0 {
         QoS::AtMostOnce
     } else {
         QoS::AtLeastOnce
     };
-    let mut flow = Flow::new(outbox.clone(), qos == QoS::AtMostOnce, "mqtt", renew);
+    let mut flow = Flow::new(
+        outbox.clone(),
+        qos == QoS::AtMostOnce,
+        "mqtt",
+        sending.renew.clone(),
+    );
+    flow.set_topics(sending.topics.clone());
     if let Some((user, pass)) = flow.credentials() {
         opts.set_credentials(user, pass);
     }
@@ -212,6 +239,8 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
     flow.set_keep_alive(opts.keep_alive());
     let (client, mut eventloop) = AsyncClient::new(opts, WINDOW + 8);
     eventloop.set_network_options(network_options());
+    let mut ended = Ended::Stopped;
+    let mut accepted = false;
     while flow.keep_going(&shutdown, grace) {
         if let Some(w) = status.as_ref().filter(|_| !flow.connected).and_then(will) {
             // The will of the connection about to be opened says when it was.
@@ -277,6 +306,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                         let _ = client.try_subscribe(TWIN_RESPONSES, QoS::AtLeastOnce);
                     }
                 }
+                accepted = true;
                 control.subscribe("mqtt", |topic| {
                     client
                         .try_subscribe(topic, QoS::AtLeastOnce)
@@ -310,6 +340,14 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             Ok(_) => {}
             Err(e) => {
                 let refused = refused_login(&e);
+                if refused && stop_when_refused && !flow.draining() {
+                    flow.disconnected();
+                    ended = Ended::Refused {
+                        error: e,
+                        connected: accepted,
+                    };
+                    break;
+                }
                 if flow.after_failure(e.to_string(), refused, &shutdown).await {
                     break;
                 }
@@ -347,11 +385,13 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         }
     }
     flow.shut();
+    sending.control = Some(control);
+    ended
 }
 
 /// The broker (or hub) refused the credentials (a CONNACK, or a certificate in the TLS
 /// handshake): retried with the long back-off.
-fn refused_login(e: &rumqttc::ConnectionError) -> bool {
+pub fn refused_login(e: &rumqttc::ConnectionError) -> bool {
     use rumqttc::ConnectReturnCode as C;
     matches!(
         e,

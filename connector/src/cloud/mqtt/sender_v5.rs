@@ -104,6 +104,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         renew,
         control,
         status,
+        topics,
         ..
     } = sending;
     let mut control = control.unwrap_or_else(Control::none);
@@ -121,6 +122,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
         QoS::AtLeastOnce
     };
     let mut flow = Flow::new(outbox.clone(), qos == QoS::AtMostOnce, "mqtt5", renew);
+    flow.set_topics(topics);
     if let Some((user, pass)) = flow.credentials() {
         opts.set_credentials(user, pass);
     }

@@ -177,7 +177,7 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
 }
 
 /// `host:port` with a port (for `hub.insecure_endpoint`).
-fn parse_host_port(text: &str) -> Result<(&str, u16), String> {
+pub(super) fn parse_host_port(text: &str) -> Result<(&str, u16), String> {
     if text.contains("://") {
         return Err(format!(
             "{text:?} must be host:port, without a scheme, e.g. \"127.0.0.1:1883\""
@@ -252,7 +252,7 @@ struct RawProxy<'a> {
 
 impl Check<'_> {
     /// `ca_file`: a PEM file, or `"system"` (warned about).
-    fn ca_roots(&mut self, value: &Spanned<String>, key: &str) -> Option<CaRoots> {
+    pub(super) fn ca_roots(&mut self, value: &Spanned<String>, key: &str) -> Option<CaRoots> {
         if value.get_ref() == "system" {
             self.warn(Some(value.span()), key, SYSTEM_ROOTS);
             return Some(CaRoots::System);
@@ -631,7 +631,13 @@ impl Check<'_> {
         })
     }
 
-    pub(super) fn hub(&mut self, raw: &RawHub) -> Option<HubConfig> {
+    /// `dps`: the file's `[dps]` when it has one (`Some(None)`: with problems), which assigns
+    /// the identity.
+    pub(super) fn hub(
+        &mut self,
+        raw: &RawHub,
+        dps: Option<Option<DpsConfig>>,
+    ) -> Option<HubConfig> {
         let k = |name: &str| format!("hub.{name}");
         let header = self.header("hub");
         if let Some(inline) = &raw.connection_string {
@@ -642,6 +648,7 @@ impl Check<'_> {
             &raw.connection_string_file,
             &raw.x509,
         ) {
+            _ if dps.is_some() => self.hub_dps_identity(raw, dps.clone().flatten()),
             (None, None, None) => {
                 if raw.connection_string.is_none() {
                     self.problem(header.clone(), "hub", "missing identity: give connection_string_env, connection_string_file or x509 = { host, device_id, cert_file, key_file }");

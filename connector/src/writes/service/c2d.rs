@@ -99,10 +99,10 @@ impl Service {
 
     /// The device-to-cloud topic of an answer, for the hub identity in use.
     fn c2d_answer_topic(&self, message_type: &str, message_id: Option<&str>) -> String {
-        // "host/device" or "host/device/module" (ids hold no '/').
-        let identity = self.hub_identity.as_deref().unwrap_or("");
-        let mut parts = identity.splitn(3, '/').skip(1);
-        let device = parts.next().unwrap_or("");
-        topics::response_topic(device, parts.next(), message_type, message_id)
+        let identity = self.hub_identity.as_ref().and_then(|c| c.get());
+        let (device, module) = identity.as_ref().map_or(("", None), |i| {
+            (i.device_id.as_str(), i.module_id.as_deref())
+        });
+        topics::response_topic(device, module, message_type, message_id)
     }
 }

@@ -43,6 +43,7 @@ use super::MAX_ID_BYTES;
 use crate::cloud::control::INBOUND_QUEUE;
 use crate::cloud::control::{Answers, Inbound, Outbound, Requests, ServiceEnds};
 use crate::cloud::hub::topics::{self, Incoming};
+use crate::cloud::hub::CurrentIdentity;
 use crate::config::load::DEFAULT_MAX_CONCURRENT_COMMANDS;
 use crate::config::types::{MethodMapping, WriteMapping};
 use crate::metrics::{RuleCounters, RuleMetrics, WriteMetrics};
@@ -134,8 +135,9 @@ pub struct Setup {
     /// The local rules' writes and calls, when `[[rule]]` is configured.
     pub rules: Option<(mpsc::UnboundedReceiver<RuleCommand>, Arc<RuleMetrics>)>,
     /// The hub identity (`host/device[/module]`) the twin belongs to, when `[hub]` is
-    /// configured: a state written for another is set aside.
-    pub hub_identity: Option<String>,
+    /// configured (the one in use at each ConnAck: DPS may assign another): a state written
+    /// for another is set aside.
+    pub hub_identity: Option<CurrentIdentity>,
 }
 
 /// Who asked, for answers and the audit record.
@@ -256,7 +258,7 @@ struct Service {
     acks: twin::Acks,
     pending_max_age: Duration,
     rule_metrics: Option<Arc<RuleMetrics>>,
-    hub_identity: Option<String>,
+    hub_identity: Option<CurrentIdentity>,
 }
 
 /// What the loop of [`run`] waits on besides the tick.

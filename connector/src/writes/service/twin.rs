@@ -28,7 +28,7 @@ impl Service {
     /// At a hub ConnAck: a write state recorded for another hub identity (the device moved
     /// to another hub, or a new identity) is set aside, the twin reconciled from scratch.
     pub(super) fn check_identity(&mut self) {
-        let Some(id) = self.hub_identity.clone() else {
+        let Some(id) = self.hub_identity.as_ref().and_then(|c| c.text()) else {
             return;
         };
         if let Some(old) = self.state.identity().filter(|old| *old != id) {

@@ -2,6 +2,7 @@
 
 use super::*;
 
+mod dps;
 mod plc;
 mod rules;
 mod sinks;

@@ -1,0 +1,229 @@
+//! An Azure Device Provisioning Service (DPS) test double, speaking DPS's documented MQTT
+//! topics over a real broker (mosquitto routes `$` topics) behind the TLS front
+//! ([`MqttFront`]), which checks each CONNECT as DPS does: the client id is the registration
+//! id, the username `{idScope}/registrations/{registrationId}/api-version=2019-03-31...`, the
+//! password a SAS token for `{idScope}/registrations/{registrationId}` signed with the
+//! enrollment's key (individual) or the key derived from the group key (group), verified by
+//! [`front::sas_check`] and [`front::derived_key`], written here independently of the
+//! connector and tested against the SDK's vectors.
+//!
+//! The service side (a client of the broker) answers a register request with 202
+//! `assigning` and an operation id, and each operation-status poll with 202 until the
+//! operation has been polled `assigning_polls` times, then 200 `assigned` with the
+//! assignment it holds at that moment ([`DpsDouble::assign`] changes it at run time). It
+//! counts registrations and polls. Every answer carries `retry-after=1`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{json, Value};
+
+use crate::front::{self, MqttFront};
+
+/// How the double authenticates registrations.
+#[derive(Debug, Clone)]
+pub enum Enrollment {
+    /// One registration id with its own device key (base64).
+    Individual {
+        registration_id: String,
+        key: String,
+    },
+    /// Any registration id whose token is signed with the key derived from this group key.
+    Group { key: String },
+}
+
+impl Enrollment {
+    /// The device key of `registration_id`, if the enrollment knows it.
+    pub fn device_key(&self, registration_id: &str) -> Option<String> {
+        match self {
+            Enrollment::Individual {
+                registration_id: r,
+                key,
+            } => (r == registration_id).then(|| key.clone()),
+            Enrollment::Group { key } => Some(front::derived_key(key, registration_id)),
+        }
+    }
+}
+
+/// DPS's check of a CONNECT for `id_scope` and `enrollment`.
+pub fn dps_check(
+    id_scope: &str,
+    enrollment: Enrollment,
+) -> impl Fn(&front::Connect) -> bool + Send + Sync + 'static {
+    let scope = id_scope.to_owned();
+    move |c| {
+        let reg = &c.client_id;
+        let Some(key) = enrollment.device_key(reg) else {
+            return false;
+        };
+        let resource = format!("{scope}/registrations/{reg}");
+        let user = format!("{resource}/api-version=2019-03-31");
+        (c.username == user || c.username.starts_with(&format!("{user}&")))
+            && front::sas_check(&c.password, &resource, &key, front::now_s()).is_ok()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// (assigned hub, device id) handed out by the next 200.
+    assignment: (String, String),
+    assigning_polls: usize,
+    /// Polls still answered 202, per operation id.
+    operations: HashMap<String, usize>,
+    registrations: usize,
+    polls: usize,
+    /// The bodies of the register requests, in order.
+    register_bodies: Vec<Value>,
+}
+
+/// The double: its TLS front (`front.port` is DPS's endpoint) and service side.
+pub struct DpsDouble {
+    pub front: MqttFront,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DpsDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn query(topic: &str, key: &str) -> Option<String> {
+    let (_, q) = topic.split_once('?')?;
+    q.split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
+impl DpsDouble {
+    /// DPS for `id_scope` on the broker at `broker` (plain, loopback), behind a TLS front
+    /// with `tls`; assigns `device` on `hub` until told otherwise.
+    pub async fn start(
+        broker: u16,
+        tls: Arc<rustls::ServerConfig>,
+        id_scope: &str,
+        enrollment: Enrollment,
+        (hub, device): (&str, &str),
+    ) -> DpsDouble {
+        let front = MqttFront::start(broker, Some(tls), dps_check(id_scope, enrollment)).await;
+        let state = Arc::new(Mutex::new(State {
+            assignment: (hub.to_owned(), device.to_owned()),
+            assigning_polls: 1,
+            ..State::default()
+        }));
+        let mut o = MqttOptions::new(format!("dps-double-{broker}"), "127.0.0.1", broker);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let (s2, c2) = (state.clone(), client.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            let mut subacks = 0;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for f in [
+                            "$dps/registrations/PUT/iotdps-register/#",
+                            "$dps/registrations/GET/iotdps-get-operationstatus/#",
+                        ] {
+                            let _ = c2.subscribe(f, QoS::AtLeastOnce).await;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks == 2 {
+                            if let Some(tx) = ready_tx.take() {
+                                let _ = tx.send(());
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let (status, body) = answer(&s2, &p.topic, &p.payload);
+                        let rid = query(&p.topic, "$rid").unwrap_or_default();
+                        let topic =
+                            format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after=1");
+                        let _ = c2
+                            .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("dps double subscribed")
+            .expect("dps double task");
+        DpsDouble { front, state, task }
+    }
+
+    /// What the next registration is assigned from now on.
+    pub fn assign(&self, hub: &str, device: &str) {
+        self.state.lock().unwrap().assignment = (hub.to_owned(), device.to_owned());
+    }
+
+    /// Register requests received.
+    pub fn registrations(&self) -> usize {
+        self.state.lock().unwrap().registrations
+    }
+
+    /// Operation-status polls received.
+    pub fn polls(&self) -> usize {
+        self.state.lock().unwrap().polls
+    }
+
+    /// The bodies of the register requests, in order.
+    pub fn register_bodies(&self) -> Vec<Value> {
+        self.state.lock().unwrap().register_bodies.clone()
+    }
+}
+
+/// The status and body DPS answers a request on `topic` with.
+fn answer(state: &Mutex<State>, topic: &str, payload: &[u8]) -> (u16, Value) {
+    let mut s = state.lock().unwrap();
+    if topic.starts_with("$dps/registrations/PUT/iotdps-register/") {
+        s.registrations += 1;
+        let body: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        s.register_bodies.push(body);
+        let op = format!("4.double.op-{}", s.registrations);
+        let polls = s.assigning_polls;
+        s.operations.insert(op.clone(), polls);
+        return (202, json!({"operationId": op, "status": "assigning"}));
+    }
+    s.polls += 1;
+    let op = query(topic, "operationId").unwrap_or_default();
+    let Some(left) = s.operations.get_mut(&op) else {
+        return (
+            404,
+            json!({"errorCode": 404002, "message": format!("no operation {op}")}),
+        );
+    };
+    if *left > 0 {
+        *left -= 1;
+        return (202, json!({"operationId": op, "status": "assigning"}));
+    }
+    let (hub, device) = s.assignment.clone();
+    let registration = s
+        .register_bodies
+        .last()
+        .and_then(|b| b.get("registrationId"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    (
+        200,
+        json!({
+            "operationId": op,
+            "status": "assigned",
+            "registrationState": {
+                "registrationId": registration,
+                "assignedHub": hub,
+                "deviceId": device,
+                "status": "assigned",
+                "substatus": "initialAssignment"
+            }
+        }),
+    )
+}
