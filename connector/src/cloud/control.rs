@@ -126,6 +126,7 @@ impl Answers {
 /// The sender's end of a control channel.
 pub struct Control {
     subscriptions: Vec<String>,
+    identity_subscription: Option<String>,
     inbound: mpsc::Sender<Inbound>,
     /// Payload bytes waiting for the write service (shared with [`Requests`]).
     inbound_bytes: Arc<AtomicUsize>,
@@ -150,6 +151,7 @@ pub fn channel(
     (
         Control {
             subscriptions,
+            identity_subscription: None,
             inbound: in_tx,
             inbound_bytes: inbound_bytes.clone(),
             outbound: out_rx,
@@ -174,16 +176,17 @@ impl Control {
         channel(Vec::new(), Arc::default(), Arc::default()).0
     }
 
-    /// One more topic filter to subscribe to after every ConnAck (one known only once the
-    /// identity is, such as a device's cloud-to-device messages).
-    pub fn add_subscription(&mut self, filter: String) {
-        self.subscriptions.push(filter);
+    /// The topic filter that depends on who the connection is (a device's cloud-to-device
+    /// messages), subscribed after every ConnAck besides the fixed ones; replaced when the
+    /// identity changes (DPS), `None` for none.
+    pub fn set_identity_subscription(&mut self, filter: Option<String>) {
+        self.identity_subscription = filter;
     }
 
     /// After a ConnAck: requests the subscriptions with `subscribe` (failures are logged
     /// with `tag`), then tells the write service.
     pub fn subscribe(&self, tag: &str, mut subscribe: impl FnMut(&str) -> Result<(), String>) {
-        for topic in &self.subscriptions {
+        for topic in self.subscriptions.iter().chain(&self.identity_subscription) {
             if let Err(e) = subscribe(topic) {
                 warn!(topic = %topic, error = %e, "{tag}: cannot subscribe");
             }

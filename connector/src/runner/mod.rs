@@ -356,9 +356,7 @@ fn open_destinations(
         let mut control = controls.hub.take();
         if let Some(c) = control.as_mut() {
             // Cloud-to-device messages reach devices only (a module gets none over MQTT).
-            if let Some(filter) = hub.c2d_filter() {
-                c.add_subscription(filter);
-            }
+            c.set_identity_subscription(hub.c2d_filter());
         }
         let s = Sending {
             renew: hub.renewer(),

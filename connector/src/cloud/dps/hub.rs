@@ -182,6 +182,10 @@ impl DpsHub {
             setup_errors.reset();
             logged_setup = None;
             sending.renew = hub.renewer();
+            if let Some(c) = sending.control.as_mut() {
+                // The assigned device's cloud-to-device messages.
+                c.set_identity_subscription(hub.c2d_filter());
+            }
             let ended = sender::session(opts, &mut sending, true).await;
             let first = std::mem::replace(&mut from_cache, false);
             let Ended::Refused { error, connected } = ended else {

@@ -192,6 +192,9 @@ impl Check<'_> {
 
     /// With `[dps]`, `[hub]` names no identity: each identity key is a problem.
     fn hub_without_identity(&mut self, raw: &RawHub, dps: Option<&DpsConfig>) {
+        if let Some(t) = raw.transport.as_ref().filter(|t| t.get_ref() == "https") {
+            self.at(t, "hub.transport", "with [dps] the assigned hub is reached over MQTT (\"mqtt\" or \"websockets\"); transport = \"https\" takes a configured device identity");
+        }
         let why = "with [dps] the hub identity is assigned by the provisioning service: remove it from [hub]";
         for (given, name) in [
             (&raw.connection_string_env, "connection_string_env"),

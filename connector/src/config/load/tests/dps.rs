@@ -240,3 +240,9 @@ fn the_plan_says_where_the_identity_comes_from_without_a_secret() {
         assert!(plan.contains(part), "{part:?} not in\n{plan}");
     }
 }
+
+#[test]
+fn a_dps_identity_is_not_sent_over_https() {
+    let text = with_dps("ca_file = \"hub-ca.pem\"\ntransport = \"https\"", GROUP);
+    assert_problem(&text, 16, "hub.transport", "reached over MQTT");
+}
