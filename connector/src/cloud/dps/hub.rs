@@ -214,6 +214,10 @@ impl DpsHub {
             } else {
                 again.next_wait()
             };
+            if connected {
+                // Accepted in between: a refusal now is news again.
+                logged_refusal = None;
+            }
             let refusal = format!("{}/{}: {error}", a.assigned_hub, a.device_id);
             if logged_refusal.as_deref() != Some(refusal.as_str()) {
                 warn!(hub = %a.assigned_hub, device = %a.device_id, error = %error,

@@ -23,6 +23,8 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// The longest `retry-after` taken as it is (a longer one is cut to this).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The longest wait a 429's `retry-after` is taken for.
+pub const MAX_THROTTLED: Duration = Duration::from_secs(3600);
 
 /// `{idScope}/registrations/{registrationId}/api-version=2019-03-31&ClientVersion=...`.
 pub fn username(id_scope: &str, registration_id: &str) -> String {
@@ -109,10 +111,7 @@ pub fn parse_response_topic(topic: &str) -> Option<Response> {
         match pair.split_once('=') {
             Some(("$rid", v)) => rid = v.parse().ok(),
             Some(("retry-after", v)) => {
-                retry_after = v
-                    .parse::<u64>()
-                    .ok()
-                    .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+                retry_after = v.parse::<u64>().ok().map(|s| Duration::from_secs(s.max(1)))
             }
             _ => {}
         }
@@ -171,11 +170,14 @@ fn error_text(body: &Value) -> String {
 /// Reads an answer (its topic already parsed into `response`).
 pub fn parse_answer(response: &Response, body: &[u8]) -> Answer {
     let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let retry_after = response.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+    // Polls wait at most a minute; a 429 waits what DPS asked, up to an hour.
+    let asked = response.retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+    let retry_after = asked.min(MAX_RETRY_AFTER);
+    let throttled_for = asked.min(MAX_THROTTLED);
     match response.status {
         200 | 202 => {}
         401 => return Answer::Refused(format!("401 unauthorized: {}", error_text(&value))),
-        429 => return Answer::Throttled(retry_after),
+        429 => return Answer::Throttled(throttled_for),
         s @ 400..=499 => return Answer::Failed(format!("{s}: {}", error_text(&value))),
         s => return Answer::Error(format!("{s}: {}", error_text(&value))),
     }
@@ -185,7 +187,13 @@ pub fn parse_answer(response: &Response, body: &[u8]) -> Answer {
             let state = value.get("registrationState");
             let field = |k: &str| state.and_then(|s| s.get(k)).and_then(Value::as_str);
             match (field("assignedHub"), field("deviceId")) {
-                (Some(hub), Some(device)) if !hub.is_empty() && !device.is_empty() => {
+                (Some(hub), Some(device))
+                    if crate::config::is_valid_id(device)
+                        && !hub.is_empty()
+                        && hub
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                {
                     Answer::Assigned {
                         hub: hub.to_owned(),
                         device_id: device.to_owned(),
@@ -315,11 +323,47 @@ mod tests {
                 retry_after: None
             })
         );
+        // Taken as asked here (a 429 waits up to an hour, a poll up to a minute: see the
+        // answers); 0 would poll back to back.
         assert_eq!(
             parse_response_topic("$dps/registrations/res/429/?$rid=1&retry-after=9999")
                 .and_then(|r| r.retry_after),
-            Some(MAX_RETRY_AFTER)
+            Some(Duration::from_secs(9999))
         );
+        assert_eq!(
+            parse_response_topic("$dps/registrations/res/202/?$rid=1&retry-after=0")
+                .and_then(|r| r.retry_after),
+            Some(Duration::from_secs(1))
+        );
+        let throttled = Response {
+            status: 429,
+            rid: Some(1),
+            retry_after: Some(Duration::from_secs(9999)),
+        };
+        assert_eq!(
+            parse_answer(&throttled, b"{}"),
+            Answer::Throttled(MAX_THROTTLED)
+        );
+        let assigning = Response {
+            status: 202,
+            ..throttled
+        };
+        assert_eq!(
+            parse_answer(
+                &assigning,
+                br#"{"operationId":"op-1","status":"assigning"}"#
+            ),
+            Answer::Assigning {
+                operation_id: "op-1".into(),
+                retry_after: MAX_RETRY_AFTER
+            }
+        );
+        let bad_device = Response {
+            status: 200,
+            ..throttled
+        };
+        let body = br#"{"status":"assigned","registrationState":{"assignedHub":"h.example","deviceId":"a/b"}}"#;
+        assert!(matches!(parse_answer(&bad_device, body), Answer::Error(_)));
         for other in [
             "$iothub/twin/res/200/?$rid=1",
             "$dps/registrations/res/2x0/?$rid=1",

@@ -63,6 +63,9 @@ fn options(dps: &DpsConfig, key: Option<&str>) -> Result<MqttOptions, RegisterEr
     let mut o = MqttOptions::new(dps.registration_id.clone(), host, port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
+    // An assignment can carry a custom payload and a trust bundle of CA certificates: more
+    // than rumqttc's default of 10 KiB.
+    o.set_max_packet_size(256 * 1024, 16 * 1024);
     let password = match key {
         Some(k) => {
             let expiry = sas::expiry_unix_s(SystemTime::now(), TOKEN_TTL);
@@ -187,9 +190,34 @@ async fn exchange(
                     }
                 }
                 Ok(_) => {}
+                // Our check of DPS's certificate failed: a matter of [dps] ca_file (or the
+                // clock, or a TLS-inspecting proxy), not of the credential.
+                Err(e) if our_check_failed(&e) => {
+                    return Err(RegisterError::Failed(format!(
+                        "DPS's certificate fails the check with [dps] ca_file: {e}"
+                    )))
+                }
                 Err(e) if refused_login(&e) => return Err(RegisterError::Refused(e.to_string())),
                 Err(e) => return Err(RegisterError::Error(format!("connection to DPS: {e}"))),
             },
         }
     }
+}
+
+/// The TLS error is our own verification of the server's certificate (not the server's
+/// alert about ours).
+fn our_check_failed(e: &rumqttc::ConnectionError) -> bool {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .or_else(|| err.downcast_ref::<rustls::Error>());
+        if let Some(r) = inner {
+            return matches!(r, rustls::Error::InvalidCertificate(_));
+        }
+        at = err.source();
+    }
+    false
 }

@@ -107,7 +107,20 @@ impl Flow {
         mut publish: impl FnMut(&Outbound) -> bool,
     ) {
         while let Some(out) = control.next() {
-            if !self.has_room() || !publish(out) {
+            if !self.has_room() {
+                break;
+            }
+            // An answer made under an earlier identity (DPS re-provisioning meanwhile) goes
+            // out under the one in use, as buffered telemetry does.
+            let resolved = self.topics.as_ref().and_then(|map| map(&out.topic));
+            let sent = match resolved {
+                Some(topic) => publish(&Outbound {
+                    topic,
+                    ..out.clone()
+                }),
+                None => publish(out),
+            };
+            if !sent {
                 break;
             }
             self.control_sent();

@@ -192,6 +192,16 @@ impl Check<'_> {
 
     /// With `[dps]`, `[hub]` names no identity: each identity key is a problem.
     fn hub_without_identity(&mut self, raw: &RawHub, dps: Option<&DpsConfig>) {
+        let direct = "DPS itself is reached directly over MQTT on 8883 (not over WebSockets, not through the proxy): the registration fails where only 443 or the proxy gets out";
+        if let Some(p) = &raw.proxy {
+            self.warn(Some(p.span()), "hub.proxy", direct);
+        } else if let Some(t) = raw
+            .transport
+            .as_ref()
+            .filter(|t| t.get_ref() == "websockets")
+        {
+            self.warn(Some(t.span()), "hub.transport", direct);
+        }
         if let Some(t) = raw.transport.as_ref().filter(|t| t.get_ref() == "https") {
             self.at(t, "hub.transport", "with [dps] the assigned hub is reached over MQTT (\"mqtt\" or \"websockets\"); transport = \"https\" takes a configured device identity");
         }
