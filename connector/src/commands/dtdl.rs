@@ -4,6 +4,7 @@
 //! what could not be read, or is named differently in DTDL, is noted on stderr.
 
 pub mod model;
+mod schemas;
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Write as _};

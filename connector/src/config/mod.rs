@@ -27,6 +27,7 @@
 //! Nothing here uses the rest of the crate: every other module stands on it.
 
 pub mod acquisition;
+pub mod cloud;
 pub mod dps;
 mod ids;
 mod keypath;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use opcua::types::{LocalizedText, UAString};
+use opcua::types::{LocalizedText, NodeId, UAString};
 use serde_json::Value;
 
 use super::*;
