@@ -3,6 +3,7 @@
 use super::*;
 
 mod dps;
+mod hub;
 mod plc;
 mod rules;
 mod sinks;
