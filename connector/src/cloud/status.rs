@@ -58,6 +58,18 @@ impl StatusBoard {
         let _ = self.plcs.set(plcs);
     }
 
+    /// Whether each PLC's session is up, in the config's order.
+    fn connected(&self) -> Vec<bool> {
+        self.plcs.get().map_or_else(
+            || vec![false; self.names.len()],
+            |p| {
+                p.iter()
+                    .map(|m| m.connected.load(Ordering::Relaxed))
+                    .collect()
+            },
+        )
+    }
+
     /// (plc, connected) of every PLC, in the config's order.
     fn sessions(&self) -> Vec<(String, bool)> {
         let starting = || self.names.iter().map(|n| (n.clone(), false)).collect();
@@ -93,8 +105,8 @@ fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// What decides "changed": the sessions, and whether the backlog is behind.
-type Key = (Vec<(String, bool)>, bool);
+/// What decides "changed": which sessions are up, and whether the backlog is behind.
+type Key = (Vec<bool>, bool);
 
 /// Decides when a sender publishes its status, and makes the messages.
 #[derive(Debug)]
@@ -104,6 +116,8 @@ pub struct StatusReporter {
     last: Option<(Instant, Key)>,
     /// The last one was not taken: send again once the interval has passed.
     again: bool,
+    /// When [`Self::due`] looks again (`None`: at once).
+    next_look: Option<Instant>,
     rid: u64,
 }
 
@@ -113,6 +127,7 @@ impl StatusReporter {
             plan,
             last: None,
             again: false,
+            next_look: None,
             rid: 0,
         }
     }
@@ -132,21 +147,28 @@ impl StatusReporter {
     /// After a ConnAck: the next [`Self::due`] sends at once.
     pub fn connected(&mut self) {
         self.last = None;
+        self.next_look = None;
     }
 
     /// The status to publish now, if any: after a connect, or on change once `interval`
-    /// has passed since the last one.
-    pub fn due(&mut self, backlog: Backlog) -> Option<StatusMessage> {
-        let sessions = self.plan.board.sessions();
-        let key: Key = (sessions.clone(), backlog.behind());
+    /// has passed since the last one. Looked at no more often than [`Self::recheck`] (the
+    /// sender asks at every turn of its loop); `backlog` is read only then.
+    pub fn due(&mut self, backlog: impl FnOnce() -> Backlog) -> Option<StatusMessage> {
+        let now = Instant::now();
+        if self.next_look.is_some_and(|at| now < at) {
+            return None;
+        }
+        self.next_look = Some(now + self.recheck());
+        let backlog = backlog();
+        let key: Key = (self.plan.board.connected(), backlog.behind());
         if let Some((at, last)) = &self.last {
             if (*last == key && !self.again) || at.elapsed() < self.plan.interval {
                 return None;
             }
         }
-        self.last = Some((Instant::now(), key));
+        self.last = Some((now, key));
         self.again = false;
-        let state = self.online(&sessions, backlog);
+        let state = self.online(&self.plan.board.sessions(), backlog);
         Some(match &self.plan.kind {
             StatusKind::Retained { topic } => (topic.clone(), state.to_string().into_bytes(), true),
             StatusKind::Reported => {
@@ -164,28 +186,29 @@ impl StatusReporter {
     /// The message could not be handed to the client: sent again at the next chance.
     pub fn not_sent(&mut self) {
         self.last = None;
+        self.next_look = None;
     }
 
     /// A topic the hub answers on: `Some(taken)` when it is the answer to one of our reported
     /// PATCHes (`$iothub/twin/res/{status}/?$rid=status-N`), `None` for anything else. One not
     /// taken (429 throttled, 4xx, 5xx) is sent again once the interval has passed.
     pub fn answered(&mut self, topic: &str) -> Option<bool> {
-        let rest = topic.strip_prefix("$iothub/twin/res/")?;
-        let (status, query) = rest.split_once("/?")?;
-        let ours = query
-            .split('&')
-            .any(|p| p.strip_prefix("$rid=status-").is_some());
-        if !ours {
+        use crate::cloud::hub::{parse_incoming, Incoming};
+        let Ok(Incoming::TwinResponse { status, rid, .. }) = parse_incoming(topic) else {
+            return None;
+        };
+        if !rid.starts_with("status-") {
             return None;
         }
-        let taken = status.parse::<u16>().is_ok_and(|s| (200..300).contains(&s));
+        let taken = (200..300).contains(&status);
         if !taken {
             static LOG: crate::ratelog::RateLog = crate::ratelog::RateLog::per_minute();
             if let Some(suppressed) = LOG.hit() {
-                tracing::warn!(status = %status, suppressed,
+                tracing::warn!(status, suppressed,
                     "hub: the connectorStatus update was not taken; sent again after status_interval");
             }
             self.again = true;
+            self.next_look = None;
         }
         Some(taken)
     }
@@ -289,7 +312,7 @@ mod tests {
             bytes: 120,
             oldest: Some(Duration::from_secs(6)),
         };
-        let first = r.due(empty).expect("after a connect");
+        let first = r.due(|| empty).expect("after a connect");
         assert_eq!((first.0.as_str(), first.2), (topic.as_str(), true));
         let v = body(&first);
         assert_eq!(v["state"], "online");
@@ -298,12 +321,15 @@ mod tests {
             (v["plcs_connected"].as_u64(), v["plcs_total"].as_u64()),
             (Some(0), Some(1))
         );
-        assert!(r.due(empty).is_none(), "nothing changed");
-        assert!(r.due(flowing).is_none(), "messages in flight are no change");
-        assert!(r.due(behind).is_some(), "the backlog fell behind");
-        assert!(r.due(behind).is_none(), "still behind: no change");
+        assert!(r.due(|| empty).is_none(), "nothing changed");
+        assert!(
+            r.due(|| flowing).is_none(),
+            "messages in flight are no change"
+        );
+        assert!(r.due(|| behind).is_some(), "the backlog fell behind");
+        assert!(r.due(|| behind).is_none(), "still behind: no change");
         plc.connected.store(true, Ordering::Relaxed);
-        let v = body(&r.due(behind).expect("a session came up"));
+        let v = body(&r.due(|| behind).expect("a session came up"));
         assert_eq!(v["plcs"]["filler"], "connected");
         assert_eq!(v["backlog"]["messages"], 6);
         let will: Value = serde_json::from_slice(&r.will().unwrap().1).unwrap();
@@ -319,16 +345,14 @@ mod tests {
     fn changes_within_the_interval_wait_and_the_hub_gets_reported_patches() {
         let (mut r, plc) = reporter(StatusKind::Reported, Duration::from_secs(3600));
         r.connected();
-        let m = r.due(Backlog::default()).unwrap();
+        let m = r.due(Backlog::default).unwrap();
         assert_eq!(m.0, "$iothub/twin/PATCH/properties/reported/?$rid=status-1");
         assert!(!m.2);
         assert_eq!(body(&m)[REPORTED_PROPERTY]["state"], "online");
         plc.connected.store(true, Ordering::Relaxed);
-        assert!(r.due(Backlog::default()).is_none(), "within the interval");
+        assert!(r.due(Backlog::default).is_none(), "within the interval");
         r.connected();
-        let m = r
-            .due(Backlog::default())
-            .expect("a reconnect sends at once");
+        let m = r.due(Backlog::default).expect("a reconnect sends at once");
         assert_eq!(m.0, "$iothub/twin/PATCH/properties/reported/?$rid=status-2");
         assert!(r.will().is_none() && r.stopped().is_none());
     }

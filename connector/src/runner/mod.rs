@@ -352,7 +352,6 @@ fn open_destinations(
         identity = Some(current.clone());
         let outbox = Outbox::open(&config.buffer, "hub", HUB_MAX_MESSAGE_BYTES)
             .map_err(|e| RunError::Hub(e.to_string()))?;
-        let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
         let mut control = controls.hub.take();
         if let Some(c) = control.as_mut() {
             // Cloud-to-device messages reach devices only (a module gets none over MQTT).
@@ -378,7 +377,10 @@ fn open_destinations(
                 let run = crate::cloud::hub::https::run(events, s, send_every);
                 spawn_sender(senders, "hub", run, watched)?;
             }
-            _ => spawn_sender(senders, "hub", sender::run(opts, s), watched)?,
+            HubTransport::Mqtt | HubTransport::WebSockets => {
+                let opts = hub.options().map_err(|e| RunError::Hub(e.to_string()))?;
+                spawn_sender(senders, "hub", sender::run(opts, s), watched)?;
+            }
         }
         out.push(Destination {
             name: "hub",

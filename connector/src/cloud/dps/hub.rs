@@ -30,7 +30,7 @@ use crate::backoff::Backoff;
 use crate::cloud::hub::sender::Hub;
 use crate::cloud::hub::{CurrentIdentity, Identity, SecretKey};
 use crate::cloud::mqtt::flow::Sending;
-use crate::cloud::mqtt::sender::{self, Ended};
+use crate::cloud::mqtt::sender::{self, server_certificate_failed, Ended};
 use crate::config::{DpsConfig, DpsCredential, HubConfig};
 use crate::metrics::DpsMetrics;
 
@@ -194,7 +194,7 @@ impl DpsHub {
             if connected {
                 hub_certificate.reset();
             }
-            if hub_certificate_failed(&error) {
+            if server_certificate_failed(&error) {
                 // Our check of the hub's certificate: DPS cannot mend that (the CA file can).
                 let wait = hub_certificate.next_wait();
                 if hub_certificate.failures() == 1 {
@@ -335,21 +335,4 @@ async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken) -> bool {
         _ = tokio::time::sleep(wait) => false,
         _ = shutdown.cancelled() => true,
     }
-}
-
-/// The hub's certificate failed our check (as opposed to the hub refusing ours).
-fn hub_certificate_failed(e: &rumqttc::ConnectionError) -> bool {
-    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = at {
-        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(r) = found {
-            return matches!(r, rustls::Error::InvalidCertificate(_));
-        }
-        at = err.source();
-    }
-    false
 }

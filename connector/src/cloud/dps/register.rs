@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Answer};
 use crate::cloud::hub::sas;
-use crate::cloud::mqtt::sender::{network_options, refused_login, rustls_config};
+use crate::cloud::mqtt::sender::{
+    network_options, refused_login, rustls_config, server_certificate_failed,
+};
 use crate::config::{DpsConfig, DpsCredential, DPS_PORT};
 
 /// How long DPS may take to answer a request (or to accept the connection) before the
@@ -192,7 +194,7 @@ async fn exchange(
                 Ok(_) => {}
                 // Our check of DPS's certificate failed: a matter of [dps] ca_file (or the
                 // clock, or a TLS-inspecting proxy), not of the credential.
-                Err(e) if our_check_failed(&e) => {
+                Err(e) if server_certificate_failed(&e) => {
                     return Err(RegisterError::Failed(format!(
                         "DPS's certificate fails the check with [dps] ca_file: {e}"
                     )))
@@ -202,22 +204,4 @@ async fn exchange(
             },
         }
     }
-}
-
-/// The TLS error is our own verification of the server's certificate (not the server's
-/// alert about ours).
-fn our_check_failed(e: &rumqttc::ConnectionError) -> bool {
-    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = at {
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-            .or_else(|| err.downcast_ref::<rustls::Error>());
-        if let Some(r) = inner {
-            return matches!(r, rustls::Error::InvalidCertificate(_));
-        }
-        at = err.source();
-    }
-    false
 }

@@ -252,7 +252,7 @@ pub async fn session(
                 .is_ok()
         });
         if let Some(s) = status.as_mut().filter(|_| flow.has_room()) {
-            if let Some((topic, body, retain)) = s.due(flow.backlog()) {
+            if let Some((topic, body, retain)) = s.due(|| flow.backlog()) {
                 if client
                     .try_publish(topic, QoS::AtLeastOnce, retain, body)
                     .is_ok()
@@ -403,9 +403,9 @@ pub fn refused_login(e: &rumqttc::ConnectionError) -> bool {
 /// by us: nothing a quick retry mends, so it is paced like a refused password.
 pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as A;
-    let of = |r: &rustls::Error| match r {
-        rustls::Error::InvalidCertificate(_) => true,
-        rustls::Error::AlertReceived(a) => matches!(
+    match tls_error(e) {
+        Some(rustls::Error::InvalidCertificate(_)) => true,
+        Some(rustls::Error::AlertReceived(a)) => matches!(
             a,
             A::BadCertificate
                 | A::UnsupportedCertificate
@@ -420,23 +420,31 @@ pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> bool {
                 | A::DecryptError
         ),
         _ => false,
-    };
+    }
+}
+
+/// Our own check of the server's certificate failed (not the server's alert about ours): a
+/// matter of the CA file, the clock or a TLS-inspecting proxy.
+pub fn server_certificate_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(tls_error(e), Some(rustls::Error::InvalidCertificate(_)))
+}
+
+/// The rustls error somewhere in `e`'s chain.
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = at {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return of(r);
-        }
         // io::Error's source() skips the error it wraps: look at that one directly.
-        let wrapped = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(r) = wrapped {
-            return of(r);
+        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if found.is_some() {
+            return found;
         }
         at = err.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]

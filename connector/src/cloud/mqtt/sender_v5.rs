@@ -153,7 +153,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                 .is_ok()
         });
         if let Some(s) = status.as_mut().filter(|_| flow.has_room()) {
-            if let Some((topic, body, retain)) = s.due(flow.backlog()) {
+            if let Some((topic, body, retain)) = s.due(|| flow.backlog()) {
                 let props = PublishProperties {
                     content_type: Some("application/json".to_owned()),
                     ..Default::default()

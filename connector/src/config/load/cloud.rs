@@ -315,14 +315,15 @@ impl Check<'_> {
         }))
     }
 
-    /// A status interval: at least 1 s, default 30 s.
-    pub(super) fn status_interval(
+    /// A duration of at least 1 s (`status_interval`, `send_every`), `default` when absent.
+    pub(super) fn at_least_a_second(
         &mut self,
         value: Option<&Spanned<RawDuration>>,
         key: &str,
+        default: Duration,
     ) -> Option<Duration> {
         let Some(v) = value else {
-            return Some(DEFAULT_STATUS_INTERVAL);
+            return Some(default);
         };
         let d = self.duration(v, key)?;
         if d < Duration::from_secs(1) {
@@ -566,7 +567,11 @@ impl Check<'_> {
                         None
                     }
                 };
-                let interval = self.status_interval(interval.as_ref(), &k("status_interval"));
+                let interval = self.at_least_a_second(
+                    interval.as_ref(),
+                    &k("status_interval"),
+                    DEFAULT_STATUS_INTERVAL,
+                );
                 topic.zip(interval).map(Some)
             }
         };

@@ -126,16 +126,11 @@ impl Check<'_> {
                     None
                 }
                 "https" => {
-                    let every = match &raw.send_every {
-                        None => Some(DEFAULT_SEND_EVERY),
-                        Some(given) => self.duration(given, &k("send_every")).and_then(|d| {
-                            if d < Duration::from_secs(1) {
-                                self.at(given, &k("send_every"), "must be at least 1s");
-                                return None;
-                            }
-                            Some(d)
-                        }),
-                    };
+                    let every = self.at_least_a_second(
+                        raw.send_every.as_ref(),
+                        &k("send_every"),
+                        DEFAULT_SEND_EVERY,
+                    );
                     if let Some(i) = &raw.status_interval {
                         self.at(i, &k("status_interval"), "reported properties need the twin, which transport = \"https\" does not have: use mqtt or websockets");
                     }
@@ -156,10 +151,7 @@ impl Check<'_> {
                 }
             },
         };
-        if let (Some(every), false) = (
-            &raw.send_every,
-            matches!(transport, Some(HubTransport::Https { .. })),
-        ) {
+        if let Some(every) = &raw.send_every {
             if raw
                 .transport
                 .as_ref()
@@ -209,7 +201,7 @@ impl Check<'_> {
         let status_interval = match &raw.status_interval {
             None => Some(None),
             Some(i) => self
-                .status_interval(Some(i), &k("status_interval"))
+                .at_least_a_second(Some(i), &k("status_interval"), Duration::ZERO)
                 .map(Some),
         };
         let model_id = match &raw.model_id {
