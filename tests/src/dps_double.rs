@@ -15,12 +15,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 
 use crate::front::{self, MqttFront};
+use crate::hub_double::{query, serve};
 
 /// How the double authenticates registrations.
 #[derive(Debug, Clone)]
@@ -91,12 +90,6 @@ impl Drop for DpsDouble {
     }
 }
 
-fn query(topic: &str, key: &str) -> Option<String> {
-    let (_, q) = topic.split_once('?')?;
-    q.split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
-}
-
 impl DpsDouble {
     /// DPS for `id_scope` on the broker at `broker` (plain, loopback), behind a TLS front
     /// with `tls`; assigns `device` on `hub` until told otherwise.
@@ -113,50 +106,24 @@ impl DpsDouble {
             assigning_polls: 1,
             ..State::default()
         }));
-        let mut o = MqttOptions::new(format!("dps-double-{broker}"), "127.0.0.1", broker);
-        o.set_keep_alive(Duration::from_secs(30));
-        let (client, mut el) = AsyncClient::new(o, 100);
-        let (s2, c2) = (state.clone(), client.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        let task = tokio::spawn(async move {
-            let mut subacks = 0;
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for f in [
-                            "$dps/registrations/PUT/iotdps-register/#",
-                            "$dps/registrations/GET/iotdps-get-operationstatus/#",
-                        ] {
-                            let _ = c2.subscribe(f, QoS::AtLeastOnce).await;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        subacks += 1;
-                        if subacks == 2 {
-                            if let Some(tx) = ready_tx.take() {
-                                let _ = tx.send(());
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let (status, body) = answer(&s2, &p.topic, &p.payload);
-                        let rid = query(&p.topic, "$rid").unwrap_or_default();
-                        let topic =
-                            format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after=1");
-                        let _ = c2
-                            .publish(topic, QoS::AtLeastOnce, false, body.to_string())
-                            .await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("dps double subscribed")
-            .expect("dps double task");
+        let s2 = state.clone();
+        let filters = &[
+            "$dps/registrations/PUT/iotdps-register/#",
+            "$dps/registrations/GET/iotdps-get-operationstatus/#",
+        ];
+        let (_, task) = serve(
+            broker,
+            "dps-double",
+            filters,
+            1 << 20,
+            move |topic, payload| {
+                let (status, body) = answer(&s2, topic, payload);
+                let rid = query(topic, "$rid").unwrap_or_default();
+                let topic = format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after=1");
+                vec![(topic, body.to_string().into_bytes())]
+            },
+        )
+        .await;
         DpsDouble { front, state, task }
     }
 

@@ -143,105 +143,123 @@ impl Drop for HubDouble {
     }
 }
 
-fn query(topic: &str, key: &str) -> Option<String> {
+/// The value of `key` in a topic's query (`...?$rid=1&...`).
+pub fn query(topic: &str, key: &str) -> Option<String> {
     let (_, q) = topic.split_once('?')?;
     q.split('&')
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
 }
 
-impl HubDouble {
-    /// Connects to the broker on `port` and subscribes to what devices send the hub.
-    pub async fn start(port: u16) -> HubDouble {
-        let mut o = MqttOptions::new(format!("hub-double-{port}"), "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_max_packet_size(1 << 20, 4 << 20);
-        let (client, mut el) = AsyncClient::new(o, 1000);
-        el.set_network_options(connector::cloud::mqtt::sender::network_options());
-        let twin: Arc<Mutex<Twin>> = Arc::default();
-        let (t2, c2) = (twin.clone(), client.clone());
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let mut ready_tx = Some(ready_tx);
-        let task = tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        for f in [
-                            "$iothub/twin/GET/#",
-                            "$iothub/twin/PATCH/properties/reported/#",
-                            "$iothub/methods/res/#",
-                        ] {
-                            let _ = c2.subscribe(f, QoS::AtLeastOnce).await;
-                        }
+/// The service side of a cloud double on the broker at `port`: connects as `name`, subscribes
+/// to `filters` after every ConnAck, and publishes (QoS 1) what `handle` answers to each
+/// message (topic, body). Returns once every filter is subscribed.
+pub async fn serve(
+    port: u16,
+    name: &str,
+    filters: &'static [&'static str],
+    max_incoming: usize,
+    mut handle: impl FnMut(&str, &[u8]) -> Vec<(String, Vec<u8>)> + Send + 'static,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut o = MqttOptions::new(format!("{name}-{port}"), "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(max_incoming, 4 << 20);
+    let (client, mut el) = AsyncClient::new(o, 1000);
+    el.set_network_options(connector::cloud::mqtt::sender::network_options());
+    let c2 = client.clone();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    let task = tokio::spawn(async move {
+        let mut subacks = 0;
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    for f in filters {
+                        let _ = c2.subscribe(*f, QoS::AtLeastOnce).await;
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    subacks += 1;
+                    if subacks >= filters.len() {
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(());
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let topic = p.topic.clone();
-                        let rid = query(&topic, "$rid").unwrap_or_default();
-                        if topic.starts_with("$iothub/twin/GET/") {
-                            let body = {
-                                let mut t = t2.lock().unwrap();
-                                t.gets += 1;
-                                let mut desired = t.desired.clone();
-                                desired.insert("$version".into(), json!(t.version));
-                                desired
-                                    .insert("$metadata".into(), Value::Object(t.metadata.clone()));
-                                json!({"desired": desired, "reported": t.reported.clone()})
-                            };
-                            let _ = c2
-                                .publish(
-                                    format!("$iothub/twin/res/200/?$rid={rid}"),
-                                    QoS::AtLeastOnce,
-                                    false,
-                                    body.to_string(),
-                                )
-                                .await;
-                        } else if topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
-                            let v: Value =
-                                serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                            let answer = {
-                                let mut t = t2.lock().unwrap();
-                                if t.throttle > 0 {
-                                    t.throttle -= 1;
-                                    t.throttled += 1;
-                                    format!("$iothub/twin/res/429/?$rid={rid}")
-                                } else {
-                                    if let Value::Object(o) = &v {
-                                        merge(&mut t.reported, o);
-                                    }
-                                    t.patches.push((Instant::now(), v));
-                                    let version = t.patches.len();
-                                    format!("$iothub/twin/res/204/?$rid={rid}&$version={version}")
-                                }
-                            };
-                            let _ = c2
-                                .publish(answer, QoS::AtLeastOnce, false, Vec::new())
-                                .await;
-                        } else if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
-                            let status = rest
-                                .split('/')
-                                .next()
-                                .and_then(|s| s.parse().ok())
-                                .unwrap_or(0);
-                            let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                            t2.lock()
-                                .unwrap()
-                                .method_responses
-                                .push((rid, status, body));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    for (topic, body) in handle(&p.topic, &p.payload) {
+                        let _ = c2.publish(topic, QoS::AtLeastOnce, false, body).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
-        });
-        tokio::time::timeout(Duration::from_secs(10), ready_rx)
-            .await
-            .expect("hub double subscribed")
-            .expect("hub double task");
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ready_rx)
+        .await
+        .unwrap_or_else(|_| panic!("{name} subscribed"))
+        .unwrap_or_else(|_| panic!("{name} task"));
+    (client, task)
+}
+
+impl HubDouble {
+    /// Connects to the broker on `port` and subscribes to what devices send the hub.
+    pub async fn start(port: u16) -> HubDouble {
+        let twin: Arc<Mutex<Twin>> = Arc::default();
+        let t2 = twin.clone();
+        let filters = &[
+            "$iothub/twin/GET/#",
+            "$iothub/twin/PATCH/properties/reported/#",
+            "$iothub/methods/res/#",
+        ];
+        let (client, task) = serve(
+            port,
+            "hub-double",
+            filters,
+            1 << 20,
+            move |topic, payload| {
+                let rid = query(topic, "$rid").unwrap_or_default();
+                let mut t = t2.lock().unwrap();
+                if topic.starts_with("$iothub/twin/GET/") {
+                    t.gets += 1;
+                    let mut desired = t.desired.clone();
+                    desired.insert("$version".into(), json!(t.version));
+                    desired.insert("$metadata".into(), Value::Object(t.metadata.clone()));
+                    let body = json!({"desired": desired, "reported": t.reported.clone()});
+                    vec![(
+                        format!("$iothub/twin/res/200/?$rid={rid}"),
+                        body.to_string().into_bytes(),
+                    )]
+                } else if topic.starts_with("$iothub/twin/PATCH/properties/reported/") {
+                    let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+                    let answer = if t.throttle > 0 {
+                        t.throttle -= 1;
+                        t.throttled += 1;
+                        format!("$iothub/twin/res/429/?$rid={rid}")
+                    } else {
+                        if let Value::Object(o) = &v {
+                            merge(&mut t.reported, o);
+                        }
+                        t.patches.push((Instant::now(), v));
+                        let version = t.patches.len();
+                        format!("$iothub/twin/res/204/?$rid={rid}&$version={version}")
+                    };
+                    vec![(answer, Vec::new())]
+                } else {
+                    if let Some(rest) = topic.strip_prefix("$iothub/methods/res/") {
+                        let status = rest
+                            .split('/')
+                            .next()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0);
+                        let body = serde_json::from_slice(payload).unwrap_or(Value::Null);
+                        t.method_responses.push((rid, status, body));
+                    }
+                    Vec::new()
+                }
+            },
+        )
+        .await;
         HubDouble {
             client,
             twin,
