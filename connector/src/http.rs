@@ -515,6 +515,11 @@ fn dps(out: &mut String, line: &str, d: &DpsMetrics) {
             "Registrations started because the hub refused the identity DPS had assigned.",
             &d.reprovisions,
         ),
+        (
+            "dps_cache_errors_total",
+            "The DPS assignment cache could not be read (a damaged file), written or removed.",
+            &d.cache_errors,
+        ),
     ] {
         counter(out, name, help, "counter");
         let _ = writeln!(out, "opcua_connector_{name}{{line=\"{line}\"}} {}", get(c));

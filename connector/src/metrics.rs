@@ -148,6 +148,8 @@ pub struct DpsMetrics {
     pub cache_used: AtomicU64,
     /// Registrations started because the hub refused the assigned identity.
     pub reprovisions: AtomicU64,
+    /// The assignment cache could not be read (a damaged file), written or removed.
+    pub cache_errors: AtomicU64,
 }
 
 /// Counters of the Parquet retention (one per line).

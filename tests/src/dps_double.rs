@@ -11,7 +11,8 @@
 //! `assigning` and an operation id, and each operation-status poll with 202 until the
 //! operation has been polled `assigning_polls` times, then 200 `assigned` with the
 //! assignment it holds at that moment ([`DpsDouble::assign`] changes it at run time). It
-//! counts registrations and polls. Every answer carries `retry-after=1`.
+//! counts registrations and polls. Every answer carries `retry-after=1`, but for the 429
+//! ("throttled") that [`DpsDouble::throttle`] asks for, which carries its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,12 @@ pub enum Enrollment {
     },
     /// Any registration id whose token is signed with the key derived from this group key.
     Group { key: String },
+    /// One registration id with its own certificate (DER): no password, the certificate
+    /// presented in the TLS handshake (the front's server config asks for one).
+    X509 {
+        registration_id: String,
+        certificate: Vec<u8>,
+    },
 }
 
 impl Enrollment {
@@ -42,6 +49,7 @@ impl Enrollment {
                 key,
             } => (r == registration_id).then(|| key.clone()),
             Enrollment::Group { key } => Some(front::derived_key(key, registration_id)),
+            Enrollment::X509 { .. } => None,
         }
     }
 }
@@ -54,13 +62,23 @@ pub fn dps_check(
     let scope = id_scope.to_owned();
     move |c| {
         let reg = &c.client_id;
+        let resource = format!("{scope}/registrations/{reg}");
+        let user = format!("{resource}/api-version=2019-03-31");
+        let user_ok = c.username == user || c.username.starts_with(&format!("{user}&"));
+        if let Enrollment::X509 {
+            registration_id,
+            certificate,
+        } = &enrollment
+        {
+            return user_ok
+                && reg == registration_id
+                && c.password.is_empty()
+                && c.client_cert_der.as_ref() == Some(certificate);
+        }
         let Some(key) = enrollment.device_key(reg) else {
             return false;
         };
-        let resource = format!("{scope}/registrations/{reg}");
-        let user = format!("{resource}/api-version=2019-03-31");
-        (c.username == user || c.username.starts_with(&format!("{user}&")))
-            && front::sas_check(&c.password, &resource, &key, front::now_s()).is_ok()
+        user_ok && front::sas_check(&c.password, &resource, &key, front::now_s()).is_ok()
     }
 }
 
@@ -72,6 +90,10 @@ struct State {
     /// Polls still answered 202, per operation id.
     operations: HashMap<String, usize>,
     registrations: usize,
+    /// When each register request came.
+    register_times: Vec<std::time::Instant>,
+    /// Register requests still answered 429, and the retry-after (s) they carry.
+    throttle: (usize, u64),
     polls: usize,
     /// The bodies of the register requests, in order.
     register_bodies: Vec<Value>,
@@ -117,9 +139,11 @@ impl DpsDouble {
             filters,
             1 << 20,
             move |topic, payload| {
-                let (status, body) = answer(&s2, topic, payload);
+                let (status, body, retry_after) = answer(&s2, topic, payload);
                 let rid = query(topic, "$rid").unwrap_or_default();
-                let topic = format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after=1");
+                let topic = format!(
+                    "$dps/registrations/res/{status}/?$rid={rid}&retry-after={retry_after}"
+                );
                 vec![(topic, body.to_string().into_bytes())]
             },
         )
@@ -137,6 +161,17 @@ impl DpsDouble {
         self.state.lock().unwrap().registrations
     }
 
+    /// When each register request came, in order.
+    pub fn register_times(&self) -> Vec<std::time::Instant> {
+        self.state.lock().unwrap().register_times.clone()
+    }
+
+    /// The next `requests` register requests are answered 429 with `retry-after`
+    /// `retry_after_s`.
+    pub fn throttle(&self, requests: usize, retry_after_s: u64) {
+        self.state.lock().unwrap().throttle = (requests, retry_after_s);
+    }
+
     /// Operation-status polls received.
     pub fn polls(&self) -> usize {
         self.state.lock().unwrap().polls
@@ -148,13 +183,30 @@ impl DpsDouble {
     }
 }
 
-/// The status and body DPS answers a request on `topic` with.
-fn answer(state: &Mutex<State>, topic: &str, payload: &[u8]) -> (u16, Value) {
+/// The status, body and retry-after (s) DPS answers a request on `topic` with.
+fn answer(state: &Mutex<State>, topic: &str, payload: &[u8]) -> (u16, Value, u64) {
+    let (status, body) = answer_status(state, topic, payload);
+    let mut s = state.lock().unwrap();
+    match (status, &mut s.throttle) {
+        (429, (left, after)) => {
+            *left -= 1;
+            (status, body, *after)
+        }
+        _ => (status, body, 1),
+    }
+}
+
+fn answer_status(state: &Mutex<State>, topic: &str, payload: &[u8]) -> (u16, Value) {
     let mut s = state.lock().unwrap();
     if topic.starts_with("$dps/registrations/PUT/iotdps-register/") {
         s.registrations += 1;
+        s.register_times.push(std::time::Instant::now());
         let body: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
         s.register_bodies.push(body);
+        if s.throttle.0 > 0 {
+            let message = "Operations are being throttled for this tenant.";
+            return (429, json!({"errorCode": 429001, "message": message}));
+        }
         let op = format!("4.double.op-{}", s.registrations);
         let polls = s.assigning_polls;
         s.operations.insert(op.clone(), polls);

@@ -5,6 +5,11 @@
 //! IoT Hub and DPS do. Accepted: the CONNECT and everything after it are relayed both ways to
 //! the broker behind (mosquitto or rumqttd), which carries the service's topics.
 //!
+//! With a guard ([`MqttFront::guard`], [`hub_topics`] for IoT Hub) the client's packets are
+//! relayed one by one and each PUBLISH topic and SUBSCRIBE filter is checked against the
+//! identity of the CONNECT: one the service would not take (another device's topic) closes the
+//! connection, as IoT Hub does, and is recorded ([`MqttFront::violations`]).
+//!
 //! [`sas_check`] verifies a SAS token as the service does, written here from Microsoft's
 //! description (not with the connector's signing code), and is tested against the vectors
 //! computed with Microsoft's SDK (`shared/research/`).
@@ -27,6 +32,8 @@ pub struct Connect {
     pub password: String,
     /// The TLS client presented a certificate (accepted by the server config).
     pub client_cert: bool,
+    /// That certificate (DER), to check it is the enrolled one.
+    pub client_cert_der: Option<Vec<u8>>,
     pub accepted: bool,
     pub at: Instant,
 }
@@ -34,12 +41,34 @@ pub struct Connect {
 /// Decides whether a CONNECT is let through.
 pub type Check = Arc<dyn Fn(&Connect) -> bool + Send + Sync>;
 
+/// What a client does with a topic after its CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicUse<'a> {
+    Publish(&'a str),
+    Subscribe(&'a str),
+}
+
+/// Decides whether the client of a CONNECT may publish to / subscribe to a topic.
+pub type Guard = Arc<dyn Fn(&Connect, TopicUse<'_>) -> bool + Send + Sync>;
+
 pub struct MqttFront {
     pub port: u16,
     /// When each TCP connection came (a TLS handshake refused reaches no CONNECT).
     attempts: Arc<Mutex<Vec<Instant>>>,
     seen: Arc<Mutex<Vec<Connect>>>,
     check: Arc<Mutex<Check>>,
+    guard: Arc<Mutex<Option<Guard>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+/// What a connection shares with its front.
+#[derive(Clone)]
+struct Shared {
+    upstream: u16,
+    seen: Arc<Mutex<Vec<Connect>>>,
+    check: Arc<Mutex<Check>>,
+    guard: Arc<Mutex<Option<Guard>>>,
+    violations: Arc<Mutex<Vec<String>>>,
 }
 
 impl MqttFront {
@@ -51,23 +80,33 @@ impl MqttFront {
     ) -> MqttFront {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let seen: Arc<Mutex<Vec<Connect>>> = Arc::default();
-        let check: Arc<Mutex<Check>> = Arc::new(Mutex::new(Arc::new(check)));
+        let shared = Shared {
+            upstream,
+            seen: Arc::default(),
+            check: Arc::new(Mutex::new(Arc::new(check))),
+            guard: Arc::default(),
+            violations: Arc::default(),
+        };
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let attempts: Arc<Mutex<Vec<Instant>>> = Arc::default();
-        let (s2, c2, a2) = (seen.clone(), check.clone(), attempts.clone());
+        let (s2, a2) = (shared.clone(), attempts.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 a2.lock().unwrap().push(Instant::now());
-                let (seen, check, acceptor) = (s2.clone(), c2.clone(), acceptor.clone());
+                let (shared, acceptor) = (s2.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     match acceptor {
-                        None => serve(client, false, upstream, seen, check).await,
+                        None => serve(client, None, shared).await,
                         Some(a) => {
                             // A handshake refused (an untrusted client certificate) ends here.
                             if let Ok(tls) = a.accept(client).await {
-                                let cert = tls.get_ref().1.peer_certificates().is_some();
-                                serve(tls, cert, upstream, seen, check).await;
+                                let cert = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| c.to_vec());
+                                serve(tls, cert, shared).await;
                             }
                         }
                     }
@@ -77,9 +116,22 @@ impl MqttFront {
         MqttFront {
             port,
             attempts,
-            seen,
-            check,
+            seen: shared.seen,
+            check: shared.check,
+            guard: shared.guard,
+            violations: shared.violations,
         }
+    }
+
+    /// From now on, each new connection's PUBLISH topics and SUBSCRIBE filters must pass
+    /// `guard`; the first that does not closes the connection.
+    pub fn guard(&self, guard: impl Fn(&Connect, TopicUse<'_>) -> bool + Send + Sync + 'static) {
+        *self.guard.lock().unwrap() = Some(Arc::new(guard));
+    }
+
+    /// The uses the guard refused (`client id: use`), in order.
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
     }
 
     /// When each connection was opened, in order.
@@ -116,12 +168,10 @@ impl MqttFront {
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     mut client: S,
-    client_cert: bool,
-    upstream: u16,
-    seen: Arc<Mutex<Vec<Connect>>>,
-    check: Arc<Mutex<Check>>,
+    client_cert_der: Option<Vec<u8>>,
+    shared: Shared,
 ) {
     let Some(packet) = read_packet(&mut client).await else {
         return;
@@ -134,28 +184,109 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         client_id,
         username: username.unwrap_or_default(),
         password: password.unwrap_or_default(),
-        client_cert,
+        client_cert: client_cert_der.is_some(),
+        client_cert_der,
         accepted: false,
         at: Instant::now(),
     };
-    let check = check.lock().unwrap().clone();
+    let check = shared.check.lock().unwrap().clone();
     connect.accepted = packet[0] == 0x10 && check(&connect);
-    let accepted = connect.accepted;
-    seen.lock().unwrap().push(connect);
-    if !accepted {
+    shared.seen.lock().unwrap().push(connect.clone());
+    if !connect.accepted {
         // CONNACK return code 5, "not authorized", then close.
         let _ = client.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
         let _ = client.shutdown().await;
         return;
     }
-    let Ok(mut broker) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+    let Ok(mut broker) = TcpStream::connect(("127.0.0.1", shared.upstream)).await else {
         return;
     };
     let _ = broker.set_nodelay(true);
     if broker.write_all(&packet).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+    let guard = shared.guard.lock().unwrap().clone();
+    let Some(guard) = guard else {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+        return;
+    };
+    // Guarded: the broker's side is copied as it comes, the client's checked packet by packet.
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_broker, mut to_broker) = broker.into_split();
+    let down = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_broker, &mut to_client).await;
+    });
+    while let Some(packet) = read_packet(&mut from_client).await {
+        if let Some(refused) = first_refused(&packet, &connect, &guard) {
+            let what = format!("{}: {refused:?}", connect.client_id);
+            shared.violations.lock().unwrap().push(what);
+            break;
+        }
+        if to_broker.write_all(&packet).await.is_err() {
+            break;
+        }
+    }
+    // Either side closing ends both, as a service dropping the connection does.
+    down.abort();
+}
+
+/// The first topic of a PUBLISH or SUBSCRIBE packet that `guard` refuses.
+fn first_refused<'a>(packet: &'a [u8], connect: &Connect, guard: &Guard) -> Option<TopicUse<'a>> {
+    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0)? + 1;
+    let body = packet.get(header..)?;
+    let text = |at: usize| -> Option<(&'a str, usize)> {
+        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+        let s = std::str::from_utf8(body.get(at + 2..at + 2 + len)?).ok()?;
+        Some((s, at + 2 + len))
+    };
+    match packet[0] >> 4 {
+        3 => {
+            let topic = text(0).map_or("", |(t, _)| t);
+            let u = TopicUse::Publish(topic);
+            (!guard(connect, u)).then_some(u)
+        }
+        8 => {
+            // Packet id, then (filter, requested QoS) pairs.
+            let mut at = 2;
+            while let Some((filter, next)) = text(at) {
+                let u = TopicUse::Subscribe(filter);
+                if !guard(connect, u) {
+                    return Some(u);
+                }
+                at = next + 1;
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// IoT Hub's topics for the identity of a CONNECT (client id `{device}` or
+/// `{device}/{module}`): telemetry on its own events topic, the twin and direct-method topics,
+/// and a device's own cloud-to-device topic. Anything else (another device's topic) is refused.
+pub fn hub_topics(c: &Connect, u: TopicUse<'_>) -> bool {
+    let own = match c.client_id.split_once('/') {
+        None => format!("devices/{}/", c.client_id),
+        Some((device, module)) => format!("devices/{device}/modules/{module}/"),
+    };
+    match u {
+        TopicUse::Publish(t) => {
+            t.strip_prefix(&own)
+                .is_some_and(|rest| rest.starts_with("messages/events/"))
+                || t.starts_with("$iothub/twin/GET/")
+                || t.starts_with("$iothub/twin/PATCH/properties/reported/")
+                || t.starts_with("$iothub/methods/res/")
+        }
+        TopicUse::Subscribe(f) => {
+            (!c.client_id.contains('/') && f == format!("{own}messages/devicebound/#"))
+                || [
+                    "$iothub/twin/res/#",
+                    "$iothub/twin/PATCH/properties/desired/#",
+                    "$iothub/methods/POST/#",
+                ]
+                .contains(&f)
+        }
+    }
 }
 
 fn field(buf: &[u8], at: &mut usize) -> Option<String> {
@@ -345,6 +476,48 @@ mod tests {
             sas_check(dps, "0ne00000A0A/registrations/line-a-edge", dps_key, 0),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_hub_guard_takes_only_the_identitys_own_topics() {
+        let connect = |client_id: &str| Connect {
+            client_id: client_id.into(),
+            username: String::new(),
+            password: String::new(),
+            client_cert: false,
+            client_cert_der: None,
+            accepted: true,
+            at: Instant::now(),
+        };
+        let (device, module) = (connect("dev-a"), connect("edge-1/opcua"));
+        let p = TopicUse::Publish;
+        let s = TopicUse::Subscribe;
+        for (c, u) in [
+            (
+                &device,
+                p("devices/dev-a/messages/events/%24.ct=application%2Fjson"),
+            ),
+            (&device, p("$iothub/twin/GET/?$rid=1")),
+            (&device, p("$iothub/twin/PATCH/properties/reported/?$rid=2")),
+            (&device, p("$iothub/methods/res/200/?$rid=3")),
+            (&device, s("devices/dev-a/messages/devicebound/#")),
+            (&device, s("$iothub/twin/res/#")),
+            (&module, p("devices/edge-1/modules/opcua/messages/events/")),
+            (&module, s("$iothub/methods/POST/#")),
+        ] {
+            assert!(hub_topics(c, u), "{} {u:?}", c.client_id);
+        }
+        for (c, u) in [
+            (&device, p("devices/dev-b/messages/events/")),
+            (&device, p("devices/dev-a/messages/devicebound/x")),
+            (&device, p("opcua/line-a")),
+            (&device, s("devices/dev-b/messages/devicebound/#")),
+            (&device, s("devices/#")),
+            (&module, p("devices/edge-1/messages/events/")),
+            (&module, s("devices/edge-1/messages/devicebound/#")),
+        ] {
+            assert!(!hub_topics(c, u), "{} {u:?}", c.client_id);
+        }
     }
 
     #[test]

@@ -1,16 +1,20 @@
 //! The Device Provisioning Service over real TLS: the DPS double ([`tests::dps_double`],
 //! behind its own TLS front that checks the registration's SAS token) assigns the device, and
 //! the hub front (TLS, the assigned device's SAS token checked with the same device key)
-//! relays to the broker the test subscribes to. Both fronts are reached through the
-//! `endpoint` overrides with the test CA. Registration, polling, the cached assignment
-//! across a restart, re-provisioning when the hub refuses the identity, an individual
-//! enrollment, and a wrong key paced while telemetry stays buffered.
+//! relays to the broker the test subscribes to, refusing (as IoT Hub) any topic that is not
+//! the connected device's own. Both fronts are reached through the `endpoint` overrides with
+//! the test CA. Registration, polling, the cached assignment across a restart, re-provisioning
+//! when the hub refuses the identity (while running, and at a restart with the cache), a
+//! rotated key, a throttled registration, an individual enrollment, an X.509 enrollment, and a
+//! wrong key paced while telemetry stays buffered.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use connector::cloud::dps::cache::fingerprint;
 use connector::runner;
 use serde_json::{json, Value};
+use tests::dps_double::dps_check;
 use tests::front::{derived_key, sas_check, tls_server};
 use tests::*;
 
@@ -23,6 +27,7 @@ const REG: &str = "line-m-edge";
 const GROUP_KEY: &str = "R3JvdXBFbnJvbGxtZW50S2V5LXBsYW50LTEtMDEyMzQ1Njc4OWFiY2RlZg==";
 const KEY: &str = "c2VjcmV0LWRwcy1pbmRpdmlkdWFsLWtleS0wMDE=";
 const OTHER_GROUP_KEY: &str = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=";
+const ROTATED_KEY: &str = "cm90YXRlZC1kcHMtaW5kaXZpZHVhbC1rZXktMDAy";
 
 /// The hub's check of a SAS device: client id, username and a token signed with `key`.
 fn hub_identity(device: &str, key: &str) -> impl Fn(&front::Connect) -> bool + Send + Sync {
@@ -38,6 +43,26 @@ fn hub_identity(device: &str, key: &str) -> impl Fn(&front::Connect) -> bool + S
             )
             .is_ok()
     }
+}
+
+/// The hub's check of an X.509 device: client id, username, no password, and the
+/// certificate DPS registered (`der`).
+fn hub_certificate(device: &str, der: Vec<u8>) -> impl Fn(&front::Connect) -> bool + Send + Sync {
+    let device = device.to_owned();
+    move |c| {
+        c.client_id == device
+            && c.username == format!("{HOST}/{device}/?api-version=2021-04-12")
+            && c.password.is_empty()
+            && c.client_cert_der.as_ref() == Some(&der)
+    }
+}
+
+/// The first certificate of a PEM file, DER.
+fn certificate_der(pem: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject as _;
+    rustls::pki_types::CertificateDer::from_pem_file(pem)
+        .unwrap()
+        .to_vec()
 }
 
 /// A broker, the DPS double and the hub front before it, the simulator and a subscriber to
@@ -56,14 +81,36 @@ impl Plant {
     async fn start(enrollment: Enrollment, device: &str, hub_key: &str) -> Plant {
         let dir = tempfile::tempdir().unwrap();
         certificates(dir.path());
+        Plant::start_in(
+            dir,
+            enrollment,
+            device,
+            hub_identity(device, hub_key),
+            false,
+        )
+        .await
+    }
+
+    /// In `dir`, where the test CA's certificates are: DPS with `enrollment` assigns `device`
+    /// of [`HOST`]; the hub front takes the CONNECTs `hub_check` takes, and only the device's
+    /// own topics. With `client_certificates` both fronts ask for a certificate of the CA.
+    async fn start_in(
+        dir: tempfile::TempDir,
+        enrollment: Enrollment,
+        device: &str,
+        hub_check: impl Fn(&front::Connect) -> bool + Send + Sync + 'static,
+        client_certificates: bool,
+    ) -> Plant {
         let (broker, plain) = plain_mosquitto(dir.path());
+        let ca = dir.path().join("ca.pem");
         let tls = tls_server(
             &dir.path().join("server.pem"),
             &dir.path().join("server.key"),
-            None,
+            client_certificates.then_some(ca.as_path()),
         );
         let dps = DpsDouble::start(plain, tls.clone(), SCOPE, enrollment, (HOST, device)).await;
-        let hub = MqttFront::start(plain, Some(tls), hub_identity(device, hub_key)).await;
+        let hub = MqttFront::start(plain, Some(tls), hub_check).await;
+        hub.guard(front::hub_topics);
         let sim = start_sim(dir.path(), |_| {}).await;
         let sub = Subscriber::start(plain, "devices/#").await;
         Plant {
@@ -104,9 +151,25 @@ impl Plant {
             .count()
     }
 
+    fn cached_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("buffer/dps/assignment.json")).unwrap()
+    }
+
     fn cached(&self) -> Value {
-        let path = self.dir.path().join("buffer/dps/assignment.json");
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+        serde_json::from_str(&self.cached_text()).unwrap()
+    }
+
+    /// Waits until `device`'s telemetry topic has had `n` messages.
+    async fn wait_for(&self, device: &str, n: usize) {
+        eventually(
+            &format!("{n} messages as {device}"),
+            Duration::from_secs(40),
+            || {
+                let seen = self.count(device);
+                async move { (seen >= n).then_some(()) }
+            },
+        )
+        .await;
     }
 }
 
@@ -144,6 +207,7 @@ async fn a_group_enrollment_registers_polls_and_every_sample_reaches_the_assigne
         "opcua_connector_dps_registrations_total{line=\"line-m\",result=\"refused\"} 0",
         "opcua_connector_dps_polls_total{line=\"line-m\"} 2",
         "opcua_connector_dps_cache_used_total{line=\"line-m\"} 0",
+        "opcua_connector_dps_cache_errors_total{line=\"line-m\"} 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -187,7 +251,12 @@ async fn a_group_enrollment_registers_polls_and_every_sample_reaches_the_assigne
             &json!("dev-a")
         )
     );
+    assert_eq!(
+        cached["credential_fingerprint"],
+        json!(fingerprint(derived_key(GROUP_KEY, REG).as_bytes()))
+    );
     assert_complete_hub(&p.sim, &p.messages(), "devices/dev-a/messages/events/");
+    assert_eq!(p.hub.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,6 +364,209 @@ async fn the_hub_refusing_the_identity_registers_once_more_and_loses_nothing() {
     );
     // Every counter sample once, in order, across both identities.
     assert_complete_hub(&p.sim, &messages, "devices/dev-");
+    // What was buffered as dev-a went out on dev-b's topic: the hub would have dropped the
+    // connection otherwise.
+    assert_eq!(p.hub.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_whose_cached_identity_the_hub_refuses_registers_at_once() {
+    let device_key = derived_key(GROUP_KEY, REG);
+    let p = Plant::start(
+        Enrollment::Group {
+            key: GROUP_KEY.into(),
+        },
+        "dev-a",
+        &device_key,
+    )
+    .await;
+    std::env::set_var("E2E_DPS_GROUP_STALE", GROUP_KEY);
+    let config = p.config("group_key_env = \"E2E_DPS_GROUP_STALE\"", "");
+    let running = runner::start(&config).expect("runner");
+    p.wait_for("dev-a", 5).await;
+    running.stop().await;
+    // While the connector is stopped the device is moved: DPS now assigns dev-b, and the hub
+    // no longer takes dev-a.
+    p.dps.assign(HOST, "dev-b");
+    p.hub.set_check(hub_identity("dev-b", &device_key));
+    let before = p.messages().len();
+    let running = runner::start(&config).expect("runner again");
+    p.wait_for("dev-b", 10).await;
+    let m = running.metrics.dps.clone().expect("dps metrics");
+    running.stop().await;
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        (
+            counted(&m.cache_used),
+            counted(&m.reprovisions),
+            counted(&m.assigned)
+        ),
+        (1, 1, 1),
+        "the cache tried, refused, one registration"
+    );
+    assert_eq!(p.dps.registrations(), 2);
+    assert_eq!(p.cached()["device_id"], "dev-b");
+    let refused = p
+        .hub
+        .connects()
+        .into_iter()
+        .find(|c| !c.accepted)
+        .expect("the hub refused the cached identity");
+    assert_eq!(refused.client_id, "dev-a");
+    // A cached identity refused at start is re-registered at once, not after the 5 s back-off.
+    let again = p.dps.register_times()[1];
+    let waited = again.saturating_duration_since(refused.at);
+    assert!(waited < Duration::from_millis(4500), "{waited:?}");
+    let late: Vec<String> = p.messages()[before..]
+        .iter()
+        .map(|(t, _)| t.clone())
+        .filter(|t| !t.starts_with("devices/dev-b/messages/events/"))
+        .collect();
+    assert!(late.is_empty(), "after the restart, only dev-b: {late:?}");
+    assert_eq!(p.hub.violations(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_registers_again_instead_of_offering_the_hub_the_old_assignment() {
+    let p = Plant::start(
+        Enrollment::Individual {
+            registration_id: REG.into(),
+            key: KEY.into(),
+        },
+        "dev-i",
+        KEY,
+    )
+    .await;
+    let file = p.dir.path().join("dps.key");
+    std::fs::write(&file, format!("{KEY}\n")).unwrap();
+    let config = p.config(&format!("symmetric_key_file = \"{}\"", file.display()), "");
+    let running = runner::start(&config).expect("runner");
+    p.wait_for("dev-i", 5).await;
+    running.stop().await;
+    let before = p.cached();
+    // The key is rotated: in the enrollment, in the file, and (by the registration that
+    // follows, as DPS does) on the hub.
+    p.dps.front.set_check(dps_check(
+        SCOPE,
+        Enrollment::Individual {
+            registration_id: REG.into(),
+            key: ROTATED_KEY.into(),
+        },
+    ));
+    p.hub.set_check(hub_identity("dev-i", ROTATED_KEY));
+    std::fs::write(&file, format!("{ROTATED_KEY}\n")).unwrap();
+    let n = p.count("dev-i");
+    let running = runner::start(&config).expect("runner again");
+    p.wait_for("dev-i", n + 10).await;
+    let m = running.metrics.dps.clone().expect("dps metrics");
+    running.stop().await;
+    assert_eq!(p.dps.registrations(), 2, "registered with the new key");
+    assert_eq!(m.cache_used.load(Ordering::Relaxed), 0);
+    assert_eq!(p.hub.refused(), 0, "the hub was not offered the old key");
+    let after = p.cached();
+    assert_eq!(
+        after["credential_fingerprint"],
+        json!(fingerprint(ROTATED_KEY.as_bytes()))
+    );
+    assert_ne!(
+        after["credential_fingerprint"],
+        before["credential_fingerprint"]
+    );
+    let text = p.cached_text();
+    assert!(
+        !text.contains(KEY) && !text.contains(ROTATED_KEY),
+        "no key in the cache: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_registration_waits_the_retry_after_dps_gives() {
+    let p = Plant::start(
+        Enrollment::Group {
+            key: GROUP_KEY.into(),
+        },
+        "dev-t",
+        &derived_key(GROUP_KEY, REG),
+    )
+    .await;
+    p.dps.throttle(1, 3);
+    std::env::set_var("E2E_DPS_GROUP_THROTTLED", GROUP_KEY);
+    let running = runner::start(&p.config("group_key_env = \"E2E_DPS_GROUP_THROTTLED\"", ""))
+        .expect("runner");
+    p.wait_for("dev-t", 10).await;
+    freeze_and_settle(&p.sim, || p.sub.count()).await;
+    let m = running.metrics.dps.clone().expect("dps metrics");
+    running.stop().await;
+    let times = p.dps.register_times();
+    assert_eq!(times.len(), 2, "429, then assigned");
+    let gap = times[1] - times[0];
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "the retry waits DPS's retry-after (3 s), not the 1 s back-off: {gap:?}"
+    );
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    assert_eq!(
+        (
+            counted(&m.throttled),
+            counted(&m.errors),
+            counted(&m.assigned)
+        ),
+        (1, 0, 1)
+    );
+    // Buffered meanwhile, every sample delivered.
+    assert_complete_hub(&p.sim, &p.messages(), "devices/dev-t/messages/events/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509_enrollment_registers_with_its_certificate_and_the_hub_takes_the_same_one() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    // DPS takes the certificate's CN as the registration id.
+    signed(
+        dir.path(),
+        REG,
+        &format!("/CN={REG}"),
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let der = certificate_der(&dir.path().join(format!("{REG}.pem")));
+    let enrollment = Enrollment::X509 {
+        registration_id: REG.into(),
+        certificate: der.clone(),
+    };
+    let p = Plant::start_in(
+        dir,
+        enrollment,
+        "dev-x",
+        hub_certificate("dev-x", der.clone()),
+        true,
+    )
+    .await;
+    let d = p.dir.path().display();
+    let credential =
+        format!("x509 = {{ cert_file = \"{d}/{REG}.pem\", key_file = \"{d}/{REG}.key\" }}");
+    let running = runner::start(&p.config(&credential, "")).expect("runner");
+    p.wait_for("dev-x", 10).await;
+    freeze_and_settle(&p.sim, || p.sub.count()).await;
+    running.stop().await;
+    assert_eq!(p.dps.registrations(), 1);
+    let dps = p.dps.front.connects();
+    assert!(
+        dps.len() == 1 && dps[0].accepted && dps[0].client_cert && dps[0].password.is_empty(),
+        "{dps:?}"
+    );
+    let hub = p.hub.connects();
+    assert!(
+        !hub.is_empty() && hub.iter().all(|c| c.accepted && c.client_cert),
+        "{hub:?}"
+    );
+    let cached = p.cached();
+    assert_eq!(
+        (&cached["credential"], &cached["device_id"]),
+        (&json!("x509"), &json!("dev-x"))
+    );
+    assert_eq!(cached["credential_fingerprint"], json!(fingerprint(&der)));
+    assert_complete_hub(&p.sim, &p.messages(), "devices/dev-x/messages/events/");
+    assert_eq!(p.hub.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,12 +652,12 @@ async fn a_wrong_key_is_refused_by_dps_paced_and_the_telemetry_stays_buffered() 
 
 #[test]
 fn the_double_refuses_what_dps_refuses() {
-    use tests::dps_double::dps_check;
     let connect = |client_id: &str, password: String| front::Connect {
         client_id: client_id.into(),
         username: format!("{SCOPE}/registrations/{client_id}/api-version=2019-03-31"),
         password,
         client_cert: false,
+        client_cert_der: None,
         accepted: false,
         at: std::time::Instant::now(),
     };

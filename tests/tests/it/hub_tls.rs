@@ -94,6 +94,9 @@ async fn sas_over_tls(device: &'static str, module: Option<&'static str>, env: &
         None,
     );
     let hub = MqttFront::start(plain, Some(tls), sas_identity(device, module, KEY)).await;
+    // As IoT Hub: a device or module publishing or subscribing outside its own topics loses
+    // its connection.
+    hub.guard(front::hub_topics);
     let sim = start_sim(dir.path(), |_| {}).await;
     let sub = Subscriber::start(plain, "devices/#").await;
     let identity = connection_string(env, device, module, KEY);
@@ -114,6 +117,7 @@ async fn sas_over_tls(device: &'static str, module: Option<&'static str>, env: &
         !connects.is_empty() && connects.iter().all(|c| c.accepted && !c.client_cert),
         "{connects:?}"
     );
+    assert_eq!(hub.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,8 +1,10 @@
 //! The assignment cache: `<buffer dir>/dps/assignment.json`, written atomically (temporary
 //! file, fsync, rename, fsync of the directory), so that a restart connects to the assigned
 //! hub without registering again (DPS limits registrations, and a plant's network may let the
-//! hub through on a day DPS is away). A cache for another ID scope, registration id or kind
-//! of credential belongs to another configuration: it is not used.
+//! hub through on a day DPS is away). A cache for another ID scope, registration id, kind of
+//! credential or credential (a rotated key, a renewed certificate: told by a fingerprint, never
+//! the secret) belongs to another configuration: it is not used, and the connector registers
+//! rather than first offering the hub an identity made for the old credential.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,9 @@ pub struct Assignment {
     pub registration_id: String,
     /// `symmetric_key`, `group_key` or `x509`.
     pub credential: String,
+    /// [`fingerprint`] of the device key (SAS) or of the certificate (X.509) it was assigned
+    /// with.
+    pub credential_fingerprint: String,
     /// The hub's host name.
     pub assigned_hub: String,
     pub device_id: String,
@@ -23,13 +28,48 @@ pub struct Assignment {
     pub assigned_at: String,
 }
 
+/// What an assignment is checked against: the configured registration.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub id_scope: &'a str,
+    pub registration_id: &'a str,
+    pub credential: &'a str,
+    pub credential_fingerprint: &'a str,
+}
+
+/// Why a cached assignment is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// Another ID scope, registration id or kind of credential: another configuration.
+    Registration,
+    /// The same registration with another key or certificate (rotated, renewed).
+    Credential,
+}
+
 impl Assignment {
-    /// Whether it was made for this registration.
-    pub fn matches(&self, id_scope: &str, registration_id: &str, credential: &str) -> bool {
-        self.id_scope == id_scope
-            && self.registration_id.eq_ignore_ascii_case(registration_id)
-            && self.credential == credential
+    /// Whether it was made for this registration and credential.
+    pub fn check(&self, r: &Registration<'_>) -> Result<(), Mismatch> {
+        if self.id_scope != r.id_scope
+            || !self.registration_id.eq_ignore_ascii_case(r.registration_id)
+            || self.credential != r.credential
+        {
+            Err(Mismatch::Registration)
+        } else if self.credential_fingerprint != r.credential_fingerprint {
+            Err(Mismatch::Credential)
+        } else {
+            Ok(())
+        }
     }
+}
+
+/// `sha256:` and the first 16 bytes (hex) of the SHA-256 of `credential` (the device key's
+/// base64 text, or the certificate's DER): tells one credential from another without the
+/// cache holding anything that signs.
+pub fn fingerprint(credential: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(credential);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// The cache file of a buffer directory.
@@ -91,6 +131,7 @@ mod tests {
             id_scope: "0ne00000A0A".into(),
             registration_id: "line-a".into(),
             credential: "group_key".into(),
+            credential_fingerprint: fingerprint(b"key-1"),
             assigned_hub: "plant.azure-devices.net".into(),
             device_id: "line-a".into(),
             assigned_at: "2026-01-01T00:00:00Z".into(),
@@ -107,10 +148,41 @@ mod tests {
             panic!("not found")
         };
         assert_eq!(a, assignment());
-        assert!(a.matches("0ne00000A0A", "LINE-A", "group_key"));
-        assert!(!a.matches("0ne00000B0B", "line-a", "group_key"));
-        assert!(!a.matches("0ne00000A0A", "line-b", "group_key"));
-        assert!(!a.matches("0ne00000A0A", "line-a", "x509"));
+        let key_1 = fingerprint(b"key-1");
+        let this = Registration {
+            id_scope: "0ne00000A0A",
+            registration_id: "LINE-A",
+            credential: "group_key",
+            credential_fingerprint: &key_1,
+        };
+        assert_eq!(a.check(&this), Ok(()));
+        for other in [
+            Registration {
+                id_scope: "0ne00000B0B",
+                ..this
+            },
+            Registration {
+                registration_id: "line-b",
+                ..this
+            },
+            Registration {
+                credential: "x509",
+                ..this
+            },
+        ] {
+            assert_eq!(a.check(&other), Err(Mismatch::Registration), "{other:?}");
+        }
+        let key_2 = fingerprint(b"key-2");
+        let rotated = Registration {
+            credential_fingerprint: &key_2,
+            ..this
+        };
+        assert_eq!(a.check(&rotated), Err(Mismatch::Credential));
+        assert!(
+            key_1.starts_with("sha256:") && key_1.len() == 7 + 32,
+            "{key_1}"
+        );
+        assert_ne!(key_1, key_2);
         // Rewritten in place, no temporary file left.
         store(
             &p,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::cache::{self, Assignment, Cached};
+use super::cache::{self, Assignment, Cached, Mismatch, Registration};
 use super::protocol;
 use super::register::{self, RegisterError};
 use crate::backoff::Backoff;
@@ -46,45 +46,82 @@ pub struct DpsHub {
 }
 
 impl DpsHub {
-    /// Reads the cache of `buffer_dir`: an assignment of this registration becomes the
-    /// identity in use at once; one of another (ID scope, registration id, credential) is
-    /// ignored (logged).
+    /// Reads the cache of `buffer_dir`: an assignment of this registration and credential
+    /// becomes the identity in use at once; one of another (ID scope, registration id, kind of
+    /// credential, key or certificate) is ignored (logged).
     pub fn new(
         hub: &HubConfig,
         dps: &DpsConfig,
         buffer_dir: &Path,
         metrics: Arc<DpsMetrics>,
     ) -> DpsHub {
-        let path = cache::path(buffer_dir);
-        let current = CurrentIdentity::default();
+        let mut this = DpsHub {
+            hub: hub.clone(),
+            dps: dps.clone(),
+            cache: cache::path(buffer_dir),
+            current: CurrentIdentity::default(),
+            metrics,
+            cached: None,
+        };
+        this.cached = this.read_cache();
+        if let Some(a) = &this.cached {
+            this.current.set(identity(a));
+        }
+        this
+    }
+
+    /// The cached assignment, if it was made for this registration and credential.
+    fn read_cache(&self) -> Option<Assignment> {
+        let (path, dps) = (self.cache.display(), &self.dps);
         let kind = dps.credential.kind();
-        let cached = match cache::load(&path) {
-            Cached::None => None,
-            Cached::Found(a) if a.matches(&dps.id_scope, &dps.registration_id, kind) => {
-                current.set(identity(&a));
-                Some(a)
+        let a = match cache::load(&self.cache) {
+            Cached::None => return None,
+            Cached::Found(a) => a,
+            Cached::Unreadable(why) => {
+                self.metrics.cache_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(cache = %path, error = %why,
+                    "dps: the cached assignment cannot be read: not used, registering");
+                return None;
             }
-            Cached::Found(a) => {
-                info!(cache = %path.display(), cached_id_scope = %a.id_scope,
+        };
+        // A credential that cannot be read now cannot sign for the hub either: registering
+        // reports why (logged there once).
+        let fingerprint = self.credential_fingerprint().ok()?;
+        let this = Registration {
+            id_scope: &dps.id_scope,
+            registration_id: &dps.registration_id,
+            credential: kind,
+            credential_fingerprint: &fingerprint,
+        };
+        match a.check(&this) {
+            Ok(()) => Some(a),
+            Err(Mismatch::Registration) => {
+                info!(cache = %path, cached_id_scope = %a.id_scope,
                     cached_registration_id = %a.registration_id, cached_credential = %a.credential,
                     id_scope = %dps.id_scope, registration_id = %dps.registration_id, credential = kind,
                     "dps: the cached assignment is for another registration: not used, registering");
                 None
             }
-            Cached::Unreadable(why) => {
-                warn!(cache = %path.display(), error = %why,
-                    "dps: the cached assignment cannot be read: not used, registering");
+            Err(Mismatch::Credential) => {
+                info!(cache = %path, registration_id = %dps.registration_id, credential = kind,
+                    cached_fingerprint = %a.credential_fingerprint, fingerprint = %fingerprint,
+                    "dps: the cached assignment was made with another key or certificate: not used, registering");
                 None
             }
-        };
-        DpsHub {
-            hub: hub.clone(),
-            dps: dps.clone(),
-            cache: path,
-            current,
-            metrics,
-            cached,
         }
+    }
+
+    /// The fingerprint of the credential as configured now ([`cache::fingerprint`]): of the
+    /// device key (derived from the group key for a group), or of the certificate's DER.
+    fn credential_fingerprint(&self) -> Result<String, String> {
+        if let DpsCredential::X509 { cert_file, .. } = &self.dps.credential {
+            use rustls::pki_types::pem::PemObject as _;
+            let cert = rustls::pki_types::CertificateDer::from_pem_file(cert_file)
+                .map_err(|e| format!("dps.cert_file {}: {e}", cert_file.display()))?;
+            return Ok(cache::fingerprint(&cert));
+        }
+        let key = self.device_key()?.ok_or("no device key")?;
+        Ok(cache::fingerprint(key.expose_base64().as_bytes()))
     }
 
     /// The identity in use (none until the first assignment).
@@ -226,6 +263,7 @@ impl DpsHub {
                 logged_refusal = Some(refusal);
             }
             if let Err(e) = cache::remove(&self.cache) {
+                self.metrics.cache_errors.fetch_add(1, Ordering::Relaxed);
                 error!(cache = %self.cache.display(), error = %e,
                     "dps: cannot remove the refused assignment from the cache");
             }
@@ -269,10 +307,14 @@ impl DpsHub {
             let wait = match &outcome {
                 Ok((hub, device)) => {
                     m.assigned.fetch_add(1, Ordering::Relaxed);
+                    // Read again: the credential that registered (an error would have
+                    // stopped the registration), unless it changed in between.
+                    let fingerprint = self.credential_fingerprint().unwrap_or_default();
                     let a = Assignment {
                         id_scope: scope.clone(),
                         registration_id: registration.clone(),
                         credential: self.dps.credential.kind().to_owned(),
+                        credential_fingerprint: fingerprint,
                         assigned_hub: hub.clone(),
                         device_id: device.clone(),
                         assigned_at: chrono::Utc::now()
@@ -281,6 +323,7 @@ impl DpsHub {
                     info!(hub = %hub, device = %device, registration_id = %registration,
                         "dps: assigned");
                     if let Err(e) = cache::store(&self.cache, &a) {
+                        m.cache_errors.fetch_add(1, Ordering::Relaxed);
                         error!(cache = %self.cache.display(), error = %e,
                             "dps: cannot cache the assignment; the next start registers again");
                     }
