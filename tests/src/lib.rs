@@ -23,6 +23,7 @@ pub mod front;
 pub mod https_hub;
 pub mod hub_double;
 pub mod proxy;
+pub mod ws_front;
 pub use certs::{certificates, openssl, signed};
 pub use chunks::*;
 pub use dps_double::{DpsDouble, Enrollment};

@@ -1,13 +1,16 @@
 //! The ways through a plant's firewall: MQTT over WebSockets with TLS (`wss://`, IoT Hub on
 //! 443) to mosquitto's websockets listener, through tinyproxy (HTTP CONNECT) with and without
 //! basic authentication. Both peers are real programs nobody here wrote; `.ci/run` installs
-//! them.
+//! them. For the hub, a TLS front ([`tests::ws_front`]) before mosquitto's plain websockets
+//! listener checks the upgrade request's path and subprotocol, as the hub does.
 
 use std::path::Path;
 use std::time::Duration;
 
 use connector::runner;
+use tests::front::tls_server;
 use tests::proxy::Tinyproxy;
+use tests::ws_front::{Upgrade, WsFront};
 use tests::*;
 
 /// mosquitto with a plain listener (subscribers, the hub double) and a websockets listener
@@ -19,6 +22,18 @@ fn ws_mosquitto(dir: &Path) -> (Mosquitto, u16, u16) {
         "user root\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n\
          listener {plain} 127.0.0.1\n\
          listener {ws} 127.0.0.1\nprotocol websockets\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+    );
+    (mosquitto(dir, &conf, &[plain, ws]), plain, ws)
+}
+
+/// mosquitto with a plain listener and a plain websockets listener (behind a [`WsFront`]):
+/// (process, plain, websockets).
+fn plain_ws_mosquitto(dir: &Path) -> (Mosquitto, u16, u16) {
+    let (plain, ws) = (free_port(), free_port());
+    let conf = format!(
+        "user root\nper_listener_settings false\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n\
+         listener {plain} 127.0.0.1\n\
+         listener {ws} 127.0.0.1\nprotocol websockets\n"
     );
     (mosquitto(dir, &conf, &[plain, ws]), plain, ws)
 }
@@ -66,7 +81,14 @@ async fn wss_through_an_authenticating_proxy_delivers_every_counter_sample_once(
 async fn the_hub_over_websockets_through_a_proxy_carries_telemetry() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let (_broker, plain, ws) = ws_mosquitto(dir.path());
+    let (_broker, plain, ws_plain) = plain_ws_mosquitto(dir.path());
+    let tls = tls_server(
+        &dir.path().join("server.pem"),
+        &dir.path().join("server.key"),
+        None,
+    );
+    let front = WsFront::start(ws_plain, tls, "/$iothub/websocket").await;
+    let ws = front.port;
     let proxy = Tinyproxy::start(dir.path(), None);
     let sim = start_sim(dir.path(), |_| {}).await;
     let sub = Subscriber::start(plain, "devices/#").await;
@@ -101,4 +123,15 @@ async fn the_hub_over_websockets_through_a_proxy_carries_telemetry() {
     }
     let target = format!("127.0.0.1:{ws}");
     assert!(proxy.connects_to(&target) >= 1, "{}", proxy.log());
+    // The hub's WebSocket path, asking for the mqtt subprotocol, on every connection.
+    let upgrades = front.upgrades();
+    let hub = Upgrade {
+        path: "/$iothub/websocket".into(),
+        protocol: Some("mqtt".into()),
+        accepted: true,
+    };
+    assert!(
+        !upgrades.is_empty() && upgrades.iter().all(|u| *u == hub),
+        "{upgrades:?}"
+    );
 }
