@@ -149,3 +149,24 @@ def test_method_arguments_read_from_the_simulator_parse(simulator, tmp_path: Pat
     found = kinds(parse_with_microsofts_parser(model, tmp_path))
     assert {("CommandRequest", "arguments"), ("CommandResponse", "outputs"), ("Field", "Reason"),
             ("Field", "CountersReset"), ("Field", "PreviousTotal")} <= found
+
+
+def test_connector_status_parses_as_a_read_only_property(tmp_path: Path) -> None:
+    """`[hub] status_interval`: the reported `connectorStatus` (an Object with a Map of the
+    PLC sessions and an Enum) is in the model, and Microsoft's parser takes it."""
+    config = tmp_path / "line.toml"
+    config.write_text(
+        '[line]\nid = "line-h"\n\n[[plc]]\nid = "filler"\nendpoint = "opc.tcp://127.0.0.1:4840"\n\n'
+        '  [[plc.group]]\n  name = "fast"\n  publishing_interval = "1s"\n'
+        '  nodes = ["nsu=urn:x;s=Speed"]\n\n'
+        '[hub]\ninsecure_endpoint = "127.0.0.1:1883"\nconnection_string_env = "HUB_CS"\n'
+        'status_interval = "30s"\n',
+        encoding="utf-8",
+    )
+    model, _ = dtdl(config, "--offline")
+    check_shape(model)
+    status = next(c for c in model["contents"] if c["name"] == "connectorStatus")
+    assert status["@type"] == "Property" and status["writable"] is False
+    found = kinds(parse_with_microsofts_parser(model, tmp_path))
+    assert {("Property", "connectorStatus"), ("Field", "plcs"), ("Field", "backlog"),
+            ("Field", "oldest_s")} <= found, found

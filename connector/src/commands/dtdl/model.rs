@@ -160,6 +160,13 @@ pub fn interface(
     };
     b.telemetry(config);
     b.properties(&config.writes);
+    if config
+        .hub
+        .as_ref()
+        .is_some_and(|h| h.status_interval.is_some())
+    {
+        b.connector_status();
+    }
     b.commands(config, arguments);
     if !b.errors.is_empty() {
         return Err(b.errors.join("\n"));
@@ -344,6 +351,23 @@ impl Builder {
             p.insert("writable".into(), true.into());
             self.contents.push(with_text(p, &description, &comment));
         }
+    }
+
+    /// `[hub] status_interval`: the read-only property the connector reports its state in.
+    fn connector_status(&mut self) {
+        let name = crate::cloud::status::REPORTED_PROPERTY;
+        let entry = "[hub] status_interval (the reported property connectorStatus)";
+        self.names.claim(name, entry, &mut self.errors);
+        let mut p = Map::new();
+        p.insert("@type".into(), "Property".into());
+        p.insert("name".into(), name.into());
+        p.insert("schema".into(), super::schemas::connector_status_schema());
+        p.insert("writable".into(), false.into());
+        self.contents.push(with_text(
+            p,
+            "The connector's state, reported after every connection and on change: version, PLC sessions, the backlog of its buffer",
+            "[hub] status_interval",
+        ));
     }
 
     /// Schema, description and comment of a property or field.

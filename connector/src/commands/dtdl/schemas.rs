@@ -244,6 +244,41 @@ pub(super) fn event_schema(extra_fields: bool) -> Value {
     object(fields)
 }
 
+/// The body of the reported property `connectorStatus` (`cloud::status`).
+pub(super) fn connector_status_schema() -> Value {
+    let plcs = json!({
+        "@type": "Map",
+        "mapKey": {"name": "plc", "schema": "string"},
+        "mapValue": {"name": "session", "schema": string_enum(&["connected", "disconnected"])},
+    });
+    object(vec![
+        field("state", string_enum(&["online"]), ""),
+        field(
+            "at",
+            "dateTime".into(),
+            "when the connector made this report",
+        ),
+        field("version", "string".into(), "the connector's version"),
+        field("line", "string".into(), "[line] id"),
+        field("plcs", plcs, "each PLC's session, by [[plc]] id"),
+        field("plcs_connected", "integer".into(), ""),
+        field("plcs_total", "integer".into(), ""),
+        field(
+            "backlog",
+            object(vec![
+                field(
+                    "messages",
+                    "long".into(),
+                    "messages buffered, not yet acknowledged",
+                ),
+                field("bytes", "long".into(), "bytes of the buffer's files"),
+                field("oldest_s", "double".into(), "age of the oldest, in seconds"),
+            ]),
+            "the hub's buffer",
+        ),
+    ])
+}
+
 pub(super) fn alert_schema() -> Value {
     object(vec![
         field("rule", "string".into(), "the [[rule]] name"),

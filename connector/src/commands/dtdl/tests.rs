@@ -421,6 +421,51 @@ fn the_model_id_of_the_hub_is_the_interface_id() {
 }
 
 #[test]
+fn status_interval_adds_connector_status_as_a_read_only_property() {
+    let without = interface(&config(LINE), &known()).unwrap();
+    let names: Vec<&Value> = without.interface["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert!(
+        !names.contains(&&Value::from("connectorStatus")),
+        "{names:?}"
+    );
+    let text = LINE.replace(
+        "insecure_endpoint = \"127.0.0.1:1883\"",
+        "insecure_endpoint = \"127.0.0.1:1883\"\nstatus_interval = \"30s\"",
+    );
+    let m = interface(&config(&text), &known()).unwrap();
+    let p = content(&m, "connectorStatus");
+    assert_eq!(
+        (&p["@type"], &p["writable"]),
+        (&Value::from("Property"), &Value::from(false))
+    );
+    // The fields of the document the connector reports (cloud::status).
+    assert_eq!(
+        field_names(&p["schema"]),
+        [
+            "state",
+            "at",
+            "version",
+            "line",
+            "plcs",
+            "plcs_connected",
+            "plcs_total",
+            "backlog"
+        ]
+    );
+    assert_eq!(
+        field_names(&field_of(&p["schema"], "backlog")["schema"]),
+        ["messages", "bytes", "oldest_s"]
+    );
+    assert_eq!(field_of(&p["schema"], "plcs")["schema"]["@type"], "Map");
+    assert_dtdl_limits(&m.interface);
+}
+
+#[test]
 fn derived_model_ids_are_dtmis_whatever_the_line_is_called() {
     let line = |id: &str, site: Option<&str>| Line {
         id: id.to_owned(),
