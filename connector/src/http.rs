@@ -380,7 +380,7 @@ pub fn render(state: &State) -> String {
         ),
         (
             "telemetry_status_failures_total",
-            "Status updates (IoT Hub connectorStatus) the hub did not take, sent again later.",
+            "Status updates the hub (connectorStatus) or the broker (an MQTT 5 PUBACK refusing the status topic) did not take, sent again later.",
             |m| &m.status_failures,
         ),
         (

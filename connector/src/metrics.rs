@@ -211,7 +211,8 @@ pub struct MqttMetrics {
     pub held_in_memory: AtomicU64,
     /// Reconnects made to renew credentials (IoT Hub SAS tokens).
     pub renewals: AtomicU64,
-    /// Status updates (the hub's reported connectorStatus) that the hub did not take.
+    /// Status updates that the hub (reported connectorStatus) or the broker (an MQTT 5 PUBACK
+    /// refusing the status topic) did not take.
     pub status_failures: AtomicU64,
     /// Messages a broker refused in its PUBACK (MQTT 5 reason code >= 0x80) for a reason
     /// that may pass (quota, not authorized); sent again.

@@ -213,6 +213,26 @@ impl StatusReporter {
         Some(taken)
     }
 
+    /// The broker refused the status message (an MQTT 5 PUBACK reason code, e.g. 0x87 not
+    /// authorized by an ACL): logged (at most once a minute), sent again after the interval.
+    pub fn refused(&mut self, reason: &str) {
+        static LOG: crate::ratelog::RateLog = crate::ratelog::RateLog::per_minute();
+        if let Some(suppressed) = LOG.hit() {
+            let topic = match &self.plan.kind {
+                StatusKind::Retained { topic } => topic.as_str(),
+                StatusKind::Reported => "",
+            };
+            tracing::warn!(
+                topic,
+                reason,
+                suppressed,
+                "mqtt: the broker refused the status message; sent again after status_interval"
+            );
+        }
+        self.again = true;
+        self.next_look = None;
+    }
+
     /// Whether the answers to reported PATCHes are to be subscribed to.
     pub fn reports(&self) -> bool {
         matches!(self.plan.kind, StatusKind::Reported)

@@ -262,3 +262,54 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
     }
     d.assert_complete(&sim);
 }
+
+/// A status topic the broker's ACL denies (PUBACK 0x87 to an MQTT 5 client) while the
+/// telemetry topics are allowed: the refusal is counted in
+/// `telemetry_status_failures_total`, the status is offered again after its interval, and the
+/// telemetry flows, every counter sample once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_refused_status_topic_is_counted_and_the_telemetry_flows() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start_sim(dir.path(), |_| {}).await;
+    let acl = dir.path().join("acl");
+    // Telemetry is opcua/plant/line-m/{plc}/{group}; the status topic has one level less.
+    std::fs::write(&acl, "topic readwrite opcua/plant/line-m/+/+\n").unwrap();
+    std::fs::write(
+        dir.path().join("extra.conf"),
+        format!("acl_file {}\n", acl.display()),
+    )
+    .unwrap();
+    let (_broker, port) = start_mosquitto(dir.path());
+    let sub = Subscriber::start(port, "opcua/#").await;
+    let status = "status_topic = \"opcua/{site}/{line}/status\"\nstatus_interval = \"1s\"";
+    let mut config = line_config(dir.path(), sim.sim.endpoint_url(), port, status);
+    config.metrics = Some(connector::config::MetricsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+    });
+    let running = runner::start(&config).expect("runner starts the MQTT 5 sender");
+    let mqtt = running.mqtt.clone().expect("mqtt metrics");
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    eventually(
+        "two status refusals counted, telemetry flowing",
+        Duration::from_secs(30),
+        || async { (load(&mqtt.status_failures) >= 2 && sub.count() >= 20).then_some(()) },
+    )
+    .await;
+    freeze_and_settle(&sim, || sub.count()).await;
+    let text = metrics_text(running.metrics_addr.expect("metrics address")).await;
+    let reconnects = load(&mqtt.reconnects);
+    running.stop().await;
+    let failures = text
+        .lines()
+        .find(|l| l.starts_with("opcua_connector_telemetry_status_failures_total{"))
+        .unwrap_or_else(|| panic!("no status failures in /metrics:\n{text}"));
+    let n: u64 = failures.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2, "{failures}");
+    assert_eq!(reconnects, 0, "a refused status drops no connection");
+    let messages = sub.messages.lock().unwrap().clone();
+    assert!(
+        messages.iter().all(|(t, _)| !t.ends_with("/status")),
+        "the broker delivered no status"
+    );
+    decode(&messages).assert_complete(&sim);
+}

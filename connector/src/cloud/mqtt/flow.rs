@@ -3,7 +3,7 @@
 //! the drain at shutdown and the periodic report. The senders only speak their version's
 //! packets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -40,6 +40,17 @@ pub fn permanent(code: u8) -> bool {
 /// the sender reconnects with a fresh one before they do (MQTT 3.1.1 has no re-auth).
 pub type Renewer = Arc<dyn Fn() -> Result<(String, String, SystemTime), String> + Send + Sync>;
 
+/// What each publish handed to the client was, in order, to pair with its packet id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// A buffered message (its id).
+    Buffered(u64),
+    /// An answer to a request: its PUBACK is not waited for.
+    Control,
+    /// A status message: a PUBACK refusing it (MQTT 5) is counted.
+    Status,
+}
+
 /// What both senders are given besides their client options.
 pub struct Sending {
     /// 0 or 1.
@@ -69,7 +80,9 @@ pub struct Flow {
     tag: &'static str,
     /// Publishes handed to the client, in order: a buffer id, or `None` for a control message
     /// (twin acknowledgement, write or method response), which the buffer does not track.
-    sent: VecDeque<Option<u64>>,
+    sent: VecDeque<Sent>,
+    /// Packet ids of the status messages awaiting their PUBACK.
+    status_inflight: HashSet<u16>,
     inflight: HashMap<u16, u64>,
     pub connected: bool,
     ever_connected: bool,
@@ -134,6 +147,7 @@ impl Flow {
             qos0,
             tag,
             sent: VecDeque::new(),
+            status_inflight: HashSet::new(),
             inflight: HashMap::new(),
             connected: false,
             ever_connected: false,
@@ -297,7 +311,7 @@ impl Flow {
                 continue;
             }
             if publish(topic, gzip, body) {
-                self.sent.push_back(Some(id));
+                self.sent.push_back(Sent::Buffered(id));
             }
         }
     }
@@ -324,23 +338,40 @@ impl Flow {
 
     /// A publish went out with packet id `pkid`: pair it with the oldest sent buffer id.
     pub fn outgoing_publish(&mut self, pkid: u16) {
-        if let Some(Some(id)) = self.sent.pop_front() {
-            self.outbox
-                .metrics
-                .messages_sent
-                .fetch_add(1, Ordering::Relaxed);
-            if self.qos0 {
-                self.ack(id);
-            } else {
-                self.inflight.insert(pkid, id);
+        match self.sent.pop_front() {
+            Some(Sent::Buffered(id)) => {
+                self.outbox
+                    .metrics
+                    .messages_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.qos0 {
+                    self.ack(id);
+                } else {
+                    self.inflight.insert(pkid, id);
+                }
             }
+            Some(Sent::Status) => {
+                self.status_inflight.insert(pkid);
+            }
+            Some(Sent::Control) | None => {}
         }
     }
 
-    /// A control message was handed to the client: its `Outgoing::Publish` pairs with no
-    /// buffer id (and its PUBACK is ignored).
+    /// A control message (an answer) was handed to the client: its `Outgoing::Publish`
+    /// pairs with no buffer id (and its PUBACK is ignored).
     pub fn control_sent(&mut self) {
-        self.sent.push_back(None);
+        self.sent.push_back(Sent::Control);
+    }
+
+    /// A status message (QoS 1) was handed to the client: its PUBACK is told apart
+    /// ([`Self::status_puback`]).
+    pub fn status_sent(&mut self) {
+        self.sent.push_back(Sent::Status);
+    }
+
+    /// Whether a PUBACK that answers no buffered message answers a status message.
+    pub fn status_puback(&mut self, pkid: u16) -> bool {
+        self.status_inflight.remove(&pkid)
     }
 
     /// What waits in the buffer.
@@ -410,6 +441,7 @@ impl Flow {
     pub fn reset(&mut self) {
         self.sent.clear();
         self.inflight.clear();
+        self.status_inflight.clear();
     }
 
     /// Drops the connection on purpose (renewal, rejected message).

@@ -257,7 +257,7 @@ pub async fn session(
                     .try_publish(topic, QoS::AtLeastOnce, retain, body)
                     .is_ok()
                 {
-                    flow.control_sent();
+                    flow.status_sent();
                 } else {
                     s.not_sent();
                 }
@@ -332,11 +332,13 @@ pub async fn session(
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Outgoing(Outgoing::PingReq)) => flow.ping_sent(),
-            Ok(Event::Incoming(Packet::PubAck(p))) => {
-                if let Some(id) = flow.puback(p.pkid) {
-                    flow.ack(id);
+            Ok(Event::Incoming(Packet::PubAck(p))) => match flow.puback(p.pkid) {
+                Some(id) => flow.ack(id),
+                // MQTT 3.1.1 has no refusal in a PUBACK: a status message's is only paired.
+                None => {
+                    flow.status_puback(p.pkid);
                 }
-            }
+            },
             Ok(_) => {}
             Err(e) => {
                 let refused = refused_login(&e);

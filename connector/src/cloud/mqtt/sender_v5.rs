@@ -162,7 +162,7 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
                     .try_publish_with_properties(topic, QoS::AtLeastOnce, retain, body, props)
                     .is_ok()
                 {
-                    flow.control_sent();
+                    flow.status_sent();
                 } else {
                     s.not_sent();
                 }
@@ -230,10 +230,21 @@ pub async fn run(mut opts: MqttOptions, sending: Sending) {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => flow.outgoing_publish(pkid),
             Ok(Event::Outgoing(Outgoing::PingReq)) => flow.ping_sent(),
             Ok(Event::Incoming(Packet::PubAck(p))) => {
+                let code = reason_code(p.reason);
                 let Some(id) = flow.puback(p.pkid) else {
+                    if flow.status_puback(p.pkid) && code >= 0x80 {
+                        // The status topic refused (an ACL): counted, logged, sent again
+                        // after the interval. The telemetry goes on.
+                        outbox
+                            .metrics
+                            .status_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(s) = status.as_mut() {
+                            s.refused(&format!("reason {code:#04x} ({:?})", p.reason));
+                        }
+                    }
                     continue;
                 };
-                let code = reason_code(p.reason);
                 if code < 0x80 {
                     rejections.reset();
                     flow.ack(id);
