@@ -213,21 +213,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     // Guarded: the broker's side is copied as it comes, the client's checked packet by packet.
     let (mut from_client, mut to_client) = tokio::io::split(client);
     let (mut from_broker, mut to_broker) = broker.into_split();
-    let down = tokio::spawn(async move {
+    let down = async {
         let _ = tokio::io::copy(&mut from_broker, &mut to_client).await;
-    });
-    while let Some(packet) = read_packet(&mut from_client).await {
-        if let Some(refused) = first_refused(&packet, &connect, &guard) {
-            let what = format!("{}: {refused:?}", connect.client_id);
-            shared.violations.lock().unwrap().push(what);
-            break;
+    };
+    let up = async {
+        while let Some(packet) = read_packet(&mut from_client).await {
+            if let Some(refused) = first_refused(&packet, &connect, &guard) {
+                let what = format!("{}: {refused:?}", connect.client_id);
+                shared.violations.lock().unwrap().push(what);
+                break;
+            }
+            if to_broker.write_all(&packet).await.is_err() {
+                break;
+            }
         }
-        if to_broker.write_all(&packet).await.is_err() {
-            break;
-        }
+    };
+    // Either side ending ends both, as a service dropping the connection does: the halves
+    // are dropped here, which closes the client's connection and the broker's.
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
     }
-    // Either side closing ends both, as a service dropping the connection does.
-    down.abort();
 }
 
 /// The first topic of a PUBLISH or SUBSCRIBE packet that `guard` refuses.

@@ -273,7 +273,12 @@ async fn mqtt5_a_refused_status_topic_is_counted_and_the_telemetry_flows() {
     let sim = start_sim(dir.path(), |_| {}).await;
     let acl = dir.path().join("acl");
     // Telemetry is opcua/plant/line-m/{plc}/{group}; the status topic has one level less.
-    std::fs::write(&acl, "topic readwrite opcua/plant/line-m/+/+\n").unwrap();
+    // Anyone may read everything (the subscriber would see a status the broker took).
+    std::fs::write(
+        &acl,
+        "topic read #\ntopic readwrite opcua/plant/line-m/+/+\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("extra.conf"),
         format!("acl_file {}\n", acl.display()),

@@ -19,7 +19,8 @@ pub struct Assignment {
     /// `symmetric_key`, `group_key` or `x509`.
     pub credential: String,
     /// [`fingerprint`] of the device key (SAS) or of the certificate (X.509) it was assigned
-    /// with.
+    /// with (empty in a cache written before fingerprints: not used, registered again).
+    #[serde(default)]
     pub credential_fingerprint: String,
     /// The hub's host name.
     pub assigned_hub: String,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::cache::{self, Assignment, Cached, Mismatch, Registration};
 use super::protocol;
@@ -86,7 +86,14 @@ impl DpsHub {
         };
         // A credential that cannot be read now cannot sign for the hub either: registering
         // reports why (logged there once).
-        let fingerprint = self.credential_fingerprint().ok()?;
+        let fingerprint = match self.credential() {
+            Ok((_, f)) => f,
+            Err(e) => {
+                debug!(cache = %path, error = %e,
+                    "dps: the cached assignment is not checked: the credential cannot be read");
+                return None;
+            }
+        };
         let this = Registration {
             id_scope: &dps.id_scope,
             registration_id: &dps.registration_id,
@@ -111,17 +118,19 @@ impl DpsHub {
         }
     }
 
-    /// The fingerprint of the credential as configured now ([`cache::fingerprint`]): of the
-    /// device key (derived from the group key for a group), or of the certificate's DER.
-    fn credential_fingerprint(&self) -> Result<String, String> {
+    /// The credential as configured now: the device key (`None` with X.509) and its
+    /// fingerprint ([`cache::fingerprint`]: of the device key, derived from the group key for
+    /// a group, or of the certificate's DER).
+    fn credential(&self) -> Result<(Option<SecretKey>, String), String> {
         if let DpsCredential::X509 { cert_file, .. } = &self.dps.credential {
             use rustls::pki_types::pem::PemObject as _;
             let cert = rustls::pki_types::CertificateDer::from_pem_file(cert_file)
-                .map_err(|e| format!("dps.cert_file {}: {e}", cert_file.display()))?;
-            return Ok(cache::fingerprint(&cert));
+                .map_err(|e| format!("dps.x509.cert_file {}: {e}", cert_file.display()))?;
+            return Ok((None, cache::fingerprint(&cert)));
         }
         let key = self.device_key()?.ok_or("no device key")?;
-        Ok(cache::fingerprint(key.expose_base64().as_bytes()))
+        let fingerprint = cache::fingerprint(key.expose_base64().as_bytes());
+        Ok((Some(key), fingerprint))
     }
 
     /// The identity in use (none until the first assignment).
@@ -297,19 +306,20 @@ impl DpsHub {
         info!(endpoint = %self.endpoint(), id_scope = %scope, registration_id = %registration,
             credential = self.dps.credential.kind(), "dps: registering");
         loop {
-            let outcome = match self.device_key() {
-                Ok(key) => {
+            // The fingerprint cached is that of the credential this registration uses.
+            let (outcome, fingerprint) = match self.credential() {
+                Ok((key, f)) => {
                     let key = key.as_ref().map(SecretKey::expose_base64);
-                    register::register(&self.dps, key, &m.polls, shutdown).await
+                    (
+                        register::register(&self.dps, key, &m.polls, shutdown).await,
+                        f,
+                    )
                 }
-                Err(e) => Err(RegisterError::Error(e)),
+                Err(e) => (Err(RegisterError::Error(e)), String::new()),
             };
             let wait = match &outcome {
                 Ok((hub, device)) => {
                     m.assigned.fetch_add(1, Ordering::Relaxed);
-                    // Read again: the credential that registered (an error would have
-                    // stopped the registration), unless it changed in between.
-                    let fingerprint = self.credential_fingerprint().unwrap_or_default();
                     let a = Assignment {
                         id_scope: scope.clone(),
                         registration_id: registration.clone(),

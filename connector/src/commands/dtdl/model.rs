@@ -365,7 +365,7 @@ impl Builder {
         p.insert("writable".into(), false.into());
         self.contents.push(with_text(
             p,
-            "The connector's state, reported after every connection and on change: version, PLC sessions, the backlog of its buffer",
+            "The connector's state, reported after every connection and on change: version, PLC sessions, the backlog of its buffer. IoT Hub has no last will: state stays online after the connector is gone; the device's connectionState tells whether it is connected",
             "[hub] status_interval",
         ));
     }
