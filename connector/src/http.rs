@@ -56,7 +56,7 @@ pub fn render(state: &State) -> String {
         esc(env!("OPCUA_CONNECTOR_COMMIT"))
     );
     type Get = fn(&PlcMetrics) -> &AtomicU64;
-    let per_plc: [(&str, &str, &str, Get); 22] = [
+    let per_plc: [(&str, &str, &str, Get); 24] = [
         (
             "samples_received_total",
             "Samples received from the PLC.",
@@ -68,6 +68,12 @@ pub fn render(state: &State) -> String {
             "Samples in completed Parquet chunks.",
             "counter",
             |p| &p.samples_written,
+        ),
+        (
+            "samples_discarded_total",
+            "Samples given up by a failed Parquet write (a chunk that could not be written or finished; each failure logged and in write_errors_total).",
+            "counter",
+            |p| &p.samples_discarded,
         ),
         (
             "parquet_chunks_total",
@@ -158,6 +164,12 @@ pub fn render(state: &State) -> String {
             "Events in completed chunks of the events table.",
             "counter",
             |p| &p.events_written,
+        ),
+        (
+            "events_discarded_total",
+            "Events given up by a failed write of the events table.",
+            "counter",
+            |p| &p.events_discarded,
         ),
         (
             "backfilled_samples_total",

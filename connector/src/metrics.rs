@@ -41,8 +41,12 @@ pub struct PlcMetrics {
     /// Times the OPC UA side had to wait because the sink's queue was full (slow disk).
     pub backpressure_waits: AtomicU64,
     pub samples_written: AtomicU64,
+    /// Samples a failed Parquet write gave up (the chunk could not be written or finished).
+    pub samples_discarded: AtomicU64,
     /// Events in completed chunks of the events table.
     pub events_written: AtomicU64,
+    /// Events a failed write of the events table gave up.
+    pub events_discarded: AtomicU64,
     pub chunks_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub write_errors: AtomicU64,

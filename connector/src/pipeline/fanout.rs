@@ -168,9 +168,13 @@ fn fail(m: &PlcMetrics, logs: &mut FailureLogs, (what, e): Failed, samples: usiz
 fn publish_stats(sink: &ParquetSink, m: &PlcMetrics) {
     let s = sink.stats();
     m.samples_written.store(s.rows_written, Ordering::Relaxed);
+    m.samples_discarded
+        .store(s.rows_discarded, Ordering::Relaxed);
     m.chunks_written.store(s.chunks_written, Ordering::Relaxed);
     m.bytes_written.store(s.bytes_written, Ordering::Relaxed);
     if let Some(e) = sink.events_stats() {
         m.events_written.store(e.rows_written, Ordering::Relaxed);
+        m.events_discarded
+            .store(e.rows_discarded, Ordering::Relaxed);
     }
 }

@@ -392,6 +392,7 @@ async fn metrics_endpoint_reports_counters_and_health() {
             .unwrap()
     };
     assert!(value("samples_received_total") >= 50.0);
+    assert_eq!(value("samples_discarded_total"), 0.0, "nothing given up");
     assert_eq!(value("plc_connected"), 1.0);
     assert_eq!(value("monitored_items"), 5.0);
     assert!(body.contains("# TYPE opcua_connector_samples_received_total counter"));

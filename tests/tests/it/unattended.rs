@@ -349,11 +349,18 @@ listen = "127.0.0.1:{port}"
     let errors = metric(&body, "write_errors_total") - errors_at;
     let log = std::fs::read_to_string(&log_path).unwrap();
     let error_lines = log.lines().filter(|l| l.contains("ERROR")).count();
+    let discarded = metric(&body, "samples_discarded_total");
     eprintln!(
-        "full disk: {errors} write errors counted, {error_lines} ERROR lines logged in all; written {}",
+        "full disk: {errors} write errors counted, {discarded} samples discarded, {error_lines} ERROR lines logged in all; written {}",
         metric(&body, "samples_written_total")
     );
     assert!(error_lines <= 20, "errors are rate-limited:\n{log}");
+    // Retention makes room, so chunks are normally still written; samples given up by a
+    // failed chunk would be counted, and never without a write error to say why.
+    assert!(
+        discarded == 0 || errors > 0,
+        "errors {errors}, discarded {discarded}"
+    );
 
     // Phase 3: the space comes back: chunks are completed again.
     std::fs::remove_file(&filler).unwrap();
