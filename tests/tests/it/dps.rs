@@ -65,6 +65,21 @@ fn certificate_der(pem: &std::path::Path) -> Vec<u8> {
         .to_vec()
 }
 
+/// From the first message of `device` on, only `device`'s telemetry.
+fn assert_only_from_the_first(device: &str, messages: &[(String, Vec<u8>)]) {
+    let own = format!("devices/{device}/messages/events/");
+    let first = messages
+        .iter()
+        .position(|(t, _)| t.starts_with(&own))
+        .unwrap_or_else(|| panic!("no message as {device}"));
+    let others: Vec<&String> = messages[first..]
+        .iter()
+        .map(|(t, _)| t)
+        .filter(|t| !t.starts_with(&own))
+        .collect();
+    assert!(others.is_empty(), "after the first as {device}: {others:?}");
+}
+
 /// A broker, the DPS double and the hub front before it, the simulator and a subscriber to
 /// every device's telemetry.
 struct Plant {
@@ -149,6 +164,20 @@ impl Plant {
             .iter()
             .filter(|(t, _)| t.starts_with(&prefix))
             .count()
+    }
+
+    /// An individual enrollment with [`KEY`] assigning `device`: the plant, the key file and
+    /// the `[dps]` line that names it.
+    async fn individual(device: &str) -> (Plant, std::path::PathBuf, String) {
+        let enrollment = Enrollment::Individual {
+            registration_id: REG.into(),
+            key: KEY.into(),
+        };
+        let p = Plant::start(enrollment, device, KEY).await;
+        let file = p.dir.path().join("dps.key");
+        std::fs::write(&file, format!("{KEY}\n")).unwrap();
+        let credential = format!("symmetric_key_file = \"{}\"", file.display());
+        (p, file, credential)
     }
 
     fn cached_text(&self) -> String {
@@ -345,16 +374,7 @@ async fn the_hub_refusing_the_identity_registers_once_more_and_loses_nothing() {
     assert_eq!(p.cached()["device_id"], "dev-b");
     // Once dev-b is connected, everything goes out as dev-b, what was buffered as dev-a too.
     let messages = p.messages();
-    let first_b = messages
-        .iter()
-        .position(|(t, _)| t.starts_with("devices/dev-b/"))
-        .unwrap();
-    let late_a: Vec<&String> = messages[first_b..]
-        .iter()
-        .map(|(t, _)| t)
-        .filter(|t| !t.starts_with("devices/dev-b/messages/events/"))
-        .collect();
-    assert!(late_a.is_empty(), "{late_a:?}");
+    assert_only_from_the_first("dev-b", &messages);
     assert!(
         p.hub
             .connects()
@@ -418,34 +438,14 @@ async fn a_restart_whose_cached_identity_the_hub_refuses_registers_at_once() {
     assert!(waited < Duration::from_millis(4500), "{waited:?}");
     // The broker routed every dev-a message of the first run before the second run existed:
     // from the first dev-b message on, only dev-b.
-    let messages = p.messages();
-    let first_b = messages
-        .iter()
-        .position(|(t, _)| t.starts_with("devices/dev-b/"))
-        .unwrap();
-    let late: Vec<&String> = messages[first_b..]
-        .iter()
-        .map(|(t, _)| t)
-        .filter(|t| !t.starts_with("devices/dev-b/messages/events/"))
-        .collect();
-    assert!(late.is_empty(), "after the restart, only dev-b: {late:?}");
+    assert_only_from_the_first("dev-b", &p.messages());
     assert_eq!(p.hub.violations(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_registers_again_instead_of_offering_the_hub_the_old_assignment() {
-    let p = Plant::start(
-        Enrollment::Individual {
-            registration_id: REG.into(),
-            key: KEY.into(),
-        },
-        "dev-i",
-        KEY,
-    )
-    .await;
-    let file = p.dir.path().join("dps.key");
-    std::fs::write(&file, format!("{KEY}\n")).unwrap();
-    let config = p.config(&format!("symmetric_key_file = \"{}\"", file.display()), "");
+    let (p, file, credential) = Plant::individual("dev-i").await;
+    let config = p.config(&credential, "");
     let running = runner::start(&config).expect("runner");
     p.wait_for("dev-i", 5).await;
     running.stop().await;
@@ -577,18 +577,7 @@ async fn an_x509_enrollment_registers_with_its_certificate_and_the_hub_takes_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_individual_enrollment_registers_with_its_own_key() {
-    let p = Plant::start(
-        Enrollment::Individual {
-            registration_id: REG.into(),
-            key: KEY.into(),
-        },
-        "dev-i",
-        KEY,
-    )
-    .await;
-    let file = p.dir.path().join("dps.key");
-    std::fs::write(&file, format!("{KEY}\n")).unwrap();
-    let credential = format!("symmetric_key_file = \"{}\"", file.display());
+    let (p, _, credential) = Plant::individual("dev-i").await;
     let running = runner::start(&p.config(&credential, "")).expect("runner");
     eventually("telemetry as dev-i", Duration::from_secs(30), || {
         let n = p.count("dev-i");
