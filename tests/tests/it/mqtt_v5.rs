@@ -227,7 +227,13 @@ async fn mqtt5_rejected_messages_stay_buffered_and_go_out_in_order_once_allowed(
         || async { (load(&mqtt.reconnects) >= 1).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Refused again after the reconnect: the broker keeps refusing, nothing got through.
+    eventually(
+        "a second rejection after the reconnect",
+        Duration::from_secs(20),
+        || async { (load(&mqtt.rejected) >= 2).then_some(()) },
+    )
+    .await;
     assert_eq!(sub.count(), 0, "the broker delivered nothing");
     assert_eq!(
         load(&mqtt.messages_acked),
