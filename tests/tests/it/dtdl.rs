@@ -93,8 +93,15 @@ fn assert_arguments(object: &Value, declared: &[Declared]) {
 async fn dtdl_lists_every_write_and_method_with_the_arguments_the_plc_declares() {
     let dir = tempfile::tempdir().unwrap();
     let sim = start_sim(dir.path(), |_| {}).await;
-    // A PLC that is not there: a port that was free a moment ago.
-    let gone = free_port();
+    // A PLC that is not there: a port this test holds (so that no server another test starts
+    // can take it, which made this test flaky), whose connections are closed at once.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closer.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in closer.incoming() {
+            drop(stream);
+        }
+    });
     let config = dir.path().join("line.toml");
     let text = format!(
         r#"[line]
