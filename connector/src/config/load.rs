@@ -327,6 +327,18 @@ impl Check<'_> {
         value.as_ref()
     }
 
+    /// A required key whose text must not be empty (a file path): reported missing at
+    /// `parent`.
+    fn required_text(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        parent: Span,
+        key: &str,
+    ) -> Option<String> {
+        self.required(value, parent, key)
+            .and_then(|v| self.non_empty(v, key))
+    }
+
     fn name(&mut self, value: &Spanned<String>, key: &str) -> Option<String> {
         let v = value.get_ref();
         if is_safe_name(v) {

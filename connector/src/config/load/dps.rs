@@ -168,12 +168,8 @@ impl Check<'_> {
             .or(raw.key_file.as_ref())
             .map(Spanned::span)
             .or(header);
-        let cert_file = self
-            .required(&raw.cert_file, parent.clone(), &k("cert_file"))
-            .and_then(|c| self.non_empty(c, &k("cert_file")));
-        let key_file = self
-            .required(&raw.key_file, parent, &k("key_file"))
-            .and_then(|c| self.non_empty(c, &k("key_file")));
+        let cert_file = self.required_text(&raw.cert_file, parent.clone(), &k("cert_file"));
+        let key_file = self.required_text(&raw.key_file, parent, &k("key_file"));
         Some(DpsCredential::X509 {
             cert_file: PathBuf::from(cert_file?),
             key_file: PathBuf::from(key_file?),

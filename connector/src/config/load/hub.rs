@@ -328,12 +328,8 @@ impl Check<'_> {
         if raw.device_id.is_none() {
             self.problem(parent.clone(), &k("device_id"), "missing");
         }
-        let cert_file = self
-            .required(&raw.cert_file, parent.clone(), &k("cert_file"))
-            .and_then(|c| self.non_empty(c, &k("cert_file")));
-        let key_file = self
-            .required(&raw.key_file, parent, &k("key_file"))
-            .and_then(|c| self.non_empty(c, &k("key_file")));
+        let cert_file = self.required_text(&raw.cert_file, parent.clone(), &k("cert_file"));
+        let key_file = self.required_text(&raw.key_file, parent, &k("key_file"));
         Some(HubAuth::X509 {
             host: host?,
             device_id: device_id??,
