@@ -176,8 +176,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let Some(packet) = read_packet(&mut client).await else {
         return;
     };
-    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
-    let Some((client_id, username, password)) = parse_connect(&packet[header..]) else {
+    let Some((client_id, username, password)) = parse_connect(packet_body(&packet)) else {
         return;
     };
     let mut connect = Connect {
@@ -219,7 +218,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let up = async {
         while let Some(packet) = read_packet(&mut from_client).await {
             if let Some(refused) = first_refused(&packet, &connect, &guard) {
-                let what = format!("{}: {refused:?}", connect.client_id);
+                let what = format!("{}: {refused}", connect.client_id);
                 shared.violations.lock().unwrap().push(what);
                 break;
             }
@@ -236,35 +235,32 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     }
 }
 
-/// The first topic of a PUBLISH or SUBSCRIBE packet that `guard` refuses.
-fn first_refused<'a>(packet: &'a [u8], connect: &Connect, guard: &Guard) -> Option<TopicUse<'a>> {
-    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0)? + 1;
-    let body = packet.get(header..)?;
-    let text = |at: usize| -> Option<(&'a str, usize)> {
-        let len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
-        let s = std::str::from_utf8(body.get(at + 2..at + 2 + len)?).ok()?;
-        Some((s, at + 2 + len))
-    };
+/// The first use (topic of a PUBLISH, filter of a SUBSCRIBE) of `packet` that `guard`
+/// refuses, as text.
+fn first_refused(packet: &[u8], connect: &Connect, guard: &Guard) -> Option<String> {
+    let body = packet_body(packet);
+    let refused = |u: TopicUse<'_>| (!guard(connect, u)).then(|| format!("{u:?}"));
     match packet[0] >> 4 {
-        3 => {
-            let topic = text(0).map_or("", |(t, _)| t);
-            let u = TopicUse::Publish(topic);
-            (!guard(connect, u)).then_some(u)
-        }
+        3 => refused(TopicUse::Publish(&field(body, &mut 0).unwrap_or_default())),
         8 => {
             // Packet id, then (filter, requested QoS) pairs.
             let mut at = 2;
-            while let Some((filter, next)) = text(at) {
-                let u = TopicUse::Subscribe(filter);
-                if !guard(connect, u) {
-                    return Some(u);
+            while let Some(filter) = field(body, &mut at) {
+                at += 1;
+                if let Some(r) = refused(TopicUse::Subscribe(&filter)) {
+                    return Some(r);
                 }
-                at = next + 1;
             }
             None
         }
         _ => None,
     }
+}
+
+/// What follows a packet's fixed header (type and flags, remaining length).
+fn packet_body(packet: &[u8]) -> &[u8] {
+    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
+    packet.get(header..).unwrap_or_default()
 }
 
 /// IoT Hub's topics for the identity of a CONNECT (client id `{device}` or
